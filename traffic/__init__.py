@@ -1,0 +1,1 @@
+"""The estimation core: probes, map matching, traversals, the speed estimator, snapshots."""

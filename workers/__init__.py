@@ -1,0 +1,1 @@
+"""Ray actors wrapping the plain stages of traffic/ and graph/."""
