@@ -1,0 +1,47 @@
+"""Shared fixtures: where the real data lives, and the NumPy/CuPy ``xp`` parametrisation."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy
+import pytest
+
+#: ../shared/data beside the checkout (override with TRAFFIC_SHARED_DATA).
+SHARED_DATA = Path(
+    os.environ.get("TRAFFIC_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
+)
+TEST_DATA = Path(__file__).resolve().parent / "data"
+
+
+def shared_file(relative: str) -> Path:
+    """Path of a file under ../shared/data; skips the test with a reason when it is absent."""
+    path = SHARED_DATA / relative
+    if not path.exists():
+        pytest.skip(
+            f"needs the shared real data {path} (../shared/data beside the checkout; "
+            "CI always has it, a fresh clone may not)"
+        )
+    return path
+
+
+def _cupy_or_skip():
+    try:
+        import cupy
+    except ImportError:
+        pytest.skip("CuPy is not installed (pip install '.[gpu]' on a CUDA machine)")
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            pytest.skip("no CUDA device")
+    except Exception as exc:  # CUDA runtime missing or driver mismatch
+        pytest.skip(f"no usable CUDA device: {exc}")
+    return cupy
+
+
+@pytest.fixture(params=["numpy", pytest.param("cupy", marks=pytest.mark.gpu)])
+def xp(request):
+    """Run one test body on NumPy and (where a GPU is present) on CuPy."""
+    if request.param == "numpy":
+        return numpy
+    return _cupy_or_skip()
