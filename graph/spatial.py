@@ -16,7 +16,7 @@ import numpy as np
 import shapely
 
 from graph.errors import NoCandidateError
-from graph.network import EARTH_RADIUS_M, RoadNetwork
+from graph.network import EARTH_RADIUS_M, RoadNetwork, haversine_m
 
 #: Default maximum distance (m) from a point to the road it snaps to.
 DEFAULT_SNAP_RADIUS_M = 200.0
@@ -76,21 +76,23 @@ def build_spatial_index(net: RoadNetwork) -> SpatialIndex:
     x0, y0, x1, y1 = x[keep], y[keep], x[keep + 1], y[keep + 1]
     proj_len = np.hypot(x1 - x0, y1 - y0)
 
-    # Cumulative projected length within each edge, then scaled to the edge's true length.
-    cum = np.cumsum(proj_len)
-    edge_first_seg = np.searchsorted(seg_edge, np.arange(net.n_edges))
-    edge_proj_len = np.bincount(seg_edge, weights=proj_len, minlength=net.n_edges)
-    before = cum - proj_len
-    seg_start_proj = before - before[np.minimum(edge_first_seg[seg_edge], len(before) - 1)]
+    # Positions along an edge are measured in great-circle metres per segment (as the edge's
+    # length is), then scaled so the edge ends exactly at edge_length_m.
+    true_len = haversine_m(net.geom_lat[keep], net.geom_lon[keep], net.geom_lat[keep + 1], net.geom_lon[keep + 1])
+    edge_true_len = np.bincount(seg_edge, weights=true_len, minlength=net.n_edges)
     with np.errstate(divide="ignore", invalid="ignore"):
-        scale_e = np.where(edge_proj_len > 0, net.edge_length_m / edge_proj_len, 1.0)
-    seg_scale = scale_e[seg_edge]
+        scale_e = np.where(edge_true_len > 0, net.edge_length_m / edge_true_len, 1.0)
+        seg_scale = np.where(proj_len > 0, true_len / proj_len, 1.0) * scale_e[seg_edge]
+    seg_len_m = true_len * scale_e[seg_edge]
+    cum = np.cumsum(seg_len_m) - seg_len_m
+    edge_first_seg = np.searchsorted(seg_edge, seg_edge)
+    seg_start_m = cum - cum[edge_first_seg]
 
     lines = shapely.linestrings(np.stack([np.column_stack([x0, y0]), np.column_stack([x1, y1])], axis=1))
     return SpatialIndex(
         network_version=net.version, lat0=lat0, lon0=lon0, kx_m_per_deg=kx, ky_m_per_deg=ky,
         seg_edge=seg_edge, seg_x0=x0, seg_y0=y0, seg_x1=x1, seg_y1=y1,
-        seg_start_m=seg_start_proj * seg_scale, seg_scale=seg_scale,
+        seg_start_m=seg_start_m, seg_scale=seg_scale,
         tree=shapely.STRtree(lines),
     )
 
