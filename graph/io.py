@@ -1,0 +1,293 @@
+"""Network files: the compiled on-disk format, and one loader that recognises every format.
+
+The compiled format is an uncompressed ZIP archive (what ``numpy.savez`` writes) whose first
+member, ``header.json``, names the format, its version, the network's name and content
+``version``, and lists the arrays; every array of :meth:`RoadNetwork.arrays` follows as a
+``.npy`` member. Nothing is recomputed on load except the content hash, which is checked
+against the header (about 0.07 s for the 87 MB DIMACS NY network) and so catches corruption
+that the ZIP CRCs miss.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from graph.errors import NetworkFileNotFoundError, NetworkFormatError
+from graph.network import RoadNetwork, assemble_network
+
+#: Name written into, and required in, a compiled file's header.
+COMPILED_FORMAT = "traffic-road-network"
+#: Version of the compiled layout; bump when array names, dtypes or meanings change.
+COMPILED_FORMAT_VERSION = 1
+_HEADER = "header.json"
+
+#: ``progress(stage, fraction)``: a loader reports its stage name and 0..1 progress.
+ProgressCallback = Callable[[str, float], None]
+
+#: What :func:`load_network` accepts, for error messages.
+ACCEPTED_FORMATS = (
+    "compiled network (.net/.npz, written by save_network)",
+    "OpenStreetMap .osm.pbf / .osm / .osm.bz2",
+    "GeoJSON FeatureCollection (.geojson/.json)",
+    "DIMACS .gr[.gz] with its .co[.gz] beside it",
+)
+
+_ARRAY_DTYPES: dict[str, str] = {
+    "node_lat": "f8", "node_lon": "f8", "node_osm_id": "i8",
+    "edge_src": "i4", "edge_dst": "i4", "edge_length_m": "f8", "edge_speed_kph": "f8",
+    "edge_road_class": "i1", "edge_oneway": "b1", "edge_osm_way": "i8",
+    "edge_osm_from": "i8", "edge_osm_to": "i8", "edge_reversed": "b1", "edge_key": "i8",
+    "geom_offsets": "i8", "geom_lat": "f8", "geom_lon": "f8",
+    "out_first": "i4", "out_edge": "i4", "in_first": "i4", "in_edge": "i4",
+    "turn_from_edge": "i4", "turn_via_node": "i4", "turn_to_edge": "i4", "turn_kind": "i1",
+}
+
+
+def save_network(net: RoadNetwork, path: str | os.PathLike[str]) -> Path:
+    """Write ``net`` to ``path`` in the compiled format, atomically.
+
+    The archive is written to a temporary file in the same directory, flushed to disk
+    (``fsync``) and renamed over ``path``, so a reader never sees a half-written network
+    and a failed write leaves any previous file in place. Returns the path written.
+    Uncompressed on purpose: loading is then a plain read, about 0.1 s for 87 MB.
+    """
+    path = Path(path)
+    arrays = net.arrays()
+    header = {
+        "format": COMPILED_FORMAT,
+        "format_version": COMPILED_FORMAT_VERSION,
+        "name": net.name,
+        "version": net.version,
+        "arrays": {k: [a.dtype.str, list(a.shape)] for k, a in arrays.items()},
+    }
+    directory = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
+                zf.writestr(_HEADER, json.dumps(header, indent=1))
+                for key, a in arrays.items():
+                    with zf.open(f"{key}.npy", "w", force_zip64=True) as member:
+                        np.lib.format.write_array(member, np.ascontiguousarray(a),
+                                                  allow_pickle=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_directory(directory)
+    return path
+
+
+def load_compiled(path: str | os.PathLike[str]) -> RoadNetwork:
+    """Read a network written by :func:`save_network`.
+
+    Checks the header (format name and version, the array list, dtypes and consistent
+    lengths) and that the content hash of what was read equals the recorded version.
+
+    Raises
+    ------
+    NetworkFileNotFoundError
+        ``path`` does not exist.
+    NetworkFormatError
+        The file is not a compiled network, is of an unsupported format version, is cut
+        short or corrupt; the message names the file.
+    """
+    path = Path(path)
+    _require_file(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            header = _read_header(zf, path)
+            arrays = {}
+            for key in _ARRAY_DTYPES:
+                with zf.open(f"{key}.npy") as member:
+                    arrays[key] = np.lib.format.read_array(member, allow_pickle=False)
+    except NetworkFormatError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, KeyError, ValueError, EOFError,
+            OSError) as exc:
+        raise NetworkFormatError(
+            f"{path}: not a readable compiled network (truncated or corrupt?): {exc}"
+        ) from exc
+    _check_arrays(arrays, path)
+    net = assemble_network(arrays, name=str(header.get("name", "")))
+    if net.version != header.get("version"):
+        raise NetworkFormatError(
+            f"{path}: content does not match its recorded version {header.get('version')!r} "
+            f"(got {net.version}): the file is corrupt"
+        )
+    return net
+
+
+def load_network(
+    path: str | os.PathLike[str],
+    *,
+    progress: ProgressCallback | None = None,
+    co_path: str | os.PathLike[str] | None = None,
+) -> RoadNetwork:
+    """Load a network from any supported file, recognising the format by its content.
+
+    ZIP magic -> compiled network; a PBF ``OSMHeader`` block, XML, or bzip2 -> OpenStreetMap
+    (through :func:`graph.osm.load_osm`); JSON starting with ``{`` -> GeoJSON; a DIMACS
+    ``p sp`` file (plain or gzip) -> DIMACS, with the coordinates from ``co_path`` or found
+    beside it (:func:`graph.dimacs.find_coordinates`).
+
+    Parameters
+    ----------
+    path
+        The file to load.
+    progress
+        Called as ``progress(stage, fraction)`` during long loads (OSM import).
+    co_path
+        DIMACS coordinates, when not beside the ``.gr`` file under the usual name.
+
+    Raises
+    ------
+    NetworkFileNotFoundError
+        ``path`` does not exist.
+    NetworkFormatError
+        The content is none of the accepted formats (the message lists them), or the
+        chosen loader rejects it.
+    """
+    path = Path(path)
+    _require_file(path)
+    kind = detect_format(path)
+    if kind == "compiled":
+        net = load_compiled(path)
+    elif kind == "osm":
+        from graph.osm import load_osm
+
+        net = load_osm(path, progress=progress)
+    elif kind == "geojson":
+        from graph.geojson import load_geojson
+
+        net = load_geojson(path)
+    else:
+        from graph.dimacs import find_coordinates, load_dimacs
+
+        net = load_dimacs(path, co_path if co_path is not None else find_coordinates(path))
+    if progress is not None:
+        progress("done", 1.0)
+    return net
+
+
+def detect_format(path: str | os.PathLike[str]) -> str:
+    """Return ``"compiled"``, ``"osm"``, ``"geojson"`` or ``"dimacs"`` for a file's content.
+
+    Raises
+    ------
+    NetworkFormatError
+        The content is none of them; the message lists the accepted formats.
+    """
+    path = Path(path)
+    _require_file(path)
+    with path.open("rb") as fh:
+        head = fh.read(4096)
+    name = path.name.lower()
+    if head.startswith(b"PK\x03\x04"):
+        return "compiled"
+    if head.startswith(b"BZh") or b"OSMHeader" in head[:64]:
+        return "osm"
+    if head.startswith(b"\x1f\x8b"):
+        head = _gunzip_head(path)
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if text.startswith(b"<"):
+        if b"<osm" in text:
+            return "osm"
+    elif text.startswith(b"{"):
+        return "geojson"
+    elif text.startswith((b"c", b"p sp")) and (b"p sp " in text or ".gr" in name):
+        return "dimacs"
+    if not head:
+        what = "the file is empty"
+    else:
+        what = "its content matches none of them"
+    raise NetworkFormatError(
+        f"{path}: not a road network file ({what}); accepted formats: "
+        + "; ".join(ACCEPTED_FORMATS)
+    )
+
+
+def _gunzip_head(path: Path) -> bytes:
+    import gzip
+    import zlib
+
+    try:
+        with gzip.open(path, "rb") as fh:
+            return fh.read(4096)
+    except (OSError, EOFError, zlib.error):
+        return b""
+
+
+def _read_header(zf: zipfile.ZipFile, path: Path) -> dict:
+    try:
+        header = json.loads(zf.read(_HEADER))
+    except KeyError as exc:
+        raise NetworkFormatError(
+            f"{path}: a ZIP archive but not a compiled network (no {_HEADER})"
+        ) from exc
+    except json.JSONDecodeError as exc:
+        raise NetworkFormatError(f"{path}: the compiled header is not valid JSON") from exc
+    if not isinstance(header, dict) or header.get("format") != COMPILED_FORMAT:
+        raise NetworkFormatError(f"{path}: a ZIP archive but not a compiled network")
+    if header.get("format_version") != COMPILED_FORMAT_VERSION:
+        raise NetworkFormatError(
+            f"{path}: compiled format version {header.get('format_version')!r} is not "
+            f"supported (this program reads version {COMPILED_FORMAT_VERSION}); re-import it"
+        )
+    return header
+
+
+def _check_arrays(arrays: dict[str, np.ndarray], path: Path) -> None:
+    """Cheap structural checks: dtypes, 1-D, and lengths that agree (O(1) each)."""
+    for key, dtype in _ARRAY_DTYPES.items():
+        a = arrays[key]
+        if a.dtype != np.dtype(dtype) or a.ndim != 1:
+            raise NetworkFormatError(f"{path}: array {key} has dtype {a.dtype} / shape {a.shape}")
+    n, m = arrays["node_lat"].size, arrays["edge_src"].size
+    offsets = arrays["geom_offsets"]
+    r, g = arrays["turn_from_edge"].size, int(offsets[-1]) if offsets.size else 0
+    sizes = (
+        (n, ("node_lon", "node_osm_id")),
+        (m, ("edge_dst", "edge_length_m", "edge_speed_kph", "edge_road_class", "edge_oneway",
+            "edge_osm_way", "edge_osm_from", "edge_osm_to", "edge_reversed", "edge_key",
+            "out_edge", "in_edge")),
+        (n + 1, ("out_first", "in_first")),
+        (m + 1, ("geom_offsets",)),
+        (g, ("geom_lat", "geom_lon")),
+        (r, ("turn_via_node", "turn_to_edge", "turn_kind")),
+    )
+    for size, keys in sizes:
+        for key in keys:
+            if arrays[key].size != size:
+                raise NetworkFormatError(
+                    f"{path}: array {key} has {arrays[key].size} entries, expected {size}"
+                )
+
+
+def _require_file(path: Path) -> None:
+    if not path.exists():
+        raise NetworkFileNotFoundError(f"{path}: no such file")
+    if path.is_dir():
+        raise NetworkFileNotFoundError(f"{path}: is a directory, not a network file")
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
