@@ -1,0 +1,230 @@
+"""The car profile for OSM import: which ways a car may use, in which direction, how fast.
+
+Pure functions over a way's tags (``tags.get(key)`` is all they need), so they are tested on
+plain dicts and reused by any loader that sees OSM-style tags. :class:`CarProfile` owns the
+country speed table and a small cache of parsed ``maxspeed`` strings (one profile per import).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from graph.network import DEFAULT_SPEED_KPH, ROAD_CLASS_INDEX, ROAD_CLASSES
+
+KPH_PER_MPH = 1.609344
+KPH_PER_KNOT = 1.852
+
+#: Highway classes a car may use: every named class of the model except ``unknown``.
+DRIVABLE_HIGHWAYS: frozenset[str] = frozenset(c for c in ROAD_CLASSES if c != "unknown")
+
+#: Access values that shut cars out. ``destination``, ``permissive``, ``customers`` and
+#: ``delivery`` stay open: a car may legally drive there, and a route may start or end there.
+#: ``psv``/``bus`` mean "public transport only".
+CLOSED_ACCESS: frozenset[str] = frozenset(
+    {"no", "private", "agricultural", "forestry", "emergency", "psv", "bus", "military"}
+)
+
+#: Access keys from the most specific to the most general: the first one present decides.
+ACCESS_KEYS: tuple[str, ...] = ("motorcar", "motor_vehicle", "vehicle", "access")
+
+_ONEWAY_FORWARD = frozenset({"yes", "1", "true"})
+_ONEWAY_BACKWARD = frozenset({"-1", "reverse"})
+_ONEWAY_NO = frozenset({"no", "false", "0"})
+# Reversible and alternating roads change direction by time of day or by signal; a network
+# with fixed directions cannot route on them correctly, so they are left out (as OSRM does).
+_ONEWAY_CLOSED = frozenset({"reversible", "alternating"})
+_IMPLIED_ONEWAY_HIGHWAYS = frozenset({"motorway", "motorway_link"})
+_IMPLIED_ONEWAY_JUNCTIONS = frozenset({"roundabout", "circular"})
+
+#: Speed (km/h) used for ``maxspeed=none`` (no legal limit): a high but finite cruising speed.
+NO_LIMIT_SPEED_KPH = 130.0
+#: Speed (km/h) for ``maxspeed=walk`` and ``XX:walk`` (German "Schrittgeschwindigkeit").
+WALK_SPEED_KPH = 7.0
+#: Parsed numeric limits outside (0, MAX_PLAUSIBLE_KPH] are treated as tagging errors.
+MAX_PLAUSIBLE_KPH = 200.0
+
+def _mph(v: float) -> float:
+    return v * KPH_PER_MPH
+
+
+#: Default limits (km/h) behind the ``XX:context`` maxspeed values, from the OSM wiki page
+#: "Default speed limits" (legal defaults; where a country has no legal motorway limit, the
+#: advisory speed). Keys are upper-case ``COUNTRY:context``.
+COUNTRY_SPEEDS_KPH: dict[str, float] = {
+    # Germany: no motorway limit by law; 130 is the advisory speed (Richtgeschwindigkeit).
+    "DE:urban": 50, "DE:rural": 100, "DE:trunk": 100, "DE:motorway": 130,
+    "DE:living_street": WALK_SPEED_KPH, "DE:bicycle_road": 30, "DE:zone30": 30, "DE:zone20": 20,
+    "DK:urban": 50, "DK:rural": 80, "DK:trunk": 80, "DK:motorway": 130,
+    # Liechtenstein has no motorway; its rural default is 80.
+    "LI:urban": 50, "LI:rural": 80, "LI:trunk": 80, "LI:motorway": 120,
+    "CH:urban": 50, "CH:rural": 80, "CH:trunk": 100, "CH:motorway": 120,
+    "AT:urban": 50, "AT:rural": 100, "AT:trunk": 100, "AT:motorway": 130,
+    "FI:urban": 50, "FI:rural": 80, "FI:trunk": 100, "FI:motorway": 120,
+    "SE:urban": 50, "SE:rural": 70, "SE:trunk": 90, "SE:motorway": 110,
+    "NO:urban": 50, "NO:rural": 80, "NO:trunk": 80, "NO:motorway": 90,
+    "FR:urban": 50, "FR:rural": 80, "FR:trunk": 110, "FR:motorway": 130, "FR:zone30": 30,
+    # Great Britain: national speed limits in mph.
+    "GB:urban": _mph(30), "GB:nsl_single": _mph(60), "GB:nsl_dual": _mph(70),
+    "GB:rural": _mph(60), "GB:trunk": _mph(70), "GB:motorway": _mph(70),
+    # Netherlands: 100 on motorways by day since 2020 (130 only where signed, at night).
+    "NL:urban": 50, "NL:rural": 80, "NL:trunk": 100, "NL:motorway": 100,
+    "BE:urban": 50, "BE:rural": 90, "BE:trunk": 120, "BE:motorway": 120,
+    "BE-VLG:urban": 50, "BE-VLG:rural": 70, "BE-WAL:rural": 90, "BE-BRU:urban": 30,
+    "IT:urban": 50, "IT:rural": 90, "IT:trunk": 110, "IT:motorway": 130,
+    "ES:urban": 50, "ES:rural": 90, "ES:trunk": 100, "ES:motorway": 120,
+    "PL:urban": 50, "PL:rural": 90, "PL:trunk": 100, "PL:expressway": 120, "PL:motorway": 140,
+    "RU:urban": 60, "RU:rural": 90, "RU:living_street": 20, "RU:motorway": 110,
+    # United States: limits are set by states; typical values in mph.
+    "US:urban": _mph(25), "US:rural": _mph(55), "US:trunk": _mph(55), "US:motorway": _mph(65),
+    "CZ:urban": 50, "CZ:rural": 90, "CZ:motorway": 130,
+}
+
+_NUMBER = re.compile(r"^\s*(\d+(?:[.,]\d+)?)\s*(mph|km/h|kmh|kph|knots)?\s*$")
+_ZONE = re.compile(r"^[A-Z]{2}(?:-[A-Z]+)?:zone:?(\d+)$")
+
+
+class TagLookup(Protocol):
+    """Anything with ``get(key, default=None)``: a dict, or pyosmium's ``TagList``."""
+
+    def get(self, key: str, default: str | None = None, /) -> str | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class WayAttributes:
+    """What the car profile says about one kept way.
+
+    ``forward``/``backward`` are the directions a car may drive relative to the way's node
+    order; at least one is True. Speeds are free-flow km/h per direction.
+    """
+
+    road_class: int
+    forward: bool
+    backward: bool
+    speed_forward_kph: float
+    speed_backward_kph: float
+
+
+class CarProfile:
+    """Car-routing rules for OSM ways, with the country speed table used for ``XX:context``.
+
+    Parameters
+    ----------
+    country_speeds
+        Extra or overriding ``{"DE:urban": 50.0, ...}`` entries (km/h), merged over
+        :data:`COUNTRY_SPEEDS_KPH`. Keys are matched case-insensitively.
+    """
+
+    def __init__(self, *, country_speeds: Mapping[str, float] | None = None) -> None:
+        table = {k.upper(): float(v) for k, v in COUNTRY_SPEEDS_KPH.items()}
+        for k, v in (country_speeds or {}).items():
+            table[str(k).upper()] = float(v)
+        self._country = table
+        self._speed_cache: dict[tuple[str, str], float] = {}
+
+    def way_attributes(self, tags: TagLookup) -> WayAttributes | None:
+        """Return the car attributes of a way, or ``None`` when a car may not use it."""
+        highway = tags.get("highway")
+        if highway not in DRIVABLE_HIGHWAYS or tags.get("area") == "yes":
+            return None
+        if not is_car_accessible(tags):
+            return None
+        directions = oneway_directions(highway, tags.get("oneway"), tags.get("junction"))
+        if directions is None:
+            return None
+        general = tags.get("maxspeed")
+        fwd = tags.get("maxspeed:forward") or general
+        bwd = tags.get("maxspeed:backward") or general
+        return WayAttributes(
+            road_class=ROAD_CLASS_INDEX[highway],
+            forward=directions[0],
+            backward=directions[1],
+            speed_forward_kph=self.speed_kph(fwd, highway),
+            speed_backward_kph=self.speed_kph(bwd, highway),
+        )
+
+    def speed_kph(self, maxspeed: str | None, highway: str) -> float:
+        """Free-flow speed (km/h) for a ``maxspeed`` value on a road of class ``highway``.
+
+        Numbers are km/h unless followed by ``mph`` or ``knots``; ``none`` gives
+        :data:`NO_LIMIT_SPEED_KPH` on motorways and the class default elsewhere;
+        ``XX:context`` values come from the country table; a semicolon list uses its first
+        value. Anything unparsable (``signals``, ``variable``, typos, ``0``) falls back to the
+        class default in :data:`graph.network.DEFAULT_SPEED_KPH`; this never raises.
+        """
+        default = DEFAULT_SPEED_KPH.get(highway, DEFAULT_SPEED_KPH["unknown"])
+        if not maxspeed:
+            return default
+        key = (maxspeed, highway)
+        cached = self._speed_cache.get(key)
+        if cached is None:
+            cached = self._parse_speed(maxspeed, highway)
+            cached = default if cached is None else cached
+            self._speed_cache[key] = cached
+        return cached
+
+    def _parse_speed(self, value: str, highway: str) -> float | None:
+        value = value.split(";", 1)[0].strip()
+        lower = value.lower()
+        if lower == "none":
+            return NO_LIMIT_SPEED_KPH if highway == "motorway" else None
+        if lower == "walk":
+            return WALK_SPEED_KPH
+        match = _NUMBER.match(lower)
+        if match:
+            number = float(match.group(1).replace(",", "."))
+            unit = match.group(2)
+            kph = number * (KPH_PER_MPH if unit == "mph" else KPH_PER_KNOT if unit == "knots" else 1.0)
+            return kph if 0 < kph <= MAX_PLAUSIBLE_KPH else None
+        upper = value.upper()
+        if upper in self._country:
+            return self._country[upper]
+        zone = _ZONE.match(upper)
+        if zone:
+            return float(zone.group(1)) or None
+        if upper.endswith(":WALK"):
+            return WALK_SPEED_KPH
+        return None
+
+
+def is_car_accessible(tags: TagLookup) -> bool:
+    """Whether the access tags let a private car in (the most specific key present decides).
+
+    ``motorcar`` beats ``motor_vehicle`` beats ``vehicle`` beats ``access``, so ``access=no``
+    with ``motor_vehicle=yes`` is open. A semicolon list is closed only when every value in it
+    is closed.
+    """
+    for key in ACCESS_KEYS:
+        value = tags.get(key)
+        if value:
+            parts = [p.strip() for p in value.split(";")]
+            return not all(p in CLOSED_ACCESS for p in parts)
+    return True
+
+
+def oneway_directions(
+    highway: str, oneway: str | None, junction: str | None
+) -> tuple[bool, bool] | None:
+    """Return ``(forward, backward)`` allowed for a car, or ``None`` when the way is closed.
+
+    Explicit ``oneway`` wins (``yes|1|true`` forward, ``-1|reverse`` backward, ``no|false|0``
+    both ways even on a motorway or roundabout); ``reversible``/``alternating`` close the way.
+    Without an explicit value, motorways, motorway links and ``junction=roundabout|circular``
+    are one-way forward (the implied-oneway rule of OSRM's car profile); anything else is
+    two-way. Unrecognised ``oneway`` values count as absent.
+    """
+    if oneway is not None:
+        value = oneway.strip().lower()
+        if value in _ONEWAY_FORWARD:
+            return (True, False)
+        if value in _ONEWAY_BACKWARD:
+            return (False, True)
+        if value in _ONEWAY_NO:
+            return (True, True)
+        if value in _ONEWAY_CLOSED:
+            return None
+    if highway in _IMPLIED_ONEWAY_HIGHWAYS or junction in _IMPLIED_ONEWAY_JUNCTIONS:
+        return (True, False)
+    return (True, True)
