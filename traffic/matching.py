@@ -1,0 +1,476 @@
+"""Online hidden-Markov-model map matching (Newson & Krumm 2009), vectorised across vehicles.
+
+Each GPS point gets up to ``k`` candidate positions on edges within ``radius_m`` (the spatial
+index). A candidate's emission log-probability is Gaussian in its distance to the point
+(``sigma`` = the probe's ``accuracy_m`` when given, else ``MatcherConfig.sigma_m``), plus
+``kappa * (cos(heading - road bearing) - 1)`` when a heading is given and the car moves. A
+transition between candidates of consecutive points costs ``|route - great_circle| / beta_m``
+(log domain), with the route distance from the bounded table (:mod:`graph.ubodt`): the rest of
+the first edge + table distance + the offset on the second, or the offset difference on one
+edge. Moving back on the same edge by up to ``backward_tolerance_m`` counts as standing still
+(GPS jitter of a stopped car); a U-turn onto the reverse twin edge costs
+``uturn_penalty``; routes longer than the table's bound or faster than ``max_speed_mps`` are
+infeasible.
+
+Online, fixed lag: each vehicle keeps its last Viterbi column and a ring of back-pointers for
+at most ``lag + 1`` pending points; once a point has ``lag`` successors it is decided by
+backtracking from the best current candidate, and the candidates that do not descend from the
+decision are pruned so later decisions stay consistent with it. A time gap above
+``max_gap_s`` or a point no candidate can reach breaks the trace: every pending point is
+decided and a new trace starts. Points with no candidate are counted and skipped.
+
+A push processes all its vehicles together, one column (the k-th new point of every vehicle)
+at a time, with transitions as ``(vehicles, k, k)`` arrays: no Python loop per probe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from graph.network import RoadNetwork, haversine_m
+from graph.spatial import SpatialIndex, candidates
+from graph.ubodt import UBODT
+
+NEG_INF = -np.inf
+
+
+@dataclass(frozen=True, slots=True)
+class MatcherConfig:
+    """Parameters of :class:`OnlineMatcher` (distances in m, times in s, scores in log units)."""
+
+    radius_m: float = 50.0
+    k: int = 8
+    sigma_m: float = 5.0
+    min_sigma_m: float = 2.0
+    beta_m: float = 5.0
+    heading_kappa: float = 2.0
+    heading_min_speed_mps: float = 1.0
+    lag: int = 4
+    max_gap_s: float = 60.0
+    max_speed_mps: float = 50.0
+    speed_slack_m: float = 50.0
+    backward_tolerance_m: float = 15.0
+    uturn_penalty: float = 6.0
+
+    def __post_init__(self) -> None:
+        for name in ("radius_m", "sigma_m", "min_sigma_m", "beta_m", "max_gap_s", "max_speed_mps"):
+            v = getattr(self, name)
+            if not (np.isfinite(v) and v > 0):
+                raise ValueError(f"MatcherConfig.{name} must be a positive number; got {v!r}")
+        if self.k < 1 or self.lag < 0:
+            raise ValueError(f"MatcherConfig needs k >= 1 and lag >= 0; got k={self.k}, lag={self.lag}")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class MatchOutput:
+    """What one :meth:`OnlineMatcher.push` or ``flush`` decided.
+
+    Matched points (``point_*``): the input row id (``row``; for ``push`` the position in that
+    call's arrays), the vehicle slot, the trace id, edge, offset along it (m) and time (s).
+    Path pieces (``piece_*``): the driven stretch between consecutive matched points of one
+    trace, one row per edge touched, in driving order within each trace: edge, offsets
+    ``off0_m <= off1_m`` along it, and times ``t0_s <= t1_s`` interpolated by distance.
+    ``ended_traces``: traces that closed in this call (their last edge is final).
+    """
+
+    point_row: np.ndarray
+    point_slot: np.ndarray
+    point_trace: np.ndarray
+    point_edge: np.ndarray
+    point_offset_m: np.ndarray
+    point_t_s: np.ndarray
+    piece_trace: np.ndarray
+    piece_edge: np.ndarray
+    piece_off0_m: np.ndarray
+    piece_off1_m: np.ndarray
+    piece_t0_s: np.ndarray
+    piece_t1_s: np.ndarray
+    ended_traces: np.ndarray
+
+
+class OnlineMatcher:
+    """Fixed-lag online HMM map matcher holding per-vehicle state; see the module docstring.
+
+    Examples
+    --------
+    >>> # m = OnlineMatcher(net, build_spatial_index(net), build_ubodt(net), MatcherConfig())
+    >>> # out = m.push(vid, t, lat, lon, speed_mps=s, heading_deg=h)  # sorted by vid, t
+    >>> # out_rest = m.flush()
+    """
+
+    def __init__(self, net: RoadNetwork, index: SpatialIndex, ubodt: UBODT,
+                 config: MatcherConfig = MatcherConfig()) -> None:
+        if index.network_version != net.version or ubodt.network_version != net.version:
+            raise ValueError("spatial index / UBODT were built for another network version "
+                             f"({index.network_version}, {ubodt.network_version} != {net.version})")
+        self.net, self.index, self.ubodt, self.cfg = net, index, ubodt, config
+        self._len = net.edge_length_m
+        self._twin = _reverse_twins(net)
+        scale = float(net.edge_length_m.max(initial=0.0)) + 1.0
+        self._seg_key = index.seg_edge.astype(np.float64) * scale + index.seg_start_m
+        self._seg_scale_key = scale
+        self._seg_bearing = np.degrees(np.arctan2(index.seg_x1 - index.seg_x0,
+                                                  index.seg_y1 - index.seg_y0))
+        self._slots: dict[str, int] = {}
+        self._free: list[int] = []
+        self._cap = 0
+        self._next_trace = 0
+        self._seq = 0
+        self.counts = {"pushed": 0, "matched": 0, "no_candidate": 0}
+        self._grow(1024)
+
+    # ----------------------------------------------------------------- state
+    def _grow(self, cap: int) -> None:
+        w, k, old = self.cfg.lag + 1, self.cfg.k, self._cap
+
+        def g(name: str, shape: tuple[int, ...], dtype: type, fill: object) -> None:
+            new = np.full((cap, *shape), fill, dtype=dtype)
+            if old:
+                new[:old] = getattr(self, name)
+            setattr(self, name, new)
+
+        g("_c_edge", (w, k), np.int32, -1)
+        g("_c_off", (w, k), np.float64, 0.0)
+        g("_bp", (w, k), np.int16, -1)
+        g("_p_row", (w,), np.int64, -1)
+        g("_p_t", (w,), np.float64, 0.0)
+        g("_score", (k,), np.float64, NEG_INF)
+        g("_last_lat", (), np.float64, 0.0)
+        g("_last_lon", (), np.float64, 0.0)
+        g("_last_t", (), np.float64, -np.inf)
+        g("_n_pend", (), np.int64, 0)
+        g("_head", (), np.int64, 0)
+        g("_trace", (), np.int64, -1)
+        g("_dec_edge", (), np.int32, -1)
+        g("_dec_off", (), np.float64, 0.0)
+        g("_dec_t", (), np.float64, 0.0)
+        g("_dec_trace", (), np.int64, -1)
+        self._cap = cap
+
+    def _slot_of(self, vids: np.ndarray) -> np.ndarray:
+        uniq, inv = np.unique(vids, return_inverse=True)
+        out = np.empty(uniq.shape, dtype=np.int64)
+        for i, v in enumerate(uniq.tolist()):
+            s = self._slots.get(v)
+            if s is None:
+                if not self._free:
+                    self._free = list(range(self._cap * 2 - 1, self._cap - 1, -1))
+                    self._grow(self._cap * 2)
+                s = self._free.pop()
+                self._slots[v] = s
+            out[i] = s
+        return out[inv]
+
+    def pending_count(self) -> int:
+        """Points accepted by :meth:`push` and not yet decided (matched) or counted unmatched."""
+        return int(self._n_pend.sum())
+
+    # ------------------------------------------------------------------ push
+    def push(self, vehicle_ids: np.ndarray, t: np.ndarray, lat: np.ndarray, lon: np.ndarray, *,
+             speed_mps: np.ndarray | None = None, heading_deg: np.ndarray | None = None,
+             accuracy_m: np.ndarray | None = None, row_ids: np.ndarray | None = None) -> MatchOutput:
+        """Add probes (sorted by vehicle, then time) and return what became decided.
+
+        ``row_ids`` (default ``0..n-1``) are carried to ``MatchOutput.point_row``. A vehicle's
+        new points must be later than its earlier ones (validation guarantees it).
+        """
+        vids = np.asarray(vehicle_ids)
+        t = np.asarray(t, dtype=np.float64)
+        lat = np.asarray(lat, dtype=np.float64)
+        lon = np.asarray(lon, dtype=np.float64)
+        n = t.shape[0]
+        if not (vids.shape == lat.shape == lon.shape == (n,)):
+            raise ValueError("vehicle_ids, t, lat and lon must be 1-D arrays of equal length")
+        rows = np.arange(n, dtype=np.int64) if row_ids is None else np.asarray(row_ids, np.int64)
+        self.counts["pushed"] += n
+        recs: list[tuple[np.ndarray, ...]] = []
+        ended: list[np.ndarray] = []
+        if n == 0:
+            return self._finish(recs, ended)
+        slots = self._slot_of(vids)
+        if n > 1 and np.any((slots[1:] == slots[:-1]) & (t[1:] <= t[:-1])):
+            raise ValueError("probes must be sorted by vehicle then strictly increasing time")
+        ce, co, em = self._candidates(lat, lon, speed_mps, heading_deg, accuracy_m)
+        has = ce[:, 0] >= 0
+        self.counts["no_candidate"] += int((~has).sum())
+        keep = np.flatnonzero(has)
+        slots, t, lat, lon, rows = slots[keep], t[keep], lat[keep], lon[keep], rows[keep]
+        ce, co, em = ce[keep], co[keep], em[keep]
+        if keep.size == 0:
+            return self._finish(recs, ended)
+        first = np.ones(keep.size, dtype=bool)
+        first[1:] = slots[1:] != slots[:-1]
+        start = np.maximum.accumulate(np.where(first, np.arange(keep.size), 0))
+        rank = np.arange(keep.size) - start
+        order = np.argsort(rank, kind="stable")
+        bounds = np.searchsorted(rank[order], np.arange(rank.max() + 2))
+        for r in range(rank.max() + 1):
+            i = order[bounds[r]:bounds[r + 1]]
+            self._step(slots[i], t[i], lat[i], lon[i], rows[i], ce[i], co[i], em[i], recs, ended)
+        return self._finish(recs, ended)
+
+    def flush(self, vehicle_ids: np.ndarray | None = None) -> MatchOutput:
+        """Decide every pending point (of the given vehicles, or all) and close their traces."""
+        if vehicle_ids is None:
+            s = np.fromiter(self._slots.values(), dtype=np.int64, count=len(self._slots))
+        else:
+            s = np.array([self._slots[v] for v in np.asarray(vehicle_ids).tolist()
+                          if v in self._slots], dtype=np.int64)
+        recs: list[tuple[np.ndarray, ...]] = []
+        ended: list[np.ndarray] = []
+        self._end_trace(s[self._trace[s] >= 0], recs, ended)
+        return self._finish(recs, ended)
+
+    def flush_idle(self, now_t: float, idle_s: float) -> MatchOutput:
+        """Flush vehicles whose last point is older than ``now_t - idle_s`` and forget them."""
+        idle = [v for v, s in self._slots.items() if self._last_t[s] < now_t - idle_s]
+        out = self.flush(np.array(idle, dtype=object))
+        for v in idle:
+            s = self._slots.pop(v)
+            self._free.append(s)
+            self._last_t[s] = -np.inf
+            self._dec_trace[s] = -1
+        return out
+
+    # ------------------------------------------------------------ internals
+    def _candidates(self, lat: np.ndarray, lon: np.ndarray, speed: np.ndarray | None,
+                    heading: np.ndarray | None, acc: np.ndarray | None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        cfg, n = self.cfg, lat.shape[0]
+        pi, ei, d, off = candidates(self.index, lat, lon, radius_m=cfg.radius_m, k=cfg.k)
+        rank = np.arange(pi.size) - np.searchsorted(pi, pi)
+        ce = np.full((n, cfg.k), -1, dtype=np.int32)
+        co = np.zeros((n, cfg.k))
+        em = np.full((n, cfg.k), NEG_INF)
+        sigma = np.full(n, cfg.sigma_m)
+        if acc is not None:
+            a = np.asarray(acc, dtype=np.float64)
+            sigma = np.where(np.isfinite(a) & (a > 0), np.maximum(a, cfg.min_sigma_m), sigma)
+        logp = -0.5 * (d / sigma[pi]) ** 2
+        if heading is not None and cfg.heading_kappa > 0:
+            h = np.asarray(heading, dtype=np.float64)[pi]
+            use = np.isfinite(h)
+            if speed is not None:
+                use &= np.asarray(speed, dtype=np.float64)[pi] >= cfg.heading_min_speed_mps
+            b = self._bearing(ei, off)
+            logp += np.where(use, cfg.heading_kappa * (np.cos(np.radians(h - b)) - 1.0), 0.0)
+        ce[pi, rank], co[pi, rank], em[pi, rank] = ei, off, logp
+        return ce, co, em
+
+    def _bearing(self, edge: np.ndarray, off: np.ndarray) -> np.ndarray:
+        key = edge.astype(np.float64) * self._seg_scale_key + off
+        s = np.clip(np.searchsorted(self._seg_key, key, side="right") - 1, 0, None)
+        return self._seg_bearing[s]
+
+    def _route(self, ea: np.ndarray, oa: np.ndarray, eb: np.ndarray, ob: np.ndarray,
+               gc: np.ndarray, dt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Transition cost (log units, inf = infeasible), route distance (m), U-turn flag."""
+        cfg, net = self.cfg, self.net
+        fwd = (ea == eb) & (ob >= oa - cfg.backward_tolerance_m)
+        mid, _ = self.ubodt.lookup(net.edge_dst[ea], net.edge_src[eb])
+        d = np.where(fwd, np.maximum(ob - oa, 0.0), self._len[ea] - oa + mid + ob)
+        cost = np.abs(d - gc) / cfg.beta_m
+        uturn = self._twin[ea] == eb
+        if uturn.any():
+            du = np.abs(self._len[ea] - ob - oa)
+            cu = np.abs(du - gc) / cfg.beta_m + cfg.uturn_penalty
+            uturn &= cu < cost
+            d = np.where(uturn, du, d)
+            cost = np.where(uturn, cu, cost)
+        too_fast = d > cfg.max_speed_mps * dt + cfg.speed_slack_m
+        cost = np.where(too_fast | ~np.isfinite(d), np.inf, cost)
+        return cost, d, uturn
+
+    def _step(self, s: np.ndarray, t: np.ndarray, lat: np.ndarray, lon: np.ndarray,
+              rows: np.ndarray, ce: np.ndarray, co: np.ndarray, em: np.ndarray,
+              recs: list, ended: list) -> None:
+        cfg, k, w = self.cfg, self.cfg.k, self.cfg.lag + 1
+        live = self._trace[s] >= 0
+        gap = live & (t - self._last_t[s] > cfg.max_gap_s)
+        new_score = em.copy()
+        bp = np.full((s.size, k), -1, dtype=np.int16)
+        cont = np.flatnonzero(live & ~gap)
+        if cont.size:
+            sc = s[cont]
+            pos = (self._head[sc] - 1) % w
+            pe, po = self._c_edge[sc, pos], self._c_off[sc, pos]
+            ps = self._score[sc]
+            valid = (pe[:, :, None] >= 0) & np.isfinite(ps)[:, :, None] & (ce[cont][:, None, :] >= 0)
+            vi, ai, bi = np.nonzero(valid)
+            gc = haversine_m(self._last_lat[sc], self._last_lon[sc], lat[cont], lon[cont])
+            dt = t[cont] - self._last_t[sc]
+            cost, _, _ = self._route(pe[vi, ai], po[vi, ai], ce[cont][vi, bi], co[cont][vi, bi],
+                                     gc[vi], dt[vi])
+            tot = np.full((cont.size, k, k), NEG_INF)
+            tot[vi, ai, bi] = ps[vi, ai] - cost
+            best = tot.argmax(axis=1)
+            bval = np.take_along_axis(tot, best[:, None, :], axis=1)[:, 0, :]
+            new_score[cont] = bval + em[cont]
+            bp[cont] = best.astype(np.int16)
+        broken = gap.copy()
+        if cont.size:
+            broken[cont] = ~np.isfinite(new_score[cont]).any(axis=1)
+        if broken.any():
+            self._end_trace(s[broken], recs, ended)
+        restart = ~live | broken
+        if restart.any():
+            rs = s[restart]
+            self._trace[rs] = np.arange(self._next_trace, self._next_trace + rs.size)
+            self._next_trace += rs.size
+            new_score[restart] = em[restart]
+            bp[restart] = -1
+        new_score -= np.max(new_score, axis=1, keepdims=True)
+        h = self._head[s] % w
+        self._c_edge[s, h], self._c_off[s, h], self._bp[s, h] = ce, co, bp
+        self._p_row[s, h], self._p_t[s, h] = rows, t
+        self._head[s] = (h + 1) % w
+        self._n_pend[s] += 1
+        self._score[s] = new_score
+        self._last_lat[s], self._last_lon[s], self._last_t[s] = lat, lon, t
+        full = s[self._n_pend[s] > cfg.lag]
+        if full.size:
+            self._decide_oldest(full, recs)
+
+    def _backtrack(self, s: np.ndarray) -> np.ndarray:
+        """Best candidate index at each pending point, ``(len(s), lag + 1)``, oldest first."""
+        w = self.cfg.lag + 1
+        n = self._n_pend[s]
+        choice = np.full((s.size, w), -1, dtype=np.int64)
+        j = self._score[s].argmax(axis=1)
+        for i in range(int(n.max(initial=0))):
+            act = i < n
+            pos = (self._head[s] - 1 - i) % w
+            slot = n - 1 - i
+            choice[act, slot[act]] = j[act]
+            j = np.where(act, self._bp[s, pos, j], j)
+            j = np.maximum(j, 0)
+        return choice
+
+    def _emit(self, s: np.ndarray, ring_pos: np.ndarray, cand: np.ndarray, recs: list) -> None:
+        recs.append((
+            np.full(s.size, self._seq, dtype=np.int64), s, self._trace[s].copy(),
+            self._p_row[s, ring_pos], self._c_edge[s, ring_pos, cand],
+            self._c_off[s, ring_pos, cand], self._p_t[s, ring_pos],
+        ))
+        self._seq += 1
+        self.counts["matched"] += int(s.size)
+
+    def _decide_oldest(self, s: np.ndarray, recs: list) -> None:
+        w = self.cfg.lag + 1
+        choice = self._backtrack(s)
+        oldest = (self._head[s] - self._n_pend[s]) % w
+        c0 = choice[:, 0]
+        self._emit(s, oldest, c0, recs)
+        # Prune the last column to candidates whose path passes through the decision.
+        anc = np.broadcast_to(np.arange(self.cfg.k), (s.size, self.cfg.k)).copy()
+        for i in range(int(self._n_pend[s].max()) - 1):
+            pos = (self._head[s] - 1 - i) % w
+            anc = np.maximum(self._bp[s[:, None], pos[:, None], anc], 0)
+        sc = self._score[s]
+        sc[anc != c0[:, None]] = NEG_INF
+        self._score[s] = sc
+        self._n_pend[s] -= 1
+
+    def _end_trace(self, s: np.ndarray, recs: list, ended: list) -> None:
+        if s.size == 0:
+            return
+        w = self.cfg.lag + 1
+        choice = self._backtrack(s)
+        n = self._n_pend[s]
+        for i in range(int(n.max(initial=0))):
+            act = i < n
+            sa = s[act]
+            pos = (self._head[sa] - n[act] + i) % w
+            self._emit(sa, pos, choice[act, i], recs)
+        ended.append(self._trace[s].copy())
+        self._n_pend[s] = 0
+        self._trace[s] = -1
+
+    # -------------------------------------------------------------- output
+    def _finish(self, recs: list, ended: list) -> MatchOutput:
+        if recs:
+            seq, slot, trace, row, edge, off, tt = (np.concatenate(c) for c in zip(*recs))
+        else:
+            seq = slot = trace = row = np.zeros(0, np.int64)
+            edge, off, tt = np.zeros(0, np.int32), np.zeros(0), np.zeros(0)
+        order = np.lexsort((seq, slot))
+        slot, trace, row, edge, off, tt = (a[order] for a in (slot, trace, row, edge, off, tt))
+        # Pair each point with the previously decided point of its vehicle (same trace).
+        us = np.unique(slot)
+        p_slot = np.concatenate([us, slot])
+        p_trace = np.concatenate([self._dec_trace[us], trace])
+        p_edge = np.concatenate([self._dec_edge[us], edge])
+        p_off = np.concatenate([self._dec_off[us], off])
+        p_t = np.concatenate([self._dec_t[us], tt])
+        o = np.lexsort((np.concatenate([np.zeros(us.size), np.ones(slot.size)]), p_slot))
+        p_slot, p_trace, p_edge, p_off, p_t = (a[o] for a in (p_slot, p_trace, p_edge, p_off, p_t))
+        a = np.flatnonzero((p_slot[1:] == p_slot[:-1]) & (p_trace[1:] == p_trace[:-1])
+                           & (p_trace[:-1] >= 0))
+        pieces = self._pieces(p_trace[a], p_edge[a], p_off[a], p_t[a],
+                              p_edge[a + 1], p_off[a + 1], p_t[a + 1])
+        if slot.size:
+            last = np.flatnonzero(np.r_[slot[1:] != slot[:-1], True])
+            ls = slot[last]
+            self._dec_edge[ls], self._dec_off[ls] = edge[last], off[last]
+            self._dec_t[ls], self._dec_trace[ls] = tt[last], trace[last]
+        return MatchOutput(
+            point_row=row, point_slot=slot, point_trace=trace, point_edge=edge.astype(np.int32),
+            point_offset_m=off, point_t_s=tt, ended_traces=(np.concatenate(ended) if ended
+                                                           else np.zeros(0, np.int64)),
+            **pieces,
+        )
+
+    def _pieces(self, tr: np.ndarray, ea: np.ndarray, oa: np.ndarray, ta: np.ndarray,
+                eb: np.ndarray, ob: np.ndarray, tb: np.ndarray) -> dict[str, np.ndarray]:
+        """Edges driven between consecutive matched points, with interpolated times."""
+        net, L = self.net, self._len
+        gc = np.zeros(tr.size)
+        _, d, uturn = self._route(ea, oa, eb, ob, gc, np.full(tr.size, np.inf))
+        fwd = (ea == eb) & (ob >= oa - self.cfg.backward_tolerance_m)
+        gen = ~fwd & ~uturn
+        # Piece lists: (pair, position, edge, off0, off1)
+        P, S, E, O0, O1 = [], [], [], [], []
+        f = np.flatnonzero(fwd)
+        P += [f]; S += [np.zeros(f.size)]; E += [ea[f]]; O0 += [oa[f]]; O1 += [np.maximum(oa[f], ob[f])]
+        u = np.flatnonzero(uturn)
+        start_u = np.clip(L[eb[u]] - oa[u], 0.0, L[eb[u]])
+        P += [u, u]; S += [np.zeros(u.size), np.ones(u.size)]; E += [ea[u], eb[u]]
+        O0 += [oa[u], np.minimum(start_u, ob[u])]; O1 += [oa[u], ob[u]]
+        g = np.flatnonzero(gen)
+        pp, pe = self.ubodt.path_edges(net.edge_src, net.edge_dst[ea[g]], net.edge_src[eb[g]])
+        within = np.arange(pp.size) - np.searchsorted(pp, pp)
+        P += [g, g[pp], g]; S += [np.zeros(g.size), 1.0 + within, np.full(g.size, 1e9)]
+        E += [ea[g], pe, eb[g]]
+        O0 += [oa[g], np.zeros(pp.size), np.zeros(g.size)]
+        O1 += [L[ea[g]], L[pe], ob[g]]
+        P_, S_, E_, O0_, O1_ = (np.concatenate(x) for x in (P, S, E, O0, O1))
+        o = np.lexsort((S_, P_))
+        P_, E_, O0_, O1_ = P_[o], E_[o].astype(np.int32), O0_[o], O1_[o]
+        seglen = np.maximum(O1_ - O0_, 0.0)
+        cum = np.cumsum(seglen)
+        gs = np.searchsorted(P_, P_)
+        c1 = cum - (cum[gs] - seglen[gs]) if P_.size else cum
+        c0 = c1 - seglen
+        total = np.bincount(P_, weights=seglen, minlength=tr.size)[P_]
+        safe = np.where(total > 0, total, 1.0)
+        frac0 = np.where(total > 0, c0 / safe, 0.0)
+        frac1 = np.where(total > 0, c1 / safe, 1.0)
+        dur = (tb - ta)[P_]
+        return dict(piece_trace=tr[P_], piece_edge=E_, piece_off0_m=O0_, piece_off1_m=O1_,
+                    piece_t0_s=ta[P_] + dur * frac0, piece_t1_s=ta[P_] + dur * frac1)
+
+
+def _reverse_twins(net: RoadNetwork) -> np.ndarray:
+    """For each edge the edge running the other way between the same nodes (``-1`` if none);
+    a U-turn onto it needs no junction."""
+    n = net.n_nodes
+    fwd = net.edge_src.astype(np.int64) * n + net.edge_dst
+    rev = net.edge_dst.astype(np.int64) * n + net.edge_src
+    order = np.argsort(fwd, kind="stable")
+    pos = np.clip(np.searchsorted(fwd[order], rev), 0, max(fwd.size - 1, 0))
+    if fwd.size == 0:
+        return np.zeros(0, np.int32)
+    found = fwd[order][pos] == rev
+    return np.where(found, order[pos], -1).astype(np.int32)

@@ -1,0 +1,127 @@
+"""Segment traversals from matched paths: which edge, entered and left when, at what pace.
+
+The matcher (:mod:`traffic.matching`) emits *pieces*: the stretch of one edge driven between
+two consecutive matched points, with times interpolated by distance along the matched route.
+Consecutive pieces of one trace on the same edge are one traversal; it is complete when the
+car moved on to another edge (or its trace ended). The last piece of every live trace stays
+open here until then, so a traversal is reported once, whole, however many probes it spans.
+
+A traversal's pace is ``(t_exit - t_enter) / covered_m`` (s/m) and its weight the covered
+fraction of the edge, ``covered_m / length_m`` (1 for a full traversal). Partial traversals
+(the first and last edge of a trace) are kept with their fraction as weight when it is at
+least ``min_fraction`` and the covered stretch at least ``min_covered_m``; shorter ones are
+dropped and counted, because the pace of a few metres is dominated by GPS jitter and by the
+time a car stands at the point where its trace starts or ends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from graph.network import RoadNetwork
+from traffic.matching import MatchOutput
+
+
+@dataclass(frozen=True, slots=True)
+class TraversalConfig:
+    """Which traversals to keep (fractions of edge length, metres)."""
+
+    min_fraction: float = 0.1
+    min_covered_m: float = 5.0
+    full_fraction: float = 0.95
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Traversals:
+    """Edge traversals: ``edge`` int32, ``t_enter_s``, ``t_exit_s``, ``pace_s_per_m`` and
+    ``weight`` float64 (the arrays of ``traffic.estimator.TraversalBatch``)."""
+
+    edge: np.ndarray
+    t_enter_s: np.ndarray
+    t_exit_s: np.ndarray
+    pace_s_per_m: np.ndarray
+    weight: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.edge.shape[0])
+
+
+def merge_pieces(
+    trace: np.ndarray, edge: np.ndarray, off0_m: np.ndarray, off1_m: np.ndarray,
+    t0_s: np.ndarray, t1_s: np.ndarray,
+) -> tuple[np.ndarray, ...]:
+    """Merge runs of consecutive pieces with the same ``(trace, edge)`` (input in driving
+    order within each trace, traces contiguous). Returns the same six arrays, one row per run:
+    first ``off0``, largest ``off1``, first ``t0``, last ``t1``."""
+    n = trace.shape[0]
+    if n == 0:
+        return trace, edge, off0_m, off1_m, t0_s, t1_s
+    start = np.ones(n, dtype=bool)
+    start[1:] = (trace[1:] != trace[:-1]) | (edge[1:] != edge[:-1])
+    first = np.flatnonzero(start)
+    last = np.r_[first[1:] - 1, n - 1]
+    return (trace[first], edge[first], off0_m[first], np.maximum.reduceat(off1_m, first),
+            t0_s[first], t1_s[last])
+
+
+def traversals_from_runs(
+    net: RoadNetwork, edge: np.ndarray, off0_m: np.ndarray, off1_m: np.ndarray,
+    t0_s: np.ndarray, t1_s: np.ndarray, config: TraversalConfig = TraversalConfig(),
+) -> tuple[Traversals, int]:
+    """Turn closed runs into traversals; returns them and how many were dropped as too short."""
+    length = net.edge_length_m[edge]
+    covered = np.maximum(off1_m - off0_m, 0.0)
+    frac = np.where(length > 0, covered / np.where(length > 0, length, 1.0), 1.0)
+    keep = (frac >= config.min_fraction) & (covered >= np.minimum(config.min_covered_m, 0.999 * length))
+    keep &= covered > 0
+    weight = np.where(frac >= config.full_fraction, 1.0, np.minimum(frac, 1.0))
+    e, a, b, c, w = edge[keep], t0_s[keep], t1_s[keep], covered[keep], weight[keep]
+    tr = Traversals(edge=e.astype(np.int32), t_enter_s=a.astype(np.float64),
+                    t_exit_s=b.astype(np.float64), pace_s_per_m=(b - a) / c,
+                    weight=w.astype(np.float64))
+    return tr, int((~keep).sum())
+
+
+class TraversalExtractor:
+    """Keeps the open (last) run of every live trace and emits finished traversals.
+
+    Examples
+    --------
+    >>> # ex = TraversalExtractor(net)
+    >>> # trav = ex.push(matcher.push(...))   # Traversals, possibly empty
+    """
+
+    def __init__(self, net: RoadNetwork, config: TraversalConfig = TraversalConfig()) -> None:
+        self.net, self.cfg = net, config
+        z = np.zeros(0)
+        self._open = (np.zeros(0, np.int64), np.zeros(0, np.int32), z, z, z, z)
+        self.dropped = 0
+        self.emitted = 0
+
+    def open_count(self) -> int:
+        """Runs held open (one per live trace that has moved at least once)."""
+        return int(self._open[0].shape[0])
+
+    def push(self, out: MatchOutput) -> Traversals:
+        """Add a matcher output's pieces; return traversals that finished."""
+        new = (out.piece_trace, out.piece_edge, out.piece_off0_m, out.piece_off1_m,
+               out.piece_t0_s, out.piece_t1_s)
+        # Open runs come first: a trace's earlier pieces precede its new ones.
+        cat = [np.concatenate([o, x]) for o, x in zip(self._open, new)]
+        seq = np.arange(cat[0].shape[0])
+        order = np.lexsort((seq, cat[0]))
+        runs = merge_pieces(*(c[order] for c in cat))
+        trace = runs[0]
+        n = trace.shape[0]
+        last_of_trace = np.ones(n, dtype=bool)
+        last_of_trace[:-1] = trace[1:] != trace[:-1]
+        ended = np.isin(trace, out.ended_traces)
+        stay = last_of_trace & ~ended
+        self._open = tuple(r[stay] for r in runs)  # type: ignore[assignment]
+        done = ~stay
+        tr, dropped = traversals_from_runs(self.net, *(r[done] for r in runs[1:]), config=self.cfg)
+        self.dropped += dropped
+        self.emitted += len(tr)
+        return tr
