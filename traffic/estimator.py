@@ -1,0 +1,612 @@
+"""The speed estimator: per-segment pace state folded from traversals in event time.
+
+Model (DESIGN.md, "The estimator model"). State is kept in the *pace* domain (s/m). Each
+segment ``e`` holds an evidence mean pace ``mu_e``, an evidence weight ``c_e`` (how many
+full traversals' worth of evidence, decayed), the weighted variance ``var_e`` of that
+evidence (its dispersion), its last update time ``last_e`` and a prior pace ``prior_e``
+(time-of-week profile, else free-flow). The published estimate at time ``t`` is the blend
+
+    c_e(t) = c_e * exp(-(t - last_e) / T)
+    pace_e(t) = (w0 * prior_e + c_e(t) * mu_e) / (w0 + c_e(t))
+
+with ``w0`` = ``prior_weight`` (a pseudo-observation) and ``T`` = ``decay_tau_s``: with no
+new traversals the evidence fades and the estimate returns to the prior.
+
+One update with a batch at time ``t`` (the clock is event time: ``max(state clock, batch's
+latest observation)``, never the wall clock):
+
+1. each traversal ``i`` gets weight ``w_i * exp(-(t - t_i)/T)`` (its own age at ``t``), and
+   its pace is clipped to the configured speed bounds;
+2. *gate*: on a segment whose decayed evidence weight is at least ``gate_min_weight``, a
+   traversal whose pace differs from ``pace_e(t)`` by more than ``gate_sigma * sd_e`` keeps
+   only ``outlier_weight`` of its weight, where ``sd_e = max(sqrt(var_e), min_dispersion_rel
+   * pace_e(t))``. On segments with less evidence the gate is open: a jam can be 5-10x the
+   free-flow pace and must not be rejected against a prior. Gated traversals keep a small
+   weight, so a lasting change widens the dispersion and opens the gate within a few
+   traversals instead of being locked out;
+3. per-segment sums ``W = sum w``, ``S1 = sum w * (p - mu_e)``, ``S2 = sum w * (p - mu_e)^2``
+   by a scatter-add (``np.bincount`` on the CPU; the ``traffic_fold_pace`` kernel with
+   ``atomicAdd`` on the GPU);
+4. blend, for segments with ``W > 0``: ``c' = c_e(t) + W``, ``mu' = mu + S1 / c'``,
+   ``var' = (c_e(t) * var + S2) / c' - (S1 / c')^2`` (the exact weighted mean and variance
+   of old and new evidence), ``last' = t``.
+
+Because each traversal is decayed from its own time, folding a stream in one batch or in
+many gives the same ``mu, c, var`` up to rounding whenever no traversal is gated; with the
+gate, outliers are judged against the estimate before their batch, so batching can change
+which traversals count as outliers (and nothing else).
+
+Confidence at time ``t`` is ``a * 1 / (1 + (se / (cv_ref * pace))^2)`` with
+``a = c(t) / (c(t) + w0)`` (share of evidence in the blend) and ``se^2 = max(var,
+(min_dispersion_rel * pace)^2) / c(t)`` (squared standard error of the evidence mean):
+0 with no evidence, towards 1 with much consistent, recent evidence.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import numpy
+
+from graph.network import RoadNetwork
+from traffic import _kernels
+from traffic._xp import is_cupy, to_host
+from traffic.errors import EstimatorConfigError, EstimatorStateError, TraversalBatchError
+from traffic.profiles import TimeOfWeekProfile, index_of_keys
+
+if TYPE_CHECKING:
+    import polars
+
+
+@dataclass(frozen=True, slots=True)
+class EstimatorConfig:
+    """Parameters of the estimator model (see the module docstring for the formulas).
+
+    Attributes
+    ----------
+    decay_tau_s
+        Time constant ``T`` of the evidence decay (s).
+    prior_weight
+        ``w0``: weight of the prior as a pseudo-observation, in full traversals.
+    gate_sigma
+        Outlier gate half-width in standard deviations.
+    gate_min_weight
+        Decayed evidence weight a segment needs before its gate closes on outliers.
+    outlier_weight
+        Fraction of its weight a gated traversal keeps (0 drops it).
+    min_dispersion_rel
+        Floor of the gate's and the confidence's standard deviation, relative to the pace.
+    min_speed_mps, max_speed_mps
+        Traversal speeds are clipped to this range (pace to ``1/max .. 1/min`` s/m).
+    confidence_cv_ref
+        Relative standard error at which confidence is halved (besides the evidence share).
+    """
+
+    decay_tau_s: float = 600.0
+    prior_weight: float = 1.0
+    gate_sigma: float = 3.0
+    gate_min_weight: float = 3.0
+    outlier_weight: float = 0.05
+    min_dispersion_rel: float = 0.15
+    min_speed_mps: float = 1.0
+    max_speed_mps: float = 60.0
+    confidence_cv_ref: float = 0.25
+
+    def __post_init__(self) -> None:
+        positive = ("decay_tau_s", "prior_weight", "gate_sigma", "min_speed_mps",
+                    "max_speed_mps", "confidence_cv_ref")
+        for name in positive:
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise EstimatorConfigError(f"`{name}` must be finite and > 0; got {value!r}")
+        for name in ("gate_min_weight", "min_dispersion_rel"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise EstimatorConfigError(f"`{name}` must be finite and >= 0; got {value!r}")
+        if not 0 <= self.outlier_weight <= 1:
+            raise EstimatorConfigError(
+                f"`outlier_weight` must be within [0, 1]; got {self.outlier_weight!r}")
+        if self.min_speed_mps >= self.max_speed_mps:
+            raise EstimatorConfigError(
+                f"`min_speed_mps` ({self.min_speed_mps}) must be below `max_speed_mps` "
+                f"({self.max_speed_mps})")
+
+    @property
+    def min_pace_s_per_m(self) -> float:
+        """Smallest pace a traversal may have (s/m), from ``max_speed_mps``."""
+        return 1.0 / self.max_speed_mps
+
+    @property
+    def max_pace_s_per_m(self) -> float:
+        """Largest pace a traversal may have (s/m), from ``min_speed_mps``."""
+        return 1.0 / self.min_speed_mps
+
+    def kernel_params(self) -> dict[str, float]:
+        """Scalars the fold kernel and its twin take."""
+        return dict(
+            inv_tau=1.0 / self.decay_tau_s, prior_weight=self.prior_weight,
+            gate_sigma=self.gate_sigma, gate_min_weight=self.gate_min_weight,
+            outlier_weight=self.outlier_weight, min_rel=self.min_dispersion_rel,
+            min_pace=self.min_pace_s_per_m, max_pace=self.max_pace_s_per_m,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TraversalBatch:
+    """Segment traversals from map matching, as parallel 1-D arrays of equal length.
+
+    Attributes
+    ----------
+    edge
+        ``int32`` dense edge ids.
+    t_enter_s, t_exit_s
+        ``float64`` unix seconds when the vehicle entered / left the segment (interpolated).
+    pace_s_per_m
+        Observed pace (s/m), float64 or float32.
+    weight
+        In ``(0, 1]``: 1 for a full traversal, the covered fraction for a partial one.
+    """
+
+    edge: Any
+    t_enter_s: Any
+    t_exit_s: Any
+    pace_s_per_m: Any
+    weight: Any
+
+    def __len__(self) -> int:
+        return int(self.edge.shape[0])
+
+    @classmethod
+    def empty(cls, xp: ModuleType = numpy) -> TraversalBatch:
+        """A batch with no traversals."""
+        f64 = xp.zeros(0, dtype=xp.float64)
+        return cls(xp.zeros(0, dtype=xp.int32), f64, f64.copy(), f64.copy(), f64.copy())
+
+    def validate(self, n_edges: int | None = None) -> TraversalBatch:
+        """Check lengths, dtypes and ranges; return ``self``.
+
+        Raises
+        ------
+        TraversalBatchError
+            When arrays are not 1-D of equal length, ``edge`` is not integer or outside
+            ``0..n_edges-1``, times are not finite or exit before entry, a pace is not finite
+            and > 0, or a weight is outside ``(0, 1]``. The message names the field and the
+            first offending index.
+        """
+        n = len(self)
+        for f in fields(self):
+            a = getattr(self, f.name)
+            if getattr(a, "ndim", None) != 1 or a.shape[0] != n:
+                raise TraversalBatchError(
+                    f"`{f.name}` must be a 1-D array of length {n} (like `edge`); "
+                    f"got shape {getattr(a, 'shape', None)}")
+        if self.edge.dtype.kind not in "iu":
+            raise TraversalBatchError(f"`edge` must be an integer array; got {self.edge.dtype}")
+        if n == 0:
+            return self
+        xp = _module_of(self.edge)
+        checks = (
+            ("edge", (self.edge < 0) | ((self.edge >= n_edges) if n_edges is not None
+                                        else xp.zeros(n, dtype=bool)),
+             f"within 0..{n_edges - 1 if n_edges is not None else 'm-1'}"),
+            ("t_enter_s", ~xp.isfinite(self.t_enter_s), "finite"),
+            ("t_exit_s", ~xp.isfinite(self.t_exit_s) | (self.t_exit_s < self.t_enter_s),
+             "finite and >= t_enter_s"),
+            ("pace_s_per_m", ~(xp.isfinite(self.pace_s_per_m) & (self.pace_s_per_m > 0)),
+             "finite and > 0"),
+            ("weight", ~((self.weight > 0) & (self.weight <= 1)), "within (0, 1]"),
+        )
+        for name, bad, what in checks:
+            if bool(bad.any()):
+                i = int(xp.argmax(bad))
+                raise TraversalBatchError(
+                    f"`{name}` must be {what}; got {getattr(self, name)[i].item()!r} at index {i}")
+        return self
+
+
+@dataclass(slots=True)
+class EstimatorState:
+    """Per-segment estimator state as ``xp`` arrays (length ``m``) plus the event clock.
+
+    ``mu, c, var, prior`` share one float dtype (float64 on NumPy by default, float32 on
+    CuPy); ``last_t_s`` is float64 (unix seconds need it); ``count`` is int32 (traversals
+    folded, gated ones excluded). ``t_s`` is the event clock (latest update time).
+    """
+
+    mu: Any
+    c: Any
+    var: Any
+    prior: Any
+    last_t_s: Any
+    count: Any
+    t_s: float = -math.inf
+    version: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_edges(self) -> int:
+        """Number of segments."""
+        return int(self.mu.shape[0])
+
+    @classmethod
+    def initial(cls, prior_pace_s_per_m: Any, *, xp: ModuleType = numpy,
+                dtype: Any = None) -> EstimatorState:
+        """State with no evidence: every segment at its prior pace."""
+        dtype = dtype or (xp.float32 if is_cupy(xp) else xp.float64)
+        prior = xp.ascontiguousarray(xp.asarray(prior_pace_s_per_m), dtype=dtype)
+        m = prior.shape[0]
+        return cls(mu=prior.copy(), c=xp.zeros(m, dtype=dtype), var=xp.zeros(m, dtype=dtype),
+                   prior=prior, last_t_s=xp.full(m, -xp.inf, dtype=xp.float64),
+                   count=xp.zeros(m, dtype=xp.int32))
+
+
+def _module_of(a: Any) -> ModuleType:
+    if type(a).__module__.split(".")[0] == "cupy":
+        from traffic._xp import cupy_or_none
+
+        cp = cupy_or_none()
+        if cp is not None:
+            return cp
+    return numpy
+
+
+def fold_traversals(
+    state: EstimatorState, edge: Any, pace_s_per_m: Any, weight: Any, t_s: float | None = None,
+    *, t_obs_s: Any = None, config: EstimatorConfig, xp: ModuleType | None = None,
+    use_kernels: bool = True,
+) -> EstimatorState:
+    """Fold one batch of traversals into ``state`` in place (and return it).
+
+    Parameters
+    ----------
+    state
+        Estimator state; its arrays are updated in place, ``t_s`` and ``version`` advance.
+    edge, pace_s_per_m, weight
+        Per traversal: dense edge id, observed pace (s/m), weight in ``(0, 1]``; validated
+        by the caller (see :meth:`TraversalBatch.validate`).
+    t_s
+        Update time (unix s). The clock becomes ``max(state.t_s, t_s, max(t_obs_s))``, so
+        it never goes back and late data is merely older.
+    t_obs_s
+        Per traversal observation time (the exit time); each traversal is decayed from it.
+        ``None``: all observed at the update time.
+    config
+        Model parameters.
+    xp
+        ``numpy`` or ``cupy``; default: the module of ``state.mu``.
+    use_kernels
+        On CuPy, use the fused CUDA kernels (else the same array code as NumPy).
+
+    Notes
+    -----
+    Cost O(n + m): per-traversal gathers and a scatter-add, then one pass over the segments.
+    On CuPy it does not synchronize the device except to read ``max(t_obs_s)`` when
+    ``t_s`` is not given.
+    """
+    xp = xp or _module_of(state.mu)
+    dtype = state.mu.dtype
+    edge = xp.ascontiguousarray(xp.asarray(edge), dtype=xp.int32)
+    pace = xp.ascontiguousarray(xp.asarray(pace_s_per_m), dtype=dtype)
+    weight = xp.ascontiguousarray(xp.asarray(weight), dtype=dtype)
+    n = int(edge.shape[0])
+    if pace.shape != (n,) or weight.shape != (n,):
+        raise TraversalBatchError(
+            f"`pace_s_per_m` and `weight` must have the length of `edge` ({n}); "
+            f"got {pace.shape} and {weight.shape}")
+    t_obs = None if t_obs_s is None else xp.ascontiguousarray(xp.asarray(t_obs_s), xp.float64)
+    if t_obs is not None and t_obs.shape != (n,):
+        raise TraversalBatchError(f"`t_obs_s` must have length {n}; got {t_obs.shape}")
+    clock = state.t_s
+    if t_s is not None:
+        clock = max(clock, float(t_s))
+    elif t_obs is not None and n:
+        clock = max(clock, float(t_obs.max()))
+    if not math.isfinite(clock):
+        raise TraversalBatchError("an update time is needed: pass `t_s` or `t_obs_s`")
+    params = config.kernel_params()
+    if is_cupy(xp) and use_kernels and dtype == xp.float32:
+        m = state.n_edges
+        sums = (xp.zeros(m, xp.float32), xp.zeros(m, xp.float32), xp.zeros(m, xp.float32),
+                xp.zeros(m, xp.int32))
+        t_arr = t_obs if t_obs is not None else xp.full(n, clock, dtype=xp.float64)
+        _kernels.fold_pace(edge, pace, weight, t_arr, mu=state.mu, c=state.c, var=state.var,
+                           prior=state.prior, last=state.last_t_s, t_s=clock, params=params,
+                           out=sums)
+        _kernels.apply_pace(sums, mu=state.mu, c=state.c, var=state.var, last=state.last_t_s,
+                            count=state.count, t_s=clock, inv_tau=params["inv_tau"])
+    else:
+        sums = _fold_sums_xp(xp, state, edge, pace, weight, t_obs, clock, params)
+        _apply_sums_xp(xp, state, sums, clock, params["inv_tau"])
+    state.t_s = clock
+    state.version += 1
+    return state
+
+
+def _fold_sums_xp(
+    xp: ModuleType, state: EstimatorState, edge: Any, pace: Any, weight: Any, t_obs: Any,
+    t_s: float, params: dict[str, float],
+) -> tuple[Any, Any, Any, Any]:
+    """Array-code twin of ``traffic_fold_pace``: per-segment ``(W, S1, S2, count)``."""
+    m = state.n_edges
+    dtype = state.mu.dtype
+    inv_tau = params["inv_tau"]
+    mu_e = state.mu[edge]
+    c_dec = state.c[edge] * xp.exp(
+        -xp.maximum(t_s - state.last_t_s[edge], 0.0) * inv_tau).astype(dtype)
+    w0 = dtype.type(params["prior_weight"])
+    p_hat = (w0 * state.prior[edge] + c_dec * mu_e) / (w0 + c_dec)
+    p = xp.clip(pace, dtype.type(params["min_pace"]), dtype.type(params["max_pace"]))
+    sd2 = xp.maximum(state.var[edge], (dtype.type(params["min_rel"]) * p_hat) ** 2)
+    gated = (c_dec >= params["gate_min_weight"]) & (
+        xp.abs(p - p_hat) > dtype.type(params["gate_sigma"]) * xp.sqrt(sd2))
+    w = weight
+    if t_obs is not None:
+        w = w * xp.exp(-xp.maximum(t_s - t_obs, 0.0) * inv_tau).astype(dtype)
+    w = xp.where(gated, w * dtype.type(params["outlier_weight"]), w)
+    dev = p - mu_e
+    wdev = w * dev
+    sum_w = xp.bincount(edge, weights=w, minlength=m).astype(dtype, copy=False)
+    sum_dev = xp.bincount(edge, weights=wdev, minlength=m).astype(dtype, copy=False)
+    sum_dev2 = xp.bincount(edge, weights=wdev * dev, minlength=m).astype(dtype, copy=False)
+    count = xp.bincount(edge[~gated], minlength=m).astype(xp.int32, copy=False)
+    return sum_w, sum_dev, sum_dev2, count
+
+
+def _apply_sums_xp(
+    xp: ModuleType, state: EstimatorState, sums: tuple[Any, Any, Any, Any], t_s: float,
+    inv_tau: float,
+) -> None:
+    """Array-code twin of ``traffic_apply_pace``: blend the sums into the state in place."""
+    sum_w, sum_dev, sum_dev2, count = sums
+    state.count += count
+    hit = xp.flatnonzero(sum_w > 0)
+    if hit.shape[0] == 0:
+        return
+    dtype = state.mu.dtype
+    c_dec = state.c[hit] * xp.exp(
+        -xp.maximum(t_s - state.last_t_s[hit], 0.0) * inv_tau).astype(dtype)
+    c_new = c_dec + sum_w[hit]
+    delta = sum_dev[hit] / c_new
+    state.mu[hit] += delta
+    state.var[hit] = xp.maximum((c_dec * state.var[hit] + sum_dev2[hit]) / c_new - delta**2, 0)
+    state.c[hit] = c_new
+    state.last_t_s[hit] = t_s
+
+
+def decayed_weight(state: EstimatorState, at_t_s: float | None = None, *,
+                   config: EstimatorConfig) -> Any:
+    """Evidence weight of every segment decayed to ``at_t_s`` (default: the state clock)."""
+    xp = _module_of(state.mu)
+    t = state.t_s if at_t_s is None else float(at_t_s)
+    if not math.isfinite(t):
+        return xp.zeros_like(state.c)
+    age = xp.maximum(t - state.last_t_s, 0.0)
+    return state.c * xp.exp(-age / config.decay_tau_s).astype(state.c.dtype)
+
+
+def current_pace(state: EstimatorState, at_t_s: float | None = None, *,
+                 config: EstimatorConfig) -> Any:
+    """Published pace (s/m) of every segment at ``at_t_s``: prior and evidence blended."""
+    c = decayed_weight(state, at_t_s, config=config)
+    w0 = config.prior_weight
+    xp = _module_of(state.mu)
+    pace = (w0 * state.prior + c * state.mu) / (w0 + c)
+    return xp.clip(pace, config.min_pace_s_per_m, config.max_pace_s_per_m)
+
+
+def confidence(state: EstimatorState, at_t_s: float | None = None, *,
+               config: EstimatorConfig) -> Any:
+    """Confidence in ``[0, 1]`` of every segment's estimate (formula in the module docstring)."""
+    xp = _module_of(state.mu)
+    c = decayed_weight(state, at_t_s, config=config)
+    pace = current_pace(state, at_t_s, config=config)
+    share = c / (c + config.prior_weight)
+    sd2 = xp.maximum(state.var, (config.min_dispersion_rel * pace) ** 2)
+    with numpy.errstate(divide="ignore", invalid="ignore"):
+        se2 = xp.where(c > 0, sd2 / xp.where(c > 0, c, 1), xp.inf)
+    rel = se2 / (config.confidence_cv_ref * pace) ** 2
+    return xp.where(c > 0, share / (1 + rel), 0).astype(state.c.dtype)
+
+
+def travel_times(state: EstimatorState, net: RoadNetwork, at_t_s: float | None = None, *,
+                 config: EstimatorConfig) -> tuple[int, numpy.ndarray]:
+    """Return ``(version, travel_time_s)``: length x current pace per edge, on the host.
+
+    Copies from the device (and synchronizes) on CuPy.
+    """
+    pace = to_host(current_pace(state, at_t_s, config=config)).astype(numpy.float64)
+    return state.version, net.edge_length_m * pace
+
+
+_STATE_ARRAYS = ("mu", "c", "var", "last_t_s", "count")
+
+
+class SpeedEstimator:
+    """Owns an :class:`EstimatorState` for one network: apply batches, publish, checkpoint.
+
+    Parameters
+    ----------
+    net
+        The road network (lengths, free-flow speeds, stable edge keys).
+    config
+        Model parameters.
+    xp
+        ``numpy`` (default) or ``cupy``.
+    prior
+        ``None`` (free-flow pace), an array of prior paces (s/m, NaN = free-flow), or a
+        :class:`traffic.profiles.TimeOfWeekProfile` (its bin at the event time, refreshed
+        when the bin changes; free-flow where it has no data).
+    dtype
+        State float dtype; default float64 on NumPy, float32 on CuPy (the kernels' type).
+    """
+
+    def __init__(self, net: RoadNetwork, config: EstimatorConfig | None = None, *,
+                 xp: ModuleType = numpy, prior: Any = None, dtype: Any = None) -> None:
+        self.net = net
+        self.config = config or EstimatorConfig()
+        self.xp = xp
+        self._profile: TimeOfWeekProfile | None = None
+        self._static_prior: numpy.ndarray | None = None
+        self._prior_bin: int | None = None
+        self._freeflow_pace = 1.0 / net.edge_freeflow_mps
+        if isinstance(prior, TimeOfWeekProfile):
+            same = numpy.array_equal(prior.edge_key, net.edge_key)
+            self._profile = prior if same else prior.remap_to(net.edge_key)
+        elif prior is not None:
+            arr = numpy.asarray(prior, dtype=numpy.float64)
+            if arr.shape != (net.n_edges,):
+                raise EstimatorConfigError(
+                    f"`prior` must have one pace per edge ({net.n_edges}); got {arr.shape}")
+            self._static_prior = numpy.where(numpy.isfinite(arr) & (arr > 0), arr,
+                                             self._freeflow_pace)
+        self.state = EstimatorState.initial(self._prior_at(None), xp=xp, dtype=dtype)
+
+    @property
+    def version(self) -> int:
+        """Number of updates applied (the travel-time vector's version)."""
+        return self.state.version
+
+    @property
+    def t_s(self) -> float:
+        """The event clock (unix s) of the latest update; ``-inf`` before any."""
+        return self.state.t_s
+
+    def _prior_at(self, t_s: float | None) -> numpy.ndarray:
+        if self._profile is not None and t_s is not None and math.isfinite(t_s):
+            pace = self._profile.prior_pace(t_s)
+            return numpy.where(numpy.isfinite(pace), pace, self._freeflow_pace)
+        if self._static_prior is not None:
+            return self._static_prior
+        return self._freeflow_pace
+
+    def _refresh_prior(self, t_s: float) -> None:
+        if self._profile is None:
+            return
+        b = self._profile.bin_of(t_s)
+        if b != self._prior_bin:
+            host = self._prior_at(t_s)
+            self.state.prior[...] = self.xp.asarray(host, dtype=self.state.prior.dtype)
+            self._prior_bin = b
+
+    def apply(self, batch: TraversalBatch, *, t_s: float | None = None,
+              validate: bool = True) -> int:
+        """Fold a batch (validated unless ``validate=False``); return the new version."""
+        if validate:
+            batch.validate(self.net.n_edges)
+        clock = self.state.t_s
+        if len(batch):
+            clock = max(clock, float(batch.t_exit_s.max()))
+        if t_s is not None:
+            clock = max(clock, float(t_s))
+        if not math.isfinite(clock):
+            # An empty first batch with no time: nothing to fold, but it is still an update.
+            self.state.version += 1
+            return self.state.version
+        self._refresh_prior(clock)
+        fold_traversals(self.state, batch.edge, batch.pace_s_per_m, batch.weight, clock,
+                        t_obs_s=batch.t_exit_s, config=self.config, xp=self.xp)
+        return self.state.version
+
+    def current_pace(self, at_t_s: float | None = None) -> numpy.ndarray:
+        """Published pace (s/m) per edge on the host."""
+        return to_host(current_pace(self.state, at_t_s, config=self.config))
+
+    def travel_times(self, at_t_s: float | None = None) -> tuple[int, numpy.ndarray]:
+        """``(version, travel_time_s float64[m])`` at ``at_t_s`` (default: the event clock)."""
+        return travel_times(self.state, self.net, at_t_s, config=self.config)
+
+    def speeds_mps(self, at_t_s: float | None = None) -> numpy.ndarray:
+        """Published speed (m/s) per edge on the host."""
+        return 1.0 / self.current_pace(at_t_s).astype(numpy.float64)
+
+    def confidence(self, at_t_s: float | None = None) -> numpy.ndarray:
+        """Confidence in ``[0, 1]`` per edge on the host."""
+        return to_host(confidence(self.state, at_t_s, config=self.config))
+
+    def snapshot(self, at_t_s: float | None = None) -> polars.DataFrame:
+        """Per-edge table: ``edge, edge_key, speed_mps, freeflow_mps, ratio, confidence,
+        observations, last_update_t`` (``last_update_t`` null where never updated)."""
+        import polars as pl
+
+        speed = self.speeds_mps(at_t_s)
+        freeflow = numpy.asarray(self.net.edge_freeflow_mps, dtype=numpy.float64)
+        last = to_host(self.state.last_t_s)
+        return pl.DataFrame({
+            "edge": numpy.arange(self.net.n_edges, dtype=numpy.int32),
+            "edge_key": numpy.asarray(self.net.edge_key),
+            "speed_mps": speed,
+            "freeflow_mps": freeflow,
+            "ratio": speed / freeflow,
+            "confidence": self.confidence(at_t_s).astype(numpy.float64),
+            "observations": to_host(self.state.count).astype(numpy.int64),
+            "last_update_t": pl.Series(last).replace(-numpy.inf, None),
+        })
+
+    def state_dict(self) -> dict[str, Any]:
+        """Checkpoint as host NumPy arrays plus version, event clock and network keys."""
+        out: dict[str, Any] = {k: to_host(getattr(self.state, k)).copy() for k in _STATE_ARRAYS}
+        out["edge_key"] = numpy.asarray(self.net.edge_key).copy()
+        out["t_s"] = numpy.float64(self.state.t_s)
+        out["version"] = numpy.int64(self.state.version)
+        out["config"] = asdict(self.config)
+        return out
+
+    def load_state_dict(self, state: dict[str, Any], *, strict: bool = True) -> None:
+        """Restore a checkpoint, matching segments by stable edge key.
+
+        With ``strict`` the checkpoint must hold exactly this network's keys; otherwise
+        edges absent from it start at the prior and its extra edges are ignored.
+
+        Raises
+        ------
+        EstimatorStateError
+            When arrays are missing or of the wrong length, or (strict) the keys differ.
+        """
+        missing = [k for k in (*_STATE_ARRAYS, "edge_key", "t_s", "version") if k not in state]
+        if missing:
+            raise EstimatorStateError(f"checkpoint lacks {missing}")
+        keys = numpy.asarray(state["edge_key"], dtype=numpy.int64)
+        for k in _STATE_ARRAYS:
+            if numpy.shape(state[k]) != keys.shape:
+                raise EstimatorStateError(
+                    f"checkpoint array `{k}` has shape {numpy.shape(state[k])}; "
+                    f"expected {keys.shape} (one per edge key)")
+        same = keys.shape == self.net.edge_key.shape and bool(
+            numpy.array_equal(keys, self.net.edge_key))
+        if strict and not same:
+            raise EstimatorStateError(
+                f"checkpoint covers {keys.size} edges whose keys differ from this network's "
+                f"{self.net.n_edges}; load with strict=False (or use remap_to) to map by key")
+        src = numpy.arange(keys.size) if same else index_of_keys(keys, self.net.edge_key)
+        self._install(state, src)
+
+    def _install(self, host: dict[str, Any], src: numpy.ndarray) -> None:
+        """Set state arrays from host arrays, taking ``host[k][src]`` where ``src >= 0``."""
+        fresh = EstimatorState.initial(self._prior_at(None), xp=numpy,
+                                       dtype=numpy.dtype(self.state.mu.dtype.name))
+        found = src >= 0
+        for k in _STATE_ARRAYS:
+            arr = getattr(fresh, k)
+            arr[found] = numpy.asarray(host[k])[src[found]]
+            setattr(self.state, k, self.xp.asarray(arr))
+        self.state.prior = self.xp.asarray(fresh.prior)
+        self.state.t_s = float(host["t_s"])
+        self.state.version = int(host["version"])
+        self._prior_bin = None
+        if math.isfinite(self.state.t_s):
+            self._refresh_prior(self.state.t_s)
+
+    def remap_to(self, new_net: RoadNetwork) -> SpeedEstimator:
+        """A new estimator on ``new_net`` keeping the state of edges whose key is in both.
+
+        New edges start at the prior; the version and event clock carry over.
+        """
+        other = SpeedEstimator(new_net, self.config, xp=self.xp,
+                               prior=self._profile if self._profile is not None else None,
+                               dtype=self.state.mu.dtype)
+        old = self.state_dict()
+        other._install(old, index_of_keys(old["edge_key"], new_net.edge_key))
+        return other
