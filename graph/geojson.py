@@ -20,7 +20,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +132,10 @@ def export_geojson(net: RoadNetwork, path: str | os.PathLike[str]) -> Path:
         "turn_kind": net.turn_kind.tolist(),
     }
     doc = {"type": "FeatureCollection", EXPORT_MEMBER: member, "features": features}
-    _write_atomic(path, json.dumps(doc, separators=(",", ":"), allow_nan=False))
+    from graph.io import write_atomic
+
+    text = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+    write_atomic(path, lambda fh: fh.write(text))
     return path
 
 
@@ -482,23 +484,6 @@ def _parse_maxspeed(value: Any) -> float | None:
     if speed <= 0:
         return None
     return speed * _MPH_TO_KPH if match.group(2) == "mph" else speed
-
-
-# ---------------------------------------------------------------------------- writing
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _stem(path: Path) -> str:

@@ -16,6 +16,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -67,24 +68,44 @@ def save_network(net: RoadNetwork, path: str | os.PathLike[str]) -> Path:
         "version": net.version,
         "arrays": {k: [a.dtype.str, list(a.shape)] for k, a in arrays.items()},
     }
-    directory = path.parent if str(path.parent) else Path(".")
+
+    def write(fh: BinaryIO) -> None:
+        with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
+            zf.writestr(_HEADER, json.dumps(header, indent=1))
+            for key, a in arrays.items():
+                with zf.open(f"{key}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.ascontiguousarray(a), allow_pickle=False)
+
+    write_atomic(path, write)
+    return path
+
+
+def write_atomic(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> None:
+    """Write a file so that readers see either the old or the complete new content.
+
+    ``write(fh)`` fills a temporary file in the same directory; it is then flushed to disk
+    (``fsync``) and renamed over ``path`` (``os.replace``, atomic on POSIX). On any error the
+    temporary file is removed and ``path`` is untouched. The new file gets the old one's
+    permissions, or 0644.
+    """
+    path = Path(path)
+    directory = path.parent
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        mode = 0o644
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as fh:
-            with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
-                zf.writestr(_HEADER, json.dumps(header, indent=1))
-                for key, a in arrays.items():
-                    with zf.open(f"{key}.npy", "w", force_zip64=True) as member:
-                        np.lib.format.write_array(member, np.ascontiguousarray(a),
-                                                  allow_pickle=False)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_directory(directory)
-    return path
 
 
 def load_compiled(path: str | os.PathLike[str]) -> RoadNetwork:
