@@ -152,6 +152,8 @@ def _open_osm_file(path: Path, source: str) -> osmium.io.File:
             head = fh.read(4096)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
         raise NetworkFileNotFoundError(f"{source}: cannot read the network file ({exc.strerror})") from exc
+    if not head:
+        raise NetworkFormatError(f"{source}: the file is empty; expected OSM PBF or OSM XML data")
     compression = ""
     if head[:2] == b"\x1f\x8b":
         compression = ".gz"
