@@ -29,3 +29,15 @@ class EstimatorStateError(TrafficError, ValueError):
 
 class KernelInputError(TrafficError, ValueError):
     """Arrays handed to a GPU kernel wrapper have the wrong dtype, layout or length."""
+
+
+class SnapshotSchemaError(TrafficError, ValueError):
+    """A snapshot frame lacks a column, has an unknown one, a lossy dtype or bad keys."""
+
+
+class SnapshotQueryError(TrafficError, ValueError):
+    """A snapshot query argument (time, range, bbox, keys, interval) is invalid."""
+
+
+class NoSnapshotError(TrafficError, LookupError):
+    """No stored snapshot at or before the asked time (the message names the first one)."""
