@@ -1,11 +1,61 @@
-"""`traffic route` sub-command (placeholder until its issue lands)."""
+"""`traffic route`: the fastest route between two points on a network, on free-flow times.
+
+    traffic route NET --from LAT,LON --to LAT,LON [--json] [--max-snap-m M] [--cache-dir DIR]
+
+NET is anything :func:`graph.io.load_network` reads. ``--json`` prints the fields of the HTTP
+route answer. Errors (a point far from every road, no route, a bad file) reach the frame in
+:mod:`traffic.cli`, which prints one line and exits non-zero.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+
+from graph.spatial import DEFAULT_SNAP_RADIUS_M
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `route` parser."""
-    p = sub.add_parser("route", help="(not implemented yet)")
-    p.set_defaults(func=lambda args: (_ for _ in ()).throw(NotImplementedError("route")))
+    p = sub.add_parser("route", help="fastest route between two points (free-flow travel times)")
+    p.add_argument("net", help="a compiled network or any loadable source (OSM, GeoJSON, DIMACS)")
+    p.add_argument("--from", dest="origin", required=True, type=_latlon, metavar="LAT,LON",
+                   help="origin in degrees")
+    p.add_argument("--to", dest="destination", required=True, type=_latlon, metavar="LAT,LON",
+                   help="destination in degrees")
+    p.add_argument("--json", action="store_true", help="print the HTTP answer's fields as JSON")
+    p.add_argument("--max-snap-m", type=float, default=DEFAULT_SNAP_RADIUS_M,
+                   help=f"how far a point may lie from a road (m, default {DEFAULT_SNAP_RADIUS_M:g})")
+    p.add_argument("--cache-dir", default=None,
+                   help="cache the routing index's node order here (per network version)")
+    p.set_defaults(func=_route)
+
+
+def _latlon(text: str) -> tuple[float, float]:
+    parts = text.split(",")
+    try:
+        lat, lon = (float(x) for x in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LAT,LON in degrees, got {text!r}") from None
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range (lat in [-90, 90], lon in [-180, 180])")
+    return lat, lon
+
+
+def _route(args: argparse.Namespace) -> int:
+    from graph.io import load_network
+    from graph.router import Router
+
+    net = load_network(args.net)
+    router = Router(net, cache_dir=args.cache_dir)
+    route = router.route(args.origin, args.destination, max_snap_m=args.max_snap_m)
+    if args.json:
+        print(json.dumps(route.to_json()))
+    else:
+        print(
+            f"{route.duration_s:.1f} s ({route.duration_s / 60:.1f} min), "
+            f"{route.distance_m / 1000:.2f} km, {route.edge_ids.size} edges, "
+            f"free-flow {route.freeflow_duration_s:.1f} s; network {route.network_version}, "
+            f"weights {route.weights_version}"
+        )
+    return 0
