@@ -21,6 +21,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import re
 import zlib
 from pathlib import Path
 from typing import Literal
@@ -160,9 +161,9 @@ def find_coordinates(gr_path: str | os.PathLike[str]) -> Path:
     gr_path = Path(gr_path)
     stem = _stem(gr_path)
     stems = [stem]
-    for a, b in (("-t.", "-d."), ("-d.", "-t.")):
-        if a in stem:
-            stems.append(stem.replace(a, b, 1))
+    swapped = re.sub(r"-([td])(?=\.|$)", lambda m: "-d" if m.group(1) == "t" else "-t", stem)
+    if swapped != stem:
+        stems.append(swapped)
     candidates = [gr_path.with_name(s + ext) for s in stems for ext in (".co.gz", ".co")]
     for c in candidates:
         if c.is_file():
