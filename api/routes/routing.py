@@ -1,0 +1,94 @@
+"""``GET /v1/route`` and ``POST /v1/table``: routes and ETAs over the newest travel times."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from api.deps import ServicesDep, SettingsDep
+from api.errors import ApiError
+from api.schemas import RouteOut, TableIn, TableOut
+
+router = APIRouter(prefix="/v1", tags=["routing"])
+
+
+def parse_latlon(value: str, *, name: str) -> tuple[float, float]:
+    """Parse ``"lat,lon"`` (degrees); raise a 422 ``ApiError`` naming the parameter."""
+    parts = value.split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        lat, lon = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise ApiError(422, "invalid_value",
+                       f"`{name}` must be `lat,lon` in degrees; got {value!r}") from None
+    if not (math.isfinite(lat) and -90.0 <= lat <= 90.0):
+        raise ApiError(422, "invalid_value", f"`{name}` latitude must be within [-90, 90]; got {lat!r}")
+    if not (math.isfinite(lon) and -180.0 <= lon <= 180.0):
+        raise ApiError(422, "invalid_value",
+                       f"`{name}` longitude must be within [-180, 180]; got {lon!r}")
+    return lat, lon
+
+
+def parse_time(value: str | None, *, name: str) -> float | None:
+    """Parse unix seconds or ISO 8601 (``Z`` or an offset; naive means UTC) into unix s."""
+    if value is None or value == "" or value == "now":
+        return None
+    try:
+        t = float(value)
+    except ValueError:
+        try:
+            dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ApiError(422, "invalid_value",
+                           f"`{name}` must be unix seconds or ISO 8601; got {value!r}") from None
+        if dt.tzinfo is None:
+            from datetime import timezone
+
+            dt = dt.replace(tzinfo=timezone.utc)
+        return dt.timestamp()
+    if not math.isfinite(t):
+        raise ApiError(422, "invalid_value", f"`{name}` must be a finite time; got {value!r}")
+    return t
+
+
+@router.get("/route", response_model=RouteOut)
+def get_route(
+    services: ServicesDep,
+    settings: SettingsDep,
+    from_: Annotated[str, Query(alias="from", description="origin as `lat,lon`")],
+    to: Annotated[str, Query(description="destination as `lat,lon`")],
+    depart_at: Annotated[str | None, Query(description="unix seconds or ISO 8601; default now")] = None,
+    max_snap_m: Annotated[float | None, Query(gt=0, le=5000)] = None,
+) -> dict[str, Any]:
+    """Fastest route and ETA from ``from`` to ``to``, leaving at ``depart_at``."""
+    a = parse_latlon(from_, name="from")
+    b = parse_latlon(to, name="to")
+    t = parse_time(depart_at, name="depart_at")
+    return services.route(a, b, depart_at_s=t,
+                          max_snap_m=max_snap_m if max_snap_m is not None else settings.max_snap_m,
+                          profile_horizon_s=settings.profile_horizon_s)
+
+
+@router.post("/table", response_model=TableOut)
+def post_table(body: TableIn, services: ServicesDep, settings: SettingsDep) -> dict[str, Any]:
+    """Durations (s) from every source to every destination over the live weights."""
+    ns, nd = len(body.sources), len(body.destinations)
+    if ns > settings.max_table_sources or nd > settings.max_table_destinations \
+            or ns * nd > settings.max_table_cells:
+        raise ApiError(
+            413, "too_big",
+            f"table of {ns} x {nd} is above the limits ({settings.max_table_sources} sources, "
+            f"{settings.max_table_destinations} destinations, {settings.max_table_cells} cells)",
+            details={"sources": ns, "destinations": nd})
+    pts = []
+    for name, items in (("sources", body.sources), ("destinations", body.destinations)):
+        for i, (lat, lon) in enumerate(items):
+            if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+                raise ApiError(422, "invalid_value",
+                               f"`{name}[{i}]` must be [lat, lon] within range; got [{lat}, {lon}]")
+        pts.append([(float(a), float(b)) for a, b in items])
+    return services.table(pts[0], pts[1], max_snap_m=settings.max_snap_m)

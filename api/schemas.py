@@ -1,0 +1,140 @@
+"""Request and response models of the HTTP API (pydantic), with the first validation in Fields."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Lat = Field(ge=-90.0, le=90.0, description="latitude, WGS84 degrees")
+Lon = Field(ge=-180.0, le=180.0, description="longitude, WGS84 degrees")
+
+
+class ProbeIn(BaseModel):
+    """One GPS fix from a vehicle."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    vehicle_id: str = Field(min_length=1, max_length=128)
+    t: float = Field(description="unix seconds")
+    lat: float
+    lon: float
+    speed_mps: float | None = None
+    heading_deg: float | None = None
+    accuracy_m: float | None = None
+
+
+class ProbeBatchIn(BaseModel):
+    """The JSON body of ``POST /v1/probes``."""
+
+    probes: list[ProbeIn] = Field(max_length=10_000)
+
+
+class RejectedProbe(BaseModel):
+    """Why one probe of a batch was not accepted (``index`` into the request's probes)."""
+
+    index: int
+    reason: str
+
+
+class ProbeAckOut(BaseModel):
+    """The 202 answer of ``POST /v1/probes``."""
+
+    accepted: int
+    rejected: list[RejectedProbe]
+
+
+class GeometryOut(BaseModel):
+    """A GeoJSON LineString (``[lon, lat]`` pairs)."""
+
+    type: Literal["LineString"] = "LineString"
+    coordinates: list[list[float]]
+
+
+class RouteOut(BaseModel):
+    """A route and its ETA over the travel times named by ``weights_version``."""
+
+    duration_s: float
+    distance_m: float
+    freeflow_duration_s: float
+    geometry: GeometryOut
+    edges: list[int] = Field(description="stable edge keys, in order of travel")
+    network_version: str
+    weights_version: str
+    weights_t: float | None = Field(description="event time (unix s) the travel times cover")
+    basis: Literal["live", "profile"]
+
+
+class LatLonIn(BaseModel):
+    """A point as ``[lat, lon]``."""
+
+    lat: float = Lat
+    lon: float = Lon
+
+
+class TableIn(BaseModel):
+    """The body of ``POST /v1/table``: points as ``[lat, lon]`` pairs."""
+
+    sources: list[tuple[float, float]] = Field(min_length=1)
+    destinations: list[tuple[float, float]] = Field(min_length=1)
+
+
+class TableOut(BaseModel):
+    """Durations (s) from each source to each destination; ``null`` where unreachable."""
+
+    durations_s: list[list[float | None]]
+    network_version: str
+    weights_version: str
+    weights_t: float | None
+
+
+class NetworkOut(BaseModel):
+    """The serving road network."""
+
+    version: str
+    name: str
+    n_nodes: int
+    n_edges: int
+    bbox: tuple[float, float, float, float] = Field(description="min_lon, min_lat, max_lon, max_lat")
+    loaded_at: float = Field(description="wall-clock unix s the network started serving")
+
+
+class NetworkJobOut(BaseModel):
+    """A network upload job: ``queued`` -> ``running`` -> ``done`` | ``failed``."""
+
+    id: str
+    state: Literal["queued", "running", "done", "failed"]
+    stage: str | None = None
+    error: dict[str, Any] | None = None
+    network_version: str | None = None
+    previous_version: str | None = None
+    edges_carried: int | None = None
+    submitted_at: float
+    finished_at: float | None = None
+
+
+class ProbeCountsOut(BaseModel):
+    """Every probe the service has seen, by fate."""
+
+    received: int
+    accepted: int
+    rejected: int
+    rejected_by_reason: dict[str, int]
+    applied: int
+    pending: int
+    unmatched: int
+    unmatched_by_reason: dict[str, int]
+
+
+class StatusOut(BaseModel):
+    """Where the pipeline stands (``GET /v1/status``)."""
+
+    clock: Literal["wall", "event"]
+    watermark_t: float | None
+    weights_version: str
+    weights_t: float | None
+    network_version: str
+    probes: ProbeCountsOut
+    queues: dict[str, int]
+    coverage: dict[str, float]
+    workers: dict[str, Any]

@@ -1,0 +1,195 @@
+"""The estimator stage: fold traversal batches into speed state and publish travel times.
+
+:class:`EstimatorCore` owns a :class:`traffic.estimator.SpeedEstimator` and decides when to
+publish a new travel-time vector: every ``refresh_s`` of event time (replay) or wall time
+(live). ``workers/pipeline.py`` runs it as one Ray actor (with the GPU when CuPy and a device
+are present); tests use it directly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from graph.network import RoadNetwork
+
+
+@dataclass(frozen=True, slots=True)
+class EstimatorServiceConfig:
+    """When and how the estimator stage publishes.
+
+    Attributes
+    ----------
+    refresh_s
+        Publish at most once per this many seconds of the service clock.
+    clock
+        ``"wall"``: refresh by wall time; ``"event"``: by the event-time watermark of the
+        folded traversals (replays run faster than real time).
+    estimator
+        ``traffic.estimator.EstimatorConfig``; ``None`` for its defaults.
+    freshness_window
+        How many recent freshness samples (probe accepted -> published, s) to keep.
+    """
+
+    refresh_s: float = 1.0
+    clock: Literal["wall", "event"] = "wall"
+    estimator: Any = None
+    freshness_window: int = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """A published travel-time vector: ``weights_version``, the event time it covers, values."""
+
+    version: int
+    weights_t: float | None
+    travel_time_s: np.ndarray
+    network_version: str
+    published_wall_s: float = field(default=0.0)
+
+
+class EstimatorCore:
+    """Fold traversals, count applied probes, publish versioned travel times.
+
+    Parameters
+    ----------
+    net
+        The road network.
+    config
+        Publishing settings.
+    xp
+        ``numpy`` or ``cupy`` for the estimator's arrays.
+    prior
+        A ``traffic.profiles.TimeOfWeekProfile`` (or ``None``: free-flow prior).
+    """
+
+    def __init__(
+        self,
+        net: RoadNetwork,
+        config: EstimatorServiceConfig | None = None,
+        *,
+        xp: Any = np,
+        prior: Any = None,
+    ) -> None:
+        from traffic.estimator import EstimatorConfig, SpeedEstimator
+
+        self.config = config or EstimatorServiceConfig()
+        self.net = net
+        self.xp = xp
+        self.prior = prior
+        ecfg = self.config.estimator if self.config.estimator is not None else EstimatorConfig()
+        self.estimator = SpeedEstimator(net, ecfg, xp=xp, prior=prior)
+        self.applied = 0
+        self.folds = 0
+        self.traversals = 0
+        self.fold_s = 0.0
+        self.watermark_t: float | None = None
+        self._covered = np.zeros(net.n_edges, dtype=bool)
+        self._unpublished: list[tuple[float, int]] = []  # (accepted wall s, n probes)
+        self._freshness_s: deque[float] = deque(maxlen=self.config.freshness_window)
+        self._last: Publication | None = None
+        self._last_publish_wall = -np.inf
+        self._dirty = False
+
+    def fold(self, batch: Any, n_probes: int = 0, *, accepted_wall_s: float | None = None) -> int:
+        """Fold one traversal batch; ``n_probes`` matched probes become ``applied``.
+
+        Returns the estimator's state version after the fold.
+        """
+        t0 = time.perf_counter()
+        version = self.estimator.version if batch is None else self.estimator.apply(batch)
+        if batch is not None and len(batch.edge):
+            edge = np.asarray(batch.edge)
+            self._covered[edge] = True
+            self.traversals += int(edge.shape[0])
+            t_exit = float(np.max(np.asarray(batch.t_exit_s)))
+            self.watermark_t = t_exit if self.watermark_t is None else max(self.watermark_t, t_exit)
+        self.applied += int(n_probes)
+        self.folds += 1
+        self.fold_s += time.perf_counter() - t0
+        if n_probes:
+            self._unpublished.append((time.time() if accepted_wall_s is None else accepted_wall_s,
+                                      int(n_probes)))
+        self._dirty = True
+        return int(version)
+
+    def advance(self, watermark_t: float) -> None:
+        """Move the event-time watermark forward without traversals (from ingest)."""
+        if self.watermark_t is None or watermark_t > self.watermark_t:
+            self.watermark_t = float(watermark_t)
+
+    def due(self, now_wall_s: float | None = None) -> bool:
+        """Whether a refresh interval has passed since the last publication."""
+        if self._last is None:
+            return True
+        if not self._dirty:
+            return False
+        if self.config.clock == "event":
+            last_t = self._last.weights_t
+            return self.watermark_t is not None and (
+                last_t is None or self.watermark_t - last_t >= self.config.refresh_s)
+        now = time.time() if now_wall_s is None else now_wall_s
+        return now - self._last_publish_wall >= self.config.refresh_s
+
+    def maybe_publish(self, now_wall_s: float | None = None) -> Publication | None:
+        """Publish when :meth:`due`; else ``None``."""
+        return self.publish(now_wall_s) if self.due(now_wall_s) else None
+
+    def publish(self, now_wall_s: float | None = None) -> Publication:
+        """Compute the travel-time vector at the watermark and stamp a new publication."""
+        now = time.time() if now_wall_s is None else now_wall_s
+        version, tt = self.estimator.travel_times(self.watermark_t)
+        tt = np.asarray(tt.get() if hasattr(tt, "get") else tt, dtype=np.float64)
+        pub = Publication(version=int(version), weights_t=self.watermark_t, travel_time_s=tt,
+                          network_version=self.net.version, published_wall_s=now)
+        for accepted_s, n in self._unpublished:
+            self._freshness_s.extend([max(now - accepted_s, 0.0)] * min(n, 64))
+        self._unpublished.clear()
+        self._last, self._last_publish_wall, self._dirty = pub, now, False
+        return pub
+
+    @property
+    def last(self) -> Publication | None:
+        """The newest publication (``None`` before the first)."""
+        return self._last
+
+    def snapshot(self, at_t_s: float | None = None) -> Any:
+        """Per-segment speed state as a polars DataFrame (see ``SpeedEstimator.snapshot``)."""
+        return self.estimator.snapshot(self.watermark_t if at_t_s is None else at_t_s)
+
+    def prior_travel_times(self, t_s: float) -> np.ndarray | None:
+        """Travel times (s) from the time-of-week profile at ``t_s``; ``None`` without one."""
+        if self.prior is None:
+            return None
+        pace = np.asarray(self.prior.prior_pace(t_s), dtype=np.float64)
+        return np.asarray(self.net.edge_length_m) * pace
+
+    def remap_to(self, net: RoadNetwork) -> int:
+        """Carry speed state over to a new network by stable edge keys; returns edges kept."""
+        self.estimator = self.estimator.remap_to(net) or self.estimator
+        keep = net.edge_index_of_keys(self.net.edge_key)
+        covered = np.zeros(net.n_edges, dtype=bool)
+        covered[keep[(keep >= 0) & self._covered]] = True
+        self.net, self._covered, self._last, self._dirty = net, covered, None, True
+        return int(np.count_nonzero(keep >= 0))
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: applied probes, folds, coverage, fold seconds, freshness percentiles."""
+        fresh = np.asarray(self._freshness_s, dtype=np.float64)
+        return {
+            "applied": self.applied,
+            "folds": self.folds,
+            "traversals": self.traversals,
+            "fold_s": self.fold_s,
+            "watermark_t": self.watermark_t,
+            "weights_version": 0 if self._last is None else self._last.version,
+            "weights_t": None if self._last is None else self._last.weights_t,
+            "coverage_edges": float(self._covered.mean()) if self._covered.size else 0.0,
+            "freshness_p50_s": float(np.percentile(fresh, 50)) if fresh.size else None,
+            "freshness_p99_s": float(np.percentile(fresh, 99)) if fresh.size else None,
+            "network_version": self.net.version,
+        }

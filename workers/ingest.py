@@ -1,0 +1,290 @@
+"""The ingest stage for one partition of vehicles: validate -> map-match -> traversals.
+
+:class:`IngestCore` is plain Python (unit-tested without Ray); ``workers/pipeline.py`` wraps
+it in a Ray actor per partition. Vehicles are assigned to partitions by
+:func:`partition_of`, a stable hash of ``vehicle_id`` (not Python's per-process salted
+``hash()``), so one vehicle's trace always reaches the same matcher, on any node.
+
+Every probe the core sees ends in exactly one counter: ``rejected`` (by reason), or, once
+accepted, ``pending`` (held by the matcher awaiting later points), ``unmatched`` (decided,
+matching no road, by reason) or ``matched`` (decided and handed on in a traversal batch;
+the estimator counts it ``applied`` when it folds the batch).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from graph.network import RoadNetwork
+from traffic.probes import ProbeValidationConfig, VehicleLastSeen, validate_probes
+
+_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+_FNV_PRIME = np.uint64(0x100000001B3)
+
+
+def partition_of(vehicle_id: np.ndarray | pl.Series | list[str], n_partitions: int) -> np.ndarray:
+    """Return the partition (``0..n_partitions-1``) of each vehicle id, stable across processes.
+
+    FNV-1a over the UTF-8 bytes, vectorised over ids (one pass per byte position), so it is
+    the same on every machine and Python run.
+
+    Examples
+    --------
+    >>> partition_of(["a", "b", "a"], 4).tolist()[0] == partition_of(["a"], 4).tolist()[0]
+    True
+    """
+    if n_partitions < 1:
+        raise ValueError(f"`n_partitions` must be >= 1; got {n_partitions!r}")
+    ids = pl.Series(vehicle_id, dtype=pl.Utf8) if not isinstance(vehicle_id, pl.Series) else vehicle_id
+    if ids.len() == 0 or n_partitions == 1:
+        return np.zeros(ids.len(), dtype=np.int32)
+    uniq = ids.unique()
+    raw = np.asarray(uniq.fill_null("").to_list(), dtype=object).astype("S")
+    width = raw.dtype.itemsize
+    codes = raw.view(np.uint8).reshape(len(raw), width)
+    h = np.full(len(raw), _FNV_OFFSET, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(width):
+            byte = codes[:, j].astype(np.uint64)
+            # Padding NULs past the end of shorter ids must not change their hash.
+            h = np.where(byte > 0, (h ^ byte) * _FNV_PRIME, h)
+    part_u = (h % np.uint64(n_partitions)).astype(np.int32)
+    lookup = pl.DataFrame({"vehicle_id": uniq, "_p": part_u})
+    return ids.to_frame("vehicle_id").join(lookup, on="vehicle_id", how="left")["_p"].to_numpy()
+
+
+@dataclass(frozen=True, slots=True)
+class IngestConfig:
+    """How an ingest partition validates and matches.
+
+    Attributes
+    ----------
+    validation
+        Bounds of :func:`traffic.probes.validate_probes`.
+    idle_flush_s
+        A vehicle with no new point for this long (event time, s) is flushed: its held
+        points are decided, so ``pending`` drains when a vehicle stops reporting.
+    matcher
+        The matcher's configuration (``traffic.matching.MatcherConfig``); ``None`` for its
+        defaults.
+    ubodt_bound_m
+        Bound (m) of the precomputed shortest-path table the matcher uses.
+    traversal
+        ``traffic.traversals.TraversalConfig`` (``None``: its defaults).
+    cache_dir
+        Where the table is cached by network version (``None``: built in memory each time).
+    """
+
+    validation: ProbeValidationConfig = field(default_factory=ProbeValidationConfig)
+    idle_flush_s: float = 60.0
+    matcher: Any = None
+    ubodt_bound_m: float = 1500.0
+    traversal: Any = None
+    cache_dir: str | None = None
+
+
+@dataclass(slots=True)
+class IngestReply:
+    """What one ``ingest`` call gives back to the API and passes on to the estimator.
+
+    ``rejected`` holds ``(row, reason)`` pairs with ``row`` indexing the input batch;
+    ``batch`` is the traversal batch to fold (``None`` when empty) and ``n_matched`` the
+    number of probes whose match was decided on a road by this call (they become
+    ``applied`` when the estimator folds ``batch``).
+    """
+
+    accepted: int
+    rejected: list[tuple[int, str]]
+    batch: Any
+    n_matched: int
+    stage_s: dict[str, float]
+
+
+class IngestCore:
+    """Validate, match and extract traversals for the vehicles of one partition.
+
+    Parameters
+    ----------
+    net
+        The road network.
+    config
+        Partition settings.
+    index, ubodt
+        A prepared ``graph.spatial.SpatialIndex`` and matcher distance table, shared when
+        several cores run in one process; built here when ``None``.
+    partition
+        This core's partition number (reported in :meth:`stats`).
+    sink
+        Where traversal batches go instead of the reply: an object with
+        ``send(batch, n_matched, accepted_wall_s)``, ``outstanding()`` and ``drain()``
+        (the pipeline's link to the estimator actor). ``None``: batches are returned.
+    """
+
+    def __init__(
+        self,
+        net: RoadNetwork,
+        config: IngestConfig | None = None,
+        *,
+        index: Any = None,
+        ubodt: Any = None,
+        partition: int = 0,
+        sink: Any = None,
+    ) -> None:
+        self.config = config or IngestConfig()
+        self.partition = partition
+        self.sink = sink
+        self._counts: Counter[str] = Counter()
+        self._rejected_by_reason: Counter[str] = Counter()
+        self._stage_s: Counter[str] = Counter()
+        self._watermark_t: float | None = None
+        self._set_network(net, index=index, ubodt=ubodt)
+
+    def _set_network(self, net: RoadNetwork, *, index: Any = None, ubodt: Any = None) -> None:
+        from graph.spatial import build_spatial_index
+        from graph.ubodt import build_ubodt, load_or_build_ubodt
+        from traffic.matching import MatcherConfig, OnlineMatcher
+        from traffic.traversals import TraversalExtractor
+
+        self.net = net
+        index = index if index is not None else build_spatial_index(net)
+        if ubodt is None:
+            bound = self.config.ubodt_bound_m
+            ubodt = (build_ubodt(net, bound_m=bound) if self.config.cache_dir is None
+                     else load_or_build_ubodt(net, self.config.cache_dir, bound_m=bound))
+        mcfg = self.config.matcher if self.config.matcher is not None else MatcherConfig()
+        self.matcher = OnlineMatcher(net, index, ubodt, mcfg)
+        tcfg = self.config.traversal
+        self.extractor = (TraversalExtractor(net) if tcfg is None
+                          else TraversalExtractor(net, tcfg))
+        self.last_seen = VehicleLastSeen(horizon_s=self.config.validation.duplicate_horizon_s)
+
+    # -- the hot path -------------------------------------------------------------------
+    def ingest(
+        self, probes: pl.DataFrame, *, now_s: float, accepted_wall_s: float | None = None
+    ) -> IngestReply:
+        """Validate a probe batch, push accepted points to the matcher, return traversals.
+
+        ``now_s`` is the service clock (wall, or the event-time watermark when replaying);
+        it bounds future timestamps and drives the idle flush.
+        """
+        t0 = time.perf_counter()
+        res = validate_probes(probes, config=self.config.validation, now_s=now_s,
+                              bbox=self.net.bbox, last_seen=self.last_seen)
+        t1 = time.perf_counter()
+        acc = res.accepted
+        self._counts["received"] += probes.height
+        self._counts["accepted"] += acc.height
+        for reason, n in res.counts.items():
+            if reason != "ok" and n:
+                self._rejected_by_reason[reason] += n
+        if acc.height:
+            tmax = float(acc["t"].max())  # type: ignore[arg-type]
+            self._watermark_t = tmax if self._watermark_t is None else max(self._watermark_t, tmax)
+        matched = self._push(acc)
+        idle_now = now_s if self._watermark_t is None else min(now_s, self._watermark_t)
+        matched += self._flush_idle(idle_now)
+        t2 = time.perf_counter()
+        batch, n_matched = self._traversals(matched)
+        t3 = time.perf_counter()
+        stage = {"validate": t1 - t0, "match": t2 - t1, "traversals": t3 - t2}
+        self._stage_s.update(stage)
+        rej = res.rejected
+        return self._reply(IngestReply(
+            accepted=acc.height,
+            rejected=list(zip(rej["row"].to_list(), rej["reason"].to_list(), strict=True)),
+            batch=batch, n_matched=n_matched, stage_s=stage,
+        ), accepted_wall_s)
+
+    def tick(self, now_s: float) -> IngestReply:
+        """Flush vehicles idle at ``now_s`` (no new probes); returns their traversals."""
+        batch, n = self._traversals(self._flush_idle(now_s))
+        return self._reply(IngestReply(0, [], batch, n, {}), None)
+
+    def flush(self) -> IngestReply:
+        """Decide every held point now (end of a replay, shutdown); returns traversals."""
+        batch, n = self._traversals([self.matcher.flush()])
+        return self._reply(IngestReply(0, [], batch, n, {}), None)
+
+    def _reply(self, reply: IngestReply, accepted_wall_s: float | None) -> IngestReply:
+        if self.sink is not None and (reply.batch is not None or reply.n_matched):
+            self.sink.send(reply.batch, reply.n_matched,
+                           time.time() if accepted_wall_s is None else accepted_wall_s)
+            reply.batch = None
+        return reply
+
+    def swap_network(self, net: RoadNetwork, *, index: Any = None, ubodt: Any = None) -> IngestReply:
+        """Flush held points on the old network, then match on ``net`` from now on."""
+        reply = self.flush()
+        if self.sink is not None:
+            self.sink.drain()
+        seen = self.last_seen
+        self._set_network(net, index=index, ubodt=ubodt)
+        self.last_seen = seen
+        return reply
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of this partition (probe fates, stage seconds, watermark)."""
+        unmatched = self._unmatched_by_reason()
+        return {
+            "partition": self.partition,
+            "received": self._counts["received"],
+            "accepted": self._counts["accepted"],
+            "rejected_by_reason": dict(self._rejected_by_reason),
+            "matched": self._counts["matched"],
+            "traversals": self._counts["traversals"],
+            "open_runs": self.extractor.open_count(),
+            "pending": int(self.matcher.pending_count()),
+            "unmatched_by_reason": unmatched,
+            "watermark_t": self._watermark_t,
+            "stage_s": dict(self._stage_s),
+            "network_version": self.net.version,
+            "fold_outstanding": 0 if self.sink is None else int(self.sink.outstanding()),
+        }
+
+    # -- adapters over traffic.matching / traffic.traversals ----------------------------
+    def _push(self, acc: pl.DataFrame) -> list[Any]:
+        if acc.height == 0:
+            return []
+
+        def opt(name: str) -> np.ndarray | None:
+            col = acc[name]
+            return None if col.null_count() == col.len() else col.fill_null(np.nan).to_numpy()
+
+        return [self.matcher.push(
+            acc["vehicle_id"].to_numpy(), acc["t"].to_numpy(),
+            acc["lat"].to_numpy(), acc["lon"].to_numpy(),
+            speed_mps=opt("speed_mps"), heading_deg=opt("heading_deg"),
+            accuracy_m=opt("accuracy_m"), row_ids=acc["row"].to_numpy(),
+        )]
+
+    def _flush_idle(self, now_t: float) -> list[Any]:
+        return [self.matcher.flush_idle(now_t, self.config.idle_flush_s)]
+
+    def _traversals(self, outputs: list[Any]) -> tuple[Any, int]:
+        """Turn matcher outputs into one traversal batch; count the probes they decided.
+
+        A vehicle's run on its current edge stays open in the extractor until it leaves
+        the edge (or its trace ends), so a traversal is folded once, whole.
+        """
+        from traffic.estimator import TraversalBatch
+
+        n_probes = sum(int(o.point_row.shape[0]) for o in outputs)
+        self._counts["matched"] += n_probes
+        parts = [self.extractor.push(o) for o in outputs]
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return None, n_probes
+        cols = ("edge", "t_enter_s", "t_exit_s", "pace_s_per_m", "weight")
+        arrays = {c: np.concatenate([getattr(p, c) for p in parts]) for c in cols}
+        self._counts["traversals"] += int(arrays["edge"].shape[0])
+        return TraversalBatch(**arrays), n_probes
+
+    def _unmatched_by_reason(self) -> dict[str, int]:
+        counts = self.matcher.counts
+        return {k: int(v) for k, v in counts.items() if k not in ("pushed", "matched") and v}

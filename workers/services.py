@@ -1,0 +1,444 @@
+"""What the API calls: the service facade over the pipeline, and its in-process variant.
+
+:class:`ServiceBase` holds what every deployment shares: the serving network, the clock,
+route/table over the newest router, probe partitioning and accounting, and network upload
+jobs (import in the background, prepare, swap; a bad file leaves the serving network).
+:class:`LocalServices` runs every stage as plain objects in this process (API tests, a
+single-process server); :class:`workers.pipeline.RayPipeline` runs them as Ray actors.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+
+from graph.errors import NetworkError
+from graph.network import RoadNetwork
+from workers.estimator import EstimatorCore, EstimatorServiceConfig, Publication
+from workers.ingest import IngestConfig, IngestCore, partition_of
+from workers.router import RouterCore
+
+logger = logging.getLogger(__name__)
+
+
+class Overloaded(RuntimeError):
+    """Ingest queues are full; the batch was not taken. ``retry_after_s`` says when to retry."""
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class NotReady(RuntimeError):
+    """The service has no routable network or weights yet."""
+
+
+class UnknownJob(LookupError):
+    """No network job has this id."""
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineConfig:
+    """How the pipeline runs; built once by the entry point (``traffic serve``).
+
+    Attributes
+    ----------
+    clock
+        ``"wall"`` (live) or ``"event"`` (replay: time is the newest probe's ``t``).
+    n_ingest
+        Number of ingest partitions (actors).
+    refresh_s
+        Estimator publication interval (s of the clock).
+    tick_s
+        Wall seconds between housekeeping passes (idle flush, publication).
+    max_inflight_per_partition
+        Ingest calls a partition may have queued before the API answers 503.
+    max_fold_inflight
+        Traversal batches an ingest actor may have in flight to the estimator.
+    router_replicas
+        Router actors (Ray); 0 keeps one router in the API process.
+    use_gpu
+        ``"auto"``: the estimator takes a GPU when CuPy and a device are present.
+    cache_dir
+        Where prepared routing indexes and matcher tables are cached by network version.
+    data_dir
+        Where uploads and state are written (``None``: the system temporary directory).
+    """
+
+    clock: Literal["wall", "event"] = "wall"
+    n_ingest: int = 1
+    refresh_s: float = 1.0
+    tick_s: float = 0.2
+    max_inflight_per_partition: int = 4
+    max_fold_inflight: int = 8
+    router_replicas: int = 0
+    use_gpu: Literal["auto", "yes", "no"] = "auto"
+    cache_dir: str | None = None
+    data_dir: str | None = None
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    estimator: Any = None
+    retry_after_s: float = 1.0
+
+    def estimator_service(self) -> EstimatorServiceConfig:
+        """The estimator stage's configuration derived from this one."""
+        return EstimatorServiceConfig(refresh_s=self.refresh_s, clock=self.clock,
+                                      estimator=self.estimator)
+
+    def ingest_config(self) -> IngestConfig:
+        """The ingest stage's configuration (with this pipeline's cache directory)."""
+        if self.ingest.cache_dir is None and self.cache_dir is not None:
+            return replace(self.ingest, cache_dir=str(Path(self.cache_dir)))
+        return self.ingest
+
+
+@dataclass(slots=True)
+class NetworkJob:
+    """A network upload being imported; see :meth:`ServiceBase.submit_network`."""
+
+    id: str
+    path: str
+    state: str = "queued"
+    stage: str | None = None
+    error: dict[str, Any] | None = None
+    network_version: str | None = None
+    previous_version: str | None = None
+    edges_carried: int | None = None
+    submitted_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The job as the API returns it (the upload path is internal)."""
+        return {k: getattr(self, k) for k in (
+            "id", "state", "stage", "error", "network_version", "previous_version",
+            "edges_carried", "submitted_at", "finished_at")}
+
+
+class ServiceBase:
+    """Shared facade logic; subclasses provide the stages (in process or on Ray)."""
+
+    def __init__(self, net: RoadNetwork, config: PipelineConfig, *, prior: Any = None) -> None:
+        self.config = config
+        self.net = net
+        self.prior = prior
+        self.loaded_at = time.time()
+        self.router: RouterCore | None = None
+        self._jobs: dict[str, NetworkJob] = {}
+        self._swap_lock = threading.RLock()
+        self._ready = False
+        self._closed = False
+        self._ticker: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # -- clock --------------------------------------------------------------------------
+    def now_s(self, batch_max_t: float | None = None) -> float:
+        """The service clock: wall time, or in event mode the newest probe time seen."""
+        if self.config.clock == "wall":
+            return time.time()
+        w = self.watermark_t()
+        cands = [x for x in (w, batch_max_t) if x is not None and np.isfinite(x)]
+        return max(cands) if cands else time.time()
+
+    def watermark_t(self) -> float | None:
+        """Event time of the newest accepted probe (``None`` before any)."""
+        raise NotImplementedError
+
+    # -- queries ------------------------------------------------------------------------
+    def ready(self) -> bool:
+        """Whether the service can answer route queries."""
+        return self._ready and self.router is not None
+
+    def route(
+        self, from_latlon: tuple[float, float], to_latlon: tuple[float, float], *,
+        depart_at_s: float | None = None, max_snap_m: float = 200.0,
+        profile_horizon_s: float = 900.0,
+    ) -> dict[str, Any]:
+        """Route and ETA; live weights unless ``depart_at_s`` is beyond the horizon and a
+        time-of-week profile exists (then ``basis`` is ``profile``)."""
+        router = self._current_router()
+        profile = None
+        if depart_at_s is not None and self.prior is not None:
+            if depart_at_s - self.now_s() > profile_horizon_s:
+                profile = self._profile_weights(depart_at_s)
+        return router.route(from_latlon, to_latlon, max_snap_m=max_snap_m, profile=profile)
+
+    def table(self, sources: list[tuple[float, float]],
+              destinations: list[tuple[float, float]], *, max_snap_m: float = 200.0) -> dict[str, Any]:
+        """Duration matrix over the live weights."""
+        return self._current_router().table(sources, destinations, max_snap_m=max_snap_m)
+
+    def _current_router(self) -> RouterCore:
+        router = self.router
+        if router is None:
+            raise NotReady("the service is still loading its network")
+        return router
+
+    def _profile_weights(self, t_s: float) -> tuple[Any, np.ndarray]:
+        bin_s = float(getattr(self.prior, "bin_s", 900.0))
+        key = (self.net.version, int(t_s // bin_s) % int(7 * 86400 // bin_s))
+        pace = np.asarray(self.prior.prior_pace(t_s), dtype=np.float64)
+        return key, np.asarray(self.net.edge_length_m) * pace
+
+    def network_info(self) -> dict[str, Any]:
+        """The serving network's identity and size."""
+        net = self.net
+        return {"version": net.version, "name": net.name, "n_nodes": net.n_nodes,
+                "n_edges": net.n_edges, "bbox": net.bbox, "loaded_at": self.loaded_at}
+
+    # -- ingest -------------------------------------------------------------------------
+    def ingest(self, probes: pl.DataFrame) -> tuple[int, list[tuple[int, str]]]:
+        """Validate and queue a probe batch; returns ``(accepted, [(row, reason), ...])``.
+
+        Raises :class:`Overloaded` (nothing taken) when ingest queues are full.
+        """
+        raise NotImplementedError
+
+    def _split(self, probes: pl.DataFrame) -> list[tuple[int, pl.DataFrame, np.ndarray]]:
+        """Split a batch by partition; each part keeps its rows' positions in ``probes``."""
+        n = self.config.n_ingest
+        if n == 1 or probes.height == 0:
+            return [(0, probes, np.arange(probes.height))]
+        vid = probes["vehicle_id"].cast(pl.Utf8) if "vehicle_id" in probes.columns else None
+        if vid is None:
+            return [(0, probes, np.arange(probes.height))]
+        part = partition_of(vid, n)
+        out = []
+        for p in np.unique(part).tolist():
+            rows = np.flatnonzero(part == p)
+            out.append((int(p), probes[rows], rows))
+        return out
+
+    @staticmethod
+    def _batch_max_t(probes: pl.DataFrame) -> float | None:
+        if "t" not in probes.columns or probes.height == 0:
+            return None
+        t = probes["t"].cast(pl.Float64, strict=False)
+        t = t.filter(t.is_finite())
+        return None if t.len() == 0 else float(t.max())  # type: ignore[arg-type]
+
+    # -- status -------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """Accounting and freshness (see ``GET /v1/status``)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _merge_status(parts: list[dict[str, Any]], est: dict[str, Any]) -> dict[str, Any]:
+        rejected: dict[str, int] = {}
+        unmatched: dict[str, int] = {}
+        for p in parts:
+            for k, v in p["rejected_by_reason"].items():
+                rejected[k] = rejected.get(k, 0) + int(v)
+            for k, v in p["unmatched_by_reason"].items():
+                unmatched[k] = unmatched.get(k, 0) + int(v)
+        matched = sum(p["matched"] for p in parts)
+        probes = {
+            "received": sum(p["received"] for p in parts),
+            "accepted": sum(p["accepted"] for p in parts),
+            "rejected": sum(rejected.values()),
+            "rejected_by_reason": rejected,
+            "applied": int(est["applied"]),
+            "pending": sum(p["pending"] for p in parts),
+            "unmatched": sum(unmatched.values()),
+            "unmatched_by_reason": unmatched,
+        }
+        marks = [p["watermark_t"] for p in parts if p["watermark_t"] is not None]
+        return {
+            "watermark_t": max(marks) if marks else None,
+            "probes": probes,
+            "fold_inflight": matched - int(est["applied"]),
+        }
+
+    # -- network jobs -------------------------------------------------------------------
+    def upload_dir(self) -> str:
+        """Directory for network uploads in progress (created when missing)."""
+        import tempfile
+
+        root = Path(self.config.data_dir or tempfile.gettempdir()) / "uploads"
+        root.mkdir(parents=True, exist_ok=True)
+        return str(root)
+
+    def submit_network(self, path: str | Path) -> NetworkJob:
+        """Start importing ``path`` in the background; the job swaps it in when ready."""
+        job = NetworkJob(id=uuid.uuid4().hex[:12], path=str(path))
+        self._jobs[job.id] = job
+        threading.Thread(target=self._run_job, args=(job,), name=f"network-job-{job.id}",
+                         daemon=True).start()
+        return job
+
+    def job(self, job_id: str) -> NetworkJob:
+        """The job with this id; raises :class:`UnknownJob`."""
+        try:
+            return self._jobs[job_id]
+        except KeyError:
+            raise UnknownJob(f"no network job with id {job_id!r}") from None
+
+    def _run_job(self, job: NetworkJob) -> None:
+        from graph.io import load_network
+
+        job.state, job.stage = "running", "import"
+        try:
+            net = load_network(job.path)
+            job.stage = "prepare"
+            prepared = self._prepare(net)
+            job.stage = "swap"
+            with self._swap_lock:
+                job.previous_version = self.net.version
+                job.edges_carried = self._swap(net, prepared)
+            job.network_version = net.version
+            job.state, job.stage = "done", None
+        except (NetworkError, ValueError, OSError) as exc:
+            job.state = "failed"
+            job.error = {"code": "invalid_network", "message": str(exc), "details": None}
+        except Exception as exc:  # an import bug must not kill the server; report it
+            logger.exception("network job %s failed", job.id)
+            job.state = "failed"
+            job.error = {"code": "internal", "message": f"{type(exc).__name__}: {exc}",
+                         "details": None}
+        finally:
+            job.finished_at = time.time()
+            Path(job.path).unlink(missing_ok=True)
+
+    def _prepare(self, net: RoadNetwork) -> Any:
+        """Build what serving ``net`` needs, while the old network keeps serving."""
+        return RouterCore(net, cache_dir=self.config.cache_dir)
+
+    def _swap(self, net: RoadNetwork, prepared: Any) -> int:
+        raise NotImplementedError
+
+    # -- housekeeping -------------------------------------------------------------------
+    def start(self) -> None:
+        """Run :meth:`tick` every ``tick_s`` wall seconds in a background thread."""
+        if self._ticker is None:
+            self._ticker = threading.Thread(target=self._tick_loop, name="pipeline-ticker",
+                                            daemon=True)
+            self._ticker.start()
+
+    def _tick_loop(self) -> None:
+        while not self._stop.wait(self.config.tick_s):
+            try:
+                self.tick()
+            except Exception:  # keep ticking; the next pass retries
+                logger.exception("pipeline tick failed")
+
+    def tick(self) -> None:
+        """Flush idle vehicles and publish new travel times when due."""
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        """Decide every held probe now (end of a replay)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop background work."""
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join(timeout=5)
+        self._closed = True
+
+
+class LocalServices(ServiceBase):
+    """Every stage as a plain object in this process; calls are serialised by one lock.
+
+    Good for tests and a small single-process server. Ingest runs synchronously, so its
+    queues are always empty when a call returns and the accounting holds exactly.
+    """
+
+    def __init__(self, net: RoadNetwork, config: PipelineConfig | None = None, *,
+                 prior: Any = None) -> None:
+        config = config or PipelineConfig()
+        super().__init__(net, config, prior=prior)
+        self._lock = threading.RLock()
+        icfg = config.ingest_config()
+        first = IngestCore(net, icfg, partition=0)
+        self.ingest_cores = [first] + [
+            IngestCore(net, icfg, index=first.matcher.index, ubodt=first.matcher.ubodt,
+                       partition=p) for p in range(1, config.n_ingest)]
+        self.estimator = EstimatorCore(net, config.estimator_service(), prior=prior)
+        self.router = RouterCore(net, cache_dir=config.cache_dir)
+        self._publish(self.estimator.publish())
+        self._ready = True
+
+    def watermark_t(self) -> float | None:
+        marks = [c.stats()["watermark_t"] for c in self.ingest_cores]
+        marks = [m for m in marks if m is not None]
+        return max(marks) if marks else None
+
+    def ingest(self, probes: pl.DataFrame) -> tuple[int, list[tuple[int, str]]]:
+        accepted_wall = time.time()
+        now = self.now_s(self._batch_max_t(probes))
+        accepted, rejected = 0, []
+        with self._lock:
+            for p, part, rows in self._split(probes):
+                reply = self.ingest_cores[p].ingest(part, now_s=now, accepted_wall_s=accepted_wall)
+                accepted += reply.accepted
+                rejected += [(int(rows[r]), why) for r, why in reply.rejected]
+                self.estimator.fold(reply.batch, reply.n_matched, accepted_wall_s=accepted_wall)
+            self._maybe_publish()
+        rejected.sort()
+        return accepted, rejected
+
+    def _maybe_publish(self) -> None:
+        pub = self.estimator.maybe_publish()
+        if pub is not None:
+            self._publish(pub)
+
+    def _publish(self, pub: Publication) -> None:
+        router = self.router
+        if router is not None and pub.network_version == router.net.version:
+            router.update(pub.version, pub.weights_t, pub.travel_time_s)
+
+    def tick(self) -> None:
+        with self._lock:
+            now = self.now_s()
+            for core in self.ingest_cores:
+                reply = core.tick(now)
+                self.estimator.fold(reply.batch, reply.n_matched)
+            self._maybe_publish()
+
+    def flush(self) -> None:
+        with self._lock:
+            for core in self.ingest_cores:
+                reply = core.flush()
+                self.estimator.fold(reply.batch, reply.n_matched)
+            self._publish(self.estimator.publish())
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            parts = [c.stats() for c in self.ingest_cores]
+            est = self.estimator.stats()
+        merged = self._merge_status(parts, est)
+        router = self._current_router()
+        return {
+            "clock": self.config.clock,
+            "watermark_t": merged["watermark_t"],
+            "weights_version": router.router.weights_version,
+            "weights_t": router.weights_t,
+            "network_version": self.net.version,
+            "probes": merged["probes"],
+            "queues": {"ingest_inflight": 0, "fold_inflight": merged["fold_inflight"]},
+            "coverage": {"edges_observed": est["coverage_edges"]},
+            "workers": {"mode": "local", "ingest": parts, "estimator": est,
+                        "router": router.stats()},
+        }
+
+    def _swap(self, net: RoadNetwork, prepared: RouterCore) -> int:
+        with self._lock:
+            for core in self.ingest_cores:
+                reply = core.flush()
+                self.estimator.fold(reply.batch, reply.n_matched)
+            first = self.ingest_cores[0]
+            first.swap_network(net)
+            for core in self.ingest_cores[1:]:
+                core.swap_network(net, index=first.matcher.index, ubodt=first.matcher.ubodt)
+            carried = self.estimator.remap_to(net)
+            pub = self.estimator.publish()
+            prepared.update(pub.version, pub.weights_t, pub.travel_time_s)
+            self.net, self.router, self.loaded_at = net, prepared, time.time()
+        return carried
