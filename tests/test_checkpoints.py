@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from traffic.checkpoints import CheckpointCorruptError, CheckpointStore
+from graph.network import build_network
 from traffic.errors import EstimatorStateError
+from traffic.estimator import SpeedEstimator, TraversalBatch
 from traffic.wal import LogPosition
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,6 +36,7 @@ def make_state(seed: int, n_edges: int = 500) -> dict:
         "decay": np.float32(0.5),
         "flag": True,
         "nothing": None,
+        "config": {"decay_tau_s": 600.0, "names": ["a", "b"], "nested": {"k": 1}},
     }
 
 
@@ -163,7 +166,9 @@ def test_save_invalid_value(tmp_path):
     store = CheckpointStore(tmp_path)
     pos = LogPosition(1, 1)
     with pytest.raises(EstimatorStateError, match="state\\['bad'\\]"):
-        store.save({"bad": [1, 2]}, log_position=pos)
+        store.save({"bad": [1, np.int64(2)]}, log_position=pos)
+    with pytest.raises(EstimatorStateError, match="state\\['set'\\]"):
+        store.save({"set": {1, 2}}, log_position=pos)
     with pytest.raises(EstimatorStateError, match="object dtype"):
         store.save({"obj": np.array([None, 1], dtype=object)}, log_position=pos)
     with pytest.raises(EstimatorStateError, match="log_position"):
@@ -177,6 +182,31 @@ def test_save_empty_state(tmp_path):
     store = CheckpointStore(tmp_path)
     store.save({}, log_position=LogPosition.start())
     assert store.load_latest() == ({}, LogPosition.start())
+
+
+def test_save_load_speed_estimator_state(tmp_path):
+    """A real estimator's state_dict survives a checkpoint and restores the same estimates."""
+    n_edges = 6
+    lat = 55.0 + 0.001 * np.arange(n_edges + 1)
+    net = build_network(node_lat=lat, node_lon=np.full(n_edges + 1, 12.0),
+                        edge_src=np.arange(n_edges), edge_dst=np.arange(1, n_edges + 1),
+                        edge_speed_kph=np.full(n_edges, 36.0))
+    rng = np.random.default_rng(9)
+    edge = rng.integers(0, n_edges, 100).astype(np.int32)
+    t_exit = 1.7e9 + np.sort(rng.uniform(0, 300, 100))
+    batch = TraversalBatch(edge, t_exit - 10.0, t_exit, rng.uniform(0.05, 0.3, 100), np.ones(100))
+    est = SpeedEstimator(net)
+    est.apply(batch)
+    sd = est.state_dict()
+    store = CheckpointStore(tmp_path)
+    store.save(sd, log_position=LogPosition(3, 100), event_time_s=float(sd["t_s"]),
+               estimator_version=int(sd["version"]))
+    state, pos = store.load_latest()
+    assert pos == LogPosition(3, 100)
+    other = SpeedEstimator(net)
+    other.load_state_dict(state)
+    assert other.version == est.version and other.t_s == est.t_s
+    assert other.snapshot().equals(est.snapshot())
 
 
 _CHILD = textwrap.dedent(

@@ -49,6 +49,19 @@ _MAX_HEADER_BYTES = 16 * 2**20
 _SCALAR_TYPES = (bool, int, float, str, type(None))
 
 
+def _is_plain(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` is a scalar, or a dict/list/tuple of them, that JSON keeps exactly."""
+    if isinstance(value, _SCALAR_TYPES):
+        return True
+    if depth > 8:
+        return False
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_plain(v, depth + 1) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(v, depth + 1) for v in value)
+    return False
+
+
 class CheckpointCorruptError(TrafficError):
     """A checkpoint file is truncated, altered or not a checkpoint at all."""
 
@@ -97,11 +110,12 @@ def _split_state(state: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str
         elif isinstance(value, np.generic):
             arrays[key] = np.asarray(value)
             generic.append(key)
-        elif isinstance(value, _SCALAR_TYPES):
+        elif _is_plain(value):
             scalars[key] = value
         else:
             raise EstimatorStateError(
-                f"`state[{key!r}]` must be a host NumPy array or a plain scalar; got "
+                f"`state[{key!r}]` must be a host NumPy array, a NumPy scalar, or plain scalars "
+                f"(in dicts/lists) JSON can hold; got "
                 f"{type(value).__module__}.{type(value).__name__} (copy device arrays to host first)"
             )
     return arrays, scalars, generic
@@ -198,8 +212,9 @@ class CheckpointStore:
         Parameters
         ----------
         state
-            ``str -> numpy.ndarray | numpy scalar | bool | int | float | str | None``
-            (host arrays; e.g. ``estimator.state_dict()``).
+            ``str -> numpy.ndarray | numpy scalar | bool | int | float | str | None`` or a
+            dict/list of such plain scalars (e.g. a config as ``asdict``; tuples come back
+            as lists). Arrays must be on the host: ``estimator.state_dict()`` is.
         log_position
             The last log batch folded into ``state``.
         event_time_s
