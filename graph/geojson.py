@@ -191,7 +191,7 @@ def _line_parts(path: Path, i: int, feature: Any) -> list[np.ndarray]:
             j = int(np.argmax(bad))
             raise NetworkFormatError(
                 f"{path}: feature {i} has coordinates out of range at position {j} "
-                f"(lon={lon[j]!r}, lat={lat[j]!r}; lon must be within [-180, 180], "
+                f"(lon={float(lon[j])!r}, lat={float(lat[j])!r}; lon must be within [-180, 180], "
                 "lat within [-90, 90])"
             )
         out.append(xy[:, :2])
