@@ -6,8 +6,8 @@ Two kernels implement one estimator update on the GPU (the NumPy twin is in
 ``traffic_fold_pace`` (RawKernel, one thread per traversal)
     gathers the segment's state, decays its evidence weight to the update time, gates the
     traversal against the current estimate and atomically adds ``w``, ``w * dev`` and
-    ``w * dev**2`` (``dev`` = pace minus the segment's evidence mean) and a count into
-    per-segment sums.
+    ``w * dev**2`` (``dev`` = pace minus the segment's evidence mean), the gated weight and
+    a count into per-segment sums.
 ``traffic_apply_pace`` (ElementwiseKernel, one thread per segment)
     blends those sums into the state in place.
 
@@ -50,7 +50,7 @@ extern "C" __global__ void traffic_fold_pace(
     const float gate_min_weight, const float outlier_weight, const float min_rel,
     const float min_pace, const float max_pace,
     float* __restrict__ sum_w, float* __restrict__ sum_dev, float* __restrict__ sum_dev2,
-    int* __restrict__ count)
+    float* __restrict__ sum_gated, int* __restrict__ count)
 {
     long long stride = (long long)blockDim.x * gridDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
@@ -65,23 +65,27 @@ extern "C" __global__ void traffic_fold_pace(
         double age = t - t_obs[i];
         if (age < 0.0) age = 0.0;
         float w = weight[i] * expf(-(float)(age * (double)inv_tau));
-        if (gated) w *= outlier_weight;
+        if (gated) {
+            atomicAdd(sum_gated + e, w);
+            w *= outlier_weight;
+        } else {
+            atomicAdd(count + e, 1);
+        }
         const float dev = p - mu_e;
         atomicAdd(sum_w + e, w);
         atomicAdd(sum_dev + e, w * dev);
         atomicAdd(sum_dev2 + e, w * dev * dev);
-        if (!gated) atomicAdd(count + e, 1);
     }
 }
 """
 
-_APPLY_IN = ("float32 sum_w, float32 sum_dev, float32 sum_dev2, int32 n_obs, float64 t, "
-             "float32 inv_tau")
+_APPLY_IN = ("float32 sum_w, float32 sum_dev, float32 sum_dev2, float32 sum_gated, "
+             "int32 n_obs, float64 t, float32 inv_tau, float32 log_erosion")
 _APPLY_OUT = "float32 mu, float32 c, float32 var, float64 last, int32 count"
 _APPLY_BODY = r"""
 count += n_obs;
-if (sum_w > 0.f) {
-    const float c_dec = traffic_decay(c, t, last, inv_tau);
+if (sum_w > 0.f || sum_gated > 0.f) {
+    const float c_dec = traffic_decay(c, t, last, inv_tau) * expf(sum_gated * log_erosion);
     const float c_new = c_dec + sum_w;
     const float delta = sum_dev / c_new;
     mu = mu + delta;
@@ -146,10 +150,10 @@ def fold_pace(
         Update time (unix s).
     params
         ``inv_tau, prior_weight, gate_sigma, gate_min_weight, outlier_weight, min_rel,
-        min_pace, max_pace``.
+        min_pace, max_pace`` (others ignored).
     out
-        ``(sum_w, sum_dev, sum_dev2, count)``: ``float32[m]`` x 3 and ``int32[m]``, zeroed by
-        the caller.
+        ``(sum_w, sum_dev, sum_dev2, sum_gated, count)``: ``float32[m]`` x 4 and ``int32[m]``,
+        zeroed by the caller.
 
     Does not synchronize the device.
     """
@@ -162,9 +166,9 @@ def fold_pace(
     for name, a in (("mu", mu), ("c", c), ("var", var), ("prior", prior)):
         _check(name, a, np.float32, m)
     _check("last", last, np.float64, m)
-    for name, a in zip(("sum_w", "sum_dev", "sum_dev2"), out[:3]):
+    for name, a in zip(("sum_w", "sum_dev", "sum_dev2", "sum_gated"), out[:4]):
         _check(name, a, np.float32, m)
-    _check("count", out[3], np.int32, m)
+    _check("count", out[4], np.int32, m)
     if n == 0:
         return
     block = 256
@@ -180,23 +184,25 @@ def fold_pace(
 
 
 def apply_pace(
-    sums: tuple[Any, Any, Any, Any], *, mu: Any, c: Any, var: Any, last: Any, count: Any,
-    t_s: float, inv_tau: float,
+    sums: tuple[Any, ...], *, mu: Any, c: Any, var: Any, last: Any, count: Any,
+    t_s: float, inv_tau: float, log_erosion: float,
 ) -> None:
     """Launch ``traffic_apply_pace``: blend per-segment sums into the state in place.
 
-    ``sums`` is ``(sum_w, sum_dev, sum_dev2, n_obs)`` as filled by :func:`fold_pace`;
+    ``sums`` is ``(sum_w, sum_dev, sum_dev2, sum_gated, n_obs)`` as filled by
+    :func:`fold_pace`;
     ``mu, c, var`` are ``float32[m]``, ``last`` ``float64[m]``, ``count`` ``int32[m]``.
     Does not synchronize the device.
     """
     m = int(mu.shape[0])
-    for name, a in zip(("sum_w", "sum_dev", "sum_dev2"), sums[:3]):
+    for name, a in zip(("sum_w", "sum_dev", "sum_dev2", "sum_gated"), sums[:4]):
         _check(name, a, np.float32, m)
-    _check("n_obs", sums[3], np.int32, m)
+    _check("n_obs", sums[4], np.int32, m)
     for name, a in (("mu", mu), ("c", c), ("var", var)):
         _check(name, a, np.float32, m)
     _check("last", last, np.float64, m)
     _check("count", count, np.int32, m)
     if m == 0:
         return
-    apply_kernel()(*sums, np.float64(t_s), np.float32(inv_tau), mu, c, var, last, count)
+    apply_kernel()(*sums, np.float64(t_s), np.float32(inv_tau), np.float32(log_erosion),
+                   mu, c, var, last, count)

@@ -21,14 +21,17 @@ latest observation)``, never the wall clock):
    traversal whose pace differs from ``pace_e(t)`` by more than ``gate_sigma * sd_e`` keeps
    only ``outlier_weight`` of its weight, where ``sd_e = max(sqrt(var_e), min_dispersion_rel
    * pace_e(t))``. On segments with less evidence the gate is open: a jam can be 5-10x the
-   free-flow pace and must not be rejected against a prior. Gated traversals keep a small
-   weight, so a lasting change widens the dispersion and opens the gate within a few
-   traversals instead of being locked out;
+   free-flow pace and must not be rejected against a prior. Each gated traversal also
+   *erodes* the segment's evidence: ``c_e(t)`` is multiplied by ``gate_erosion ** G`` (``G``
+   the summed weight of its gated traversals), so a lone outlier hardly moves the estimate,
+   while a lasting change (an incident) drops ``c_e`` below ``gate_min_weight`` after a few
+   traversals (about ``log2(c_e / gate_min_weight) + 1`` at the default 0.5) and the gate
+   opens to the new regime;
 3. per-segment sums ``W = sum w``, ``S1 = sum w * (p - mu_e)``, ``S2 = sum w * (p - mu_e)^2``
-   by a scatter-add (``np.bincount`` on the CPU; the ``traffic_fold_pace`` kernel with
+   (and ``G``) by a scatter-add (``np.bincount`` on the CPU; the ``traffic_fold_pace`` kernel with
    ``atomicAdd`` on the GPU);
-4. blend, for segments with ``W > 0``: ``c' = c_e(t) + W``, ``mu' = mu + S1 / c'``,
-   ``var' = (c_e(t) * var + S2) / c' - (S1 / c')^2`` (the exact weighted mean and variance
+4. blend, for segments with ``W > 0``: ``c' = c_e(t) * gate_erosion**G + W``, ``mu' = mu + S1 / c'``,
+   ``var' = (c_old * var + S2) / c' - (S1 / c')^2`` (``c_old`` the eroded ``c_e(t)``) (the exact weighted mean and variance
    of old and new evidence), ``last' = t``.
 
 Because each traversal is decayed from its own time, folding a stream in one batch or in
@@ -77,6 +80,9 @@ class EstimatorConfig:
         Decayed evidence weight a segment needs before its gate closes on outliers.
     outlier_weight
         Fraction of its weight a gated traversal keeps (0 drops it).
+    gate_erosion
+        Factor in ``(0, 1]`` applied to a segment's evidence weight per unit of gated
+        traversal weight (1 disables erosion).
     min_dispersion_rel
         Floor of the gate's and the confidence's standard deviation, relative to the pace.
     min_speed_mps, max_speed_mps
@@ -90,6 +96,7 @@ class EstimatorConfig:
     gate_sigma: float = 3.0
     gate_min_weight: float = 3.0
     outlier_weight: float = 0.05
+    gate_erosion: float = 0.5
     min_dispersion_rel: float = 0.15
     min_speed_mps: float = 1.0
     max_speed_mps: float = 60.0
@@ -109,6 +116,9 @@ class EstimatorConfig:
         if not 0 <= self.outlier_weight <= 1:
             raise EstimatorConfigError(
                 f"`outlier_weight` must be within [0, 1]; got {self.outlier_weight!r}")
+        if not 0 < self.gate_erosion <= 1:
+            raise EstimatorConfigError(
+                f"`gate_erosion` must be within (0, 1]; got {self.gate_erosion!r}")
         if self.min_speed_mps >= self.max_speed_mps:
             raise EstimatorConfigError(
                 f"`min_speed_mps` ({self.min_speed_mps}) must be below `max_speed_mps` "
@@ -130,6 +140,7 @@ class EstimatorConfig:
             inv_tau=1.0 / self.decay_tau_s, prior_weight=self.prior_weight,
             gate_sigma=self.gate_sigma, gate_min_weight=self.gate_min_weight,
             outlier_weight=self.outlier_weight, min_rel=self.min_dispersion_rel,
+            log_erosion=math.log(self.gate_erosion),
             min_pace=self.min_pace_s_per_m, max_pace=self.max_pace_s_per_m,
         )
 
@@ -310,16 +321,17 @@ def fold_traversals(
     if is_cupy(xp) and use_kernels and dtype == xp.float32:
         m = state.n_edges
         sums = (xp.zeros(m, xp.float32), xp.zeros(m, xp.float32), xp.zeros(m, xp.float32),
-                xp.zeros(m, xp.int32))
+                xp.zeros(m, xp.float32), xp.zeros(m, xp.int32))
         t_arr = t_obs if t_obs is not None else xp.full(n, clock, dtype=xp.float64)
         _kernels.fold_pace(edge, pace, weight, t_arr, mu=state.mu, c=state.c, var=state.var,
                            prior=state.prior, last=state.last_t_s, t_s=clock, params=params,
                            out=sums)
         _kernels.apply_pace(sums, mu=state.mu, c=state.c, var=state.var, last=state.last_t_s,
-                            count=state.count, t_s=clock, inv_tau=params["inv_tau"])
+                            count=state.count, t_s=clock, inv_tau=params["inv_tau"],
+                            log_erosion=params["log_erosion"])
     else:
         sums = _fold_sums_xp(xp, state, edge, pace, weight, t_obs, clock, params)
-        _apply_sums_xp(xp, state, sums, clock, params["inv_tau"])
+        _apply_sums_xp(xp, state, sums, clock, params)
     state.t_s = clock
     state.version += 1
     return state
@@ -328,46 +340,54 @@ def fold_traversals(
 def _fold_sums_xp(
     xp: ModuleType, state: EstimatorState, edge: Any, pace: Any, weight: Any, t_obs: Any,
     t_s: float, params: dict[str, float],
-) -> tuple[Any, Any, Any, Any]:
-    """Array-code twin of ``traffic_fold_pace``: per-segment ``(W, S1, S2, count)``."""
+) -> tuple[Any, ...]:
+    """Array-code twin of ``traffic_fold_pace``: per-segment ``(W, S1, S2, G, count)``."""
     m = state.n_edges
     dtype = state.mu.dtype
     inv_tau = params["inv_tau"]
     mu_e = state.mu[edge]
     c_dec = state.c[edge] * xp.exp(
-        -xp.maximum(t_s - state.last_t_s[edge], 0.0) * inv_tau).astype(dtype)
+        xp.minimum(state.last_t_s[edge] - t_s, 0.0) * inv_tau).astype(dtype, copy=False)
     w0 = dtype.type(params["prior_weight"])
     p_hat = (w0 * state.prior[edge] + c_dec * mu_e) / (w0 + c_dec)
     p = xp.clip(pace, dtype.type(params["min_pace"]), dtype.type(params["max_pace"]))
     sd2 = xp.maximum(state.var[edge], (dtype.type(params["min_rel"]) * p_hat) ** 2)
+    dev = p - mu_e
     gated = (c_dec >= params["gate_min_weight"]) & (
         xp.abs(p - p_hat) > dtype.type(params["gate_sigma"]) * xp.sqrt(sd2))
     w = weight
     if t_obs is not None:
-        w = w * xp.exp(-xp.maximum(t_s - t_obs, 0.0) * inv_tau).astype(dtype)
-    w = xp.where(gated, w * dtype.type(params["outlier_weight"]), w)
-    dev = p - mu_e
+        w = w * xp.exp(xp.minimum(t_obs - t_s, 0.0) * inv_tau).astype(dtype, copy=False)
+    gi = xp.flatnonzero(gated)
+    if gi.shape[0]:
+        sum_g = xp.bincount(edge[gi], weights=w[gi], minlength=m).astype(dtype, copy=False)
+        w = w.copy() if w is weight else w
+        w[gi] *= dtype.type(params["outlier_weight"])
+        count = xp.bincount(edge[~gated], minlength=m).astype(xp.int32, copy=False)
+    else:
+        sum_g = xp.zeros(m, dtype=dtype)
+        count = xp.bincount(edge, minlength=m).astype(xp.int32, copy=False)
     wdev = w * dev
     sum_w = xp.bincount(edge, weights=w, minlength=m).astype(dtype, copy=False)
     sum_dev = xp.bincount(edge, weights=wdev, minlength=m).astype(dtype, copy=False)
     sum_dev2 = xp.bincount(edge, weights=wdev * dev, minlength=m).astype(dtype, copy=False)
-    count = xp.bincount(edge[~gated], minlength=m).astype(xp.int32, copy=False)
-    return sum_w, sum_dev, sum_dev2, count
+    return sum_w, sum_dev, sum_dev2, sum_g, count
 
 
 def _apply_sums_xp(
-    xp: ModuleType, state: EstimatorState, sums: tuple[Any, Any, Any, Any], t_s: float,
-    inv_tau: float,
+    xp: ModuleType, state: EstimatorState, sums: tuple[Any, ...], t_s: float,
+    params: dict[str, float],
 ) -> None:
     """Array-code twin of ``traffic_apply_pace``: blend the sums into the state in place."""
-    sum_w, sum_dev, sum_dev2, count = sums
+    sum_w, sum_dev, sum_dev2, sum_g, count = sums
     state.count += count
-    hit = xp.flatnonzero(sum_w > 0)
+    hit = xp.flatnonzero((sum_w > 0) | (sum_g > 0))
     if hit.shape[0] == 0:
         return
     dtype = state.mu.dtype
     c_dec = state.c[hit] * xp.exp(
-        -xp.maximum(t_s - state.last_t_s[hit], 0.0) * inv_tau).astype(dtype)
+        xp.minimum(state.last_t_s[hit] - t_s, 0.0) * params["inv_tau"]
+        + sum_g[hit] * params["log_erosion"]).astype(dtype, copy=False)
     c_new = c_dec + sum_w[hit]
     delta = sum_dev[hit] / c_new
     state.mu[hit] += delta

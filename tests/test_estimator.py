@@ -1,0 +1,464 @@
+"""Speed estimator: decay, gating and blend on tiny inputs with hand-computed numbers; the
+scatter-add against a Python loop; batching, replay, checkpoints, remap; NumPy/CuPy parity."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from graph.network import build_network
+from traffic import _kernels
+from traffic.errors import (
+    EstimatorConfigError,
+    EstimatorStateError,
+    KernelInputError,
+    TraversalBatchError,
+)
+from traffic.estimator import (
+    EstimatorConfig,
+    EstimatorState,
+    SpeedEstimator,
+    TraversalBatch,
+    confidence,
+    current_pace,
+    decayed_weight,
+    fold_traversals,
+)
+from traffic.profiles import TimeOfWeekProfile
+
+CONFIG = EstimatorConfig()
+T0 = 1_700_000_000.0
+
+
+def _line_network(n_edges: int = 3, *, keys=None, speed_kph: float = 36.0):
+    """A straight chain of ``n_edges`` edges ~111 m long at 36 km/h (free-flow pace 0.1 s/m)."""
+    lat = 55.0 + 0.001 * np.arange(n_edges + 1)
+    return build_network(
+        node_lat=lat, node_lon=np.full(n_edges + 1, 12.0),
+        edge_src=np.arange(n_edges), edge_dst=np.arange(1, n_edges + 1),
+        edge_speed_kph=np.full(n_edges, speed_kph), edge_key=keys)
+
+
+def _state(m: int = 2, prior: float = 0.1) -> EstimatorState:
+    return EstimatorState.initial(np.full(m, prior))
+
+
+def _fold(state, edge, pace, t, *, weight=None, config=CONFIG, t_obs=None):
+    edge = np.asarray(edge, dtype=np.int32)
+    w = np.ones(edge.shape) if weight is None else np.asarray(weight, dtype=float)
+    return fold_traversals(state, edge, np.asarray(pace, dtype=float), w, t, t_obs_s=t_obs,
+                           config=config)
+
+
+def _batch(edge, pace, t_exit, weight=None) -> TraversalBatch:
+    edge = np.asarray(edge, dtype=np.int32)
+    t_exit = np.broadcast_to(np.asarray(t_exit, dtype=float), edge.shape).copy()
+    pace = np.asarray(pace, dtype=float)
+    w = np.ones(edge.shape) if weight is None else np.asarray(weight, dtype=float)
+    return TraversalBatch(edge, t_exit - 10.0, t_exit, pace, w)
+
+
+def test_fold_traversals_blend_with_prior():
+    state = _fold(_state(), [0, 0], [0.2, 0.3], T0)
+    # Evidence: mean 0.25, weight 2, variance 0.0025; prior 0.1 with weight 1.
+    assert state.mu[0] == pytest.approx(0.25)
+    assert state.c[0] == pytest.approx(2.0)
+    assert state.var[0] == pytest.approx(0.0025)
+    assert current_pace(state, config=CONFIG)[0] == pytest.approx((0.1 + 2 * 0.25) / 3)
+    assert current_pace(state, config=CONFIG)[1] == pytest.approx(0.1)
+    assert state.version == 1 and state.t_s == T0 and state.count.tolist() == [2, 0]
+
+
+def test_current_pace_decays_to_prior():
+    state = _fold(_state(), [0], [0.3], T0)
+    c = math.exp(-1.0)  # one time constant later
+    assert decayed_weight(state, T0 + 600, config=CONFIG)[0] == pytest.approx(c)
+    assert current_pace(state, T0 + 600, config=CONFIG)[0] == pytest.approx((0.1 + c * 0.3) / (1 + c))
+    assert current_pace(state, T0 + 1e6, config=CONFIG)[0] == pytest.approx(0.1)
+
+
+def test_fold_traversals_decay_between_batches():
+    state = _fold(_state(), [0], [0.2], T0)
+    _fold(state, [0], [0.1], T0 + 600)
+    c_old = math.exp(-1.0)
+    assert state.c[0] == pytest.approx(c_old + 1)
+    mu = (c_old * 0.2 + 0.1) / (c_old + 1)
+    assert state.mu[0] == pytest.approx(mu)
+    var = (c_old * (0.2 - mu) ** 2 + (0.1 - mu) ** 2) / (c_old + 1)
+    assert state.var[0] == pytest.approx(var)
+    assert state.last_t_s[0] == T0 + 600
+
+
+def test_fold_traversals_weight_partial_and_own_age():
+    # Weight 0.5, observed 600 s before the update time: effective weight 0.5 / e.
+    state = _fold(_state(), [1], [0.2], T0 + 600, weight=[0.5], t_obs=[T0])
+    assert state.c[1] == pytest.approx(0.5 * math.exp(-1.0))
+    assert state.mu[1] == pytest.approx(0.2)
+
+
+def test_fold_traversals_gate_rejects_outlier():
+    state = _fold(_state(), [0] * 5, [0.1] * 5, T0)
+    _fold(state, [0], [1.0], T0)
+    # c = 5 >= gate_min_weight; estimate 0.1, sd floor 0.015: 1.0 is far outside 3 sd. It
+    # keeps weight 0.05 and erodes the evidence weight by half.
+    w = CONFIG.outlier_weight
+    assert state.c[0] == pytest.approx(2.5 + w)
+    assert state.mu[0] == pytest.approx((2.5 * 0.1 + w * 1.0) / (2.5 + w))
+    assert state.count[0] == 5
+    assert current_pace(state, config=CONFIG)[0] < 0.12
+
+
+def test_fold_traversals_gate_keeps_inlier():
+    state = _fold(_state(), [0] * 5, [0.1] * 5, T0)
+    _fold(state, [0], [0.11], T0)  # within 3 x 0.015 of 0.1
+    assert state.c[0] == pytest.approx(6)
+    assert state.count[0] == 6
+
+
+def test_fold_traversals_gate_open_with_little_evidence():
+    # One traversal is below gate_min_weight: a 10x slower one (a jam) is taken in full.
+    state = _fold(_state(), [0], [0.1], T0)
+    _fold(state, [0], [1.0], T0)
+    assert state.c[0] == pytest.approx(2.0)
+    assert state.mu[0] == pytest.approx(0.55)
+
+
+def test_fold_traversals_gate_opens_after_lasting_change():
+    state = _fold(_state(), [0] * 10, [0.1] * 10, T0)
+    paces = []
+    for k in range(1, 7):
+        _fold(state, [0], [0.5], T0 + 30 * k)
+        paces.append(float(current_pace(state, config=CONFIG)[0]))
+    # 10 -> 5 -> 2.5 (< gate_min_weight): the third slow traversal passes the open gate.
+    assert paces[1] < 0.15 < paces[2]
+    assert paces[-1] > 0.3 and paces == sorted(paces)
+
+
+def test_fold_traversals_pace_clipped_to_bounds():
+    state = _fold(_state(), [0, 1], [1e-6, 50.0], T0)
+    assert state.mu[0] == pytest.approx(1 / 60)
+    assert state.mu[1] == pytest.approx(1.0)
+
+
+def test_fold_traversals_empty():
+    state = _fold(_state(), [], [], T0)
+    assert state.version == 1 and state.t_s == T0 and state.c.sum() == 0
+
+
+def test_fold_traversals_needs_a_time():
+    with pytest.raises(TraversalBatchError, match="update time"):
+        fold_traversals(_state(), np.zeros(1, np.int32), np.ones(1), np.ones(1), config=CONFIG)
+
+
+def test_fold_traversals_invalid_lengths():
+    with pytest.raises(TraversalBatchError, match="length of `edge`"):
+        fold_traversals(_state(), np.zeros(2, np.int32), np.ones(1), np.ones(2), T0,
+                        config=CONFIG)
+
+
+def test_fold_traversals_clock_never_goes_back():
+    state = _fold(_state(), [0], [0.2], T0 + 100)
+    _fold(state, [1], [0.2], T0 - 500, t_obs=[T0 - 500])
+    assert state.t_s == T0 + 100
+    assert state.c[1] == pytest.approx(math.exp(-1.0))  # late data is merely older
+
+
+def _reference_fold(state: EstimatorState, edge, pace, weight, t_obs, t_s, config):
+    """Python loop over traversals and segments: the slow reference of one fold."""
+    p_ = config.kernel_params()
+    sums: dict[int, list[float]] = {}
+    counts: dict[int, int] = {}
+    for e, p, w, to in zip(edge.tolist(), pace.tolist(), weight.tolist(), t_obs.tolist()):
+        c_dec = state.c[e] * math.exp(-max(t_s - state.last_t_s[e], 0) * p_["inv_tau"])
+        p_hat = (p_["prior_weight"] * state.prior[e] + c_dec * state.mu[e]) / (
+            p_["prior_weight"] + c_dec)
+        p = min(max(p, p_["min_pace"]), p_["max_pace"])
+        sd = math.sqrt(max(state.var[e], (p_["min_rel"] * p_hat) ** 2))
+        gated = c_dec >= p_["gate_min_weight"] and abs(p - p_hat) > p_["gate_sigma"] * sd
+        w = w * math.exp(-max(t_s - to, 0) * p_["inv_tau"])
+        s = sums.setdefault(e, [0.0, 0.0, 0.0, 0.0])
+        s[3] += w if gated else 0.0
+        w *= p_["outlier_weight"] if gated else 1
+        dev = p - state.mu[e]
+        s[0] += w
+        s[1] += w * dev
+        s[2] += w * dev * dev
+        counts[e] = counts.get(e, 0) + (0 if gated else 1)
+    out = {k: np.array(getattr(state, k), copy=True) for k in ("mu", "c", "var", "last_t_s", "count")}
+    for e, (sw, s1, s2, g) in sums.items():
+        out["count"][e] += counts[e]
+        if sw <= 0 and g <= 0:
+            continue
+        c_dec = state.c[e] * math.exp(-max(t_s - state.last_t_s[e], 0) * p_["inv_tau"])
+        c_dec *= CONFIG.gate_erosion ** g
+        c_new = c_dec + sw
+        delta = s1 / c_new
+        out["mu"][e] = state.mu[e] + delta
+        out["var"][e] = max((c_dec * state.var[e] + s2) / c_new - delta * delta, 0.0)
+        out["c"][e] = c_new
+        out["last_t_s"][e] = t_s
+    return out
+
+
+def _random_stream(rng, m: int, n: int, t_start: float, span_s: float):
+    edge = rng.integers(0, m, n).astype(np.int32)
+    base = rng.uniform(0.03, 0.3, m)
+    pace = base[edge] * rng.lognormal(0, 0.2, n)
+    outliers = rng.random(n) < 0.05
+    pace[outliers] *= 8
+    weight = rng.uniform(0.05, 1.0, n)
+    t_obs = np.sort(rng.uniform(t_start, t_start + span_s, n))
+    return edge, pace, weight, t_obs, base
+
+
+def test_fold_traversals_scatter_add_matches_python_loop():
+    rng = np.random.default_rng(42)
+    m = 40
+    state = _state(m)
+    for k in range(4):
+        edge, pace, weight, t_obs, _ = _random_stream(rng, m, 300, T0 + 200 * k, 200)
+        t_s = float(t_obs.max())
+        expected = _reference_fold(state, edge, pace, weight, t_obs, t_s, CONFIG)
+        fold_traversals(state, edge, pace, weight, t_s, t_obs_s=t_obs, config=CONFIG)
+        for key, want in expected.items():
+            got = getattr(state, key)
+            bad = ~np.isclose(got, want, rtol=1e-9, atol=1e-12)
+            assert not bad.any(), f"{key} differs first at segment {int(np.argmax(bad))}"
+
+
+def test_fold_traversals_batching_equivalent_without_gate():
+    rng = np.random.default_rng(1)
+    config = EstimatorConfig(gate_sigma=1e9)
+    m = 25
+    edge, pace, weight, t_obs, _ = _random_stream(rng, m, 2000, T0, 3600)
+    one = _state(m)
+    fold_traversals(one, edge, pace, weight, t_obs_s=t_obs, config=config)
+    many = _state(m)
+    for part in np.array_split(np.arange(edge.size), 37):
+        fold_traversals(many, edge[part], pace[part], weight[part], t_obs_s=t_obs[part],
+                        config=config)
+    t_end = T0 + 4000
+    for f in (decayed_weight, current_pace, confidence):
+        np.testing.assert_allclose(f(many, t_end, config=config), f(one, t_end, config=config),
+                                   rtol=1e-9)
+    np.testing.assert_allclose(many.mu, one.mu, rtol=1e-9)
+    np.testing.assert_allclose(many.var, one.var, rtol=1e-7, atol=1e-15)
+
+
+def test_fold_traversals_batching_with_gate_rejects_outliers():
+    # With the gate, batching changes which traversals count as outliers: folded at once,
+    # nothing is gated (no evidence yet) and the 8x outliers pull the mean up; folded as a
+    # stream, they are gated and the estimate stays nearer the true pace.
+    rng = np.random.default_rng(2)
+    m = 25
+    edge, pace, weight, t_obs, base = _random_stream(rng, m, 3000, T0, 3600)
+    one, many = _state(m), _state(m)
+    fold_traversals(one, edge, pace, weight, t_obs_s=t_obs, config=CONFIG)
+    for part in np.array_split(np.arange(edge.size), 60):
+        fold_traversals(many, edge[part], pace[part], weight[part], t_obs_s=t_obs[part],
+                        config=CONFIG)
+    a = current_pace(one, T0 + 3600, config=CONFIG)
+    b = current_pace(many, T0 + 3600, config=CONFIG)
+    err_one, err_many = np.median(np.abs(a / base - 1)), np.median(np.abs(b / base - 1))
+    assert err_many < 0.6 * err_one and err_many < 0.15
+
+
+def test_speed_estimator_replay_deterministic():
+    net = _line_network(30)
+    rng = np.random.default_rng(3)
+    edge, pace, weight, t_obs, _ = _random_stream(rng, net.n_edges, 1500, T0, 1800)
+    batches = [_batch(edge[p], pace[p], t_obs[p], weight[p])
+               for p in np.array_split(np.arange(edge.size), 20)]
+    runs = []
+    for _ in range(2):
+        est = SpeedEstimator(net, CONFIG)
+        versions = [est.apply(b) for b in batches]
+        runs.append((versions, est.travel_times(), est.state_dict()))
+    assert runs[0][0] == runs[1][0] == list(range(1, 21))
+    assert np.array_equal(runs[0][1][1], runs[1][1][1])
+    for k in ("mu", "c", "var", "last_t_s", "count"):
+        assert np.array_equal(runs[0][2][k], runs[1][2][k])
+
+
+def test_speed_estimator_travel_times():
+    net = _line_network(3)
+    est = SpeedEstimator(net, CONFIG)
+    version, tt = est.travel_times()
+    assert version == 0
+    np.testing.assert_allclose(tt, net.edge_length_m / 10.0)
+    assert est.apply(_batch([2, 2], [0.2, 0.2], T0)) == 1
+    version, tt = est.travel_times()
+    assert version == 1 and tt.dtype == np.float64
+    assert tt[2] == pytest.approx(net.edge_length_m[2] * (0.1 + 2 * 0.2) / 3)
+    np.testing.assert_allclose(est.speeds_mps()[:2], 10.0)
+
+
+def test_speed_estimator_snapshot_columns():
+    net = _line_network(3)
+    est = SpeedEstimator(net, CONFIG)
+    est.apply(_batch([0], [0.2], T0))
+    snap = est.snapshot()
+    assert snap.columns == ["edge", "edge_key", "speed_mps", "freeflow_mps", "ratio",
+                            "confidence", "observations", "last_update_t"]
+    assert snap.height == 3
+    assert snap["edge_key"].to_list() == net.edge_key.tolist()
+    row = snap.row(0, named=True)
+    assert row["speed_mps"] == pytest.approx(1 / ((0.1 + 0.2) / 2))
+    assert row["ratio"] == pytest.approx(row["speed_mps"] / 10.0)
+    assert row["observations"] == 1 and row["last_update_t"] == T0
+    assert snap["last_update_t"].null_count() == 2
+    assert snap["confidence"].to_list()[1:] == [0.0, 0.0]
+    assert 0 < row["confidence"] < 1
+
+
+def test_speed_estimator_state_dict_round_trip(tmp_path):
+    net = _line_network(5)
+    rng = np.random.default_rng(4)
+    edge, pace, weight, t_obs, _ = _random_stream(rng, net.n_edges, 200, T0, 600)
+    est = SpeedEstimator(net, CONFIG)
+    est.apply(_batch(edge, pace, t_obs, weight))
+    path = tmp_path / "ckpt.npz"
+    sd = est.state_dict()
+    np.savez(path, **{k: v for k, v in sd.items() if k != "config"})
+    loaded = dict(np.load(path))
+    other = SpeedEstimator(net, CONFIG)
+    other.load_state_dict(loaded)
+    assert other.version == est.version and other.t_s == est.t_s
+    assert other.snapshot().equals(est.snapshot())
+    nxt = _batch([1, 2], [0.3, 0.05], T0 + 700)
+    est.apply(nxt)
+    other.apply(nxt)
+    assert np.array_equal(est.travel_times()[1], other.travel_times()[1])
+
+
+def test_speed_estimator_load_state_dict_invalid():
+    net = _line_network(3)
+    est = SpeedEstimator(net, CONFIG)
+    sd = est.state_dict()
+    with pytest.raises(EstimatorStateError, match="lacks"):
+        est.load_state_dict({k: v for k, v in sd.items() if k != "mu"})
+    bad = dict(sd, mu=np.zeros(7))
+    with pytest.raises(EstimatorStateError, match="`mu` has shape"):
+        est.load_state_dict(bad)
+    other = SpeedEstimator(_line_network(4), CONFIG)
+    with pytest.raises(EstimatorStateError, match="strict=False"):
+        other.load_state_dict(sd)
+
+
+def test_speed_estimator_remap_to_keeps_common_keys():
+    old = _line_network(3, keys=np.array([10, 20, 30]))
+    est = SpeedEstimator(old, CONFIG)
+    est.apply(_batch([0, 1, 2], [0.2, 0.3, 0.4], T0))
+    # The new import drops key 20, keeps 10 and 30 (in another order) and adds key 40.
+    new = _line_network(3, keys=np.array([30, 40, 10]))
+    moved = est.remap_to(new)
+    assert moved.version == est.version and moved.t_s == est.t_s
+    pace_old, pace_new = est.current_pace(), moved.current_pace()
+    assert pace_new[0] == pytest.approx(pace_old[2])
+    assert pace_new[2] == pytest.approx(pace_old[0])
+    assert pace_new[1] == pytest.approx(0.1)  # a new edge starts at its prior
+    assert moved.snapshot()["observations"].to_list() == [1, 0, 1]
+
+
+def test_speed_estimator_profile_prior():
+    net = _line_network(2)
+    profile = TimeOfWeekProfile.for_network(net)
+    profile.observe(np.array([0.25, np.nan]), np.array([1.0, 1.0]), T0)
+    est = SpeedEstimator(net, CONFIG, prior=profile)
+    est.apply(_batch([1], [0.1], T0))
+    # Edge 0 has no traversal: its estimate is the profile's pace for this time of week.
+    assert est.current_pace()[0] == pytest.approx(0.25)
+    assert est.current_pace()[1] == pytest.approx(0.1)
+
+
+def test_speed_estimator_static_prior_invalid():
+    with pytest.raises(EstimatorConfigError, match="one pace per edge"):
+        SpeedEstimator(_line_network(2), CONFIG, prior=np.ones(3))
+
+
+def test_traversal_batch_validate_cases():
+    b = _batch([0, 1], [0.1, 0.2], T0)
+    assert b.validate(3) is b
+    assert len(TraversalBatch.empty().validate(3)) == 0
+    cases = [
+        (dict(edge=np.array([0, 5], np.int32)), "`edge` must be within 0..2; got 5 at index 1"),
+        (dict(pace_s_per_m=np.array([0.1, np.nan])), "`pace_s_per_m` must be finite and > 0"),
+        (dict(weight=np.array([0.0, 1.0])), "`weight` must be within \\(0, 1\\]"),
+        (dict(t_exit_s=np.array([T0, T0 - 20])), "`t_exit_s` must be finite and >= t_enter_s"),
+        (dict(weight=np.ones(3)), "`weight` must be a 1-D array of length 2"),
+        (dict(edge=np.array([0.0, 1.0])), "`edge` must be an integer array"),
+    ]
+    for change, message in cases:
+        fields = dict(edge=b.edge, t_enter_s=b.t_enter_s, t_exit_s=b.t_exit_s,
+                      pace_s_per_m=b.pace_s_per_m, weight=b.weight) | change
+        with pytest.raises(TraversalBatchError, match=message):
+            TraversalBatch(**fields).validate(3)
+
+
+def test_estimator_config_invalid_value():
+    with pytest.raises(EstimatorConfigError, match="decay_tau_s"):
+        EstimatorConfig(decay_tau_s=0)
+    with pytest.raises(EstimatorConfigError, match="outlier_weight"):
+        EstimatorConfig(outlier_weight=2)
+    with pytest.raises(EstimatorConfigError, match="min_speed_mps"):
+        EstimatorConfig(min_speed_mps=70)
+
+
+def test_kernels_fold_pace_invalid_type():
+    m = np.zeros(4, np.float32)
+    out = (m.copy(), m.copy(), m.copy(), np.zeros(4, np.int32))
+    args = dict(mu=m, c=m, var=m, prior=m, last=np.zeros(4), t_s=T0,
+                params=CONFIG.kernel_params(), out=out)
+    edge = np.zeros(2, np.int32)
+    f32, f64 = np.ones(2, np.float32), np.zeros(2)
+    with pytest.raises(KernelInputError, match="`pace` must be a float32 array; got float64"):
+        _kernels.fold_pace(edge, f64, f32, f64, **args)
+    with pytest.raises(KernelInputError, match="`weight` must have length 2; got 3"):
+        _kernels.fold_pace(edge, f32, np.ones(3, np.float32), f64, **args)
+    with pytest.raises(KernelInputError, match="C-contiguous"):
+        _kernels.fold_pace(np.zeros(4, np.int32)[::2], f32, f32, f64, **args)
+    with pytest.raises(KernelInputError, match="`n_obs` must be a int32"):
+        _kernels.apply_pace((m, m, m, m, m), mu=m, c=m, var=m, last=np.zeros(4),
+                            count=np.zeros(4, np.int32), t_s=T0, inv_tau=1.0, log_erosion=0.0)
+
+
+def test_fold_traversals_xp_parity(xp):
+    """float32 state on ``xp`` (CuPy: the CUDA kernels) against float64 NumPy."""
+    rng = np.random.default_rng(5)
+    m = 500
+    ref = _state(m)
+    dev = EstimatorState.initial(np.full(m, 0.1), xp=xp, dtype=xp.float32)
+    for k in range(5):
+        edge, pace, weight, t_obs, _ = _random_stream(rng, m, 4000, T0 + 300 * k, 300)
+        fold_traversals(ref, edge, pace, weight, t_obs_s=t_obs, config=CONFIG)
+        fold_traversals(dev, xp.asarray(edge), xp.asarray(pace), xp.asarray(weight),
+                        t_obs_s=xp.asarray(t_obs), config=CONFIG)
+    t_end = T0 + 1600
+    for f in (current_pace, confidence):
+        got = f(dev, t_end, config=CONFIG)
+        got = got.get() if hasattr(got, "get") else got
+        want = f(ref, t_end, config=CONFIG)
+        bad = ~np.isclose(got, want, rtol=2e-3, atol=1e-5)
+        assert not bad.any(), f"{f.__name__} differs first at segment {int(np.argmax(bad))}"
+    count = dev.count.get() if hasattr(dev.count, "get") else dev.count
+    # float32 rounding may flip a gate decision right at the boundary, nothing more.
+    assert np.abs(count.astype(int) - ref.count).sum() <= 3
+
+
+def test_fold_traversals_kernels_match_array_code(xp):
+    """On CuPy the fused kernels and the array code give the same state (NumPy: trivially)."""
+    rng = np.random.default_rng(6)
+    m = 300
+    a = EstimatorState.initial(np.full(m, 0.1), xp=xp, dtype=xp.float32)
+    b = EstimatorState.initial(np.full(m, 0.1), xp=xp, dtype=xp.float32)
+    for k in range(3):
+        edge, pace, weight, t_obs, _ = _random_stream(rng, m, 3000, T0 + 300 * k, 300)
+        args = (xp.asarray(edge), xp.asarray(pace), xp.asarray(weight))
+        fold_traversals(a, *args, t_obs_s=xp.asarray(t_obs), config=CONFIG, use_kernels=True)
+        fold_traversals(b, *args, t_obs_s=xp.asarray(t_obs), config=CONFIG, use_kernels=False)
+    for key in ("mu", "c", "var"):
+        xp.testing.assert_allclose(getattr(a, key), getattr(b, key), rtol=1e-4, atol=1e-6) \
+            if hasattr(xp, "testing") else None
+    assert int(abs(a.count.astype(int) - b.count.astype(int)).sum()) <= 3
