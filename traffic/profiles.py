@@ -22,7 +22,7 @@ from graph.network import RoadNetwork
 from traffic.errors import EstimatorConfigError, EstimatorStateError
 
 _WEEK_S = 7 * 86_400
-# 1970-01-01 was a Thursday: shift so that bin 0 starts on Monday 00:00 local time.
+# 1970-01-01 was a Thursday, 3 days after a Monday: shift so bin 0 starts Monday 00:00.
 _EPOCH_TO_MONDAY_S = 3 * 86_400
 
 
@@ -105,7 +105,7 @@ class TimeOfWeekProfile:
         when = datetime.fromtimestamp(t_s, tz=timezone.utc).astimezone(ZoneInfo(self.config.timezone))
         offset = when.utcoffset()
         local_s = t_s + (offset.total_seconds() if offset else 0.0)
-        return int(((local_s - _EPOCH_TO_MONDAY_S) % _WEEK_S) // self.config.bin_s)
+        return int(((local_s + _EPOCH_TO_MONDAY_S) % _WEEK_S) // self.config.bin_s)
 
     def observe(self, pace_s_per_m: np.ndarray, confidence: np.ndarray, t_s: float) -> None:
         """Fold one published estimate (pace per segment, its confidence) into ``t_s``'s bin.
