@@ -151,7 +151,9 @@ def _open_osm_file(path: Path, source: str) -> osmium.io.File:
         with open(path, "rb") as fh:
             head = fh.read(4096)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
-        raise NetworkFileNotFoundError(f"{source}: cannot read the network file ({exc.strerror})") from exc
+        raise NetworkFileNotFoundError(
+            f"{source}: cannot read the network file ({exc.strerror})"
+        ) from exc
     if not head:
         raise NetworkFormatError(f"{source}: the file is empty; expected OSM PBF or OSM XML data")
     compression = ""
@@ -206,9 +208,11 @@ def _read(osm_file: osmium.io.File, profile: CarProfile, source: str) -> _Raw:
                 _add_way(raw, obj, attr)
             else:
                 _add_restriction(raw, obj)
-    except (RuntimeError, ValueError, OSError) as exc:
-        # libosmium reports a cut-short or damaged file as a RuntimeError subclass.
-        raise NetworkFormatError(f"{source}: truncated, corrupt or malformed OSM data ({exc})") from exc
+    except (RuntimeError, OSError) as exc:
+        # libosmium reports a cut-short, damaged or malformed file as a RuntimeError.
+        raise NetworkFormatError(
+            f"{source}: truncated, corrupt or malformed OSM data ({exc})"
+        ) from exc
     return raw
 
 
@@ -224,7 +228,13 @@ def _add_way(raw: _Raw, way: osmium.osm.Way, attr: WayAttributes) -> None:
     raw.way_id.append(way.id)
     raw.way_len.append(count)
     raw.way_attr.append(
-        (attr.road_class, attr.forward, attr.backward, attr.speed_forward_kph, attr.speed_backward_kph)
+        (
+            attr.road_class,
+            attr.forward,
+            attr.backward,
+            attr.speed_forward_kph,
+            attr.speed_backward_kph,
+        )
     )
 
 
@@ -280,7 +290,9 @@ def _assemble(
     _check_ranges(ref, x, y, valid, source)
     point, piece_way, piece_start, piece_end = split_ways(way_first, ref, valid)
     if piece_way.size == 0:
-        raise NoDrivableRoadError(f"{source}: no road a car may drive on (no kept way has two located nodes)")
+        raise NoDrivableRoadError(
+            f"{source}: no road a car may drive on (no kept way has two located nodes)"
+        )
     report("edges", 0.75)
 
     attr = raw.way_attr
@@ -339,7 +351,9 @@ def _assemble(
     stats = OsmImportStats(
         highway_ways=raw.highway_ways,
         ways_kept=len(raw.way_id),
-        ways_with_missing_nodes=int(np.unique(np.searchsorted(way_first, np.flatnonzero(missing), side="right")).size),
+        ways_with_missing_nodes=int(
+            np.unique(np.searchsorted(way_first, np.flatnonzero(missing), side="right")).size
+        ),
         missing_node_refs=int(missing.sum()),
         restrictions_read=raw.restrictions_read,
         restrictions_kept=kept,
@@ -348,7 +362,9 @@ def _assemble(
     return net, stats
 
 
-def _check_ranges(ref: np.ndarray, x: np.ndarray, y: np.ndarray, valid: np.ndarray, source: str) -> None:
+def _check_ranges(
+    ref: np.ndarray, x: np.ndarray, y: np.ndarray, valid: np.ndarray, source: str
+) -> None:
     bad = valid & ((np.abs(y) > 900_000_000) | (np.abs(x) > 1_800_000_000))
     if bad.any():
         i = int(np.argmax(bad))
@@ -428,15 +444,19 @@ def _later_duplicates(way: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarr
     if way.size < 2:
         return np.zeros(way.size, dtype=bool)
     order = np.lexsort((np.arange(way.size), b, a, way))
-    same = (way[order][1:] == way[order][:-1]) & (a[order][1:] == a[order][:-1]) & (
-        b[order][1:] == b[order][:-1]
+    same = (
+        (way[order][1:] == way[order][:-1])
+        & (a[order][1:] == a[order][:-1])
+        & (b[order][1:] == b[order][:-1])
     )
     dup = np.zeros(way.size, dtype=bool)
     dup[order[1:][same]] = True
     return dup
 
 
-def _geometry_index(first_pt: np.ndarray, last_pt: np.ndarray, reverse: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _geometry_index(
+    first_pt: np.ndarray, last_pt: np.ndarray, reverse: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Point indices of every edge's polyline in travel direction, and their offsets."""
     count = np.abs(last_pt - first_pt) + 1
     offsets = np.zeros(count.size + 1, dtype=np.int64)

@@ -18,6 +18,8 @@ KPH_PER_MPH = 1.609344
 KPH_PER_KNOT = 1.852
 
 #: Highway classes a car may use: every named class of the model except ``unknown``.
+#: ``service`` includes ``service=parking_aisle`` and ``service=driveway``: real car roads,
+#: kept in the (slow) service class. Paths, footways, tracks, construction etc. are not here.
 DRIVABLE_HIGHWAYS: frozenset[str] = frozenset(c for c in ROAD_CLASSES if c != "unknown")
 
 #: Access values that shut cars out. ``destination``, ``permissive``, ``customers`` and
@@ -46,44 +48,61 @@ WALK_SPEED_KPH = 7.0
 #: Parsed numeric limits outside (0, MAX_PLAUSIBLE_KPH] are treated as tagging errors.
 MAX_PLAUSIBLE_KPH = 200.0
 
+
 def _mph(v: float) -> float:
     return v * KPH_PER_MPH
 
 
-#: Default limits (km/h) behind the ``XX:context`` maxspeed values, from the OSM wiki page
-#: "Default speed limits" (legal defaults; where a country has no legal motorway limit, the
-#: advisory speed). Keys are upper-case ``COUNTRY:context``.
+_CONTEXTS = ("urban", "rural", "trunk", "motorway")
+
+# Default limits (km/h) behind ``XX:urban``, ``XX:rural``, ``XX:trunk``, ``XX:motorway``, from
+# the OSM wiki page "Default speed limits" (legal defaults; where a country has no legal
+# motorway limit, its advisory speed).
+_COUNTRY_DEFAULTS_KPH: dict[str, tuple[float, float, float, float]] = {
+    "DE": (50, 100, 100, 130),  # no legal motorway limit: 130 is the advisory speed
+    "DK": (50, 80, 80, 130),
+    "LI": (50, 80, 80, 120),  # Liechtenstein has no motorway
+    "CH": (50, 80, 100, 120),
+    "AT": (50, 100, 100, 130),
+    "FI": (50, 80, 100, 120),
+    "SE": (50, 70, 90, 110),
+    "NO": (50, 80, 80, 90),
+    "FR": (50, 80, 110, 130),
+    "GB": (_mph(30), _mph(60), _mph(70), _mph(70)),  # national limits are in mph
+    "NL": (50, 80, 100, 100),  # 100 on motorways by day since 2020; 130 only where signed
+    "BE": (50, 90, 120, 120),
+    "IT": (50, 90, 110, 130),
+    "ES": (50, 90, 100, 120),
+    "PL": (50, 90, 100, 140),
+    "CZ": (50, 90, 110, 130),
+    "RU": (60, 90, 90, 110),
+    "US": (_mph(25), _mph(55), _mph(55), _mph(65)),  # set by states; typical values
+}
+_COUNTRY_EXTRA_KPH: dict[str, float] = {
+    "DE:living_street": WALK_SPEED_KPH,
+    "DE:bicycle_road": 30,
+    "RU:living_street": 20,
+    "GB:nsl_single": _mph(60),
+    "GB:nsl_dual": _mph(70),
+    "PL:expressway": 120,
+    "BE-VLG:urban": 50,
+    "BE-VLG:rural": 70,
+    "BE-WAL:rural": 90,
+    "BE-BRU:urban": 30,
+}
+
+#: ``{"DE:urban": 50.0, ...}``: the km/h behind every ``COUNTRY:context`` maxspeed value known.
 COUNTRY_SPEEDS_KPH: dict[str, float] = {
-    # Germany: no motorway limit by law; 130 is the advisory speed (Richtgeschwindigkeit).
-    "DE:urban": 50, "DE:rural": 100, "DE:trunk": 100, "DE:motorway": 130,
-    "DE:living_street": WALK_SPEED_KPH, "DE:bicycle_road": 30, "DE:zone30": 30, "DE:zone20": 20,
-    "DK:urban": 50, "DK:rural": 80, "DK:trunk": 80, "DK:motorway": 130,
-    # Liechtenstein has no motorway; its rural default is 80.
-    "LI:urban": 50, "LI:rural": 80, "LI:trunk": 80, "LI:motorway": 120,
-    "CH:urban": 50, "CH:rural": 80, "CH:trunk": 100, "CH:motorway": 120,
-    "AT:urban": 50, "AT:rural": 100, "AT:trunk": 100, "AT:motorway": 130,
-    "FI:urban": 50, "FI:rural": 80, "FI:trunk": 100, "FI:motorway": 120,
-    "SE:urban": 50, "SE:rural": 70, "SE:trunk": 90, "SE:motorway": 110,
-    "NO:urban": 50, "NO:rural": 80, "NO:trunk": 80, "NO:motorway": 90,
-    "FR:urban": 50, "FR:rural": 80, "FR:trunk": 110, "FR:motorway": 130, "FR:zone30": 30,
-    # Great Britain: national speed limits in mph.
-    "GB:urban": _mph(30), "GB:nsl_single": _mph(60), "GB:nsl_dual": _mph(70),
-    "GB:rural": _mph(60), "GB:trunk": _mph(70), "GB:motorway": _mph(70),
-    # Netherlands: 100 on motorways by day since 2020 (130 only where signed, at night).
-    "NL:urban": 50, "NL:rural": 80, "NL:trunk": 100, "NL:motorway": 100,
-    "BE:urban": 50, "BE:rural": 90, "BE:trunk": 120, "BE:motorway": 120,
-    "BE-VLG:urban": 50, "BE-VLG:rural": 70, "BE-WAL:rural": 90, "BE-BRU:urban": 30,
-    "IT:urban": 50, "IT:rural": 90, "IT:trunk": 110, "IT:motorway": 130,
-    "ES:urban": 50, "ES:rural": 90, "ES:trunk": 100, "ES:motorway": 120,
-    "PL:urban": 50, "PL:rural": 90, "PL:trunk": 100, "PL:expressway": 120, "PL:motorway": 140,
-    "RU:urban": 60, "RU:rural": 90, "RU:living_street": 20, "RU:motorway": 110,
-    # United States: limits are set by states; typical values in mph.
-    "US:urban": _mph(25), "US:rural": _mph(55), "US:trunk": _mph(55), "US:motorway": _mph(65),
-    "CZ:urban": 50, "CZ:rural": 90, "CZ:motorway": 130,
+    **{
+        f"{country}:{context}": float(kph)
+        for country, limits in _COUNTRY_DEFAULTS_KPH.items()
+        for context, kph in zip(_CONTEXTS, limits, strict=True)
+    },
+    **{key: float(kph) for key, kph in _COUNTRY_EXTRA_KPH.items()},
 }
 
 _NUMBER = re.compile(r"^\s*(\d+(?:[.,]\d+)?)\s*(mph|km/h|kmh|kph|knots)?\s*$")
-_ZONE = re.compile(r"^[A-Z]{2}(?:-[A-Z]+)?:zone:?(\d+)$")
+_ZONE = re.compile(r"^[A-Z]{2}(?:-[A-Z]+)?:ZONE:?(\d+)$")
 
 
 class TagLookup(Protocol):
@@ -176,7 +195,9 @@ class CarProfile:
         if match:
             number = float(match.group(1).replace(",", "."))
             unit = match.group(2)
-            kph = number * (KPH_PER_MPH if unit == "mph" else KPH_PER_KNOT if unit == "knots" else 1.0)
+            kph = number * (
+                KPH_PER_MPH if unit == "mph" else KPH_PER_KNOT if unit == "knots" else 1.0
+            )
             return kph if 0 < kph <= MAX_PLAUSIBLE_KPH else None
         upper = value.upper()
         if upper in self._country:

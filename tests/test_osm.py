@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import osmium
 import pytest
+from conftest import TEST_DATA, shared_file
 
 from graph.errors import NetworkFileNotFoundError, NetworkFormatError, NoDrivableRoadError
 from graph.network import ROAD_CLASS_INDEX, TURN_NO, TURN_ONLY, RoadNetwork, banned_turns
@@ -26,7 +27,6 @@ from graph.osm_profile import (
     is_car_accessible,
     oneway_directions,
 )
-from conftest import TEST_DATA, shared_file
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -69,8 +69,10 @@ def _great_circle_m(lat: list[float] | np.ndarray, lon: list[float] | np.ndarray
 def _lengths_by_reduceat(net: RoadNetwork) -> np.ndarray:
     """Independent vectorised reference: per-edge sum of segment lengths via np.add.reduceat."""
     lat, lon = np.radians(net.geom_lat), np.radians(net.geom_lon)
-    h = (np.sin(np.diff(lat) / 2) ** 2
-         + np.cos(lat[:-1]) * np.cos(lat[1:]) * np.sin(np.diff(lon) / 2) ** 2)
+    h = (
+        np.sin(np.diff(lat) / 2) ** 2
+        + np.cos(lat[:-1]) * np.cos(lat[1:]) * np.sin(np.diff(lon) / 2) ** 2
+    )
     seg = np.append(2 * 6_371_008.8 * np.arcsin(np.sqrt(np.clip(h, 0, 1))), 0.0)
     off = net.geom_offsets
     # Segments from off[i] to off[i+1]-2 belong to edge i; zero the cross-edge ones.
@@ -166,7 +168,14 @@ def test_load_osm_access_rules(profile_net: RoadNetwork) -> None:
 
 def test_load_osm_excludes_non_car_ways(profile_net: RoadNetwork) -> None:
     ways = set(profile_net.edge_osm_way.tolist())
-    for way in (109, 110, 111, 115, 118, 119):  # footway, reversible, area, cycleway, construction, track
+    for way in (
+        109,
+        110,
+        111,
+        115,
+        118,
+        119,
+    ):  # footway, reversible, area, cycleway, construction, track
         assert way not in ways, way
     assert 19 not in profile_net.node_osm_id  # the footway's nodes are not network nodes
 
@@ -211,7 +220,9 @@ def test_load_osm_maxspeed_mph_exact(maxspeed_net: RoadNetwork) -> None:
 
 
 def test_load_osm_country_speeds_override() -> None:
-    net = load_osm(TEST_DATA / "osm_maxspeed.osm", country_speeds={"xx:urban": 45.0, "DE:urban": 40})
+    net = load_osm(
+        TEST_DATA / "osm_maxspeed.osm", country_speeds={"xx:urban": 45.0, "DE:urban": 40}
+    )
     assert _speeds_of_way(net, 211)[False] == 45.0
     assert _speeds_of_way(net, 205)[False] == 40.0
 
@@ -221,8 +232,48 @@ def test_speed_kph_never_raises_on_garbage() -> None:
     for value in ["", ";", "mph", "-5", "1e9", "50 furlongs", "DE:", ":urban", "NaN", "inf", "∞"]:
         assert profile.speed_kph(value, "primary") == 70.0, value
     assert profile.speed_kph("10 knots", "primary") == pytest.approx(18.52)
-    assert profile.speed_kph("DE:zone30", "residential") == 30.0
+    assert profile.speed_kph("DE:zone20", "primary") == 20.0
+    assert profile.speed_kph("de:zone:30", "primary") == 30.0
     assert profile.speed_kph("60 mph", "primary") == pytest.approx(60 * KPH_PER_MPH)
+
+
+@pytest.mark.parametrize(
+    "country",
+    [
+        "DE",
+        "DK",
+        "LI",
+        "CH",
+        "AT",
+        "FI",
+        "SE",
+        "NO",
+        "FR",
+        "GB",
+        "NL",
+        "BE",
+        "IT",
+        "ES",
+        "PL",
+        "US",
+    ],
+)
+def test_speed_kph_country_table(country: str) -> None:
+    profile = CarProfile()
+    urban = profile.speed_kph(f"{country}:urban", "primary")
+    rural = profile.speed_kph(f"{country}:rural", "primary")
+    motorway = profile.speed_kph(f"{country}:motorway", "motorway")
+    assert 20 <= urban < rural <= motorway <= 140
+    assert profile.speed_kph(f"{country}:trunk", "trunk") >= rural
+
+
+def test_speed_kph_country_values() -> None:
+    profile = CarProfile()
+    assert profile.speed_kph("DE:rural", "secondary") == 100.0
+    assert profile.speed_kph("CH:motorway", "motorway") == 120.0
+    assert profile.speed_kph("GB:urban", "residential") == pytest.approx(30 * KPH_PER_MPH)
+    assert profile.speed_kph("RU:living_street", "living_street") == 20.0
+    assert profile.speed_kph("ZZ:rural", "secondary") == 60.0  # unknown country: class default
 
 
 def test_oneway_directions_cases() -> None:
@@ -277,23 +328,42 @@ def test_load_osm_way_using_a_node_twice() -> None:
     assert sorted(net.node_osm_id.tolist()) == [10, 11, 14, 20, 22, 25]
     # Way 401: 10-11, loop 11-12-13-11, 11-14 (the repeated 14 collapses), all two-way.
     assert _edges_of_way(net, 401) == [
-        (10, 11, False), (11, 10, True), (11, 11, False), (11, 11, True), (11, 14, False), (14, 11, True),
+        (10, 11, False),
+        (11, 10, True),
+        (11, 11, False),
+        (11, 11, True),
+        (11, 14, False),
+        (14, 11, True),
     ]
     lat, _ = net.edge_geometry(_edge(net, 401, 11, 14))
     assert lat.size == 2
-    loop_fwd = np.flatnonzero((net.edge_osm_way == 401) & (net.edge_osm_from == 11)
-                              & (net.edge_osm_to == 11) & ~net.edge_reversed)[0]
+    loop_fwd = np.flatnonzero(
+        (net.edge_osm_way == 401)
+        & (net.edge_osm_from == 11)
+        & (net.edge_osm_to == 11)
+        & ~net.edge_reversed
+    )[0]
     _, lon = net.edge_geometry(int(loop_fwd))
     np.testing.assert_allclose(lon, [12.501, 12.5015, 12.5005, 12.501])
     # Way 402: the repeated piece 20-25-22 is split at 25 so keys stay unique.
-    assert _edges_of_way(net, 402) == [(20, 22, False), (20, 25, False), (22, 20, False), (25, 22, False)]
+    assert _edges_of_way(net, 402) == [
+        (20, 22, False),
+        (20, 25, False),
+        (22, 20, False),
+        (25, 22, False),
+    ]
     assert np.unique(net.edge_key).size == net.n_edges
 
 
 def test_load_osm_missing_nodes_split_the_way() -> None:
     net, stats = load_osm_with_stats(TEST_DATA / "osm_missing_nodes.osm")
     assert sorted(net.node_osm_id.tolist()) == [30, 31, 32, 33]
-    assert _edges_of_way(net, 501) == [(30, 31, False), (31, 30, True), (32, 33, False), (33, 32, True)]
+    assert _edges_of_way(net, 501) == [
+        (30, 31, False),
+        (31, 30, True),
+        (32, 33, False),
+        (33, 32, True),
+    ]
     assert stats.missing_node_refs == 4
     assert stats.ways_with_missing_nodes == 3
 
@@ -304,13 +374,15 @@ def test_split_ways_collapses_repeats_and_gaps() -> None:
     ref = np.array([1, 1, 2, 3, 3, 3, 4, 99, 5, 6, 6])
     valid = ref != 99
     point, piece_way, start, end = split_ways(way_first, ref, valid)
-    pieces = [ref[point[s:e + 1]].tolist() for s, e in zip(start, end)]
+    pieces = [ref[point[s : e + 1]].tolist() for s, e in zip(start, end, strict=True)]
     assert pieces == [[1, 2, 3], [3, 4]]
     assert piece_way.tolist() == [0, 1]
 
 
 def test_split_ways_empty() -> None:
-    point, piece_way, start, end = split_ways(np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0, bool))
+    point, piece_way, start, end = split_ways(
+        np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0, bool)
+    )
     assert point.size == piece_way.size == start.size == end.size == 0
 
 
@@ -336,11 +408,21 @@ def test_load_osm_turn_restrictions() -> None:
         (int(net.turn_from_edge[i]), int(net.turn_to_edge[i]), int(net.turn_kind[i]))
         for i in range(net.turn_kind.size)
     )
-    expected = sorted([
-        (_edge(net, 703, 54, 50), _edge(net, 701, 50, 51), TURN_NO),  # no_left_turn S -> W
-        (_edge(net, 701, 51, 50), _edge(net, 702, 50, 53), TURN_ONLY),  # only_straight_on W -> E
-        (_edge(net, 702, 53, 50), _edge(net, 704, 50, 52), TURN_NO),  # motorcar: no_right E -> N
-    ])
+    expected = sorted(
+        [
+            (_edge(net, 703, 54, 50), _edge(net, 701, 50, 51), TURN_NO),  # no_left_turn S -> W
+            (
+                _edge(net, 701, 51, 50),
+                _edge(net, 702, 50, 53),
+                TURN_ONLY,
+            ),  # only_straight_on W -> E
+            (
+                _edge(net, 702, 53, 50),
+                _edge(net, 704, 50, 52),
+                TURN_NO,
+            ),  # motorcar: no_right E -> N
+        ]
+    )
     assert got == expected
     assert net.turn_via_node.tolist() == [c, c, c]
     assert stats.restrictions_read == 8
@@ -352,7 +434,7 @@ def test_load_osm_only_straight_on_bans_the_other_turns() -> None:
     net = load_osm(TEST_DATA / "osm_restrictions.osm")
     frm, to = banned_turns(net)
     from_w = _edge(net, 701, 51, 50)
-    banned = sorted(int(t) for f, t in zip(frm, to) if f == from_w)
+    banned = sorted(int(t) for f, t in zip(frm, to, strict=True) if f == from_w)
     expected = sorted([_edge(net, 701, 50, 51), _edge(net, 703, 50, 54), _edge(net, 704, 50, 52)])
     assert banned == expected
 
@@ -425,7 +507,9 @@ def test_load_osm_png(tmp_path: Path) -> None:
 def test_load_osm_geojson(tmp_path: Path) -> None:
     path = tmp_path / "roads.geojson"
     path.write_text('{"type": "FeatureCollection", "features": []}')
-    with pytest.raises(NetworkFormatError, match=r"roads\.geojson: not an OSM file \(it looks like JSON/GeoJSON\)"):
+    with pytest.raises(
+        NetworkFormatError, match=r"roads\.geojson: not an OSM file \(it looks like JSON/GeoJSON\)"
+    ):
         load_osm(path)
 
 
@@ -448,18 +532,24 @@ def test_load_osm_corrupt_pbf(tmp_path: Path) -> None:
 
 def test_load_osm_malformed_xml(tmp_path: Path) -> None:
     path = tmp_path / "cut.osm"
-    path.write_text('<?xml version="1.0"?>\n<osm version="0.6"><node id="1" lat="1" lon="1"/><way id=')
+    path.write_text(
+        '<?xml version="1.0"?>\n<osm version="0.6"><node id="1" lat="1" lon="1"/><way id='
+    )
     with pytest.raises(NetworkFormatError, match=r"cut\.osm: truncated, corrupt or malformed"):
         load_osm(path)
 
 
 def test_load_osm_no_drivable_road() -> None:
-    with pytest.raises(NoDrivableRoadError, match=r"osm_footways_only\.osm: no road a car may drive on"):
+    with pytest.raises(
+        NoDrivableRoadError, match=r"osm_footways_only\.osm: no road a car may drive on"
+    ):
         load_osm(TEST_DATA / "osm_footways_only.osm")
 
 
 def test_load_osm_coordinates_out_of_range() -> None:
-    with pytest.raises(NetworkFormatError, match=r"osm_out_of_range\.osm: node 2 has coordinates out of range"):
+    with pytest.raises(
+        NetworkFormatError, match=r"osm_out_of_range\.osm: node 2 has coordinates out of range"
+    ):
         load_osm(TEST_DATA / "osm_out_of_range.osm")
 
 

