@@ -291,7 +291,9 @@ def _assemble(
     point, piece_way, piece_start, piece_end = split_ways(way_first, ref, valid)
     if piece_way.size == 0:
         raise NoDrivableRoadError(
-            f"{source}: no road a car may drive on (no kept way has two located nodes)"
+            f"{source}: no road a car may drive on: {len(raw.way_id)} car ways, but none has "
+            f"two nodes with a location in the file ({int((~valid).sum())} of {ref.size} node "
+            "references unresolved; are the nodes missing, or stored after the ways?)"
         )
     report("edges", 0.75)
 

@@ -546,6 +546,17 @@ def test_load_osm_no_drivable_road() -> None:
         load_osm(TEST_DATA / "osm_footways_only.osm")
 
 
+def test_load_osm_no_node_locations(tmp_path: Path) -> None:
+    path = tmp_path / "unsorted.osm"
+    path.write_text(
+        '<?xml version="1.0"?>\n<osm version="0.6">'
+        '<way id="1"><nd ref="1"/><nd ref="2"/><tag k="highway" v="residential"/></way>'
+        '<node id="1" lat="55.6" lon="12.5"/><node id="2" lat="55.601" lon="12.5"/></osm>'
+    )
+    with pytest.raises(NoDrivableRoadError, match=r"unsorted\.osm: .*stored after the ways"):
+        load_osm(path)
+
+
 def test_load_osm_coordinates_out_of_range() -> None:
     with pytest.raises(
         NetworkFormatError, match=r"osm_out_of_range\.osm: node 2 has coordinates out of range"
