@@ -5,6 +5,10 @@ current :class:`graph.cch.Metric`. :meth:`Router.customize` builds a new metric 
 travel-time vector and swaps it in (one attribute store, under a lock that only orders
 concurrent swaps); a query reads the attribute once and works on that metric to the end, so it
 never sees a half-customized one and never waits for a customization in progress.
+
+Threads: RoutingKit's query objects belong to the thread that made them, so the router keeps
+one per thread (:class:`graph.cch.QuerySlots`); a thread that goes idle keeps its last metric
+alive until its next query or its exit.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from graph.cch import CCHIndex, Metric, PathResult, customize, prepare_cch
+from graph.cch import CCHIndex, Metric, PathResult, QuerySlots, customize, prepare_cch
 from graph.errors import NoCandidateError, NoRouteError
 from graph.network import RoadNetwork
 from graph.spatial import DEFAULT_SNAP_RADIUS_M, SpatialIndex, build_spatial_index, candidates
@@ -95,6 +99,7 @@ class Router:
         self._freeflow_s = net.edge_freeflow_time_s
         self._pt_cum_m = _point_positions_m(net, self.spatial)
         self._swap_lock = threading.Lock()
+        self._slots = QuerySlots()
         self._metric: Metric = customize(self.index, self._freeflow_s, FREEFLOW_VERSION)
 
     @property
@@ -137,7 +142,7 @@ class Router:
         with np.errstate(invalid="ignore", divide="ignore"):
             frac = np.where(length[edge] > 0, offset / length[edge], 0.0)
         frac = np.clip(frac, 0.0, 1.0)
-        res = metric.route_positions(edge[s], frac[s], edge[d], frac[d])
+        res = metric.route_positions(edge[s], frac[s], edge[d], frac[d], slots=self._slots)
         if res is None:
             raise NoRouteError(
                 f"no route from (lat={lat[0]:.6f}, lon={lon[0]:.6f}) to "
@@ -159,7 +164,7 @@ class Router:
             if not 0 <= v < n:
                 raise ValueError(f"{name} {v} is not a node of this network (0..{n - 1})")
         metric = self._metric
-        res = metric.route_nodes(int(source_node), int(target_node))
+        res = metric.route_nodes(int(source_node), int(target_node), slots=self._slots)
         if res is None:
             raise NoRouteError(f"no route from node {source_node} to node {target_node}")
         edges = res.edges

@@ -1,0 +1,202 @@
+"""Router: snapping, routes with geometry between snapped positions, tables, metric swaps."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from conftest import shared_file
+from graph.dijkstra import shortest_route_between_positions
+from graph.errors import NoCandidateError, NoRouteError
+from graph.network import banned_turns, build_network, haversine_m
+from graph.router import Router
+from graph.spatial import nearest_edges
+
+
+@pytest.fixture(scope="module")
+def kbh():
+    from graph.io import load_network
+
+    net = load_network(shared_file("osm/kbh.osm.pbf"))
+    return net, Router(net)
+
+
+def _street():
+    """A straight two-way street 0-1-2 along the equator (~111 m per 0.001 deg), plus a
+    one-way loop back from 2 to 0 through node 3 to the south."""
+    lat = np.array([0.0, 0.0, 0.0, -0.001])
+    lon = np.array([0.0, 0.001, 0.002, 0.001])
+    src = np.array([0, 1, 1, 2, 2, 3])
+    dst = np.array([1, 0, 2, 1, 3, 0])
+    oneway = np.array([False, False, False, False, True, True])
+    net = build_network(node_lat=lat, node_lon=lon, edge_src=src, edge_dst=dst,
+                        edge_speed_kph=np.full(6, 36.0), edge_oneway=oneway, edge_key=np.arange(6) + 100)
+    return net, Router(net)
+
+
+def _polyline_m(lat, lon):
+    return float(haversine_m(lat[:-1], lon[:-1], lat[1:], lon[1:]).sum())
+
+
+def test_route_same_edge_ahead_drives_the_piece_between():
+    net, r = _street()
+    route = r.route((0.00001, 0.0002), (0.00001, 0.0008))
+    assert route.edge_ids.tolist() == [0]
+    L = net.edge_length_m[0]
+    assert route.distance_m == pytest.approx(0.6 * L, rel=1e-6)
+    assert route.duration_s == pytest.approx(0.6 * L / 10.0, rel=1e-6)
+    assert route.lon[0] == pytest.approx(0.0002) and route.lon[-1] == pytest.approx(0.0008)
+    assert route.lat[0] == 0.0 and route.lat[-1] == 0.0
+
+
+def test_route_same_edge_behind_uses_the_other_direction():
+    net, r = _street()
+    route = r.route((0.0, 0.0008), (0.0, 0.0002))
+    assert route.edge_ids.tolist() == [1]  # the reverse edge of the two-way street
+    assert route.distance_m == pytest.approx(0.6 * net.edge_length_m[1], rel=1e-6)
+    assert route.lon.tolist() == pytest.approx([0.0008, 0.0002])
+
+
+def test_route_across_edges_starts_and_ends_at_snapped_points():
+    net, r = _street()
+    route = r.route((0.0001, 0.0005), (0.0, 0.0015))
+    assert route.edge_ids.tolist() == [0, 2]
+    assert route.lat[0] == pytest.approx(0.0, abs=1e-12) and route.lon[0] == pytest.approx(0.0005)
+    assert route.lon[-1] == pytest.approx(0.0015)
+    assert route.lon.tolist() == pytest.approx([0.0005, 0.001, 0.0015])
+    assert route.distance_m == pytest.approx(_polyline_m(route.lat, route.lon), rel=1e-6)
+    assert route.to_json()["edges"] == [100, 102]
+
+
+def test_route_unreachable_raises_no_route():
+    lat, lon = np.array([0.0, 0.0, 0.0, 0.0]), np.array([0.0, 0.001, 0.003, 0.004])
+    net = build_network(node_lat=lat, node_lon=lon, edge_src=np.array([0, 2]), edge_dst=np.array([1, 3]),
+                        edge_speed_kph=np.full(2, 30.0))
+    r = Router(net)
+    with pytest.raises(NoRouteError, match="no route"):
+        r.route((0.0, 0.0005), (0.0, 0.0035))
+
+
+def test_route_far_point_raises_no_candidate():
+    _, r = _street()
+    with pytest.raises(NoCandidateError, match="destination"):
+        r.route((0.0, 0.0005), (0.5, 0.5))
+
+
+def test_route_nodes_gives_full_edges():
+    net, r = _street()
+    route = r.route_nodes(0, 2)
+    assert route.edge_ids.tolist() == [0, 2]
+    assert route.lon.tolist() == pytest.approx([0.0, 0.001, 0.002])
+    assert route.distance_m == pytest.approx(net.edge_length_m[[0, 2]].sum())
+    assert r.route_nodes(1, 1).edge_ids.size == 0
+
+
+def test_customize_swaps_weights_and_version():
+    net, r = _street()
+    assert r.weights_version == "freeflow"
+    before = r.route_nodes(2, 0)
+    slow = net.edge_freeflow_time_s.copy()
+    slow[[3, 1]] *= 10  # the two-way street back to 0 gets slow: take the one-way loop
+    r.customize(slow, "w1")
+    after = r.route_nodes(2, 0)
+    assert before.edge_ids.tolist() == [3, 1] and after.edge_ids.tolist() == [4, 5]
+    assert after.weights_version == "w1" and after.duration_s == pytest.approx(slow[[4, 5]].sum())
+    assert after.freeflow_duration_s == pytest.approx(net.edge_freeflow_time_s[[4, 5]].sum())
+
+
+def test_customize_while_querying_from_threads(kbh):
+    net, r = kbh
+    rng = np.random.default_rng(3)
+    pairs = rng.integers(0, net.n_nodes, (200, 2))
+    errors: list[BaseException] = []
+
+    def worker():
+        try:
+            for s, t in pairs:
+                try:
+                    route = r.route_nodes(int(s), int(t))
+                except NoRouteError:
+                    continue
+                assert route.weights_version in {"freeflow", "a", "b"}
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for th in threads:
+        th.start()
+    for k, v in enumerate(("a", "b")):
+        r.customize(net.edge_freeflow_time_s * (1.5 + k), v)
+    for th in threads:
+        th.join()
+    r.customize(net.edge_freeflow_time_s, "freeflow")
+    assert not errors, errors[0]
+
+
+def test_route_matches_reference_on_kbh(kbh):
+    net, r = kbh
+    bt = banned_turns(net)
+    rng = np.random.default_rng(7)
+    min_lon, min_lat, max_lon, max_lat = net.bbox
+    lat = rng.uniform(min_lat, max_lat, 160)
+    lon = rng.uniform(min_lon, max_lon, 160)
+    edge, dist, off = nearest_edges(r.spatial, lat, lon, max_distance_m=200)
+    ok = np.flatnonzero(edge >= 0)[:120]
+    checked = 0
+    for i, j in zip(ok[0::2], ok[1::2]):
+        try:
+            route = r.route((lat[i], lon[i]), (lat[j], lon[j]))
+        except NoRouteError:
+            continue
+        checked += 1
+        # Starts and ends at the snapped points, as far from the query points as the snap said.
+        assert haversine_m(lat[i], lon[i], route.lat[0], route.lon[0]) == pytest.approx(dist[i], abs=0.5)
+        assert haversine_m(lat[j], lon[j], route.lat[-1], route.lon[-1]) == pytest.approx(dist[j], abs=0.5)
+        e = route.edge_ids
+        assert np.all(net.edge_dst[e[:-1]] == net.edge_src[e[1:]])
+        assert route.distance_m == pytest.approx(_polyline_m(route.lat, route.lon), rel=1e-3, abs=0.5)
+        # The reference from the same snapped positions (first and last edges of the route).
+        w = net.edge_freeflow_time_s
+        fs = _fraction(net, r, e[0], route.lat[0], route.lon[0])
+        ft = _fraction(net, r, e[-1], route.lat[-1], route.lon[-1])
+        ref_d, ref_e = shortest_route_between_positions(net, w, int(e[0]), fs, int(e[-1]), ft, banned_turns=bt)
+        assert route.duration_s <= ref_d + 0.5e-3 * (len(e) + len(ref_e)) + 1e-6
+    assert checked > 40
+
+
+def _fraction(net, r, edge, lat, lon):
+    _, _, off = nearest_edges(r.spatial, np.array([lat]), np.array([lon]), max_distance_m=5)
+    from graph.spatial import candidates
+
+    pi, ei, d, off = candidates(r.spatial, np.array([lat]), np.array([lon]), radius_m=1.0)
+    return float(off[ei == edge][0] / net.edge_length_m[edge])
+
+
+def test_table_matches_routes_on_kbh(kbh):
+    net, r = kbh
+    rng = np.random.default_rng(11)
+    min_lon, min_lat, max_lon, max_lat = net.bbox
+    pts = np.column_stack([rng.uniform(min_lat, max_lat, 60), rng.uniform(min_lon, max_lon, 60)])
+    edge, _, _ = nearest_edges(r.spatial, pts[:, 0], pts[:, 1], max_distance_m=200)
+    pts = pts[edge >= 0][:16]
+    src, dst = pts[:8], pts[8:]
+    table = r.table(src, dst)
+    assert table.shape == (8, len(dst))
+    for i in range(8):
+        for j in range(len(dst)):
+            try:
+                d = r.route(tuple(src[i]), tuple(dst[j])).duration_s
+            except NoRouteError:
+                d = np.inf
+            if np.isinf(d):
+                assert np.isinf(table[i, j])
+            else:
+                assert table[i, j] == pytest.approx(d, abs=0.05)
+
+
+def test_table_rejects_far_points():
+    _, r = _street()
+    with pytest.raises(NoCandidateError, match="point 1"):
+        r.table(np.array([[0.0, 0.0005]]), np.array([[0.0, 0.0005], [1.0, 1.0]]))
