@@ -62,7 +62,7 @@ class EstimatorCore:
     config
         Publishing settings.
     xp
-        ``numpy`` or ``cupy`` for the estimator's arrays.
+        ``numpy`` or ``cupy`` (the module or its name) for the estimator's arrays.
     prior
         A ``traffic.profiles.TimeOfWeekProfile`` (or ``None``: free-flow prior).
     """
@@ -77,6 +77,10 @@ class EstimatorCore:
     ) -> None:
         from traffic.estimator import EstimatorConfig, SpeedEstimator
 
+        if isinstance(xp, str):  # "numpy" / "cupy": a module cannot travel to a Ray actor
+            import importlib
+
+            xp = importlib.import_module(xp)
         self.config = config or EstimatorServiceConfig()
         self.net = net
         self.xp = xp

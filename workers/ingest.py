@@ -218,6 +218,11 @@ class IngestCore:
             reply.batch = None
         return reply
 
+    def drain(self) -> None:
+        """Wait until every batch handed to the sink has been folded."""
+        if self.sink is not None:
+            self.sink.drain()
+
     def swap_network(self, net: RoadNetwork, *, index: Any = None, ubodt: Any = None) -> IngestReply:
         """Flush held points on the old network, then match on ``net`` from now on."""
         reply = self.flush()

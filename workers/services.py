@@ -136,6 +136,7 @@ class ServiceBase:
         self._closed = False
         self._ticker: threading.Thread | None = None
         self._stop = threading.Event()
+        self._watermark: float | None = None
 
     # -- clock --------------------------------------------------------------------------
     def now_s(self, batch_max_t: float | None = None) -> float:
@@ -148,7 +149,20 @@ class ServiceBase:
 
     def watermark_t(self) -> float | None:
         """Event time of the newest accepted probe (``None`` before any)."""
-        raise NotImplementedError
+        return self._watermark
+
+    def _note_accepted(self, probes: pl.DataFrame, rejected: list[tuple[int, str]]) -> None:
+        """Advance the watermark to the newest accepted probe of a batch."""
+        if probes.height == len(rejected):
+            return
+        keep = np.ones(probes.height, dtype=bool)
+        keep[[r for r, _ in rejected]] = False
+        t = probes["t"].cast(pl.Float64, strict=False).to_numpy()[keep]
+        t = t[np.isfinite(t)]
+        if t.size:
+            tmax = float(t.max())
+            if self._watermark is None or tmax > self._watermark:
+                self._watermark = tmax
 
     # -- queries ------------------------------------------------------------------------
     def ready(self) -> bool:
@@ -365,11 +379,6 @@ class LocalServices(ServiceBase):
         self._publish(self.estimator.publish())
         self._ready = True
 
-    def watermark_t(self) -> float | None:
-        marks = [c.stats()["watermark_t"] for c in self.ingest_cores]
-        marks = [m for m in marks if m is not None]
-        return max(marks) if marks else None
-
     def ingest(self, probes: pl.DataFrame) -> tuple[int, list[tuple[int, str]]]:
         accepted_wall = time.time()
         now = self.now_s(self._batch_max_t(probes))
@@ -380,8 +389,9 @@ class LocalServices(ServiceBase):
                 accepted += reply.accepted
                 rejected += [(int(rows[r]), why) for r, why in reply.rejected]
                 self.estimator.fold(reply.batch, reply.n_matched, accepted_wall_s=accepted_wall)
+            rejected.sort()
+            self._note_accepted(probes, rejected)
             self._maybe_publish()
-        rejected.sort()
         return accepted, rejected
 
     def _maybe_publish(self) -> None:

@@ -1,0 +1,312 @@
+"""The Ray pipeline: ingest actors per vehicle partition -> one estimator actor -> routers.
+
+Actors are the plain cores of ``workers/`` with ``ray.remote`` applied here, at the
+construction site. The network goes through the object store once (``ray.put``); each
+publication's travel-time vector is put once and router replicas pull that ref. Ingest
+actors hand traversal batches straight to the estimator through a :class:`FoldSink` that
+bounds its in-flight calls with ``ray.wait``; the facade bounds in-flight ingest calls per
+partition and answers :class:`workers.services.Overloaded` (HTTP 503) when they are full,
+before taking anything.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from typing import Any
+
+import polars as pl
+import ray
+
+from graph.network import RoadNetwork
+from workers.estimator import EstimatorCore, Publication
+from workers.ingest import IngestCore
+from workers.router import RouterCore
+from workers.services import Overloaded, PipelineConfig, ServiceBase
+
+logger = logging.getLogger(__name__)
+
+
+class FoldSink:
+    """An ingest actor's link to the estimator actor, with bounded in-flight folds."""
+
+    def __init__(self, estimator: Any, *, max_inflight: int) -> None:
+        self.estimator = estimator
+        self.max_inflight = max(1, int(max_inflight))
+        self._refs: list[Any] = []
+
+    def send(self, batch: Any, n_matched: int, accepted_wall_s: float) -> None:
+        """Fold ``batch`` remotely; blocks while ``max_inflight`` folds are outstanding."""
+        self._refs.append(self.estimator.fold.remote(batch, n_matched,
+                                                     accepted_wall_s=accepted_wall_s))
+        if len(self._refs) > self.max_inflight:
+            ready, self._refs = ray.wait(self._refs, num_returns=len(self._refs) - self.max_inflight)
+            ray.get(ready)
+
+    def outstanding(self) -> int:
+        """Folds sent and not yet done."""
+        if self._refs:
+            _, self._refs = ray.wait(self._refs, num_returns=len(self._refs), timeout=0)
+        return len(self._refs)
+
+    def drain(self) -> None:
+        """Wait for every outstanding fold."""
+        refs, self._refs = self._refs, []
+        ray.get(refs)
+
+
+def gpu_available() -> bool:
+    """Whether CuPy imports and sees a CUDA device here."""
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # CuPy missing, or CUDA runtime/driver unusable
+        return False
+
+
+class RayPipeline(ServiceBase):
+    """The service facade over Ray actors (see the module docstring).
+
+    Parameters
+    ----------
+    net
+        The road network to serve.
+    config
+        Pipeline settings (partitions, refresh, queue bounds, replicas).
+    ray_address
+        An existing cluster to join (``None``: start or reuse a local Ray).
+    prior
+        A ``traffic.profiles.TimeOfWeekProfile`` for the estimator and future departures.
+    """
+
+    def __init__(self, net: RoadNetwork, config: PipelineConfig | None = None, *,
+                 ray_address: str | None = None, prior: Any = None) -> None:
+        config = config or PipelineConfig()
+        super().__init__(net, config, prior=prior)
+        if not ray.is_initialized():
+            ray.init(address=ray_address, include_dashboard=False, log_to_driver=False)
+        self._cv = threading.Condition()
+        self._inflight = [0] * config.n_ingest
+        self._swapping = False
+        self._tick_refs: dict[int, Any] = {}
+        self._rr = itertools.count()
+        net_ref = ray.put(net)
+        # Held for the pipeline's life: restarted actors re-read their arguments from it.
+        self._net_ref = net_ref
+        self.estimator = self._start_estimator(net_ref)
+        self.ingest_actors = self._start_ingest(net_ref)
+        self.router_actors: list[Any] = []
+        if config.router_replicas > 0:
+            self.router_actors = self._start_routers(net_ref)
+            self.router = None
+        else:
+            self.router = RouterCore(net, cache_dir=config.cache_dir)
+        ray.get([a.stats.remote() for a in self.ingest_actors])
+        self._publish(ray.get(self.estimator.publish.remote()), wait=True)
+        self._ready = True
+
+    # -- construction -------------------------------------------------------------------
+    def _start_estimator(self, net_ref: Any) -> Any:
+        want = self.config.use_gpu
+        on_gpu = want == "yes" or (want == "auto" and gpu_available()
+                                   and ray.cluster_resources().get("GPU", 0) >= 1)
+        actor = ray.remote(EstimatorCore).options(
+            num_gpus=1 if on_gpu else 0, num_cpus=0, max_restarts=-1, name=None)
+        self.estimator_on_gpu = on_gpu
+        return actor.remote(net_ref, self.config.estimator_service(),
+                            xp="cupy" if on_gpu else "numpy", prior=self.prior)
+
+    def _start_ingest(self, net_ref: Any) -> list[Any]:
+        actor = ray.remote(IngestCore).options(num_cpus=0, max_restarts=-1,
+                                               scheduling_strategy="SPREAD")
+        icfg = self.config.ingest_config()
+        return [actor.remote(net_ref, icfg, partition=p,
+                             sink=FoldSink(self.estimator, max_inflight=self.config.max_fold_inflight))
+                for p in range(self.config.n_ingest)]
+
+    def _start_routers(self, net_ref: Any) -> list[Any]:
+        actor = ray.remote(RouterCore).options(num_cpus=0, max_restarts=-1, max_concurrency=8,
+                                               scheduling_strategy="SPREAD")
+        return [actor.remote(net_ref, cache_dir=self.config.cache_dir)
+                for _ in range(self.config.router_replicas)]
+
+    def placement(self) -> dict[str, list[str]]:
+        """Node id of every actor, by role (to check that a cluster spreads them)."""
+        def node_of(actors: list[Any]) -> list[str]:
+            return ray.get([a.__ray_call__.remote(
+                lambda self: ray.get_runtime_context().get_node_id()) for a in actors])
+
+        return {"ingest": node_of(self.ingest_actors), "estimator": node_of([self.estimator]),
+                "router": node_of(self.router_actors)}
+
+    # -- publication --------------------------------------------------------------------
+    def _publish(self, pub: Publication | None, *, wait: bool = False) -> None:
+        if pub is None or pub.network_version != self.net.version:
+            return
+        if self.router is not None:
+            self.router.update(pub.version, pub.weights_t, pub.travel_time_s)
+        if self.router_actors:
+            ref = ray.put(pub.travel_time_s)
+            refs = [r.update.remote(pub.version, pub.weights_t, [ref]) for r in self.router_actors]
+            self._last_pub = pub
+            if wait:
+                ray.get(refs)
+
+    def tick(self) -> None:
+        now = self.now_s()
+        for p, actor in enumerate(self.ingest_actors):
+            prev = self._tick_refs.get(p)
+            if prev is not None:
+                done, _ = ray.wait([prev], timeout=0)
+                if not done:
+                    continue
+            if self._inflight[p] == 0:
+                self._tick_refs[p] = actor.tick.remote(now)
+        self._publish(ray.get(self.estimator.maybe_publish.remote()))
+
+    # -- ingest -------------------------------------------------------------------------
+    def ingest(self, probes: pl.DataFrame) -> tuple[int, list[tuple[int, str]]]:
+        accepted_wall = time.time()
+        parts = self._split(probes)
+        with self._cv:
+            while self._swapping:
+                self._cv.wait()
+            full = [p for p, _, _ in parts if self._inflight[p] >= self.config.max_inflight_per_partition]
+            if full:
+                raise Overloaded(f"ingest partition(s) {full} are at their queue bound "
+                                 f"({self.config.max_inflight_per_partition} batches); retry",
+                                 retry_after_s=self.config.retry_after_s)
+            for p, _, _ in parts:
+                self._inflight[p] += 1
+        try:
+            now = self.now_s(self._batch_max_t(probes))
+            refs = [self.ingest_actors[p].ingest.remote(part, now_s=now, accepted_wall_s=accepted_wall)
+                    for p, part, _ in parts]
+            try:
+                replies = ray.get(refs)
+            except ray.exceptions.RayActorError as exc:
+                raise Overloaded(f"an ingest worker is restarting ({exc.__class__.__name__}); retry",
+                                 retry_after_s=self.config.retry_after_s) from exc
+        finally:
+            with self._cv:
+                for p, _, _ in parts:
+                    self._inflight[p] -= 1
+                self._cv.notify_all()
+        accepted, rejected = 0, []
+        for (_, _, rows), reply in zip(parts, replies, strict=True):
+            accepted += reply.accepted
+            rejected += [(int(rows[r]), why) for r, why in reply.rejected]
+        rejected.sort()
+        self._note_accepted(probes, rejected)
+        return accepted, rejected
+
+    # -- queries ------------------------------------------------------------------------
+    def route(self, from_latlon: tuple[float, float], to_latlon: tuple[float, float], *,
+              depart_at_s: float | None = None, max_snap_m: float = 200.0,
+              profile_horizon_s: float = 900.0) -> dict[str, Any]:
+        if not self.router_actors:
+            return super().route(from_latlon, to_latlon, depart_at_s=depart_at_s,
+                                 max_snap_m=max_snap_m, profile_horizon_s=profile_horizon_s)
+        profile = None
+        if depart_at_s is not None and self.prior is not None \
+                and depart_at_s - self.now_s() > profile_horizon_s:
+            profile = self._profile_weights(depart_at_s)
+        actor = self._next_router()
+        return ray.get(actor.route.remote(from_latlon, to_latlon, max_snap_m=max_snap_m,
+                                          profile=profile))
+
+    def table(self, sources: list[tuple[float, float]], destinations: list[tuple[float, float]],
+              *, max_snap_m: float = 200.0) -> dict[str, Any]:
+        if not self.router_actors:
+            return super().table(sources, destinations, max_snap_m=max_snap_m)
+        return ray.get(self._next_router().table.remote(sources, destinations, max_snap_m=max_snap_m))
+
+    def _next_router(self) -> Any:
+        actors = self.router_actors
+        return actors[next(self._rr) % len(actors)]
+
+    def ready(self) -> bool:
+        return self._ready
+
+    # -- status -------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        parts = ray.get([a.stats.remote() for a in self.ingest_actors], timeout=30)
+        est = ray.get(self.estimator.stats.remote(), timeout=30)
+        router = (self.router.stats() if self.router is not None
+                  else ray.get(self.router_actors[0].stats.remote(), timeout=30))
+        merged = self._merge_status(parts, est)
+        return {
+            "clock": self.config.clock,
+            "watermark_t": merged["watermark_t"],
+            "weights_version": str(router["weights_version"]),
+            "weights_t": router["weights_t"],
+            "network_version": self.net.version,
+            "probes": merged["probes"],
+            "queues": {"ingest_inflight": int(sum(self._inflight)),
+                       "fold_inflight": int(merged["fold_inflight"])},
+            "coverage": {"edges_observed": est["coverage_edges"]},
+            "workers": {"mode": "ray", "ingest": parts, "estimator": est, "router": router,
+                        "router_replicas": len(self.router_actors),
+                        "estimator_on_gpu": self.estimator_on_gpu},
+        }
+
+    def drain(self, *, timeout_s: float = 60.0) -> dict[str, Any]:
+        """Wait until no ingest call or fold is in flight; returns the status then."""
+        deadline = time.time() + timeout_s
+        while True:
+            st = self.status()
+            if st["queues"]["ingest_inflight"] == 0 and st["queues"]["fold_inflight"] == 0:
+                return st
+            if time.time() > deadline:
+                raise TimeoutError(f"queues did not drain in {timeout_s} s: {st['queues']}")
+            time.sleep(0.05)
+
+    def flush(self) -> None:
+        ray.get([a.flush.remote() for a in self.ingest_actors])
+        ray.get([a.drain.remote() for a in self.ingest_actors])
+        self._publish(ray.get(self.estimator.publish.remote()), wait=True)
+
+    # -- network swap -------------------------------------------------------------------
+    def _prepare(self, net: RoadNetwork) -> Any:
+        if self.router_actors:
+            net_ref = ray.put(net)
+            actors = self._start_routers(net_ref)
+            ray.get([a.stats.remote() for a in actors])
+            return actors
+        return RouterCore(net, cache_dir=self.config.cache_dir)
+
+    def _swap(self, net: RoadNetwork, prepared: Any) -> int:
+        with self._cv:
+            self._swapping = True
+            while sum(self._inflight):
+                self._cv.wait()
+        try:
+            net_ref = self._net_ref = ray.put(net)
+            ray.get([a.swap_network.remote(net_ref) for a in self.ingest_actors])
+            carried = ray.get(self.estimator.remap_to.remote(net_ref))
+            pub = ray.get(self.estimator.publish.remote())
+            if isinstance(prepared, list):
+                ref = ray.put(pub.travel_time_s)
+                ray.get([r.update.remote(pub.version, pub.weights_t, [ref]) for r in prepared])
+                # The old replicas finish their queued queries, then go when their handles do.
+                self.router_actors = prepared
+            else:
+                prepared.update(pub.version, pub.weights_t, pub.travel_time_s)
+                self.router = prepared
+            self.net, self.loaded_at = net, time.time()
+        finally:
+            with self._cv:
+                self._swapping = False
+                self._cv.notify_all()
+        return int(carried)
+
+    def close(self) -> None:
+        super().close()
+        for a in [*self.ingest_actors, self.estimator, *self.router_actors]:
+            try:
+                ray.kill(a)
+            except Exception:  # already gone
+                pass
