@@ -110,12 +110,12 @@ def test_load_compiled_truncated(tmp_path):
 def test_load_compiled_corrupt_content(tmp_path):
     path = save_network(square_network(), tmp_path / "bad.net")
     data = bytearray(path.read_bytes())
-    # Flip a byte inside the node_lat array payload: the ZIP CRC or the version check fails.
+    # Flip a byte inside the node_lat array payload: the member's CRC-32 check fails.
     at = data.find(b"node_lat.npy")
     at = data.find(b"\n", data.find(b"{'descr'", at)) + 5
     data[at] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(NetworkFormatError, match="bad.net"):
+    with pytest.raises(NetworkFormatError, match="bad.net: .*Bad CRC-32"):
         load_compiled(path)
 
 
@@ -131,8 +131,10 @@ def test_load_compiled_version_mismatch(tmp_path):
     with zipfile.ZipFile(path, "w") as zf:
         for name, blob in members.items():
             zf.writestr(name, blob)
+    # The CRCs are fresh, so only the hash check sees the forgery.
+    assert load_compiled(path).version == "0000000000000000"
     with pytest.raises(NetworkFormatError, match="does not match its recorded version"):
-        load_compiled(path)
+        load_compiled(path, verify=True)
 
 
 def test_load_compiled_other_zip(tmp_path):
