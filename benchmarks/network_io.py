@@ -3,7 +3,7 @@
 Each operation runs N times (default 5) and is reported as min / median / max seconds (with
 five runs a p99 says nothing). Peers run in the same process, side by side: for the
 compiled load, *read floor* is ``numpy.load`` of the same arrays from a plain ``.npz`` (no
-header, no checks, no hash) and *hash* is the content-hash recomputation the loader adds.
+header, no checks) and *content hash* is what ``load_compiled(verify=True)`` adds.
 Prints a Markdown table and appends it to BENCHMARKS.md.
 
     .venv/bin/python benchmarks/network_io.py [--runs 5] [--no-append]
@@ -87,7 +87,9 @@ def bench_network(label: str, net, runs: int, tmp: Path) -> list[str]:
     rows.append(row(f"{label}: read floor (numpy.load .npz)", size, t_floor, "peer"))
     arrays = net.arrays()
     t_hash, _ = timed(lambda: content_version(arrays), runs)
-    rows.append(row(f"{label}: content hash alone", size, t_hash, "part of the load"))
+    rows.append(row(f"{label}: content hash alone", size, t_hash, "what verify=True adds"))
+    t_verify, _ = timed(lambda: load_compiled(path, verify=True), runs)
+    rows.append(row(f"{label}: compiled load, verify=True", size, t_verify, "hash recomputed"))
     return rows
 
 
