@@ -553,3 +553,23 @@ def test_edge_history_sumo_peak(tmp_path):
     peak_mean = agg.filter(pl.col("t_bucket").is_between(lo, hi))["mean_ratio"].mean()
     first = agg["mean_ratio"][0]
     assert peak_mean < 0.6 * first
+
+
+# ---------------------------------------------------------------------- the estimator's frame
+def test_write_round_trip_speed_estimator(store):
+    est_mod = pytest.importorskip("traffic.estimator")
+    net = _tiny_net()
+    est = est_mod.SpeedEstimator(net)
+    batch = est_mod.TraversalBatch(
+        edge=np.array([0, 2], dtype=np.int32), t_enter_s=np.array([T0, T0 + 5]),
+        t_exit_s=np.array([T0 + 20, T0 + 50]), pace_s_per_m=np.array([0.2, 0.5]),
+        weight=np.array([1.0, 1.0]),
+    )
+    est.apply(batch, t_s=T0 + 60)
+    live = est.snapshot(at_t_s=T0 + 60)
+    store.write(live, t_s=T0 + 60, network_version=net.version)
+    _, back = store.at(T0 + 60)
+    assert_frame_equal(back, validate_snapshot_frame(live).sort("key"), check_exact=True)
+    # The live frame also renders as GeoJSON as it is (``edge_key``).
+    fc = to_geojson(net, live, as_of_t_s=T0 + 60)
+    assert [f["properties"]["key"] for f in fc["features"]] == [100, 200, 300]

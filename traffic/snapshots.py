@@ -22,7 +22,7 @@ import os
 import re
 import secrets
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -118,7 +118,7 @@ class SnapshotScheduler:
     """
 
     every_s: float = 60.0
-    _last_boundary_s: float | None = None
+    _last_boundary_s: float | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.every_s) and self.every_s > 0):
@@ -542,10 +542,13 @@ def to_geojson(net: RoadNetwork, df: pl.DataFrame, *, as_of_t_s: float | None = 
 
     Each feature's properties are ``key, speed_mps, freeflow_mps, ratio, confidence,
     observations`` and ``as_of`` (``as_of_t_s``, unix s; else the row's ``t`` column when
-    the frame has one; else null). Coordinates are ``[lon, lat]`` in the direction of travel.
+    the frame has one; else null). The estimator's live frame (``edge_key``) is accepted as
+    is. Coordinates are ``[lon, lat]`` in the direction of travel.
     Rows whose key is not in ``net`` cannot be drawn: they are left out and counted in the
     collection's foreign member ``missing_keys``. NaN becomes null (JSON has no NaN).
     """
+    if "key" not in df.columns and "edge_key" in df.columns:
+        df = df.rename({"edge_key": "key"})  # the estimator's live frame
     missing = [c for c in _FEATURE_PROPERTIES if c not in df.columns]
     if missing:
         raise SnapshotSchemaError(f"to_geojson needs columns {list(_FEATURE_PROPERTIES)}; missing {missing}")
