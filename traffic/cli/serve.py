@@ -1,0 +1,139 @@
+"""``traffic serve``: run the live service (pipeline + HTTP API) on a network.
+
+Imports the network (compiled, ``.osm.pbf``/OSM XML, GeoJSON), starts the pipeline on Ray
+(local, or ``--ray-address``) or in process (``--no-ray``), serves the API with uvicorn, and
+optionally feeds it from a probe file (``--replay``) or the simulator (``--simulate N``).
+Ctrl-C stops the server, the source and the workers cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `serve` parser."""
+    p = sub.add_parser("serve", help="run the live traffic service (API + pipeline)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--network", required=True, help="network file (compiled, .osm.pbf, GeoJSON)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--clock", choices=("wall", "event"), default=None,
+                   help="wall: live (default); event: time follows the probes (default with --replay)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--replay", metavar="FILE", help="replay a probe file (CSV/Parquet) in event time")
+    src.add_argument("--simulate", metavar="N", type=int, help="simulate N probe vehicles")
+    p.add_argument("--speed", default="1", help="replay speed: event s per wall s, or `max`")
+    p.add_argument("--ray-address", default=None, help="join this Ray cluster")
+    p.add_argument("--no-ray", action="store_true", help="run every stage in this process")
+    p.add_argument("--data-dir", default="data/run", help="state, caches and uploads (created)")
+    p.add_argument("--ingest", type=int, default=1, help="ingest partitions (actors)")
+    p.add_argument("--router-replicas", type=int, default=0,
+                   help="router actors (0: one router in the API process)")
+    p.add_argument("--refresh-s", type=float, default=1.0, help="estimator publication interval")
+    p.add_argument("--idle-flush-s", type=float, default=60.0,
+                   help="flush a vehicle silent for this long (event s)")
+    p.set_defaults(func=run)
+
+
+def parse_speed(value: str) -> float | None:
+    """``"max"`` -> ``None`` (unpaced); else a positive float."""
+    if value == "max":
+        return None
+    speed = float(value)
+    if not speed > 0:
+        raise ValueError(f"--speed must be > 0 or `max`; got {value!r}")
+    return speed
+
+
+def build_services(args: argparse.Namespace, net: Any, clock: str) -> Any:
+    """The pipeline the arguments ask for (Ray or in process)."""
+    from dataclasses import replace
+
+    from workers.ingest import IngestConfig
+    from workers.services import LocalServices, PipelineConfig
+
+    data_dir = Path(args.data_dir)
+    cfg = PipelineConfig(
+        clock=clock, n_ingest=args.ingest, refresh_s=args.refresh_s,
+        router_replicas=0 if args.no_ray else args.router_replicas,
+        cache_dir=str(data_dir / "cache"), data_dir=str(data_dir),
+        ingest=replace(IngestConfig(), idle_flush_s=args.idle_flush_s),
+    )
+    if args.no_ray:
+        return LocalServices(net, cfg)
+    from workers.pipeline import RayPipeline
+
+    return RayPipeline(net, cfg, ray_address=args.ray_address)
+
+
+def start_source(args: argparse.Namespace, services: Any, net: Any) -> Any:
+    """Start the ``--replay``/``--simulate`` source thread (or return ``None``)."""
+    from workers.sources import SourceThread, event_batches, read_probe_file, run_paced
+
+    speed = parse_speed(args.speed)
+    if args.replay:
+        df = read_probe_file(args.replay)
+        return _started(SourceThread(
+            lambda stop: (run_paced(event_batches(df), services.ingest, speed=speed, stop=stop),
+                          services.flush()),
+            name="replay"))
+    if args.simulate:
+        from workers.sources import simulated_batches
+
+        batches = simulated_batches(net, n_vehicles=args.simulate, seed=0)
+        return _started(SourceThread(
+            lambda stop: run_paced(batches, services.ingest, speed=speed, stop=stop),
+            name="simulate"))
+    return None
+
+
+def _started(thread: Any) -> Any:
+    thread.start()
+    return thread
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load, start, serve until Ctrl-C; returns the exit status."""
+    import uvicorn
+
+    from api.app import create_app
+    from api.settings import Settings
+    from graph.io import load_network
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    Path(args.data_dir).mkdir(parents=True, exist_ok=True)
+    clock = args.clock or ("event" if args.replay else "wall")
+    t0 = time.perf_counter()
+    net = load_network(args.network)
+    print(f"traffic serve: network {net.name or args.network} ({net.n_nodes} nodes, "
+          f"{net.n_edges} edges, version {net.version}) loaded in {time.perf_counter() - t0:.1f} s",
+          file=sys.stderr)
+    services = build_services(args, net, clock)
+    app = create_app(services, Settings(clock=clock), close_services=True)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+                            access_log=False)
+    server = uvicorn.Server(config)
+    source = start_source(args, services, net)
+    print(f"traffic serve: ready in {time.perf_counter() - t0:.1f} s; serving on "
+          f"http://{args.host}:{args.port}  (API docs: http://{args.host}:{args.port}/docs; "
+          "Ctrl-C stops)", flush=True)
+    try:
+        server.run()
+    finally:
+        if source is not None:
+            source.stop()
+        services.close()
+        if not args.no_ray:
+            import ray
+
+            ray.shutdown()
+        print("traffic serve: stopped", file=sys.stderr)
+    return 0
