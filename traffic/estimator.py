@@ -337,63 +337,112 @@ def fold_traversals(
     return state
 
 
+def _segment_terms(
+    xp: ModuleType, state: EstimatorState, idx: Any, t_s: float, params: dict[str, float],
+) -> tuple[Any, Any, Any]:
+    """Decayed weight, current estimate and gate half-width (inf = open) of segments ``idx``.
+
+    ``idx=None`` computes them for every segment.
+    """
+    dtype = state.mu.dtype
+
+    def pick(a: Any) -> Any:
+        return a if idx is None else xp.take(a, idx)
+
+    mu, c, last = pick(state.mu), pick(state.c), pick(state.last_t_s)
+    c_dec = c * xp.exp(xp.minimum(last - t_s, 0.0) * params["inv_tau"]).astype(dtype, copy=False)
+    w0 = dtype.type(params["prior_weight"])
+    p_hat = (w0 * pick(state.prior) + c_dec * mu) / (w0 + c_dec)
+    sd = xp.sqrt(xp.maximum(pick(state.var), (dtype.type(params["min_rel"]) * p_hat) ** 2))
+    half = xp.where(c_dec >= params["gate_min_weight"], dtype.type(params["gate_sigma"]) * sd,
+                    dtype.type(xp.inf))
+    return c_dec, p_hat, half
+
+
 def _fold_sums_xp(
     xp: ModuleType, state: EstimatorState, edge: Any, pace: Any, weight: Any, t_obs: Any,
     t_s: float, params: dict[str, float],
 ) -> tuple[Any, ...]:
-    """Array-code twin of ``traffic_fold_pace``: per-segment ``(W, S1, S2, G, count)``."""
+    """Array-code twin of ``traffic_fold_pace``: per-segment ``(W, S1, S2, G, count, c_dec)``.
+
+    When the batch is large next to the network (``n >= m / 4``) the per-segment terms are
+    computed densely once and gathered (three float gathers instead of five, one of them
+    float64), and the decayed weights are handed to the apply step; ``c_dec`` is ``None``
+    otherwise.
+    """
     m = state.n_edges
+    n = int(edge.shape[0])
     dtype = state.mu.dtype
-    inv_tau = params["inv_tau"]
-    mu_e = state.mu[edge]
-    c_dec = state.c[edge] * xp.exp(
-        xp.minimum(state.last_t_s[edge] - t_s, 0.0) * inv_tau).astype(dtype, copy=False)
-    w0 = dtype.type(params["prior_weight"])
-    p_hat = (w0 * state.prior[edge] + c_dec * mu_e) / (w0 + c_dec)
+    if xp is numpy:
+        # bincount and take convert int32 indices to intp on every call: convert once.
+        edge = edge.astype(numpy.intp)
+    dense = 4 * n >= m
+    if dense:
+        c_all, p_all, half_all = _segment_terms(xp, state, None, t_s, params)
+        p_hat, half = xp.take(p_all, edge), xp.take(half_all, edge)
+    else:
+        c_all = None
+        _, p_hat, half = _segment_terms(xp, state, edge, t_s, params)
+    mu_e = xp.take(state.mu, edge)
     p = xp.clip(pace, dtype.type(params["min_pace"]), dtype.type(params["max_pace"]))
-    sd2 = xp.maximum(state.var[edge], (dtype.type(params["min_rel"]) * p_hat) ** 2)
     dev = p - mu_e
-    gated = (c_dec >= params["gate_min_weight"]) & (
-        xp.abs(p - p_hat) > dtype.type(params["gate_sigma"]) * xp.sqrt(sd2))
+    gated = xp.abs(p - p_hat) > half
     w = weight
     if t_obs is not None:
-        w = w * xp.exp(xp.minimum(t_obs - t_s, 0.0) * inv_tau).astype(dtype, copy=False)
+        w = w * xp.exp(xp.minimum(t_obs - t_s, 0.0) * params["inv_tau"]).astype(dtype, copy=False)
     gi = xp.flatnonzero(gated)
     if gi.shape[0]:
-        sum_g = xp.bincount(edge[gi], weights=w[gi], minlength=m).astype(dtype, copy=False)
+        sum_g = xp.bincount(xp.take(edge, gi), weights=xp.take(w, gi), minlength=m)
         w = w.copy() if w is weight else w
         w[gi] *= dtype.type(params["outlier_weight"])
-        count = xp.bincount(edge[~gated], minlength=m).astype(xp.int32, copy=False)
+        count = xp.bincount(edge, minlength=m) - xp.bincount(xp.take(edge, gi), minlength=m)
     else:
-        sum_g = xp.zeros(m, dtype=dtype)
-        count = xp.bincount(edge, minlength=m).astype(xp.int32, copy=False)
+        sum_g = None
+        count = xp.bincount(edge, minlength=m)
     wdev = w * dev
-    sum_w = xp.bincount(edge, weights=w, minlength=m).astype(dtype, copy=False)
-    sum_dev = xp.bincount(edge, weights=wdev, minlength=m).astype(dtype, copy=False)
-    sum_dev2 = xp.bincount(edge, weights=wdev * dev, minlength=m).astype(dtype, copy=False)
-    return sum_w, sum_dev, sum_dev2, sum_g, count
+    sum_w = xp.bincount(edge, weights=w, minlength=m)
+    sum_dev = xp.bincount(edge, weights=wdev, minlength=m)
+    sum_dev2 = xp.bincount(edge, weights=wdev * dev, minlength=m)
+    return sum_w, sum_dev, sum_dev2, sum_g, count.astype(xp.int32, copy=False), c_all
 
 
 def _apply_sums_xp(
     xp: ModuleType, state: EstimatorState, sums: tuple[Any, ...], t_s: float,
     params: dict[str, float],
 ) -> None:
-    """Array-code twin of ``traffic_apply_pace``: blend the sums into the state in place."""
-    sum_w, sum_dev, sum_dev2, sum_g, count = sums
+    """Array-code twin of ``traffic_apply_pace``: blend the sums into the state in place.
+
+    Works on the touched segments only when they are few, densely otherwise.
+    """
+    sum_w, sum_dev, sum_dev2, sum_g, count, c_all = sums
     state.count += count
-    hit = xp.flatnonzero((sum_w > 0) | (sum_g > 0))
-    if hit.shape[0] == 0:
-        return
     dtype = state.mu.dtype
-    c_dec = state.c[hit] * xp.exp(
-        xp.minimum(state.last_t_s[hit] - t_s, 0.0) * params["inv_tau"]
-        + sum_g[hit] * params["log_erosion"]).astype(dtype, copy=False)
-    c_new = c_dec + sum_w[hit]
-    delta = sum_dev[hit] / c_new
-    state.mu[hit] += delta
-    state.var[hit] = xp.maximum((c_dec * state.var[hit] + sum_dev2[hit]) / c_new - delta**2, 0)
-    state.c[hit] = c_new
-    state.last_t_s[hit] = t_s
+    touched = sum_w > 0 if sum_g is None else (sum_w > 0) | (sum_g > 0)
+    if c_all is None:
+        hit = xp.flatnonzero(touched)
+        if hit.shape[0] == 0:
+            return
+        c_dec = xp.take(state.c, hit) * xp.exp(
+            xp.minimum(xp.take(state.last_t_s, hit) - t_s, 0.0) * params["inv_tau"])
+        if sum_g is not None:
+            c_dec *= xp.exp(xp.take(sum_g, hit) * params["log_erosion"])
+        c_new = c_dec + xp.take(sum_w, hit)
+        delta = xp.take(sum_dev, hit) / c_new
+        var = (c_dec * xp.take(state.var, hit) + xp.take(sum_dev2, hit)) / c_new - delta**2
+        state.mu[hit] += delta.astype(dtype, copy=False)
+        state.var[hit] = xp.maximum(var, 0)
+        state.c[hit] = c_new
+        state.last_t_s[hit] = t_s
+        return
+    c_dec = c_all if sum_g is None else c_all * xp.exp(sum_g * params["log_erosion"])
+    c_new = c_dec + sum_w
+    with numpy.errstate(divide="ignore", invalid="ignore"):
+        delta = xp.where(touched, sum_dev / c_new, 0.0)
+        var = xp.maximum((c_dec * state.var + sum_dev2) / c_new - delta**2, 0.0)
+    state.mu += delta.astype(dtype, copy=False)
+    xp.copyto(state.var, var.astype(dtype, copy=False), where=touched)
+    xp.copyto(state.c, c_new.astype(dtype, copy=False), where=touched)
+    xp.copyto(state.last_t_s, t_s, where=touched)
 
 
 def decayed_weight(state: EstimatorState, at_t_s: float | None = None, *,

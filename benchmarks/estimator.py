@@ -1,0 +1,184 @@
+"""Benchmark the speed estimator update against a plain scatter-add of the same data.
+
+NumPy (default): batches of 1 M traversals into 1 M segments, ``fold_traversals`` vs one
+``np.bincount`` of the same edges and paces, interleaved so both see the same machine load.
+``--xp cupy`` (GPU): 10 M traversals into 10 M segments vs ``cupyx.scatter_add``, and a full
+update of 50 M segments (the apply pass, and a fold of 1 M traversals) vs one copy of the
+state arrays; timed with CUDA events after a warm-up. Prints a table of medians and p99s and
+appends it to BENCHMARKS.md (unless ``--no-append``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+from traffic import _kernels
+from traffic.estimator import EstimatorConfig, EstimatorState, fold_traversals
+
+T0 = 1_700_000_000.0
+
+
+def _inputs(xp, rng, n: int, m: int, dtype):
+    """Traversals around each segment's pace 0.1 s/m (lognormal noise, 5% 8x outliers)."""
+    edge = xp.asarray(rng.integers(0, m, n).astype(np.int32))
+    pace_h = 0.1 * rng.lognormal(0.0, 0.2, n)
+    pace_h[rng.random(n) < 0.05] *= 8
+    pace = xp.asarray(pace_h.astype(dtype))
+    weight = xp.asarray(rng.uniform(0.2, 1.0, n).astype(dtype))
+    t_obs = xp.asarray(T0 + rng.uniform(0, 60, n))
+    return edge, pace, weight, t_obs
+
+
+def _state(xp, m: int, dtype) -> EstimatorState:
+    state = EstimatorState.initial(xp.full(m, 0.1, dtype=dtype), xp=xp, dtype=dtype)
+    state.c[...] = 4.0  # evidence everywhere, so the gate is live
+    state.var[...] = 4e-4  # sd 0.02 s/m, as the lognormal noise
+    state.last_t_s[...] = T0 - 30
+    return state
+
+
+def _stats(samples_s: list[float]) -> tuple[float, float]:
+    a = np.asarray(samples_s) * 1e3
+    return float(np.median(a)), float(np.percentile(a, 99))
+
+
+def bench_numpy(n: int, m: int, repeats: int) -> list[tuple[str, float, float, str]]:
+    rng = np.random.default_rng(0)
+    config = EstimatorConfig()
+    edge, pace, weight, t_obs = _inputs(np, rng, n, m, np.float64)
+    state = _state(np, m, np.float64)
+    fold_traversals(state, edge, pace, weight, t_obs_s=t_obs, config=config)  # warm-up
+    fold_s, peer_s = [], []
+    for k in range(repeats):
+        t = time.perf_counter()
+        fold_traversals(state, edge, pace, weight, t_obs_s=t_obs + 60 * (k + 1), config=config)
+        fold_s.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        np.bincount(edge, weights=pace, minlength=m)
+        peer_s.append(time.perf_counter() - t)
+    rows = []
+    for name, s in ((f"fold_traversals {n:,} into {m:,} (float64)", fold_s),
+                    (f"np.bincount peer {n:,} into {m:,}", peer_s)):
+        med, p99 = _stats(s)
+        rows.append((name, med, p99, f"{n / (med / 1e3) / 1e6:.1f} M traversals/s"))
+    return rows
+
+
+def _time_gpu(cp, fn, repeats: int) -> list[float]:
+    fn()
+    cp.cuda.Device().synchronize()
+    out = []
+    for _ in range(repeats):
+        start, end = cp.cuda.Event(), cp.cuda.Event()
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        out.append(cp.cuda.get_elapsed_time(start, end) / 1e3)
+    return out
+
+
+def bench_cupy(repeats: int) -> list[tuple[str, float, float, str]]:
+    import cupy as cp
+    import cupyx
+
+    config = EstimatorConfig()
+    rng = np.random.default_rng(0)
+    rows = []
+    n = m = 10_000_000
+    edge, pace, weight, t_obs = _inputs(cp, rng, n, m, np.float32)
+    state = _state(cp, m, cp.float32)
+    out = cp.zeros(m, cp.float32)
+    fold = _time_gpu(cp, lambda: fold_traversals(state, edge, pace, weight, T0 + 60,
+                                                 t_obs_s=t_obs, config=config), repeats)
+    peer = _time_gpu(cp, lambda: cupyx.scatter_add(out, edge, pace), repeats)
+    for name, s in (("fold_traversals 10M into 10M (CUDA kernels)", fold),
+                    ("cupyx.scatter_add peer 10M into 10M", peer)):
+        med, p99 = _stats(s)
+        rows.append((name, med, p99, f"{n / (med / 1e3) / 1e9:.2f} G traversals/s"))
+    rows.append(("ratio fold / scatter_add", _stats(fold)[0] / _stats(peer)[0], 0.0, "target <= 2"))
+    del edge, pace, weight, t_obs, state, out
+    m = 50_000_000
+    state = _state(cp, m, cp.float32)
+    sums = (cp.zeros(m, cp.float32), cp.zeros(m, cp.float32), cp.zeros(m, cp.float32),
+            cp.zeros(m, cp.float32), cp.zeros(m, cp.int32))
+    sums[0][...] = 0.5
+    params = config.kernel_params()
+    apply = _time_gpu(cp, lambda: _kernels.apply_pace(
+        sums, mu=state.mu, c=state.c, var=state.var, last=state.last_t_s, count=state.count,
+        t_s=T0, inv_tau=params["inv_tau"], log_erosion=params["log_erosion"]), repeats)
+    edge, pace, weight, t_obs = _inputs(cp, rng, 1_000_000, m, np.float32)
+    small = _time_gpu(cp, lambda: fold_traversals(state, edge, pace, weight, T0 + 60,
+                                                  t_obs_s=t_obs, config=config), repeats)
+    arrays = (state.mu, state.c, state.var, state.last_t_s, state.count)
+    copy = _time_gpu(cp, lambda: [a.copy() for a in arrays], repeats)
+    for name, s in (("apply pass over 50M segments", apply),
+                    ("fold 1M traversals into 50M segments", small),
+                    ("peer: copy of the 50M state arrays", copy)):
+        med, p99 = _stats(s)
+        rows.append((name, med, p99, ""))
+    rows.append(("ratio apply / state copy", _stats(apply)[0] / _stats(copy)[0], 0.0, "target <= 2"))
+    rows.append(("ratio fold(1M into 50M) / state copy", _stats(small)[0] / _stats(copy)[0],
+                 0.0, "target <= 2"))
+    return rows
+
+
+def _machine(xp_name: str) -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    desc = f"{platform.machine()}, {cpu}, {os.cpu_count()} cores"
+    if xp_name == "cupy":
+        try:
+            gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                                 capture_output=True, text=True, check=False).stdout.strip()
+            desc += f", GPU {gpu}"
+        except OSError:
+            pass
+    return desc
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--xp", choices=["numpy", "cupy"], default="numpy")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--n", type=int, default=1_000_000, help="traversals (NumPy run)")
+    parser.add_argument("--m", type=int, default=1_000_000, help="segments (NumPy run)")
+    parser.add_argument("--no-append", action="store_true")
+    parser.add_argument("--output", default="BENCHMARKS.md")
+    args = parser.parse_args()
+    rows = bench_cupy(args.repeats) if args.xp == "cupy" else bench_numpy(args.n, args.m,
+                                                                           args.repeats)
+    date = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip()
+    lines = [
+        f"\n## Estimator update (`python benchmarks/estimator.py --xp {args.xp}`)\n",
+        f"{date}; {_machine(args.xp)}; {args.repeats} repeats after a warm-up.\n",
+        "| what | median ms | p99 ms | note |", "|---|---:|---:|---|",
+    ]
+    for name, med, p99, note in rows:
+        if name.startswith("ratio"):
+            lines.append(f"| {name} | {med:.2f}x | | {note} |")
+        else:
+            lines.append(f"| {name} | {med:.2f} | {p99:.2f} | {note} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not args.no_append:
+        with open(args.output, "a", encoding="utf-8") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    main()
