@@ -8,6 +8,7 @@ from graph.errors import (
     NoDrivableRoadError,
     NoRouteError,
 )
+from graph.io import load_compiled, load_network, save_network
 from graph.network import (
     DEFAULT_SPEED_KPH,
     EARTH_RADIUS_M,
@@ -36,4 +37,7 @@ __all__ = [
     "banned_turns",
     "build_network",
     "haversine_m",
+    "load_compiled",
+    "load_network",
+    "save_network",
 ]
