@@ -230,17 +230,19 @@ class Metric:
             found = self._run(list(zip(s_nodes.tolist(), s_ms.tolist())),
                               list(zip(u_nodes.tolist(), u_ms.tolist())), slots=slots)
             if found is not None:
-                node_path, arc_path = found
                 g = self.index.graph
                 if g.turn_expanded:
-                    first, last = node_path[0], node_path[-1]
-                    mid = np.asarray(node_path[1:], dtype=np.int32)
+                    first, last = found[0], found[-1]
+                    mid = np.asarray(found[1:], dtype=np.int32)
                     si = int(np.flatnonzero(src_edges == first)[np.argmin(src_rem[src_edges == first])])
                     sel = np.flatnonzero(d_nodes == last)
                     di = int(d_cand[sel[np.argmin(d_ms[sel])]])
                 else:
-                    first, last = node_path[0], node_path[-1]
-                    mid = np.asarray(arc_path, dtype=np.int32)
+                    mid = np.asarray(found, dtype=np.int32)
+                    if mid.size:
+                        first, last = self.index.edge_src[mid[0]], self.index.edge_dst[mid[-1]]
+                    else:  # source and target routing node coincide
+                        first = last = _meeting_node(s_nodes, s_ms, u_nodes, u_ms)
                     heads = self.index.edge_dst[src_edges]
                     sel = np.flatnonzero(heads == first)
                     si = int(sel[np.argmin(src_rem[sel])])
@@ -269,7 +271,7 @@ class Metric:
             found = self._run(None, None, source, target, slots=slots)
             if found is None:
                 return None
-            edges = np.asarray(found[1], dtype=np.int32)
+            edges = np.asarray(found, dtype=np.int32)
         else:
             outs = idx.out_edge[idx.out_first[source]:idx.out_first[source + 1]]
             ins = np.flatnonzero(idx.edge_dst == target)
@@ -280,7 +282,7 @@ class Metric:
                               slots=slots)
             if found is None:
                 return None
-            edges = np.asarray(found[0], dtype=np.int32)
+            edges = np.asarray(found, dtype=np.int32)
         return PathResult(float(self.travel_time_s[edges].sum()), edges, 0, 0)
 
     def table(
@@ -361,7 +363,8 @@ class Metric:
     def _run(
         self, sources: list[tuple[int, int]] | None, targets: list[tuple[int, int]] | None,
         source: int = -1, target: int = -1, *, slots: QuerySlots | None = None,
-    ) -> tuple[list[int], list[int]] | None:
+    ) -> list[int] | None:
+        """Run one query; return the arc path (node-based) or node path (turn-expanded)."""
         if slots is None:
             q = rk.CCHQuery(self._metric)
         else:
@@ -371,11 +374,18 @@ class Metric:
             q = slots.query
         res = q.run(source, target) if sources is None else q.run_multi(sources, targets)
         # RoutingKit's binding requires the result to be dropped before the next run.
-        dist, node_path, arc_path = res.distance, res.node_path, res.arc_path
+        # Only the path we need: each getter converts a whole path to a Python list.
+        dist = res.distance
+        path = None if dist is None else (
+            res.node_path if self.index.graph.turn_expanded else res.arc_path)
         del res
-        if dist is None:
-            return None
-        return node_path, arc_path
+        return path
+
+
+def _meeting_node(s_nodes: np.ndarray, s_ms: np.ndarray, t_nodes: np.ndarray, t_ms: np.ndarray) -> int:
+    """The node a zero-arc path uses: in both seed sets, with the least initial sum."""
+    common, si, ti = np.intersect1d(s_nodes, t_nodes, return_indices=True)
+    return int(common[np.argmin(s_ms[si].astype(np.int64) + t_ms[ti])])
 
 
 def _min_per_node(nodes: np.ndarray, ms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
