@@ -287,7 +287,7 @@ def _keys_to_edges(keys: np.ndarray, from_keys: Any, to_keys: Any) -> tuple[np.n
 def _load_lines(path: Path, features: list[Any], name: str) -> RoadNetwork:
     """Generic GeoJSON: split lines at junctions into edges (see the module docstring)."""
     lines: list[np.ndarray] = []
-    line_attr: list[tuple[int, float, int, int, int, bool]] = []
+    line_attr: list[tuple[int, float, int, int, int, bool, int]] = []
     for i, feature in enumerate(features):
         props = _props(feature)
         road_class = _road_class(props.get("highway"))
@@ -303,7 +303,7 @@ def _load_lines(path: Path, features: list[Any], name: str) -> RoadNetwork:
             lines.append(part)
             line_attr.append(
                 (road_class, speed, direction, way, key if len(parts) == 1 else -1,
-                 road_direction != _BOTH)
+                 road_direction != _BOTH, i)
             )
     if not lines:
         raise NoDrivableRoadError(
@@ -326,9 +326,9 @@ def _split_and_build(
     xy, line_of, code = xy[keep], line_of[keep], code[keep]
     sizes = np.bincount(line_of, minlength=len(lines))
     if (sizes < 2).any():
+        feature = attr[int(np.argmax(sizes < 2))][-1]
         raise NetworkFormatError(
-            f"{path}: line {int(np.argmax(sizes < 2))} (in feature order) has fewer than "
-            "two distinct positions"
+            f"{path}: feature {feature} has a line with fewer than two distinct positions"
         )
     starts = np.zeros(len(lines) + 1, dtype=np.int64)
     np.cumsum(sizes, out=starts[1:])
@@ -350,7 +350,7 @@ def _split_and_build(
     vertex_node[node_pos] = node_of_vertex
     node_xy = xy[node_pos[first_at]]
 
-    cls, speed, direction, way, key, oneway = (np.array(c) for c in zip(*attr))
+    cls, speed, direction, way, key, oneway, _ = (np.array(c) for c in zip(*attr))
     direction = direction[p_line]
     fwd_piece = np.flatnonzero(direction & _FORWARD)
     bwd_piece = np.flatnonzero(direction & _BACKWARD)

@@ -189,6 +189,8 @@ def load_network(
     path = Path(path)
     _require_file(path)
     kind = detect_format(path)
+    if progress is not None and kind != "osm":
+        progress(f"read {kind}", 0.0)
     if kind == "compiled":
         net = load_compiled(path)
     elif kind == "osm":

@@ -226,6 +226,12 @@ def test_load_geojson_single_position(tmp_path):
         load_geojson(_write(tmp_path, [_line([[0, 0]], highway="primary")]))
 
 
+def test_load_geojson_degenerate_line(tmp_path):
+    feats = [_line([[0, 0], [0.001, 0]]), _line([[0.5, 0.5], [0.5, 0.5]], highway="primary")]
+    with pytest.raises(NetworkFormatError, match="feature 1 has a line with fewer than two distinct"):
+        load_geojson(_write(tmp_path, feats))
+
+
 def test_load_geojson_bad_oneway(tmp_path):
     with pytest.raises(NetworkFormatError, match="feature 0 has oneway='sometimes'"):
         load_geojson(_write(tmp_path, [_line([[0, 0], [0.001, 0]], oneway="sometimes")]))
