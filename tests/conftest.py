@@ -45,3 +45,16 @@ def xp(request):
     if request.param == "numpy":
         return numpy
     return _cupy_or_skip()
+
+
+@pytest.fixture()
+def ray_local():
+    """A local Ray (2 CPUs), started once and shared by the tests that need one.
+
+    Function-scoped so a test that runs its own cluster (``ray.cluster_utils.Cluster``) can
+    shut it down; the next test that asks for it starts it again.
+    """
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    return ray
