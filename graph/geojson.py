@@ -43,9 +43,9 @@ EXPORT_FORMAT_VERSION = 1
 
 _FORWARD, _BACKWARD, _BOTH = 1, 2, 3
 _ONEWAY_VALUES: dict[Any, int] = {
-    True: _FORWARD, "yes": _FORWARD, "true": _FORWARD, "1": _FORWARD, 1: _FORWARD,
+    True: _FORWARD, "yes": _FORWARD, "true": _FORWARD, "1": _FORWARD,
     "-1": _BACKWARD, -1: _BACKWARD, "reverse": _BACKWARD,
-    False: _BOTH, "no": _BOTH, "false": _BOTH, "0": _BOTH, 0: _BOTH, None: _BOTH,
+    False: _BOTH, "no": _BOTH, "false": _BOTH, "0": _BOTH, None: _BOTH,
 }
 _SPEED_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(mph|km/h|kmh|kph)?\s*$")
 _MPH_TO_KPH = 1.609344

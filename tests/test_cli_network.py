@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import shared_file
+from test_io import square_network
+
 from graph.geojson import load_geojson
 from graph.io import load_compiled, save_network
-from test_io import square_network
 
 _SCRIPT = Path(sys.executable).with_name("traffic")
 
@@ -69,7 +69,9 @@ def test_network_export_geojson(tmp_path):
 
 def test_network_info_dimacs(tmp_path):
     (tmp_path / "toy-t.gr").write_text("p sp 2 2\na 1 2 10\na 2 1 10\n")
-    (tmp_path / "toy-t.co").write_text("p aux sp co 2\nv 1 -73000000 40000000\nv 2 -73001000 40000000\n")
+    (tmp_path / "toy-t.co").write_text(
+        "p aux sp co 2\nv 1 -73000000 40000000\nv 2 -73001000 40000000\n"
+    )
     info = traffic("network", "info", "toy-t.gr", "--json", cwd=tmp_path)
     assert info.returncode == 0, info.stderr
     assert json.loads(info.stdout)["edges"] == 2
@@ -98,8 +100,10 @@ def test_network_info_bad_input(tmp_path, content, message):
 
 def test_network_import_bad_input_writes_nothing(tmp_path):
     src = tmp_path / "roads.geojson"
-    src.write_text('{"type": "FeatureCollection", "features": [{"type": "Feature", '
-                   '"geometry": {"type": "LineString", "coordinates": [[0, 0], [0, 99]]}}]}')
+    src.write_text(
+        '{"type": "FeatureCollection", "features": [{"type": "Feature", '
+        '"geometry": {"type": "LineString", "coordinates": [[0, 0], [0, 99]]}}]}'
+    )
     out = tmp_path / "out.net"
     res = traffic("network", "import", str(src), "-o", str(out), cwd=tmp_path)
     assert res.returncode != 0 and "feature 0 has coordinates out of range" in res.stderr

@@ -5,8 +5,8 @@ from __future__ import annotations
 import networkx as nx
 import numpy as np
 import pytest
-
 from conftest import shared_file
+
 from graph.connectivity import (
     keep_largest_scc,
     largest_scc_nodes,
@@ -28,12 +28,19 @@ def two_islands() -> RoadNetwork:
     src = [0, 1, 1, 2, 2, 3, 3, 0, 3, 4, 6, 7]
     dst = [1, 0, 2, 1, 3, 2, 0, 3, 4, 5, 7, 6]
     return build_network(
-        node_lat=lat, node_lon=lon, node_osm_id=np.arange(100, 108), edge_src=src,
-        edge_dst=dst, edge_speed_kph=np.full(12, 30.0),
+        node_lat=lat,
+        node_lon=lon,
+        node_osm_id=np.arange(100, 108),
+        edge_src=src,
+        edge_dst=dst,
+        edge_speed_kph=np.full(12, 30.0),
         edge_oneway=[False] * 8 + [True, True, False, False],
         edge_road_class=[6] * 8 + [8, 8, 2, 2],
-        turn_from_edge=[0, 4, 6], turn_via_node=[1, 3, 0], turn_to_edge=[2, 8, 7],
-        turn_kind=[TURN_NO, TURN_ONLY, TURN_NO], name="islands",
+        turn_from_edge=[0, 4, 6],
+        turn_via_node=[1, 3, 0],
+        turn_to_edge=[2, 8, 7],
+        turn_kind=[TURN_NO, TURN_ONLY, TURN_NO],
+        name="islands",
     )
 
 
@@ -84,8 +91,13 @@ def test_largest_scc_share_matches_networkx(seed):
     src, dst = src[keep], dst[keep]
     pair = np.unique(src * n + dst)
     src, dst = pair // n, pair % n
-    net = build_network(node_lat=rng.uniform(0, 0.1, n), node_lon=rng.uniform(0, 0.1, n),
-                        edge_src=src, edge_dst=dst, edge_speed_kph=np.full(src.size, 30.0))
+    net = build_network(
+        node_lat=rng.uniform(0, 0.1, n),
+        node_lon=rng.uniform(0, 0.1, n),
+        edge_src=src,
+        edge_dst=dst,
+        edge_speed_kph=np.full(src.size, 30.0),
+    )
     g = nx.DiGraph()
     g.add_nodes_from(range(n))
     g.add_edges_from(zip(src.tolist(), dst.tolist()))

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import shared_file
 
 from graph.dimacs import DIMACS_TIME_UNIT_S, MIN_EDGE_LENGTH_M, find_coordinates, load_dimacs
 from graph.errors import NetworkFileNotFoundError, NetworkFormatError, NoDrivableRoadError
 from graph.network import haversine_m
-from conftest import shared_file
 
 # Four nodes on a small square near Manhattan: 1 -> 2 twice (parallel, weights 900 and 700),
 # 2 <-> 3 both ways, 3 -> 4 one-way, and a self-loop on 4 (dropped).
@@ -56,8 +56,12 @@ def test_load_dimacs_known_answers(tmp_path):
     # The travel time equals the file's weight (smallest of the parallel arcs) in time units.
     weight = np.array([700, 500, 500, 1000, 2000])
     np.testing.assert_allclose(net.edge_freeflow_time_s, weight * DIMACS_TIME_UNIT_S)
-    geo = haversine_m(net.node_lat[net.edge_src], net.node_lon[net.edge_src],
-                      net.node_lat[net.edge_dst], net.node_lon[net.edge_dst])
+    geo = haversine_m(
+        net.node_lat[net.edge_src],
+        net.node_lon[net.edge_src],
+        net.node_lat[net.edge_dst],
+        net.node_lon[net.edge_dst],
+    )
     np.testing.assert_allclose(net.edge_length_m, geo)
     assert net.edge_oneway.tolist() == [True, False, False, True, True]
     assert net.name == "toy-t"
@@ -117,7 +121,9 @@ def test_load_dimacs_missing_file(tmp_path):
 
 def test_load_dimacs_cut_short(tmp_path):
     gr = "\n".join(GR.splitlines()[:6]) + "\n"
-    with pytest.raises(NetworkFormatError, match=r"declares 7 records but the file has 3 \(cut short"):
+    with pytest.raises(
+        NetworkFormatError, match=r"declares 7 records but the file has 3 \(cut short"
+    ):
         load_dimacs(*_write(tmp_path, gr=gr))
 
 
@@ -168,6 +174,8 @@ def test_load_dimacs_new_york():
     assert net.n_nodes == 264_346
     assert net.n_edges == 730_100  # 733,846 arcs, 3,746 parallel ones collapsed
     # The four speed categories of the travel-time graph read as 40..100 km/h.
-    assert 35 < np.quantile(net.edge_speed_kph, 0.01) and np.quantile(net.edge_speed_kph, 0.99) < 105
+    assert (
+        35 < np.quantile(net.edge_speed_kph, 0.01) and np.quantile(net.edge_speed_kph, 0.99) < 105
+    )
     lon0, lat0, lon1, lat1 = net.bbox
     assert -75 < lon0 < lon1 < -71 and 40 < lat0 < lat1 < 42

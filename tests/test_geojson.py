@@ -7,17 +7,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import shared_file
+from test_io import assert_same_network, square_network
+
 from graph.errors import NetworkFileNotFoundError, NetworkFormatError, NoDrivableRoadError
 from graph.geojson import export_geojson, load_geojson
 from graph.network import ROAD_CLASS_INDEX, polyline_lengths_m
-from test_io import assert_same_network, square_network
 
 
 def _line(coords, **props):
-    return {"type": "Feature", "geometry": {"type": "LineString", "coordinates": coords},
-            "properties": props}
+    return {
+        "type": "Feature",
+        "geometry": {"type": "LineString", "coordinates": coords},
+        "properties": props,
+    }
 
 
 def _write(tmp_path: Path, features, name: str = "roads.geojson", **extra) -> Path:
@@ -60,10 +63,13 @@ def test_export_geojson_features(tmp_path):
 
 def test_load_geojson_endpoints_join(tmp_path):
     # Two two-way lines meeting end to end: 3 nodes, 4 directed edges.
-    path = _write(tmp_path, [
-        _line([[0.0, 0.0], [0.001, 0.0]], highway="residential"),
-        _line([[0.001, 0.0], [0.002, 0.0]], highway="residential"),
-    ])
+    path = _write(
+        tmp_path,
+        [
+            _line([[0.0, 0.0], [0.001, 0.0]], highway="residential"),
+            _line([[0.001, 0.0], [0.002, 0.0]], highway="residential"),
+        ],
+    )
     net = load_geojson(path)
     assert (net.n_nodes, net.n_edges) == (3, 4)
     assert not net.edge_oneway.any()
@@ -75,10 +81,13 @@ def test_load_geojson_endpoints_join(tmp_path):
 
 def test_load_geojson_splits_at_shared_interior_vertex(tmp_path):
     # A crossing: each line passes through the other's middle vertex -> 5 nodes, 4 roads.
-    path = _write(tmp_path, [
-        _line([[0.0, 0.0], [0.001, 0.0], [0.002, 0.0]], highway="primary", oneway="yes"),
-        _line([[0.001, -0.001], [0.001, 0.0], [0.001, 0.001]], highway="primary", oneway="yes"),
-    ])
+    path = _write(
+        tmp_path,
+        [
+            _line([[0.0, 0.0], [0.001, 0.0], [0.002, 0.0]], highway="primary", oneway="yes"),
+            _line([[0.001, -0.001], [0.001, 0.0], [0.001, 0.001]], highway="primary", oneway="yes"),
+        ],
+    )
     net = load_geojson(path)
     assert (net.n_nodes, net.n_edges) == (5, 4)
     assert net.edge_oneway.all()
@@ -89,21 +98,27 @@ def test_load_geojson_splits_at_shared_interior_vertex(tmp_path):
 
 
 def test_load_geojson_rounding_joins_nearby_endpoints(tmp_path):
-    path = _write(tmp_path, [
-        _line([[0.0, 0.0], [0.001, 0.0]], highway="service"),
-        _line([[0.00100000001, 0.0], [0.002, 0.0]], highway="service"),
-    ])
+    path = _write(
+        tmp_path,
+        [
+            _line([[0.0, 0.0], [0.001, 0.0]], highway="service"),
+            _line([[0.00100000001, 0.0], [0.002, 0.0]], highway="service"),
+        ],
+    )
     assert load_geojson(path).n_nodes == 3
 
 
 def test_load_geojson_oneway_values(tmp_path):
-    path = _write(tmp_path, [
-        _line([[0.0, 0.0], [0.001, 0.0]], highway="tertiary", oneway="-1"),
-        _line([[0.0, 0.001], [0.001, 0.001]], highway="tertiary", oneway=True),
-        _line([[0.0, 0.002], [0.001, 0.002]], highway="tertiary", oneway="no"),
-        _line([[0.0, 0.003], [0.001, 0.003]], highway="motorway"),
-        _line([[0.0, 0.004], [0.001, 0.004]], highway="tertiary", junction="roundabout"),
-    ])
+    path = _write(
+        tmp_path,
+        [
+            _line([[0.0, 0.0], [0.001, 0.0]], highway="tertiary", oneway="-1"),
+            _line([[0.0, 0.001], [0.001, 0.001]], highway="tertiary", oneway=True),
+            _line([[0.0, 0.002], [0.001, 0.002]], highway="tertiary", oneway="no"),
+            _line([[0.0, 0.003], [0.001, 0.003]], highway="motorway"),
+            _line([[0.0, 0.004], [0.001, 0.004]], highway="tertiary", junction="roundabout"),
+        ],
+    )
     net = load_geojson(path)
     assert net.n_edges == 6
     src_lon, dst_lon = net.node_lon[net.edge_src], net.node_lon[net.edge_dst]
@@ -119,12 +134,17 @@ def test_load_geojson_oneway_values(tmp_path):
 
 
 def test_load_geojson_speeds(tmp_path):
-    path = _write(tmp_path, [
-        _line([[0.0, 0.0], [0.001, 0.0]], highway="primary", maxspeed="30 mph", oneway="yes"),
-        _line([[0.0, 0.001], [0.001, 0.001]], highway="primary", maxspeed="80", oneway="yes"),
-        _line([[0.0, 0.002], [0.001, 0.002]], highway="primary", maxspeed_kph=42.5, oneway="yes"),
-        _line([[0.0, 0.003], [0.001, 0.003]], highway="primary", maxspeed="none", oneway="yes"),
-    ])
+    path = _write(
+        tmp_path,
+        [
+            _line([[0.0, 0.0], [0.001, 0.0]], highway="primary", maxspeed="30 mph", oneway="yes"),
+            _line([[0.0, 0.001], [0.001, 0.001]], highway="primary", maxspeed="80", oneway="yes"),
+            _line(
+                [[0.0, 0.002], [0.001, 0.002]], highway="primary", maxspeed_kph=42.5, oneway="yes"
+            ),
+            _line([[0.0, 0.003], [0.001, 0.003]], highway="primary", maxspeed="none", oneway="yes"),
+        ],
+    )
     net = load_geojson(path)
     by_lat = dict(zip(net.node_lat[net.edge_src].tolist(), net.edge_speed_kph.tolist()))
     assert by_lat[0.0] == pytest.approx(48.28032)
@@ -132,19 +152,27 @@ def test_load_geojson_speeds(tmp_path):
 
 
 def test_load_geojson_skips_footways(tmp_path):
-    path = _write(tmp_path, [
-        _line([[0.0, 0.0], [0.001, 0.0]], highway="footway"),
-        _line([[0.0, 0.001], [0.001, 0.001]], highway="secondary"),
-    ])
+    path = _write(
+        tmp_path,
+        [
+            _line([[0.0, 0.0], [0.001, 0.0]], highway="footway"),
+            _line([[0.0, 0.001], [0.001, 0.001]], highway="secondary"),
+        ],
+    )
     net = load_geojson(path)
     assert net.n_edges == 2
     assert set(net.edge_road_class.tolist()) == {ROAD_CLASS_INDEX["secondary"]}
 
 
 def test_load_geojson_multilinestring(tmp_path):
-    feature = {"type": "Feature", "properties": {"highway": "residential", "oneway": "yes"},
-               "geometry": {"type": "MultiLineString",
-                            "coordinates": [[[0.0, 0.0], [0.001, 0.0]], [[0.0, 0.001], [0.001, 0.001]]]}}
+    feature = {
+        "type": "Feature",
+        "properties": {"highway": "residential", "oneway": "yes"},
+        "geometry": {
+            "type": "MultiLineString",
+            "coordinates": [[[0.0, 0.0], [0.001, 0.0]], [[0.0, 0.001], [0.001, 0.001]]],
+        },
+    }
     assert load_geojson(_write(tmp_path, [feature])).n_edges == 2
 
 
@@ -194,29 +222,38 @@ def test_load_geojson_not_json(tmp_path):
 def test_load_geojson_not_feature_collection(tmp_path):
     path = tmp_path / "feature.geojson"
     path.write_text(json.dumps(_line([[0, 0], [1, 1]])))
-    with pytest.raises(NetworkFormatError, match="not a GeoJSON FeatureCollection .type is 'Feature'"):
+    with pytest.raises(
+        NetworkFormatError, match="not a GeoJSON FeatureCollection .type is 'Feature'"
+    ):
         load_geojson(path)
 
 
 def test_load_geojson_feature_without_coordinates(tmp_path):
-    feats = [_line([[0, 0], [0.001, 0]], highway="primary"),
-             {"type": "Feature", "geometry": None, "properties": {"highway": "primary"}}]
+    feats = [
+        _line([[0, 0], [0.001, 0]], highway="primary"),
+        {"type": "Feature", "geometry": None, "properties": {"highway": "primary"}},
+    ]
     with pytest.raises(NetworkFormatError, match="roads.geojson: feature 1 has no coordinates"):
         load_geojson(_write(tmp_path, feats))
 
 
 def test_load_geojson_coordinates_out_of_range(tmp_path):
-    feats = [_line([[0, 0], [0.001, 0]], highway="primary"),
-             _line([[0, 0], [0.001, 0]], highway="primary"),
-             _line([[0, 0], [12.0, 95.0]], highway="primary")]
-    with pytest.raises(NetworkFormatError,
-                       match=r"feature 2 has coordinates out of range at position 1 \(lon=12.0, lat=95.0"):
+    feats = [
+        _line([[0, 0], [0.001, 0]], highway="primary"),
+        _line([[0, 0], [0.001, 0]], highway="primary"),
+        _line([[0, 0], [12.0, 95.0]], highway="primary"),
+    ]
+    with pytest.raises(
+        NetworkFormatError,
+        match=r"feature 2 has coordinates out of range at position 1 \(lon=12.0, lat=95.0",
+    ):
         load_geojson(_write(tmp_path, feats))
 
 
 def test_load_geojson_point_geometry(tmp_path):
-    feats = [{"type": "Feature", "geometry": {"type": "Point", "coordinates": [0, 0]},
-              "properties": {}}]
+    feats = [
+        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [0, 0]}, "properties": {}}
+    ]
     with pytest.raises(NetworkFormatError, match="feature 0 is a 'Point'"):
         load_geojson(_write(tmp_path, feats))
 
@@ -228,7 +265,9 @@ def test_load_geojson_single_position(tmp_path):
 
 def test_load_geojson_degenerate_line(tmp_path):
     feats = [_line([[0, 0], [0.001, 0]]), _line([[0.5, 0.5], [0.5, 0.5]], highway="primary")]
-    with pytest.raises(NetworkFormatError, match="feature 1 has a line with fewer than two distinct"):
+    with pytest.raises(
+        NetworkFormatError, match="feature 1 has a line with fewer than two distinct"
+    ):
         load_geojson(_write(tmp_path, feats))
 
 
@@ -238,8 +277,13 @@ def test_load_geojson_bad_oneway(tmp_path):
 
 
 def test_load_geojson_no_drivable_road(tmp_path):
-    path = _write(tmp_path, [_line([[0, 0], [0.001, 0]], highway="footway"),
-                             _line([[0, 0], [0, 0.001]], highway="cycleway")])
+    path = _write(
+        tmp_path,
+        [
+            _line([[0, 0], [0.001, 0]], highway="footway"),
+            _line([[0, 0], [0, 0.001]], highway="cycleway"),
+        ],
+    )
     with pytest.raises(NoDrivableRoadError, match="roads.geojson: no drivable road"):
         load_geojson(path)
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import shared_file
+
 from graph.errors import NetworkFileNotFoundError, NetworkFormatError
 from graph.geojson import export_geojson
 from graph.io import detect_format, load_compiled, load_network, save_network, write_atomic
@@ -59,8 +58,13 @@ def test_save_network_round_trip_hand_made(tmp_path):
 
 
 def test_save_network_round_trip_empty_turns(tmp_path):
-    net = build_network(node_lat=[0.0, 0.0], node_lon=[0.0, 0.001], edge_src=[0],
-                        edge_dst=[1], edge_speed_kph=[30.0])
+    net = build_network(
+        node_lat=[0.0, 0.0],
+        node_lon=[0.0, 0.001],
+        edge_src=[0],
+        edge_dst=[1],
+        edge_speed_kph=[30.0],
+    )
     assert_same_network(net, load_compiled(save_network(net, tmp_path / "one.net")))
 
 
@@ -171,7 +175,9 @@ def test_load_network_detects_every_format(tmp_path):
 
 def test_load_network_dimacs_finds_coordinates(tmp_path):
     (tmp_path / "x-t.gr").write_text("p sp 2 2\na 1 2 10\na 2 1 10\n")
-    (tmp_path / "x-d.co").write_text("p aux sp co 2\nv 1 -73000000 40000000\nv 2 -73001000 40000000\n")
+    (tmp_path / "x-d.co").write_text(
+        "p aux sp co 2\nv 1 -73000000 40000000\nv 2 -73001000 40000000\n"
+    )
     assert detect_format(tmp_path / "x-t.gr") == "dimacs"
     net = load_network(tmp_path / "x-t.gr")
     assert (net.n_nodes, net.n_edges) == (2, 2)
@@ -222,8 +228,11 @@ def test_load_network_unknown_format(tmp_path):
 def test_load_network_empty_file(tmp_path):
     path = tmp_path / "empty.osm.pbf"
     path.write_bytes(b"")
-    with pytest.raises(NetworkFormatError, match="empty.osm.pbf: not a road network file "
-                                                 r"\(the file is empty\)"):
+    with pytest.raises(
+        NetworkFormatError,
+        match="empty.osm.pbf: not a road network file "
+        r"\(the file is empty\)",
+    ):
         load_network(path)
 
 
