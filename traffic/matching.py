@@ -44,15 +44,16 @@ class MatcherConfig:
     k: int = 8
     sigma_m: float = 5.0
     min_sigma_m: float = 2.0
-    beta_m: float = 5.0
+    beta_m: float = 10.0
     heading_kappa: float = 2.0
     heading_min_speed_mps: float = 1.0
     lag: int = 4
     max_gap_s: float = 60.0
     max_speed_mps: float = 50.0
     speed_slack_m: float = 50.0
-    backward_tolerance_m: float = 15.0
+    backward_tolerance_m: float = 30.0
     uturn_penalty: float = 6.0
+    speed_weight: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("radius_m", "sigma_m", "min_sigma_m", "beta_m", "max_gap_s", "max_speed_mps"):
@@ -140,6 +141,7 @@ class OnlineMatcher:
         g("_last_lat", (), np.float64, 0.0)
         g("_last_lon", (), np.float64, 0.0)
         g("_last_t", (), np.float64, -np.inf)
+        g("_last_v", (), np.float64, np.nan)
         g("_n_pend", (), np.int64, 0)
         g("_head", (), np.int64, 0)
         g("_trace", (), np.int64, -1)
@@ -193,10 +195,12 @@ class OnlineMatcher:
         if n > 1 and np.any((slots[1:] == slots[:-1]) & (t[1:] <= t[:-1])):
             raise ValueError("probes must be sorted by vehicle then strictly increasing time")
         ce, co, em = self._candidates(lat, lon, speed_mps, heading_deg, accuracy_m)
+        v = (np.full(n, np.nan) if speed_mps is None
+             else np.asarray(speed_mps, dtype=np.float64).copy())
         has = ce[:, 0] >= 0
         self.counts["no_candidate"] += int((~has).sum())
         keep = np.flatnonzero(has)
-        slots, t, lat, lon, rows = slots[keep], t[keep], lat[keep], lon[keep], rows[keep]
+        slots, t, lat, lon, rows, v = (a[keep] for a in (slots, t, lat, lon, rows, v))
         ce, co, em = ce[keep], co[keep], em[keep]
         if keep.size == 0:
             return self._finish(recs, ended)
@@ -208,7 +212,8 @@ class OnlineMatcher:
         bounds = np.searchsorted(rank[order], np.arange(rank.max() + 2))
         for r in range(rank.max() + 1):
             i = order[bounds[r]:bounds[r + 1]]
-            self._step(slots[i], t[i], lat[i], lon[i], rows[i], ce[i], co[i], em[i], recs, ended)
+            self._step(slots[i], t[i], lat[i], lon[i], v[i], rows[i], ce[i], co[i], em[i],
+                       recs, ended)
         return self._finish(recs, ended)
 
     def flush(self, vehicle_ids: np.ndarray | None = None) -> MatchOutput:
@@ -239,8 +244,15 @@ class OnlineMatcher:
                     heading: np.ndarray | None, acc: np.ndarray | None
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         cfg, n = self.cfg, lat.shape[0]
-        pi, ei, d, off = candidates(self.index, lat, lon, radius_m=cfg.radius_m, k=cfg.k)
+        pi, ei, d, off = candidates(self.index, lat, lon, radius_m=cfg.radius_m, k=cfg.k + 1)
         rank = np.arange(pi.size) - np.searchsorted(pi, pi)
+        # Keep the two directions of a road together: when the k-th candidate's twin is cut
+        # off, drop it too (a stopped car would otherwise flip to the reverse edge whenever the
+        # nearer-ranked direction falls out of the top k).
+        nxt = np.r_[ei[1:], -1]
+        split = (rank == cfg.k - 1) & (np.r_[rank[1:], -1] == cfg.k) & (self._twin[ei] == nxt)
+        keep = (rank < cfg.k) & ~split
+        pi, ei, d, off, rank = pi[keep], ei[keep], d[keep], off[keep], rank[keep]
         ce = np.full((n, cfg.k), -1, dtype=np.int32)
         co = np.zeros((n, cfg.k))
         em = np.full((n, cfg.k), NEG_INF)
@@ -270,21 +282,21 @@ class OnlineMatcher:
         cfg, net = self.cfg, self.net
         fwd = (ea == eb) & (ob >= oa - cfg.backward_tolerance_m)
         mid, _ = self.ubodt.lookup(net.edge_dst[ea], net.edge_src[eb])
-        d = np.where(fwd, np.maximum(ob - oa, 0.0), self._len[ea] - oa + mid + ob)
+        d = np.where(fwd, np.abs(ob - oa), self._len[ea] - oa + mid + ob)
         cost = np.abs(d - gc) / cfg.beta_m
-        uturn = self._twin[ea] == eb
-        if uturn.any():
-            du = np.abs(self._len[ea] - ob - oa)
-            cu = np.abs(du - gc) / cfg.beta_m + cfg.uturn_penalty
-            uturn &= cu < cost
-            d = np.where(uturn, du, d)
-            cost = np.where(uturn, cu, cost)
+        # Turning back onto the reverse twin, mid-edge or at the node, pays the U-turn penalty.
+        twin = (self._twin[ea] == eb) & ~fwd
+        du = np.abs(self._len[ea] - ob - oa)
+        cu = np.abs(du - gc) / cfg.beta_m
+        uturn = twin & (cu < cost)
+        d = np.where(uturn, du, d)
+        cost = np.where(twin, np.minimum(cu, cost) + cfg.uturn_penalty, cost)
         too_fast = d > cfg.max_speed_mps * dt + cfg.speed_slack_m
         cost = np.where(too_fast | ~np.isfinite(d), np.inf, cost)
         return cost, d, uturn
 
     def _step(self, s: np.ndarray, t: np.ndarray, lat: np.ndarray, lon: np.ndarray,
-              rows: np.ndarray, ce: np.ndarray, co: np.ndarray, em: np.ndarray,
+              v: np.ndarray, rows: np.ndarray, ce: np.ndarray, co: np.ndarray, em: np.ndarray,
               recs: list, ended: list) -> None:
         cfg, k, w = self.cfg, self.cfg.k, self.cfg.lag + 1
         live = self._trace[s] >= 0
@@ -301,8 +313,13 @@ class OnlineMatcher:
             vi, ai, bi = np.nonzero(valid)
             gc = haversine_m(self._last_lat[sc], self._last_lon[sc], lat[cont], lon[cont])
             dt = t[cont] - self._last_t[sc]
-            cost, _, _ = self._route(pe[vi, ai], po[vi, ai], ce[cont][vi, bi], co[cont][vi, bi],
+            cost, d, _ = self._route(pe[vi, ai], po[vi, ai], ce[cont][vi, bi], co[cont][vi, bi],
                                      gc[vi], dt[vi])
+            # Reported speeds (Doppler, far less noisy than positions) say how far the car went.
+            dv = 0.5 * (self._last_v[sc] + v[cont]) * dt
+            if cfg.speed_weight > 0 and np.isfinite(dv).any():
+                extra = cfg.speed_weight * np.abs(d - dv[vi]) / cfg.beta_m
+                cost = cost + np.where(np.isfinite(extra), extra, 0.0)
             tot = np.full((cont.size, k, k), NEG_INF)
             tot[vi, ai, bi] = ps[vi, ai] - cost
             best = tot.argmax(axis=1)
@@ -329,6 +346,7 @@ class OnlineMatcher:
         self._n_pend[s] += 1
         self._score[s] = new_score
         self._last_lat[s], self._last_lon[s], self._last_t[s] = lat, lon, t
+        self._last_v[s] = v
         full = s[self._n_pend[s] > cfg.lag]
         if full.size:
             self._decide_oldest(full, recs)
