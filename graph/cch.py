@@ -152,8 +152,8 @@ def travel_times_to_ms(travel_time_s: np.ndarray) -> np.ndarray:
     if bad.any():
         i = int(np.argmax(bad))
         raise ValueError(f"travel_time_s must be >= 0 s (inf closes an edge); edge {i} has {t[i]!r}")
-    with np.errstate(over="ignore", invalid="ignore"):
-        ms = np.rint(np.minimum(t * MS_PER_S, INF_WEIGHT_MS))
+    # Clamp before scaling so huge values cannot overflow to a warning.
+    ms = np.rint(np.minimum(t, INF_WEIGHT_MS / MS_PER_S) * MS_PER_S)
     return ms.astype(np.uint32)
 
 

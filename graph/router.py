@@ -138,10 +138,7 @@ class Router:
         lon = np.array([from_latlon[1], to_latlon[1]], dtype=np.float64)
         point, edge, offset = self._snap(lat, lon, max_snap_m, labels=("origin", "destination"))
         s, d = point == 0, point == 1
-        length = self.net.edge_length_m
-        with np.errstate(invalid="ignore", divide="ignore"):
-            frac = np.where(length[edge] > 0, offset / length[edge], 0.0)
-        frac = np.clip(frac, 0.0, 1.0)
+        frac = _fractions(offset, self.net.edge_length_m[edge])
         res = metric.route_positions(edge[s], frac[s], edge[d], frac[d], slots=self._slots)
         if res is None:
             raise NoRouteError(
@@ -200,9 +197,7 @@ class Router:
         sp, se, so = self._snap(src[:, 0], src[:, 1], max_snap_m)
         dp, de, do = self._snap(dst[:, 0], dst[:, 1], max_snap_m)
         length = self.net.edge_length_m
-        with np.errstate(invalid="ignore", divide="ignore"):
-            sf = np.clip(np.where(length[se] > 0, so / length[se], 0.0), 0.0, 1.0)
-            df = np.clip(np.where(length[de] > 0, do / length[de], 0.0), 0.0, 1.0)
+        sf, df = _fractions(so, length[se]), _fractions(do, length[de])
         return metric.table(sp, se, sf, len(src), dp, de, df, len(dst))
 
     # -- internals -------------------------------------------------------------------------
@@ -311,6 +306,12 @@ def _point_positions_m(net: RoadNetwork, spatial: SpatialIndex) -> np.ndarray:
     cum[not_last] = spatial.seg_start_m
     cum[last] = net.edge_length_m
     return cum
+
+
+def _fractions(offset_m: np.ndarray, length_m: np.ndarray) -> np.ndarray:
+    """Share ``0..1`` of each edge behind a position (0 on zero-length edges)."""
+    frac = np.divide(offset_m, length_m, out=np.zeros_like(offset_m), where=length_m > 0)
+    return np.clip(frac, 0.0, 1.0, out=frac)
 
 
 def _as_points(points: np.ndarray, name: str) -> np.ndarray:
