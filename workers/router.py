@@ -54,6 +54,7 @@ class RouterCore:
         self.customize_s = 0.0
         self._profile: OrderedDict[Any, Any] = OrderedDict()
         self._profile_cache = int(profile_cache)
+        self._retired: list[Any] = []
         self._lock = threading.Lock()
 
     @property
@@ -128,7 +129,9 @@ class RouterCore:
                 router.customize(np.asarray(travel_time_s, dtype=np.float64), f"profile:{key[-1]}")
                 self._profile[key] = router
                 while len(self._profile) > self._profile_cache:
-                    self._profile.popitem(last=False)
+                    # Kept, not dropped: graph.router's per-thread query objects may only be
+                    # dropped by their own threads.
+                    self._retired.append(self._profile.popitem(last=False)[1])
             else:
                 self._profile.move_to_end(key)
         return router

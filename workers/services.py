@@ -137,6 +137,10 @@ class ServiceBase:
         self._ticker: threading.Thread | None = None
         self._stop = threading.Event()
         self._watermark: float | None = None
+        # Routers replaced by a network swap. graph.router keeps RoutingKit query objects per
+        # thread, and those may only be dropped by their own thread; dropping a router from the
+        # job thread raises in RoutingKit, so retired routers are kept (one per swap).
+        self._retired: list[Any] = []
 
     # -- clock --------------------------------------------------------------------------
     def now_s(self, batch_max_t: float | None = None) -> float:
@@ -450,5 +454,6 @@ class LocalServices(ServiceBase):
             carried = self.estimator.remap_to(net)
             pub = self.estimator.publish()
             prepared.update(pub.version, pub.weights_t, pub.travel_time_s)
+            self._retired.append(self.router)
             self.net, self.router, self.loaded_at = net, prepared, time.time()
         return carried
