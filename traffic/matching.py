@@ -282,7 +282,7 @@ class OnlineMatcher:
         cfg, net = self.cfg, self.net
         fwd = (ea == eb) & (ob >= oa - cfg.backward_tolerance_m)
         mid, _ = self.ubodt.lookup(net.edge_dst[ea], net.edge_src[eb])
-        d = np.where(fwd, np.abs(ob - oa), self._len[ea] - oa + mid + ob)
+        d = np.where(fwd, np.maximum(ob - oa, 0.0), self._len[ea] - oa + mid + ob)
         cost = np.abs(d - gc) / cfg.beta_m
         # Turning back onto the reverse twin, mid-edge or at the node, pays the U-turn penalty.
         twin = (self._twin[ea] == eb) & ~fwd
