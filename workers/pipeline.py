@@ -119,19 +119,34 @@ class RayPipeline(ServiceBase):
         return actor.remote(net_ref, self.config.estimator_service(),
                             xp="cupy" if on_gpu else "numpy", prior=self.prior)
 
+    @staticmethod
+    def _spread(i: int) -> Any:
+        """Place the i-th replica on the i-th alive node, round robin.
+
+        Ray's ``SPREAD`` only spreads by resource use, and these actors reserve no CPU (they
+        share the machine with the API), so placement is explicit. The affinity is hard:
+        Ray 2.60 ignored the soft variant for zero-CPU actors in our two-node test; the
+        catch is that a replica whose node dies is not restarted elsewhere.
+        """
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        nodes = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
+        return NodeAffinitySchedulingStrategy(node_id=nodes[i % len(nodes)], soft=False)
+
     def _start_ingest(self, net_ref: Any) -> list[Any]:
-        actor = ray.remote(IngestCore).options(num_cpus=0, max_restarts=-1,
-                                               scheduling_strategy="SPREAD")
+        actor = ray.remote(IngestCore)
         icfg = self.config.ingest_config()
-        return [actor.remote(net_ref, icfg, partition=p,
-                             sink=FoldSink(self.estimator, max_inflight=self.config.max_fold_inflight))
+        return [actor.options(num_cpus=0, max_restarts=-1, scheduling_strategy=self._spread(p))
+                .remote(net_ref, icfg, partition=p,
+                        sink=FoldSink(self.estimator, max_inflight=self.config.max_fold_inflight))
                 for p in range(self.config.n_ingest)]
 
     def _start_routers(self, net_ref: Any) -> list[Any]:
-        actor = ray.remote(RouterCore).options(num_cpus=0, max_restarts=-1, max_concurrency=8,
-                                               scheduling_strategy="SPREAD")
-        return [actor.remote(net_ref, cache_dir=self.config.cache_dir)
-                for _ in range(self.config.router_replicas)]
+        actor = ray.remote(RouterCore)
+        return [actor.options(num_cpus=0, max_restarts=-1, max_concurrency=8,
+                              scheduling_strategy=self._spread(i + 1))
+                .remote(net_ref, cache_dir=self.config.cache_dir)
+                for i in range(self.config.router_replicas)]
 
     def placement(self) -> dict[str, list[str]]:
         """Node id of every actor, by role (to check that a cluster spreads them)."""
