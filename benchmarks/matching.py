@@ -1,0 +1,96 @@
+"""Map-matching throughput on a scenario's probes: matching alone, and validation + matching +
+traversal extraction, replayed in event-time ticks. Appends a table to BENCHMARKS.md.
+
+    .venv/bin/python benchmarks/matching.py [--scenario DIR] [--tick-s 10] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from graph.osm import load_osm
+from graph.spatial import build_spatial_index
+from graph.ubodt import build_ubodt
+from traffic.matching import MatcherConfig, OnlineMatcher
+from traffic.traversals import TraversalExtractor
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _ticks(df: pl.DataFrame, tick_s: float) -> list[pl.DataFrame]:
+    df = df.with_columns(((pl.col("t") - pl.col("t").min()) // tick_s).alias("_tick"))
+    return [g.drop("_tick").sort(["vehicle_id", "t"])
+            for _, g in df.sort("_tick").group_by("_tick", maintain_order=True)]
+
+
+def run(net, index, ubodt, batches, *, validate: bool) -> tuple[float, int, int]:
+    from traffic.probes import ProbeValidationConfig, VehicleLastSeen, validate_probes
+
+    m, ex = OnlineMatcher(net, index, ubodt, MatcherConfig()), TraversalExtractor(net)
+    last, vcfg, n_tr = VehicleLastSeen(), ProbeValidationConfig(), 0
+    t0 = time.perf_counter()
+    for b in batches:
+        if validate:
+            b = validate_probes(b, config=vcfg, now_s=float(b["t"].max()), bbox=net.bbox,
+                                last_seen=last).accepted
+        o = m.push(b["vehicle_id"].to_numpy(), b["t"].to_numpy(), b["lat"].to_numpy(),
+                   b["lon"].to_numpy(), speed_mps=b["speed_mps"].to_numpy(),
+                   heading_deg=b["heading_deg"].to_numpy())
+        if validate:
+            n_tr += len(ex.push(o))
+    o = m.flush()
+    n_tr += len(ex.push(o)) if validate else 0
+    return time.perf_counter() - t0, sum(len(b) for b in batches), n_tr
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--scenario", default=str(ROOT.parent / "shared/data/scenario_kbh"))
+    ap.add_argument("--tick-s", type=float, default=10.0)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--no-append", action="store_true")
+    a = ap.parse_args()
+    d = Path(a.scenario)
+    t0 = time.perf_counter()
+    net = load_osm(d / "network.osm.pbf")
+    index = build_spatial_index(net)
+    t1 = time.perf_counter()
+    ubodt = build_ubodt(net)
+    t2 = time.perf_counter()
+    probes = pl.read_parquet(d / "probes.parquet")
+    batches = _ticks(probes, a.tick_s)
+    rows = []
+    for name, validate in (("matching only", False), ("validate+match+traversals", True)):
+        rates = []
+        for _ in range(a.repeat):
+            secs, n, n_tr = run(net, index, ubodt, batches, validate=validate)
+            rates.append(n / secs)
+        rows.append((name, n, np.median(rates), np.min(rates), n_tr))
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
+                if ln.startswith("model name")), "?")
+    lines = [
+        f"\n## Map matching throughput ({d.name})\n",
+        f"`.venv/bin/python benchmarks/matching.py --tick-s {a.tick_s:g} --repeat {a.repeat}` — "
+        f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.machine()}, {cpu}, 2 cores "
+        "(one used; other work was running on the machine, so rates are lower bounds).\n",
+        f"Network {net.n_nodes} nodes / {net.n_edges} edges; spatial index {t1 - t0:.2f} s with load; "
+        f"UBODT (1500 m) {t2 - t1:.2f} s, {ubodt.key.size} pairs, {ubodt.nbytes / 1e6:.1f} MB.\n",
+        "| pipeline | probes | median probes/s | worst probes/s | traversals |",
+        "|---|---:|---:|---:|---:|",
+        *[f"| {r[0]} | {r[1]} | {r[2]:,.0f} | {r[3]:,.0f} | {r[4]} |" for r in rows],
+    ]
+    print("\n".join(lines))
+    if not a.no_append:
+        with open(ROOT / "BENCHMARKS.md", "a") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
