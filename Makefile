@@ -19,8 +19,9 @@ sample: install $(SAMPLE_PBF)
 $(SAMPLE_PBF):
 	$(PY) data/samples/fetch_sample.py
 
+# Serve the sample city with 2000 simulated vehicles; prints the URL; Ctrl-C stops cleanly.
 run: install sample
-	$(VENV)/bin/traffic network info $(SAMPLE_PBF)
+	$(VENV)/bin/traffic serve --network $(SAMPLE_PBF) --simulate 2000
 
 test: install
 	$(PY) -m pytest -q

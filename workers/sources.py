@@ -139,3 +139,20 @@ def http_sink(url: str, *, timeout_s: float = 30.0) -> Sink:
         return r.json()
 
     return send
+
+
+def simulated_batches(
+    net: Any, *, n_vehicles: int, seed: int = 0, t0_s: float | None = None,
+    duration_s: float = 86_400.0, batch_s: float = 1.0,
+) -> Iterator[tuple[float, pl.DataFrame]]:
+    """Yield ``(t_end, batch)`` from :func:`traffic.simulate.simulate_probes`.
+
+    Starts at ``t0_s`` (default: now, so a wall-clock server takes the probes as live).
+    """
+    from traffic.simulate import SimConfig, simulate_probes
+
+    t0 = time.time() if t0_s is None else float(t0_s)
+    cfg = SimConfig(n_vehicles=n_vehicles, duration_s=duration_s, t0_s=t0, batch_s=batch_s,
+                    seed=seed)
+    for k, batch in enumerate(simulate_probes(net, cfg)):
+        yield t0 + (k + 1) * batch_s, batch
