@@ -141,7 +141,12 @@ class VehicleLastSeen:
         self._last = pl.DataFrame(
             schema={"vehicle_id": pl.Utf8, "last_t": pl.Float64,
                     "last_lat": pl.Float64, "last_lon": pl.Float64})
-        self._recent = pl.DataFrame(schema={"vehicle_id": pl.Utf8, "t": pl.Float64})
+        # Accepted (vehicle_id, t) pairs as append-only chunks, one per update, with each
+        # chunk's newest t: pruning drops whole chunks, so an update costs O(batch), not
+        # O(history). Accepted pairs are unique by construction (a repeat is rejected), so
+        # the chunks need no de-duplication.
+        self._recent_chunks: list[tuple[float, pl.DataFrame]] = []
+        self._recent_max_t = -np.inf
 
     def __len__(self) -> int:
         return self._last.height
@@ -153,7 +158,12 @@ class VehicleLastSeen:
 
     def seen_pairs(self) -> pl.DataFrame:
         """Remembered accepted ``(vehicle_id, t)`` pairs."""
-        return self._recent
+        if not self._recent_chunks:
+            return pl.DataFrame(schema={"vehicle_id": pl.Utf8, "t": pl.Float64})
+        if len(self._recent_chunks) > 1:  # compact, so repeated calls stay cheap
+            merged = pl.concat([c for _, c in self._recent_chunks], rechunk=True)
+            self._recent_chunks = [(self._recent_max_t, merged)]
+        return self._recent_chunks[0][1]
 
     def update(self, accepted: pl.DataFrame) -> None:
         """Record accepted probes (any order); keeps each vehicle's latest point."""
@@ -167,9 +177,14 @@ class VehicleLastSeen:
         )
         merged = pl.concat([self._last, latest]).sort(["vehicle_id", "last_t"])
         self._last = merged.group_by("vehicle_id", maintain_order=True).last()
-        recent = pl.concat([self._recent, accepted.select("vehicle_id", "t")])
-        cutoff = float(recent["t"].max()) - self.horizon_s  # type: ignore[arg-type]
-        self._recent = recent.filter(pl.col("t") >= cutoff).unique(maintain_order=True)
+        chunk = accepted.select("vehicle_id", "t")
+        chunk_max_t = float(chunk["t"].max())  # type: ignore[arg-type]
+        self._recent_max_t = max(self._recent_max_t, chunk_max_t)
+        cutoff = self._recent_max_t - self.horizon_s
+        # A chunk whose newest pair is past the horizon goes whole; a straddling chunk stays
+        # (remembering a little longer than the horizon is harmless).
+        self._recent_chunks = [(m, c) for m, c in self._recent_chunks if m >= cutoff]
+        self._recent_chunks.append((chunk_max_t, chunk))
 
 
 def coerce_probes(df: pl.DataFrame, *, source: str = "probes") -> pl.DataFrame:
@@ -366,14 +381,21 @@ def _sequence_reasons(
         pl.when(ok & (pl.col("row") != first_ok_row)).then(pl.lit("duplicate"))
         .otherwise(pl.col("reason")).alias("reason"))
     if last_seen is not None and len(last_seen):
-        seen = last_seen.seen_pairs().with_columns(pl.lit(True).alias("_seen"))
-        probes = (probes.join(seen, on=["vehicle_id", "t"], how="left")
-                  .join(last_seen.last, on="vehicle_id", how="left"))
+        probes = probes.join(last_seen.last, on="vehicle_id", how="left")
+        # Only a point at or before its vehicle's last accepted time can repeat an earlier
+        # accepted pair; look just those up in the remembered pairs (in an event-ordered
+        # stream there are none, so the history is not touched).
+        stale = probes.filter(ok & (pl.col("t") <= pl.col("last_t")))
+        if stale.height:
+            repeats = stale.join(last_seen.seen_pairs(), on=["vehicle_id", "t"], how="semi")
+            dup_rows = repeats["row"]
+        else:
+            dup_rows = pl.Series("row", [], dtype=pl.Int64)
         probes = probes.with_columns(
-            pl.when(ok & pl.col("_seen").fill_null(False)).then(pl.lit("duplicate"))
+            pl.when(ok & pl.col("row").is_in(dup_rows.implode())).then(pl.lit("duplicate"))
             .when(ok & (pl.col("t") <= pl.col("last_t"))).then(pl.lit("out_of_order"))
             .otherwise(pl.col("reason")).alias("reason")
-        ).drop("_seen")
+        )
     else:
         probes = probes.with_columns(
             pl.lit(None, dtype=pl.Float64).alias("last_t"),
