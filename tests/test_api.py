@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import time
-import warnings
 
 import polars as pl
 import pytest
 
-with warnings.catch_warnings():
-    # Starlette asks for the `httpx2` fork; the installed httpx works the same for TestClient.
-    warnings.simplefilter("ignore")
-    from fastapi.testclient import TestClient
+from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.deps import get_services
