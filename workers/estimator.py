@@ -39,6 +39,12 @@ class EstimatorServiceConfig:
     clock: Literal["wall", "event"] = "wall"
     estimator: Any = None
     freshness_window: int = 4096
+    #: Directory of the congestion snapshot store (``None``: snapshots are not written).
+    snapshot_dir: str | None = None
+    #: Snapshot period in event seconds (``None``: not written).
+    snapshot_every_s: float | None = 60.0
+    #: Snapshots older than this many event seconds are deleted (``None``: kept).
+    snapshot_retention_s: float | None = 7 * 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +104,7 @@ class EstimatorCore:
         self._last: Publication | None = None
         self._last_publish_wall = -np.inf
         self._dirty = False
+        self._snapshots = _SnapshotWriter.from_config(self.config)
 
     def fold(self, batch: Any, n_probes: int = 0, *, accepted_wall_s: float | None = None) -> int:
         """Fold one traversal batch; ``n_probes`` matched probes become ``applied``.
@@ -105,6 +112,9 @@ class EstimatorCore:
         Returns the estimator's state version after the fold.
         """
         t0 = time.perf_counter()
+        if self._snapshots is not None and batch is not None and len(batch.edge):
+            # Snapshot the state as it stood at a crossed boundary, before this batch.
+            self._snapshots.maybe_write(self, float(np.max(np.asarray(batch.t_exit_s))))
         version = self.estimator.version if batch is None else self.estimator.apply(batch)
         if batch is not None and len(batch.edge):
             edge = np.asarray(batch.edge)
@@ -123,6 +133,8 @@ class EstimatorCore:
 
     def advance(self, watermark_t: float) -> None:
         """Move the event-time watermark forward without traversals (from ingest)."""
+        if self._snapshots is not None:
+            self._snapshots.maybe_write(self, float(watermark_t))
         if self.watermark_t is None or watermark_t > self.watermark_t:
             self.watermark_t = float(watermark_t)
 
@@ -165,6 +177,10 @@ class EstimatorCore:
         """Per-segment speed state as a polars DataFrame (see ``SpeedEstimator.snapshot``)."""
         return self.estimator.snapshot(self.watermark_t if at_t_s is None else at_t_s)
 
+    def live_snapshot(self) -> tuple[float | None, Any]:
+        """``(watermark_t, snapshot())``: the live state and the event time it stands at."""
+        return self.watermark_t, self.snapshot()
+
     def prior_travel_times(self, t_s: float) -> np.ndarray | None:
         """Travel times (s) from the time-of-week profile at ``t_s``; ``None`` without one."""
         if self.prior is None:
@@ -196,4 +212,47 @@ class EstimatorCore:
             "freshness_p50_s": float(np.percentile(fresh, 50)) if fresh.size else None,
             "freshness_p99_s": float(np.percentile(fresh, 99)) if fresh.size else None,
             "network_version": self.net.version,
+            **({} if self._snapshots is None else self._snapshots.stats()),
         }
+
+
+class _SnapshotWriter:
+    """Write the estimator's state into a snapshot store every ``snapshot_every_s`` of event time."""
+
+    def __init__(self, directory: str, every_s: float, retention_s: float | None) -> None:
+        from traffic.snapshots import SnapshotScheduler, SnapshotStore
+
+        self.store = SnapshotStore(directory, retention_s=retention_s)
+        self.scheduler = SnapshotScheduler(every_s)
+        self.written = 0
+        self.errors = 0
+        self.last_t: float | None = None
+
+    @classmethod
+    def from_config(cls, config: EstimatorServiceConfig) -> _SnapshotWriter | None:
+        if config.snapshot_dir is None or config.snapshot_every_s is None:
+            return None
+        return cls(config.snapshot_dir, config.snapshot_every_s, config.snapshot_retention_s)
+
+    def maybe_write(self, core: EstimatorCore, t_s: float) -> None:
+        """Write a snapshot when events at ``t_s`` cross a boundary; never raises on I/O."""
+        import logging
+
+        boundary = self.scheduler.due(t_s)
+        if boundary is None:
+            return
+        try:
+            self.store.write(core.estimator.snapshot(boundary), t_s=boundary,
+                             network_version=core.net.version)
+            self.store.prune(boundary)
+        except OSError:
+            # A full or failing disk must not stop estimation; the count shows in stats.
+            self.errors += 1
+            logging.getLogger(__name__).exception("snapshot at %s failed", boundary)
+            return
+        self.written += 1
+        self.last_t = boundary
+
+    def stats(self) -> dict[str, Any]:
+        return {"snapshots_written": self.written, "snapshot_errors": self.errors,
+                "last_snapshot_t": self.last_t}

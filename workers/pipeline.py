@@ -239,6 +239,9 @@ class RayPipeline(ServiceBase):
             return super().table(sources, destinations, max_snap_m=max_snap_m)
         return ray.get(self._next_router().table.remote(sources, destinations, max_snap_m=max_snap_m))
 
+    def live_snapshot(self) -> tuple[float | None, pl.DataFrame]:
+        return ray.get(self.estimator.live_snapshot.remote(), timeout=30)
+
     def _next_router(self) -> Any:
         actors = self.router_actors
         return actors[next(self._rr) % len(actors)]

@@ -86,11 +86,21 @@ class PipelineConfig:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     estimator: Any = None
     retry_after_s: float = 1.0
+    #: Congestion snapshot period (event s) into ``<data_dir>/snapshots``; ``None``: off.
+    snapshot_every_s: float | None = 60.0
+    #: Snapshot retention (event s); ``None`` keeps every snapshot.
+    snapshot_retention_s: float | None = 7 * 86400.0
 
     def estimator_service(self) -> EstimatorServiceConfig:
         """The estimator stage's configuration derived from this one."""
+        from workers.congestion import snapshot_dir
+
+        snap_dir = snapshot_dir(self.data_dir)
         return EstimatorServiceConfig(refresh_s=self.refresh_s, clock=self.clock,
-                                      estimator=self.estimator)
+                                      estimator=self.estimator,
+                                      snapshot_dir=None if snap_dir is None else str(snap_dir),
+                                      snapshot_every_s=self.snapshot_every_s,
+                                      snapshot_retention_s=self.snapshot_retention_s)
 
     def ingest_config(self) -> IngestConfig:
         """The ingest stage's configuration (with this pipeline's cache directory)."""
@@ -141,6 +151,7 @@ class ServiceBase:
         # thread, and those may only be dropped by their own thread; dropping a router from the
         # job thread raises in RoutingKit, so retired routers are kept (one per swap).
         self._retired: list[Any] = []
+        self._congestion = _congestion_queries(config)
 
     # -- clock --------------------------------------------------------------------------
     def now_s(self, batch_max_t: float | None = None) -> float:
@@ -209,6 +220,35 @@ class ServiceBase:
         net = self.net
         return {"version": net.version, "name": net.name, "n_nodes": net.n_nodes,
                 "n_edges": net.n_edges, "bbox": net.bbox, "loaded_at": self.loaded_at}
+
+    # -- congestion (analysts; see workers/congestion.py) --------------------------------
+    def live_snapshot(self) -> tuple[float | None, pl.DataFrame]:
+        """``(event time, per-edge table)`` of the estimator's live state."""
+        return self.estimator.live_snapshot()  # type: ignore[attr-defined]
+
+    def congestion(self, bbox: tuple[float, float, float, float], *, at_s: float | None = None,
+                   road_class: list[str] | None = None, min_ratio: float | None = None,
+                   max_ratio: float | None = None) -> Any:
+        """Per-edge congestion in ``bbox``, live or at a snapshot (``CongestionAnswer``)."""
+        return self._congestion.congestion(self.net, bbox, live=self.live_snapshot, at_s=at_s,
+                                           road_class=road_class, min_ratio=min_ratio,
+                                           max_ratio=max_ratio)
+
+    def edge_history(self, key: int, t_from: float | None = None,
+                     t_to: float | None = None) -> pl.DataFrame:
+        """One edge's stored snapshots over time (default: the last 6 h)."""
+        return self._congestion.edge_history(key, t_from, t_to, now_s=self.now_s())
+
+    def aggregate(self, bbox: tuple[float, float, float, float], t_from: float | None = None,
+                  t_to: float | None = None, *, interval_s: float = 300.0,
+                  road_class: list[str] | None = None) -> pl.DataFrame:
+        """Mean congestion ratio over ``bbox`` per interval of snapshot time."""
+        return self._congestion.aggregate(self.net, bbox, t_from, t_to, interval_s=interval_s,
+                                          now_s=self.now_s(), road_class=road_class)
+
+    def snapshot_times(self, t_from: float | None = None, t_to: float | None = None) -> np.ndarray:
+        """Stored snapshot times (unix s, ascending)."""
+        return self._congestion.snapshot_times(t_from, t_to)
 
     # -- ingest -------------------------------------------------------------------------
     def ingest(self, probes: pl.DataFrame) -> tuple[int, list[tuple[int, str]]]:
@@ -359,6 +399,15 @@ class ServiceBase:
         if self._ticker is not None:
             self._ticker.join(timeout=5)
         self._closed = True
+
+
+def _congestion_queries(config: PipelineConfig) -> Any:
+    from traffic.snapshots import SnapshotStore
+    from workers.congestion import CongestionQueries, snapshot_dir
+
+    directory = snapshot_dir(config.data_dir)
+    return CongestionQueries(None if directory is None else SnapshotStore(
+        directory, retention_s=config.snapshot_retention_s))
 
 
 class LocalServices(ServiceBase):

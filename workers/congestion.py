@@ -1,0 +1,167 @@
+"""Congestion queries behind the service facade: live state or stored snapshots, by bbox and time.
+
+:class:`CongestionQueries` is what :class:`workers.services.ServiceBase` delegates its
+``congestion``/``edge_history``/``aggregate`` methods to. It owns the snapshot store the
+estimator writes into (``<data_dir>/snapshots``) and a per-network-version cache of edge
+bounding boxes, so a bbox query is one vectorised comparison over the edges, then either a
+filter of the live frame or one Parquet read (:meth:`traffic.snapshots.SnapshotStore.at`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from graph.network import RoadNetwork
+from traffic.errors import NoSnapshotError, SnapshotQueryError
+from traffic.snapshots import SNAPSHOT_COLUMNS, SnapshotStore, edge_bboxes, keys_in_bbox
+
+#: Default look-back of a history or aggregate query without ``t_from`` (s).
+DEFAULT_HISTORY_S = 6 * 3600.0
+#: Largest number of buckets an aggregate query may ask for.
+MAX_AGGREGATE_BUCKETS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class CongestionAnswer:
+    """One congestion answer: the per-edge frame and where it comes from.
+
+    Attributes
+    ----------
+    frame
+        :data:`traffic.snapshots.SNAPSHOT_COLUMNS` (``key`` is the stable edge key), sorted
+        by key.
+    as_of_t_s
+        Event time (unix s) of the state: the snapshot time, or the live watermark
+        (``None`` before any traversal was folded).
+    source
+        ``"live"`` or ``"snapshot"``.
+    network_version
+        The network the frame's keys were drawn from (the snapshot's, for a snapshot).
+    """
+
+    frame: pl.DataFrame
+    as_of_t_s: float | None
+    source: str
+    network_version: str
+
+
+def snapshot_dir(data_dir: str | Path | None) -> Path | None:
+    """Where the estimator writes snapshots under ``data_dir`` (``None``: not written)."""
+    return None if data_dir is None else Path(data_dir) / "snapshots"
+
+
+def live_frame(snapshot: pl.DataFrame) -> pl.DataFrame:
+    """The estimator's live table (``edge, edge_key, ...``) in stored snapshot form."""
+    return snapshot.rename({"edge_key": "key"}).select(SNAPSHOT_COLUMNS).sort("key")
+
+
+class CongestionQueries:
+    """Bbox, history and aggregate queries over live state and the snapshot store.
+
+    Parameters
+    ----------
+    store
+        The snapshot store (``None`` when snapshots are not written: every time query then
+        answers :class:`traffic.errors.NoSnapshotError`).
+    """
+
+    def __init__(self, store: SnapshotStore | None) -> None:
+        self.store = store
+        self._bboxes: tuple[str, tuple[np.ndarray, ...]] | None = None
+
+    def keys(self, net: RoadNetwork, bbox: Sequence[float], *,
+             road_class: str | Sequence[str] | None = None) -> np.ndarray:
+        """Stable keys of ``net``'s edges meeting ``bbox`` (degrees), optionally of some classes."""
+        cached = self._bboxes
+        if cached is None or cached[0] != net.version:
+            cached = self._bboxes = (net.version, edge_bboxes(net))
+        return keys_in_bbox(net, *bbox, road_class=road_class, bboxes=cached[1])  # type: ignore[arg-type]
+
+    def congestion(self, net: RoadNetwork, bbox: Sequence[float], *,
+                   live: Callable[[], tuple[float | None, pl.DataFrame]],
+                   at_s: float | None = None, road_class: str | Sequence[str] | None = None,
+                   min_ratio: float | None = None, max_ratio: float | None = None) -> CongestionAnswer:
+        """Per-edge state in ``bbox``: live (``at_s is None``) or the snapshot at or before ``at_s``.
+
+        ``min_ratio``/``max_ratio`` keep edges whose speed / free-flow ratio lies within them
+        (an analyst asking for jams passes ``max_ratio=0.5``).
+
+        Raises
+        ------
+        NoSnapshotError
+            ``at_s`` is before the first snapshot, or snapshots are not written.
+        SnapshotQueryError
+            A bad bbox, road class or ratio bound.
+        """
+        for name, bound in (("min_ratio", min_ratio), ("max_ratio", max_ratio)):
+            if bound is not None and not (math.isfinite(bound) and bound >= 0):
+                raise SnapshotQueryError(f"`{name}` must be a finite number >= 0; got {bound!r}")
+        keys = self.keys(net, bbox, road_class=road_class)
+        if at_s is None:
+            as_of, snap = live()
+            frame = live_frame(snap).filter(pl.col("key").is_in(keys))
+            answer = CongestionAnswer(frame, as_of, "live", net.version)
+        else:
+            store = self._require_store()
+            ref = store.find(at_s)
+            t_s, frame = store.at(at_s, keys=keys)
+            answer = CongestionAnswer(frame, t_s, "snapshot", ref.network_version)
+        if min_ratio is not None:
+            answer = _with_frame(answer, answer.frame.filter(pl.col("ratio") >= min_ratio))
+        if max_ratio is not None:
+            answer = _with_frame(answer, answer.frame.filter(pl.col("ratio") <= max_ratio))
+        return answer
+
+    def edge_history(self, key: int, t_from: float | None, t_to: float | None, *,
+                     now_s: float) -> pl.DataFrame:
+        """One edge's snapshots in ``[t_from, t_to]`` (defaults: the last 6 h before ``now_s``)."""
+        t_from, t_to = _range(t_from, t_to, now_s)
+        return self._require_store().edge_history(key, t_from, t_to)
+
+    def aggregate(self, net: RoadNetwork, bbox: Sequence[float], t_from: float | None,
+                  t_to: float | None, *, interval_s: float, now_s: float,
+                  road_class: str | Sequence[str] | None = None) -> pl.DataFrame:
+        """Mean ratio over the edges of ``bbox`` per ``interval_s`` bucket of snapshot time.
+
+        Raises
+        ------
+        SnapshotQueryError
+            A bad interval, or more than :data:`MAX_AGGREGATE_BUCKETS` buckets.
+        """
+        t_from, t_to = _range(t_from, t_to, now_s)
+        if not (math.isfinite(interval_s) and interval_s > 0):
+            raise SnapshotQueryError(f"`interval` must be a finite number of seconds > 0; got {interval_s!r}")
+        n_buckets = (t_to - t_from) / interval_s
+        if n_buckets > MAX_AGGREGATE_BUCKETS:
+            raise SnapshotQueryError(
+                f"`interval` {interval_s:g} s over {t_to - t_from:g} s makes {math.ceil(n_buckets)} "
+                f"buckets; at most {MAX_AGGREGATE_BUCKETS}")
+        keys = self.keys(net, bbox, road_class=road_class)
+        return self._require_store().aggregate_ratio(keys, t_from, t_to, interval_s=interval_s)
+
+    def snapshot_times(self, t_from: float | None = None, t_to: float | None = None) -> np.ndarray:
+        """Stored snapshot times (unix s, ascending); empty when snapshots are not written."""
+        return np.zeros(0) if self.store is None else self.store.times(t_from, t_to)
+
+    def _require_store(self) -> SnapshotStore:
+        if self.store is None:
+            raise NoSnapshotError("snapshots are not written by this server (it has no data directory)")
+        return self.store
+
+
+def _with_frame(answer: CongestionAnswer, frame: pl.DataFrame) -> CongestionAnswer:
+    return CongestionAnswer(frame, answer.as_of_t_s, answer.source, answer.network_version)
+
+
+def _range(t_from: float | None, t_to: float | None, now_s: float) -> tuple[float, float]:
+    t_to = now_s if t_to is None else t_to
+    t_from = t_to - DEFAULT_HISTORY_S if t_from is None else t_from
+    if t_from > t_to:
+        raise SnapshotQueryError(f"`from` ({t_from:g}) is after `to` ({t_to:g})")
+    return t_from, t_to
