@@ -40,7 +40,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--refresh-s", type=float, default=1.0, help="estimator publication interval")
     p.add_argument("--idle-flush-s", type=float, default=60.0,
                    help="flush a vehicle silent for this long (event s)")
+    p.add_argument("--snapshot-every", type=parse_duration, default=60.0, metavar="DURATION",
+                   help="write congestion snapshots into DATA_DIR/snapshots every DURATION of "
+                        "event time (seconds, or with s/m/h/d; 0 turns them off; default 60 s)")
+    p.add_argument("--snapshot-retention", type=parse_duration, default=7 * 86400.0,
+                   metavar="DURATION", help="delete snapshots older than DURATION of event time "
+                                            "(0 keeps all; default 7d)")
     p.set_defaults(func=run)
+
+
+def parse_duration(value: str) -> float:
+    """``"90"``, ``"90s"``, ``"15m"``, ``"6h"``, ``"7d"`` -> seconds (>= 0)."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    text = value.strip().lower()
+    scale = units.get(text[-1:], None)
+    try:
+        seconds = float(text[:-1] if scale is not None else text) * (scale or 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"duration must be seconds or a number with s/m/h/d (e.g. 7d); got {value!r}") from None
+    if not seconds >= 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"duration must be a finite number >= 0; got {value!r}")
+    return seconds
 
 
 def parse_speed(value: str) -> float | None:
@@ -66,6 +87,8 @@ def build_services(args: argparse.Namespace, net: Any, clock: str) -> Any:
         router_replicas=0 if args.no_ray else args.router_replicas,
         cache_dir=str(data_dir / "cache"), data_dir=str(data_dir),
         ingest=replace(IngestConfig(), idle_flush_s=args.idle_flush_s),
+        snapshot_every_s=getattr(args, "snapshot_every", 60.0) or None,
+        snapshot_retention_s=getattr(args, "snapshot_retention", 7 * 86400.0) or None,
     )
     if args.no_ray:
         return LocalServices(net, cfg)
