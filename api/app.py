@@ -15,8 +15,10 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import register_error_handlers
+from api.limits import LimitsMiddleware
 from api.metrics import Metrics
 from api.routes import network, probes, routing, status
+from api.security import AuthMiddleware, warn_if_open
 from api.settings import Settings
 from workers.services import NotReady
 
@@ -66,6 +68,7 @@ def create_app(services: Any, settings: Settings | None = None, *,
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        warn_if_open(settings.api_keys)
         services.start()
         yield
         if close_services:
@@ -93,5 +96,10 @@ def create_app(services: Any, settings: Settings | None = None, *,
         """Does nothing: the baseline the route benchmark compares against."""
         return {"ok": True}
 
+    # Outermost last: metrics see every answer; keys are checked before limits count a
+    # caller's rate, and both answer before the body is read.
+    app.add_middleware(LimitsMiddleware, limits=settings.limits())
+    app.add_middleware(AuthMiddleware, keys=settings.api_keys,
+                       protect_reads=settings.protect_reads)
     app.add_middleware(_MetricsMiddleware, metrics=app.state.metrics)
     return app

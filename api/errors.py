@@ -7,12 +7,14 @@ Handlers translate our exception classes (``graph.errors.NetworkError``,
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Send
 
 from graph.errors import (
     NetworkError,
@@ -61,6 +63,16 @@ def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     return {"code": code, "message": message, "details": details}
 
 
+async def send_error(send: Send, status: int, code: str, message: str, details: Any,
+                     headers: dict[str, str]) -> None:
+    """Answer with the error shape straight from an ASGI middleware (no handler ran)."""
+    body = json.dumps(error_body(code, message, details)).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
 def _network_error_status(exc: NetworkError) -> tuple[int, str]:
     if isinstance(exc, NoCandidateError):
         return 422, "no_segment"
@@ -96,6 +108,7 @@ _HTTP_CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     409: "conflict",
     413: "too_big",
     415: "unsupported_media_type",

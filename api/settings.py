@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from api.limits import MIB, Limits
+from api.security import KeyRing
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -28,6 +31,21 @@ class Settings:
     profile_horizon_s
         A ``depart_at`` more than this many seconds after the newest estimate uses the
         time-of-week profile (where one has been learned) instead of the live estimate.
+    api_keys
+        Keys and roles (``api.security``); empty: the server is open and warns at start.
+    protect_reads
+        Reads need a key with role ``reader`` too (writes always need their role).
+    max_body_bytes
+        Largest request body (413 from ``Content-Length`` before reading, or when a chunked
+        body passes it); probes, tables and uploads have their own limits below.
+    max_probe_body_bytes, max_table_body_bytes
+        Body limits of ``POST /v1/probes`` and ``POST /v1/table``.
+    body_timeout_s
+        Seconds a request body may take to arrive in full (408 after).
+    rate_per_s, rate_burst
+        Token bucket per API key (per client address when open); ``None``: no rate limit.
+    keep_alive_s
+        Seconds an idle keep-alive connection is held (uvicorn ``timeout_keep_alive``).
     """
 
     clock: Literal["wall", "event"] = "wall"
@@ -40,3 +58,24 @@ class Settings:
     max_snap_m: float = 200.0
     profile_horizon_s: float = 900.0
     title: str = "traffic"
+    api_keys: KeyRing = KeyRing()
+    protect_reads: bool = False
+    max_body_bytes: int = 64 * MIB
+    max_probe_body_bytes: int = 16 * MIB
+    max_table_body_bytes: int = 1 * MIB
+    body_timeout_s: float = 60.0
+    rate_per_s: float | None = None
+    rate_burst: int = 20
+    keep_alive_s: float = 5.0
+
+    def limits(self) -> Limits:
+        """The request limits these settings ask for."""
+        return Limits(
+            max_body_bytes=self.max_body_bytes,
+            body_limits={("POST", "/v1/probes"): self.max_probe_body_bytes,
+                         ("POST", "/v1/table"): self.max_table_body_bytes,
+                         ("PUT", "/v1/network"): self.max_upload_bytes},
+            body_timeout_s=self.body_timeout_s,
+            rate_per_s=self.rate_per_s,
+            rate_burst=self.rate_burst,
+        )
