@@ -159,3 +159,21 @@ def test_parse_api_keys_roles_comments_and_errors(tmp_path):
     assert "sekrit" not in str(err.value)
     with pytest.raises(ApiKeyConfigError, match="cannot read"):
         load_api_keys(file=tmp_path / "missing")
+
+
+def test_http_settings_reads_env_and_file(tmp_path, monkeypatch):
+    import argparse
+
+    from traffic.cli.serve import http_settings
+
+    f = tmp_path / "keys"
+    f.write_text("adm:network-admin\n")
+    monkeypatch.setenv("TRAFFIC_API_KEYS", "w:probe-writer")
+    args = argparse.Namespace(api_keys=str(f), protect_reads=True, rate_per_s=5.0)
+    s = http_settings(args, "wall")
+    assert s.protect_reads and s.rate_per_s == 5.0
+    assert s.api_keys.roles[s.api_keys.identify("adm")] == {"network-admin"}
+    assert s.api_keys.roles[s.api_keys.identify("w")] == {"probe-writer"}
+    monkeypatch.delenv("TRAFFIC_API_KEYS")
+    args = argparse.Namespace(api_keys=None, protect_reads=False, rate_per_s=None)
+    assert http_settings(args, "wall").api_keys.open

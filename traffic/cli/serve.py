@@ -46,7 +46,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--snapshot-retention", type=parse_duration, default=7 * 86400.0,
                    metavar="DURATION", help="delete snapshots older than DURATION of event time "
                                             "(0 keeps all; default 7d)")
+    p.add_argument("--api-keys", metavar="FILE", default=None,
+                   help="API keys, one `key:role` per line (roles: reader, probe-writer, "
+                        "network-admin); merged with TRAFFIC_API_KEYS=key:role,...; none: open")
+    p.add_argument("--protect-reads", action="store_true",
+                   help="reads need a key with role `reader` too")
+    p.add_argument("--rate-per-s", type=float, default=None,
+                   help="requests/s per API key (per client address when open); default: no limit")
     p.set_defaults(func=run)
+
+
+def http_settings(args: argparse.Namespace, clock: str) -> Any:
+    """The API settings from the arguments and ``TRAFFIC_API_KEYS`` (read only here)."""
+    import os
+
+    from api.security import load_api_keys
+    from api.settings import Settings
+
+    keys = load_api_keys(env_value=os.environ.get("TRAFFIC_API_KEYS"),
+                         file=getattr(args, "api_keys", None))
+    return Settings(clock=clock, api_keys=keys,
+                    protect_reads=bool(getattr(args, "protect_reads", False)),
+                    rate_per_s=getattr(args, "rate_per_s", None))
 
 
 def parse_duration(value: str) -> float:
@@ -128,20 +149,21 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.app import create_app
-    from api.settings import Settings
     from graph.io import load_network
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     Path(args.data_dir).mkdir(parents=True, exist_ok=True)
     clock = args.clock or ("event" if args.replay else "wall")
+    settings = http_settings(args, clock)  # bad key configuration fails before the load
     t0 = time.perf_counter()
     net = load_network(args.network)
     print(f"traffic serve: network {net.name or args.network} ({net.n_nodes} nodes, "
           f"{net.n_edges} edges, version {net.version}) loaded in {time.perf_counter() - t0:.1f} s",
           file=sys.stderr)
     services = build_services(args, net, clock)
-    app = create_app(services, Settings(clock=clock), close_services=True)
+    app = create_app(services, settings, close_services=True)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+                            timeout_keep_alive=int(settings.keep_alive_s),
                             access_log=False)
     server = uvicorn.Server(config)
     source = start_source(args, services, net)
