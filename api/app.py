@@ -90,6 +90,7 @@ def create_app(services: Any, settings: Settings | None = None, *,
 
     for module in (routing, probes, network, status):
         app.include_router(module.router)
+    _include_congestion_and_map(app)
 
     @app.get("/v1/noop", include_in_schema=False)
     def noop() -> dict[str, bool]:
@@ -103,3 +104,11 @@ def create_app(services: Any, settings: Settings | None = None, *,
                        protect_reads=settings.protect_reads)
     app.add_middleware(_MetricsMiddleware, metrics=app.state.metrics)
     return app
+
+
+def _include_congestion_and_map(app: FastAPI) -> None:
+    """Analysts' routes: ``/v1/congestion*`` and the live map page at ``/``."""
+    from api.routes import congestion, map as map_page
+
+    app.include_router(congestion.router)
+    app.include_router(map_page.router)
