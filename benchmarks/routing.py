@@ -26,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from graph.cch import QuerySlots, customize, prepare_cch  # noqa: E402
+from graph.cch import QueryCache, customize, prepare_cch  # noqa: E402
 from graph.dijkstra import dijkstra  # noqa: E402
 from graph.network import banned_turns  # noqa: E402
 from graph.router import Router  # noqa: E402
@@ -79,11 +79,11 @@ def bench(args: argparse.Namespace) -> str:
     assert metric is not None
     w = metric.travel_time_s
 
-    slots = QuerySlots()
+    queries = QueryCache()
     ts, durs = [], {}
     for s, t in pairs.tolist():
         t0 = time.perf_counter()
-        res = metric.route_nodes(s, t, slots=slots)
+        res = metric.route_nodes(s, t, queries=queries)
         ts.append(time.perf_counter() - t0)
         durs[(s, t)] = None if res is None else res.duration_s
     q50, q99 = _pct(ts)

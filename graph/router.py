@@ -6,22 +6,33 @@ travel-time vector and swaps it in (one attribute store, under a lock that only 
 concurrent swaps); a query reads the attribute once and works on that metric to the end, so it
 never sees a half-customized one and never waits for a customization in progress.
 
-Threads: RoutingKit's query objects belong to the thread that made them, so the router keeps
-one per thread (:class:`graph.cch.QuerySlots`); a thread that goes idle keeps its last metric
-alive until its next query or its exit.
+Threads: RoutingKit's query objects belong to the thread that made them, so the router runs
+its CCH searches on a small pool of its own threads (:class:`graph.query_threads.QueryThreads`)
+that own them; the calling thread snaps points and builds geometry, and hands the search over.
+A replaced metric's query objects are dropped by their owning threads, and the threads exit when
+the router is closed or garbage-collected, from any thread: no leak, no unraisable errors.
+
+Departures in the future: the caller (the live service) knows the time-of-week profiles; it
+customizes one with :meth:`Router.customize_profile` under a key of its choosing (e.g. the
+time-of-week bin) and routes on it with ``route(..., profile=key)``. The router keeps the
+``profile_cache`` most recently used profile metrics.
 """
 
 from __future__ import annotations
 
 import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from graph.cch import CCHIndex, Metric, PathResult, QuerySlots, customize, prepare_cch
+from graph.cch import CCHIndex, Metric, PathResult, customize, prepare_cch
 from graph.errors import NoCandidateError, NoRouteError
 from graph.network import RoadNetwork
+from graph.query_threads import QueryThreads
 from graph.spatial import DEFAULT_SNAP_RADIUS_M, SpatialIndex, build_spatial_index, candidates
 
 #: Weights version of the metric a router starts with (free-flow travel times).
@@ -80,13 +91,19 @@ class Router:
         Where :func:`graph.cch.prepare_cch` caches the node order per network version.
     spatial
         A spatial index of ``net`` (built if not given).
+    query_threads
+        Threads that own the RoutingKit query objects and run the searches.
+    profile_cache
+        How many profile metrics (:meth:`customize_profile`) to keep, least recently used out.
 
-    The router starts on free-flow travel times (weights version ``"freeflow"``).
+    The router starts on free-flow travel times (weights version ``"freeflow"``). Call
+    :meth:`close` (or drop the router) to stop its threads.
     """
 
     def __init__(
         self, net: RoadNetwork, *, index: CCHIndex | None = None,
         cache_dir: str | None = None, spatial: SpatialIndex | None = None,
+        query_threads: int = 2, profile_cache: int = 4,
     ) -> None:
         if index is not None and index.network_version != net.version:
             raise ValueError(
@@ -99,8 +116,17 @@ class Router:
         self._freeflow_s = net.edge_freeflow_time_s
         self._pt_cum_m = _point_positions_m(net, self.spatial)
         self._swap_lock = threading.Lock()
-        self._slots = QuerySlots()
         self._metric: Metric = customize(self.index, self._freeflow_s, FREEFLOW_VERSION)
+        self._profiles: OrderedDict[Hashable, Metric] = OrderedDict()
+        self._profile_cache = int(profile_cache)
+        self._threads = QueryThreads(query_threads)
+        self._threads.retain((self._metric,))
+        # Stops the threads when the router is dropped; holds no reference to the router.
+        self._finalizer = weakref.finalize(self, self._threads.close)
+
+    def close(self) -> None:
+        """Stop the query threads (they drop their RoutingKit objects); later queries raise."""
+        self._finalizer()
 
     @property
     def weights_version(self) -> str:
@@ -116,15 +142,51 @@ class Router:
         metric = customize(self.index, travel_time_s, version)
         with self._swap_lock:
             self._metric = metric
+            self._retain()
+
+    def customize_profile(self, key: Hashable, travel_time_s: np.ndarray, version: str) -> None:
+        """Customize travel times for a profile (e.g. a time-of-week bin) kept under ``key``.
+
+        Routes ask for it with ``profile=key``. The ``profile_cache`` most recently used
+        profiles are kept; customizing an existing key replaces it.
+        """
+        metric = customize(self.index, travel_time_s, version)
+        with self._swap_lock:
+            self._profiles[key] = metric
+            self._profiles.move_to_end(key)
+            while len(self._profiles) > self._profile_cache:
+                self._profiles.popitem(last=False)
+            self._retain()
+
+    def has_profile(self, key: Hashable) -> bool:
+        """Whether a profile metric is customized under ``key``."""
+        return key in self._profiles
+
+    def _retain(self) -> None:
+        self._threads.retain((self._metric, *self._profiles.values()))
+
+    def _metric_for(self, profile: Hashable | None) -> Metric:
+        if profile is None:
+            return self._metric
+        try:
+            metric = self._profiles[profile]
+        except KeyError:
+            raise KeyError(f"profile {profile!r} is not customized on this router "
+                           f"(call customize_profile first)") from None
+        try:
+            self._profiles.move_to_end(profile)
+        except KeyError:  # evicted meanwhile by another thread: still usable for this query
+            pass
+        return metric
 
     def route(
         self, from_latlon: tuple[float, float], to_latlon: tuple[float, float], *,
-        depart_at: float | None = None, max_snap_m: float = DEFAULT_SNAP_RADIUS_M,
+        max_snap_m: float = DEFAULT_SNAP_RADIUS_M, profile: Hashable | None = None,
     ) -> Route:
         """Fastest route between two points, each snapped to its nearest road.
 
-        ``depart_at`` (unix s) is accepted and ignored for now: routes use the current travel
-        times (profile-based ETAs for future departures come with the live service).
+        Uses the live travel times, or with ``profile`` the profile metric customized under
+        that key (:meth:`customize_profile`; a ``KeyError`` if there is none).
 
         Raises
         ------
@@ -133,13 +195,13 @@ class Router:
         NoRouteError
             When the destination cannot be reached.
         """
-        metric = self._metric
+        metric = self._metric_for(profile)
         lat = np.array([from_latlon[0], to_latlon[0]], dtype=np.float64)
         lon = np.array([from_latlon[1], to_latlon[1]], dtype=np.float64)
         point, edge, offset = self._snap(lat, lon, max_snap_m, labels=("origin", "destination"))
         s, d = point == 0, point == 1
         frac = _fractions(offset, self.net.edge_length_m[edge])
-        res = metric.route_positions(edge[s], frac[s], edge[d], frac[d], slots=self._slots)
+        res = self._threads.call(metric.route_positions, edge[s], frac[s], edge[d], frac[d])
         if res is None:
             raise NoRouteError(
                 f"no route from (lat={lat[0]:.6f}, lon={lon[0]:.6f}) to "
@@ -161,7 +223,7 @@ class Router:
             if not 0 <= v < n:
                 raise ValueError(f"{name} {v} is not a node of this network (0..{n - 1})")
         metric = self._metric
-        res = metric.route_nodes(int(source_node), int(target_node), slots=self._slots)
+        res = self._threads.call(metric.route_nodes, int(source_node), int(target_node))
         if res is None:
             raise NoRouteError(f"no route from node {source_node} to node {target_node}")
         edges = res.edges
@@ -179,26 +241,27 @@ class Router:
 
     def table(
         self, sources_latlon: np.ndarray, destinations_latlon: np.ndarray, *,
-        max_snap_m: float = DEFAULT_SNAP_RADIUS_M,
+        max_snap_m: float = DEFAULT_SNAP_RADIUS_M, profile: Hashable | None = None,
     ) -> np.ndarray:
         """Durations (s) from every source point to every destination point.
 
         Points are ``(k, 2)`` arrays of ``(lat, lon)``. Returns ``float64[n_src, n_dst]``,
-        ``inf`` where unreachable; millisecond precision (see :mod:`graph.cch`).
+        ``inf`` where unreachable; millisecond precision (see :mod:`graph.cch`). ``profile``
+        as in :meth:`route`.
 
         Raises
         ------
         NoCandidateError
             When a point has no road within ``max_snap_m``.
         """
-        metric = self._metric
+        metric = self._metric_for(profile)
         src = _as_points(sources_latlon, "sources_latlon")
         dst = _as_points(destinations_latlon, "destinations_latlon")
         sp, se, so = self._snap(src[:, 0], src[:, 1], max_snap_m)
         dp, de, do = self._snap(dst[:, 0], dst[:, 1], max_snap_m)
         length = self.net.edge_length_m
         sf, df = _fractions(so, length[se]), _fractions(do, length[de])
-        return metric.table(sp, se, sf, len(src), dp, de, df, len(dst))
+        return self._threads.call(metric.table, sp, se, sf, len(src), dp, de, df, len(dst))
 
     # -- internals -------------------------------------------------------------------------
     def _snap(

@@ -200,3 +200,145 @@ def test_table_rejects_far_points():
     _, r = _street()
     with pytest.raises(NoCandidateError, match="point 1"):
         r.table(np.array([[0.0, 0.0005]]), np.array([[0.0, 0.0005], [1.0, 1.0]]))
+
+
+def test_table_many_to_one_matches_one_to_many(kbh):
+    net, r = kbh
+    rng = np.random.default_rng(12)
+    min_lon, min_lat, max_lon, max_lat = net.bbox
+    pts = np.column_stack([rng.uniform(min_lat, max_lat, 80), rng.uniform(min_lon, max_lon, 80)])
+    edge, _, _ = nearest_edges(r.spatial, pts[:, 0], pts[:, 1], max_distance_m=200)
+    pts = pts[edge >= 0][:15]
+    wide = r.table(pts[:3], pts[3:])  # 3 x 12: one-to-many sweeps from the sources
+    tall = r.table(pts[3:], pts[:3])  # 12 x 3: many-to-one sweeps towards the destinations
+    for i in range(3):
+        for j in range(3, len(pts)):
+            try:
+                d = r.route(tuple(pts[i]), tuple(pts[j])).duration_s
+            except NoRouteError:
+                d = np.inf
+            assert wide[i, j - 3] == pytest.approx(d, abs=0.05)
+            try:
+                d = r.route(tuple(pts[j]), tuple(pts[i])).duration_s
+            except NoRouteError:
+                d = np.inf
+            assert tall[j - 3, i] == pytest.approx(d, abs=0.05)
+
+
+def test_customize_profile_routes_on_the_profile_and_evicts():
+    net, r = _street()
+    slow = net.edge_freeflow_time_s.copy()
+    slow[[3, 1]] *= 10
+    r.customize_profile(("bin", 32), slow, "profile:32")
+    assert r.has_profile(("bin", 32))
+    live, prof = r.route_nodes(2, 0), r.route(
+        (0.0, 0.0019), (0.0, 0.0001), profile=("bin", 32))
+    assert live.edge_ids.tolist() == [3, 1] and live.weights_version == "freeflow"
+    assert prof.weights_version == "profile:32" and prof.edge_ids.tolist()[1:-1] == [4, 5]
+    assert r.table(np.array([[0.0, 0.0019]]), np.array([[0.0, 0.0001]]), profile=("bin", 32))[0, 0] \
+        == pytest.approx(prof.duration_s, abs=1e-2)
+    for k in range(6):  # profile_cache=4: the oldest go
+        r.customize_profile(k, net.edge_freeflow_time_s, f"p{k}")
+    assert not r.has_profile(("bin", 32)) and r.has_profile(5) and not r.has_profile(1)
+    with pytest.raises(KeyError, match="not customized"):
+        r.route((0.0, 0.0019), (0.0, 0.0001), profile=("bin", 32))
+
+
+def _capture_unraisable(monkeypatch):
+    import sys
+
+    caught: list = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: caught.append(repr(u.exc_value)))
+    return caught
+
+
+def test_router_created_and_dropped_across_threads_raises_nothing(kbh, monkeypatch):
+    import gc
+
+    net, shared = kbh
+    caught = _capture_unraisable(monkeypatch)
+    routers: list = []
+    errors: list = []
+    made = threading.Barrier(3)
+
+    def make_and_query(seed):
+        try:
+            router = Router(net, index=shared.index, spatial=shared.spatial)
+            routers.append(router)
+            made.wait()
+            rng = np.random.default_rng(seed)
+            for k in range(3):  # every thread queries every router, and re-customizes its own
+                for other in list(routers):
+                    for s, t in rng.integers(0, net.n_nodes, (10, 2)):
+                        try:
+                            other.route_nodes(int(s), int(t))
+                        except NoRouteError:
+                            pass
+                router.customize(net.edge_freeflow_time_s * (1 + k), f"v{k}")
+                router.customize_profile(k, net.edge_freeflow_time_s, f"p{k}")
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=make_and_query, args=(i,)) for i in range(3)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors[0]
+    pools = [r._threads for r in routers]
+    # Drop one router here (the main thread) and two from other threads.
+    del routers[0]
+    droppers = [threading.Thread(target=routers.pop) for _ in range(2)]
+    for th in droppers:
+        th.start()
+        th.join()
+    gc.collect()
+    for pool in pools:
+        for th in pool._threads:
+            th.join(5)
+        assert pool.alive() == 0
+    gc.collect()
+    assert caught == []
+
+
+def test_recustomizing_does_not_accumulate_metrics(kbh, monkeypatch):
+    import gc
+
+    from graph.cch import Metric
+
+    net, shared = kbh
+    caught = _capture_unraisable(monkeypatch)
+    r = Router(net, index=shared.index, spatial=shared.spatial, profile_cache=2)
+    rng = np.random.default_rng(5)
+    stop = threading.Event()
+
+    def load():
+        while not stop.is_set():
+            s, t = rng.integers(0, net.n_nodes, 2)
+            try:
+                r.route_nodes(int(s), int(t))
+            except NoRouteError:
+                pass
+
+    def live_metrics():
+        gc.collect()
+        return sum(isinstance(o, Metric) for o in gc.get_objects())
+
+    base = live_metrics()
+    th = threading.Thread(target=load)
+    th.start()
+    for k in range(50):
+        r.customize(net.edge_freeflow_time_s * rng.uniform(1, 2, net.n_edges), f"v{k}")
+        r.customize_profile(k % 5, net.edge_freeflow_time_s, f"p{k}")
+    stop.set()
+    th.join()
+    r.route_nodes(0, 1) if net.n_nodes > 1 else None
+    # Each pool thread holds query objects for current metrics only (one live + two profiles).
+    for cache in r._threads._state.caches.values():
+        assert len(cache) <= 3
+    assert live_metrics() <= base + 2  # the two profiles added; replaced ones are gone
+    r.close()
+    assert r._threads.alive() == 0
+    with pytest.raises(RuntimeError, match="closed"):
+        r.route_nodes(0, 1)
+    assert caught == []
