@@ -313,7 +313,6 @@ class RayPipeline(ServiceBase):
                 self.router_actors = prepared
             else:
                 prepared.update(pub.version, pub.weights_t, pub.travel_time_s)
-                self._retired.append(self.router)  # see ServiceBase._retired
                 self.router = prepared
             self.net, self.loaded_at = net, time.time()
         finally:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -46,15 +45,12 @@ class RouterCore:
 
         self.net = net
         self._cache_dir = cache_dir
-        self.router = Router(net, index=index, cache_dir=cache_dir)
+        self.router = Router(net, index=index, cache_dir=cache_dir, profile_cache=profile_cache)
         #: Publication number of the live weights (0: free-flow, before any publication).
         self.weights_version = 0
         self.weights_t: float | None = None
         self.updated_wall_s = time.time()
         self.customize_s = 0.0
-        self._profile: OrderedDict[Any, Any] = OrderedDict()
-        self._profile_cache = int(profile_cache)
-        self._retired: list[Any] = []
         self._lock = threading.Lock()
 
     @property
@@ -98,10 +94,16 @@ class RouterCore:
         With ``profile=(key, travel_time_s)`` the route uses those (time-of-week) travel
         times, customized once per ``key`` and cached.
         """
-        router, basis = self.router, "live"
+        basis, key = "live", None
         if profile is not None:
-            router, basis = self._profile_router(*profile), "profile"
-        res = router.route(tuple(from_latlon), tuple(to_latlon), max_snap_m=max_snap_m)
+            basis, key = "profile", profile[0]
+            if not self.router.has_profile(key):
+                with self._lock:  # one customization at a time
+                    if not self.router.has_profile(key):
+                        self.router.customize_profile(
+                            key, np.asarray(profile[1], dtype=np.float64), f"profile:{key[-1]}")
+        res = self.router.route(tuple(from_latlon), tuple(to_latlon), max_snap_m=max_snap_m,
+                                profile=key)
         out = dict(res.to_json())
         out["weights_t"] = self.weights_t if basis == "live" else None
         out["basis"] = basis
@@ -115,26 +117,11 @@ class RouterCore:
         mat = self.router.table(np.asarray(sources, dtype=np.float64).reshape(-1, 2),
                                 np.asarray(destinations, dtype=np.float64).reshape(-1, 2),
                                 max_snap_m=max_snap_m)
-        rows = [[None if not np.isfinite(v) else float(v) for v in row] for row in mat]
+        cells = mat.astype(object)
+        cells[~np.isfinite(mat)] = None
+        rows = cells.tolist()
         return {"durations_s": rows, "network_version": self.net.version,
                 "weights_version": self.router.weights_version, "weights_t": self.weights_t}
-
-    def _profile_router(self, key: Any, travel_time_s: np.ndarray) -> Any:
-        from graph.router import Router
-
-        with self._lock:
-            router = self._profile.get(key)
-            if router is None:
-                router = Router(self.net, index=self.router.index, spatial=self.router.spatial)
-                router.customize(np.asarray(travel_time_s, dtype=np.float64), f"profile:{key[-1]}")
-                self._profile[key] = router
-                while len(self._profile) > self._profile_cache:
-                    # Kept, not dropped: graph.router's per-thread query objects may only be
-                    # dropped by their own threads.
-                    self._retired.append(self._profile.popitem(last=False)[1])
-            else:
-                self._profile.move_to_end(key)
-        return router
 
     def stats(self) -> dict[str, Any]:
         """Versions and the last customization's cost."""

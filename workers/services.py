@@ -147,10 +147,6 @@ class ServiceBase:
         self._ticker: threading.Thread | None = None
         self._stop = threading.Event()
         self._watermark: float | None = None
-        # Routers replaced by a network swap. graph.router keeps RoutingKit query objects per
-        # thread, and those may only be dropped by their own thread; dropping a router from the
-        # job thread raises in RoutingKit, so retired routers are kept (one per swap).
-        self._retired: list[Any] = []
         self._congestion = _congestion_queries(config)
 
     # -- clock --------------------------------------------------------------------------
@@ -503,6 +499,6 @@ class LocalServices(ServiceBase):
             carried = self.estimator.remap_to(net)
             pub = self.estimator.publish()
             prepared.update(pub.version, pub.weights_t, pub.travel_time_s)
-            self._retired.append(self.router)
+            # The replaced router stops its query threads when its last in-flight query ends.
             self.net, self.router, self.loaded_at = net, prepared, time.time()
         return carried
