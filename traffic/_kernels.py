@@ -11,6 +11,9 @@ Two kernels implement one estimator update on the GPU (the NumPy twin is in
 ``traffic_apply_pace`` (ElementwiseKernel, one thread per segment)
     blends those sums into the state in place.
 
+On the CPU, :func:`cpu_fold_apply` runs the same update as one fused numba kernel
+(:mod:`traffic._cpu_kernels`, loaded by :func:`cpu_kernels`; ``None`` without numba).
+
 CuPy is imported only when a wrapper is first called; kernels are built once per process
 (module-level lazily filled cache keyed by name, never rebuilt per call). Wrappers check
 dtype (``float32``/``int32``/``float64`` as documented), C-contiguity and lengths before
@@ -105,6 +108,20 @@ def _cupy() -> ModuleType:
         raise KernelInputError(
             "the GPU kernels need CuPy (pip install '.[gpu]' on a CUDA machine)") from err
     return cupy
+
+
+@functools.cache
+def cpu_kernels() -> ModuleType | None:
+    """The numba kernel module :mod:`traffic._cpu_kernels`, or ``None`` where numba is absent.
+
+    Imported (and numba with it) on first call, then cached; a numba that fails to import
+    (absent, or built for another NumPy) counts as absent.
+    """
+    try:
+        from traffic import _cpu_kernels
+    except ImportError:
+        return None
+    return _cpu_kernels
 
 
 @functools.cache
@@ -206,3 +223,79 @@ def apply_pace(
         return
     apply_kernel()(*sums, np.float64(t_s), np.float32(inv_tau), np.float32(log_erosion),
                    mu, c, var, last, count)
+
+
+_SCRATCH = "cpu_fold_buffers"
+# Segments per cache window of the CPU kernel (2**12: ~300 KB of state and sums, inside L2).
+CPU_WINDOW_SHIFT = 12
+
+
+def cpu_fold_apply(
+    edge: np.ndarray, pace: np.ndarray, weight: np.ndarray, t_obs: np.ndarray | None, *,
+    mu: np.ndarray, c: np.ndarray, var: np.ndarray, prior: np.ndarray, last: np.ndarray,
+    count: np.ndarray, scratch: dict[str, Any], t_s: float, params: dict[str, float],
+) -> int:
+    """Fold traversals into a host state in place with the fused numba kernel.
+
+    Parameters
+    ----------
+    edge, pace, weight, t_obs
+        Per traversal: ``int32`` segment ids, pace (s/m) and weight in the state's float
+        dtype, ``float64`` observation times (``None``: observed at ``t_s``).
+    mu, c, var, prior, last, count
+        Per segment state: ``float32`` or ``float64`` (one dtype), ``float64`` last update
+        time, ``int32`` count; updated in place.
+    scratch
+        A dict owned by the state (``EstimatorState.extra``): keeps the kernel's n-long
+        bucketing buffers between calls (grown when a batch is larger).
+    t_s
+        Update time (unix s).
+    params
+        :meth:`traffic.estimator.EstimatorConfig.kernel_params`.
+
+    Returns
+    -------
+    int
+        Number of segments the batch touched.
+
+    Raises
+    ------
+    KernelInputError
+        When numba is absent, or an array has the wrong dtype, layout or length.
+    traffic.errors.TraversalBatchError
+        When an edge id is outside ``0..m-1`` (checked before anything is written).
+    """
+    from traffic.errors import TraversalBatchError
+
+    kernels = cpu_kernels()
+    if kernels is None:
+        raise KernelInputError("the fused CPU kernel needs numba (pip install numba)")
+    n = int(edge.shape[0]) if hasattr(edge, "shape") else -1
+    m = int(mu.shape[0]) if hasattr(mu, "shape") else -1
+    fdt = getattr(mu, "dtype", None)
+    if fdt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise KernelInputError(f"`mu` must be a float32 or float64 array; got {fdt}")
+    _check("edge", edge, np.int32, None)
+    for name, a in (("pace", pace), ("weight", weight)):
+        _check(name, a, fdt, n)
+    if t_obs is not None:
+        _check("t_obs", t_obs, np.float64, n)
+    for name, a in (("c", c), ("var", var), ("prior", prior)):
+        _check(name, a, fdt, m)
+    _check("last", last, np.float64, m)
+    _check("count", count, np.int32, m)
+    bad = int(kernels.first_out_of_range(edge, m))
+    if bad >= 0:
+        raise TraversalBatchError(
+            f"`edge` must be within 0..{m - 1}; got {int(edge[bad])} at index {bad}")
+    buf = scratch.get(_SCRATCH)
+    if buf is None or buf[0].shape[0] < n:
+        # Reused between calls: fresh n-long buffers would page-fault on every update.
+        buf = scratch[_SCRATCH] = (np.empty(n, np.int32), np.empty(n), np.empty(n))
+    t_arr = np.empty(0, dtype=np.float64) if t_obs is None else t_obs
+    p = params
+    return int(kernels.fold_apply(
+        edge, pace, weight, t_arr, mu, c, var, prior, last, count, *buf,
+        float(t_s), float(p["inv_tau"]), float(p["prior_weight"]), float(p["gate_sigma"]),
+        float(p["gate_min_weight"]), float(p["outlier_weight"]), float(p["min_rel"]),
+        float(p["log_erosion"]), float(p["min_pace"]), float(p["max_pace"]), CPU_WINDOW_SHIFT))

@@ -225,6 +225,8 @@ class EstimatorState:
     ``mu, c, var, prior`` share one float dtype (float64 on NumPy by default, float32 on
     CuPy); ``last_t_s`` is float64 (unix seconds need it); ``count`` is int32 (traversals
     folded, gated ones excluded). ``t_s`` is the event clock (latest update time).
+    ``extra`` holds scratch owned by this state (the CPU kernel's bucketing buffers), not
+    part of a checkpoint.
     """
 
     mu: Any
@@ -289,11 +291,16 @@ def fold_traversals(
     xp
         ``numpy`` or ``cupy``; default: the module of ``state.mu``.
     use_kernels
-        On CuPy, use the fused CUDA kernels (else the same array code as NumPy).
+        Use the fused kernels: on CuPy the CUDA kernels (float32 state), on NumPy the numba
+        kernel where numba can be imported (:func:`traffic._kernels.cpu_fold_apply`); else,
+        or with ``False``, the array code shared by NumPy and CuPy (the reference twin).
 
     Notes
     -----
-    Cost O(n + m): per-traversal gathers and a scatter-add, then one pass over the segments.
+    Array code: cost O(n + m), per-traversal gathers and scatter-adds, then one pass over the
+    segments (about 35 full-length NumPy passes for ``n = m``). The numba kernel buckets the
+    traversals by segment window, then folds and blends window by window while its state is
+    in cache, in float64 arithmetic; its buffers live in ``state.extra``.
     On CuPy it does not synchronize the device except to read ``max(t_obs_s)`` when
     ``t_s`` is not given.
     """
@@ -329,6 +336,11 @@ def fold_traversals(
         _kernels.apply_pace(sums, mu=state.mu, c=state.c, var=state.var, last=state.last_t_s,
                             count=state.count, t_s=clock, inv_tau=params["inv_tau"],
                             log_erosion=params["log_erosion"])
+    elif xp is numpy and use_kernels and _kernels.cpu_kernels() is not None:
+        _kernels.cpu_fold_apply(edge, pace, weight, t_obs, mu=state.mu, c=state.c,
+                                var=state.var, prior=state.prior, last=state.last_t_s,
+                                count=state.count, scratch=state.extra, t_s=clock,
+                                params=params)
     else:
         sums = _fold_sums_xp(xp, state, edge, pace, weight, t_obs, clock, params)
         _apply_sums_xp(xp, state, sums, clock, params)
