@@ -466,3 +466,63 @@ def test_fold_traversals_kernels_match_array_code(xp):
         assert not bad.any(), f"{key} differs first at segment {int(np.argmax(bad))}"
     got, want = host["count"]
     assert int(np.abs(got.astype(int) - want.astype(int)).sum()) <= 3
+
+
+def _cpu_kernel_case(rng, m: int, n: int, dtype, *, with_t_obs: bool = True):
+    """A state with evidence on part of the segments (gate closed there) and a batch."""
+    state = EstimatorState.initial(rng.uniform(0.03, 0.3, m), dtype=dtype)
+    some = rng.random(m) < 0.6
+    state.c[some] = rng.uniform(0.5, 12.0, some.sum())
+    state.mu[some] = state.prior[some] * rng.lognormal(0, 0.3, some.sum())
+    state.var[some] = (0.1 * state.mu[some]) ** 2 * rng.uniform(0, 2, some.sum())
+    state.last_t_s[some] = T0 - rng.uniform(0, 1200, some.sum())
+    edge, pace, weight, t_obs, _ = _random_stream(rng, m, n, T0, 120)
+    pace = np.asarray(state.prior, dtype=float)[edge] * rng.lognormal(0, 0.25, n)
+    pace[rng.random(n) < 0.08] *= 6  # outliers, gated where the evidence is strong
+    return state, (edge, pace.astype(dtype), weight.astype(dtype),
+                   t_obs if with_t_obs else None)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_fold_traversals_numba_matches_array_code(dtype):
+    """The fused numba kernel against the array code it twins, over several cache windows
+    (dense and sparse ones), with gated traversals, with and without observation times."""
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(7)
+    tol = dict(rtol=1e-10, atol=1e-14) if dtype == np.float64 else dict(rtol=1e-5, atol=1e-7)
+    gated_total = 0
+    for m, n, with_t in ((3, 50, True), (9000, 30000, True), (20000, 1500, True),
+                         (20000, 6000, False)):
+        state, (edge, pace, weight, t_obs) = _cpu_kernel_case(rng, m, n, dtype,
+                                                              with_t_obs=with_t)
+        a, b = (EstimatorState(**{k: getattr(state, k).copy() for k in
+                                  ("mu", "c", "var", "prior", "last_t_s", "count")})
+                for _ in range(2))
+        for k in range(3):
+            t_s = T0 + 60 * k
+            fold_traversals(a, edge, pace, weight, t_s, t_obs_s=t_obs, config=CONFIG)
+            fold_traversals(b, edge, pace, weight, t_s, t_obs_s=t_obs, config=CONFIG,
+                            use_kernels=False)
+        for key in ("mu", "c", "var", "last_t_s"):
+            got, want = getattr(a, key), getattr(b, key)
+            bad = ~np.isclose(got, want, **tol)
+            assert not bad.any(), f"m={m}: {key} differs first at segment {int(np.argmax(bad))}"
+        diff = np.abs(a.count.astype(int) - b.count)
+        assert diff.sum() <= (0 if dtype == np.float64 else 3), f"m={m}: counts differ"
+        gated_total += 3 * n - int(b.count.sum() - state.count.sum())
+    assert gated_total > 100  # the gate was exercised
+
+
+def test_kernels_cpu_fold_apply_invalid():
+    pytest.importorskip("numba")
+    state = _state(4)
+    args = dict(mu=state.mu, c=state.c, var=state.var, prior=state.prior,
+                last=state.last_t_s, count=state.count, scratch={}, t_s=T0,
+                params=CONFIG.kernel_params())
+    ones = np.ones(2)
+    with pytest.raises(TraversalBatchError, match="`edge` must be within 0..3; got 4 at index 1"):
+        _kernels.cpu_fold_apply(np.array([0, 4], np.int32), ones, ones, None, **args)
+    with pytest.raises(KernelInputError, match="`pace` must be a float64 array; got float32"):
+        _kernels.cpu_fold_apply(np.zeros(2, np.int32), ones.astype(np.float32), ones, None,
+                                **args)
+    assert state.count.sum() == 0 and state.c.sum() == 0  # nothing written
