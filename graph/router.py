@@ -41,6 +41,8 @@ FREEFLOW_VERSION = "freeflow"
 #: directions of a two-way road; every edge at a junction).
 SNAP_TIE_M = 0.01
 _MAX_SNAP_CANDIDATES = 16
+#: First snapping radius (m); points with no road this near are searched again up to the limit.
+FIRST_SNAP_M = 40.0
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -257,20 +259,42 @@ class Router:
         metric = self._metric_for(profile)
         src = _as_points(sources_latlon, "sources_latlon")
         dst = _as_points(destinations_latlon, "destinations_latlon")
-        sp, se, so = self._snap(src[:, 0], src[:, 1], max_snap_m)
-        dp, de, do = self._snap(dst[:, 0], dst[:, 1], max_snap_m)
-        length = self.net.edge_length_m
-        sf, df = _fractions(so, length[se]), _fractions(do, length[de])
-        return self._threads.call(metric.table, sp, se, sf, len(src), dp, de, df, len(dst))
+        both = np.concatenate([src, dst])
+        labels = tuple(f"source point {i}" for i in range(len(src))) + tuple(
+            f"destination point {j}" for j in range(len(dst)))
+        pt, edge, off = self._snap(both[:, 0], both[:, 1], max_snap_m, labels=labels)  # one batch
+        frac = _fractions(off, self.net.edge_length_m[edge])
+        s = pt < len(src)
+        d = ~s
+        return self._threads.call(metric.table, pt[s], edge[s], frac[s], len(src),
+                                  pt[d] - len(src), edge[d], frac[d], len(dst))
 
     # -- internals -------------------------------------------------------------------------
     def _snap(
         self, lat: np.ndarray, lon: np.ndarray, max_snap_m: float, *,
         labels: tuple[str, ...] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Equally-near candidate edges per point: ``(point, edge, offset_m)``, sorted by point."""
-        pi, ei, dist, off = candidates(self.spatial, lat, lon, radius_m=max_snap_m,
-                                       k=_MAX_SNAP_CANDIDATES)
+        """Equally-near candidate edges per point: ``(point, edge, offset_m)``, sorted by point.
+
+        Searches within :data:`FIRST_SNAP_M` first (most points lie near a road, and a small
+        radius finds far fewer segments to project on), then within ``max_snap_m`` for the
+        points whose nearest road (with its ties) is not surely inside the first radius.
+        """
+        r1 = min(max_snap_m, FIRST_SNAP_M)
+        pi, ei, dist, off = candidates(self.spatial, lat, lon, radius_m=r1, k=_MAX_SNAP_CANDIDATES)
+        if r1 < max_snap_m:
+            nearest = np.full(lat.shape[0], np.inf)
+            has, first = np.unique(pi, return_index=True)
+            nearest[has] = dist[first]  # the first candidate of each point is its nearest
+            again = np.flatnonzero(~(nearest <= r1 - SNAP_TIE_M))
+            if again.size:
+                pj, ej, dj, oj = candidates(self.spatial, lat[again], lon[again],
+                                            radius_m=max_snap_m, k=_MAX_SNAP_CANDIDATES)
+                keep = nearest[pi] <= r1 - SNAP_TIE_M
+                pi = np.concatenate([pi[keep], again[pj]])
+                ei, dist, off = (np.concatenate([a[keep], b]) for a, b in ((ei, ej), (dist, dj), (off, oj)))
+                order = np.lexsort((dist, pi))
+                pi, ei, dist, off = pi[order], ei[order], dist[order], off[order]
         found = np.zeros(lat.shape[0], dtype=bool)
         found[pi] = True
         if not found.all():

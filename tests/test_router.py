@@ -342,3 +342,25 @@ def test_recustomizing_does_not_accumulate_metrics(kbh, monkeypatch):
     with pytest.raises(RuntimeError, match="closed"):
         r.route_nodes(0, 1)
     assert caught == []
+
+
+def test_snap_two_radii_match_one_full_search(kbh):
+    from graph.router import FIRST_SNAP_M, SNAP_TIE_M
+    from graph.spatial import candidates
+
+    net, r = kbh
+    rng = np.random.default_rng(21)
+    min_lon, min_lat, max_lon, max_lat = net.bbox
+    lat, lon = rng.uniform(min_lat, max_lat, 400), rng.uniform(min_lon, max_lon, 400)
+    pi, _, _, _ = candidates(r.spatial, lat, lon, radius_m=150.0, k=16)
+    ok = np.unique(pi)  # points with a road within 150 m
+    lat, lon = lat[ok], lon[ok]
+    pi, ei, dist, off = candidates(r.spatial, lat, lon, radius_m=150.0, k=16)
+    first = np.searchsorted(pi, pi)
+    keep = dist <= dist[first] + SNAP_TIE_M
+    far = np.unique(pi[dist[first] > FIRST_SNAP_M])
+    assert far.size > 10  # the test covers points only the second radius finds
+    got = r._snap(lat, lon, 150.0)
+    np.testing.assert_array_equal(got[0], pi[keep])
+    np.testing.assert_array_equal(got[1], ei[keep])
+    np.testing.assert_allclose(got[2], off[keep])
