@@ -1,6 +1,7 @@
 """Benchmark the speed estimator update against a plain scatter-add of the same data.
 
-NumPy (default): batches of 1 M traversals into 1 M segments, ``fold_traversals`` vs one
+NumPy (default): batches of 1 M and 100 k traversals into 1 M segments, ``fold_traversals``
+(numba kernel and NumPy array code) vs one
 ``np.bincount`` of the same edges and paces, interleaved so both see the same machine load.
 ``--xp cupy`` (GPU): 10 M traversals into 10 M segments vs ``cupyx.scatter_add``, and a full
 update of 50 M segments (the apply pass, and a fold of 1 M traversals) vs one copy of the
@@ -49,24 +50,40 @@ def _stats(samples_s: list[float]) -> tuple[float, float]:
 
 
 def bench_numpy(n: int, m: int, repeats: int) -> list[tuple[str, float, float, str]]:
+    """The numba kernel, the NumPy array code (``use_kernels=False``) and a bincount peer,
+    interleaved per repeat; wall-clock medians/p99s, CPU-time medians in the note (the
+    machine is shared: CPU time leaves out waiting for a core)."""
     rng = np.random.default_rng(0)
     config = EstimatorConfig()
     edge, pace, weight, t_obs = _inputs(np, rng, n, m, np.float64)
-    state = _state(np, m, np.float64)
-    fold_traversals(state, edge, pace, weight, t_obs_s=t_obs, config=config)  # warm-up
-    fold_s, peer_s = [], []
+    has_numba = _kernels.cpu_kernels() is not None
+    paths = {"numba kernel": True, "NumPy array code": False} if has_numba else {
+        "NumPy array code": False}
+    states = {name: _state(np, m, np.float64) for name in paths}
+    for name, kern in paths.items():  # warm-up (and numba load/compile)
+        fold_traversals(states[name], edge, pace, weight, t_obs_s=t_obs, config=config,
+                        use_kernels=kern)
+    wall = {name: [] for name in [*paths, "np.bincount peer"]}
+    cpu = {name: [] for name in wall}
     for k in range(repeats):
-        t = time.perf_counter()
-        fold_traversals(state, edge, pace, weight, t_obs_s=t_obs + 60 * (k + 1), config=config)
-        fold_s.append(time.perf_counter() - t)
-        t = time.perf_counter()
+        for name, kern in paths.items():
+            t, c = time.perf_counter(), time.process_time()
+            fold_traversals(states[name], edge, pace, weight, t_obs_s=t_obs + 60 * (k + 1),
+                            config=config, use_kernels=kern)
+            wall[name].append(time.perf_counter() - t)
+            cpu[name].append(time.process_time() - c)
+        t, c = time.perf_counter(), time.process_time()
         np.bincount(edge, weights=pace, minlength=m)
-        peer_s.append(time.perf_counter() - t)
+        wall["np.bincount peer"].append(time.perf_counter() - t)
+        cpu["np.bincount peer"].append(time.process_time() - c)
     rows = []
-    for name, s in ((f"fold_traversals {n:,} into {m:,} (float64)", fold_s),
-                    (f"np.bincount peer {n:,} into {m:,}", peer_s)):
+    for name, s in wall.items():
         med, p99 = _stats(s)
-        rows.append((name, med, p99, f"{n / (med / 1e3) / 1e6:.1f} M traversals/s"))
+        cpu_med = _stats(cpu[name])[0]
+        label = name if name.startswith("np.") else f"fold_traversals, {name}"
+        rows.append((f"{label}: {n:,} into {m:,} (float64)", med, p99,
+                     f"{n / (med / 1e3) / 1e6:.1f} M traversals/s (CPU time {cpu_med:.1f} ms: "
+                     f"{n / (cpu_med / 1e3) / 1e6:.1f} M/s)"))
     return rows
 
 
@@ -155,17 +172,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--xp", choices=["numpy", "cupy"], default="numpy")
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--n", type=int, default=1_000_000, help="traversals (NumPy run)")
+    parser.add_argument("--n", type=int, nargs="+", default=[1_000_000, 100_000],
+                        help="traversals per batch (NumPy run; one table row group each)")
     parser.add_argument("--m", type=int, default=1_000_000, help="segments (NumPy run)")
     parser.add_argument("--no-append", action="store_true")
     parser.add_argument("--output", default="BENCHMARKS.md")
     args = parser.parse_args()
-    rows = bench_cupy(args.repeats) if args.xp == "cupy" else bench_numpy(args.n, args.m,
-                                                                           args.repeats)
+    if args.xp == "cupy":
+        rows = bench_cupy(args.repeats)
+    else:
+        rows = [r for n in args.n for r in bench_numpy(n, args.m, args.repeats)]
+    load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
     date = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip()
     lines = [
         f"\n## Estimator update (`python benchmarks/estimator.py --xp {args.xp}`)\n",
-        f"{date}; {_machine(args.xp)}; {args.repeats} repeats after a warm-up.\n",
+        f"{date}; {_machine(args.xp)}; {args.repeats} repeats after a warm-up; "
+        f"load average at the end {' '.join(load)}.\n",
         "| what | median ms | p99 ms | note |", "|---|---:|---:|---|",
     ]
     for name, med, p99, note in rows:
