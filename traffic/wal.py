@@ -6,10 +6,11 @@ is created atomically (temp file, fsync, rename, directory fsync), so a header i
 torn. Then come frames, one per appended batch::
 
     magic u32 | seq u64 | first_row u64 | n_rows u32 | payload_len u32 | t_append_s f64
-    | crc32 u32 (over the header fields above and the payload) | payload
+    | crc32 u32 (of the header fields above, seeded with the payload's CRC32) | payload
 
 where the payload is the batch as one self-contained Arrow IPC *stream* (schema + one
-record batch + end marker). Each frame stands alone, so no footer is needed and a crash
+record batch + end marker). The payload is encoded and
+checksummed outside the log's lock. Each frame stands alone, so no footer is needed and a crash
 mid-write damages only the frame being written: on open, the last segment is scanned and
 cut at the first frame whose header or CRC does not check out. Every frame before it was
 written and fsync'd in full and survives.
@@ -27,7 +28,6 @@ without its own.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import struct
@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
 
 from traffic.errors import TrafficError
 from traffic.probes import REQUIRED_COLUMNS
@@ -124,15 +125,32 @@ def _decode_segment_header(raw: bytes, path: Path) -> tuple[int, int]:
     return first_seq, first_row
 
 
-def _encode_frame(df: pl.DataFrame, seq: int, first_row: int, t_s: float) -> bytes:
-    sink = io.BytesIO()
-    df.write_ipc_stream(sink)
-    payload = sink.getbuffer()
-    if len(payload) > _MAX_PAYLOAD_BYTES:
-        raise WALInputError(f"batch of {df.height} rows is {len(payload)} bytes; frames hold < 4 GiB")
-    head = _FRAME_HEADER.pack(_FRAME_MAGIC, seq, first_row, df.height, len(payload), t_s)
-    crc = zlib.crc32(payload, zlib.crc32(head))
-    return b"".join((head, _FRAME_CRC.pack(crc), payload))
+def _encode_payload(df: pl.DataFrame) -> tuple[pa.Buffer, int]:
+    """Return the batch as one Arrow IPC stream and the CRC32 of those bytes.
+
+    pyarrow writes into its own buffer with the GIL released; polars writing into a Python
+    file object from several threads at once can deadlock, so it is not used here.
+    """
+    table = df.to_arrow()
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    payload = sink.getvalue()
+    if payload.size > _MAX_PAYLOAD_BYTES:
+        raise WALInputError(f"batch of {df.height} rows is {payload.size} bytes; frames hold < 4 GiB")
+    return payload, zlib.crc32(payload)
+
+
+def _frame_header(seq: int, first_row: int, n_rows: int, payload: pa.Buffer, payload_crc: int,
+                  t_s: float) -> bytes:
+    head = _FRAME_HEADER.pack(_FRAME_MAGIC, seq, first_row, n_rows, payload.size, t_s)
+    return head + _FRAME_CRC.pack(zlib.crc32(head, payload_crc))
+
+
+def _decode_payload(raw: memoryview) -> pl.DataFrame:
+    table = pa.ipc.open_stream(pa.py_buffer(raw)).read_all()
+    out = pl.from_arrow(table, rechunk=False)
+    return out if isinstance(out, pl.DataFrame) else out.to_frame()
 
 
 def _scan_frames(raw: memoryview, start: int) -> Iterator[tuple[int, int, int, int, int]]:
@@ -149,8 +167,8 @@ def _scan_frames(raw: memoryview, start: int) -> Iterator[tuple[int, int, int, i
         if magic != _FRAME_MAGIC or payload_start + n_bytes > end:
             return
         (crc,) = _FRAME_CRC.unpack_from(raw, offset + _FRAME_HEADER.size)
-        head_crc = zlib.crc32(raw[offset:offset + _FRAME_HEADER.size])
-        if zlib.crc32(raw[payload_start:payload_start + n_bytes], head_crc) != crc:
+        payload_crc = zlib.crc32(raw[payload_start:payload_start + n_bytes])
+        if zlib.crc32(raw[offset:offset + _FRAME_HEADER.size], payload_crc) != crc:
             return
         yield seq, first_row, n_rows, payload_start, payload_start + n_bytes
         offset = payload_start + n_bytes
@@ -309,19 +327,21 @@ class ProbeLog:
             ``df`` is not a polars DataFrame, lacks a probe column or has a wrong dtype.
         """
         df = _check_batch(df)
+        payload, payload_crc = _encode_payload(df)
         t_s = time.time()
         with self._write_lock:
             if self._fd < 0:
                 raise WALClosedError(f"the write-ahead log in {self.dir} is closed")
             self._roll_if_full()
             seq, first_row = self._written_seq + 1, self._next_row
-            frame = _encode_frame(df, seq, first_row, t_s)
+            head = _frame_header(seq, first_row, df.height, payload, payload_crc, t_s)
             try:
-                _write_all(self._fd, frame)
+                _write_all(self._fd, head)
+                _write_all(self._fd, payload)
             except BaseException:
                 os.ftruncate(self._fd, self._size)
                 raise
-            self._size += len(frame)
+            self._size += len(head) + payload.size
             self._written_seq, self._next_row = seq, first_row + df.height
         if self.fsync:
             self._sync_through(seq)
@@ -401,7 +421,7 @@ class ProbeLog:
                 break
             expect_seq, expect_row = seq + 1, first_row + n_rows
             if seq > after_seq:
-                df = pl.read_ipc_stream(io.BytesIO(raw[payload_start:frame_end]))
+                df = _decode_payload(raw[payload_start:frame_end])
                 yield LogPosition(seq, first_row + n_rows), df
             if seq == seg_last:
                 return
