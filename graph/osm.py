@@ -208,8 +208,9 @@ def _read(osm_file: osmium.io.File, profile: CarProfile, source: str) -> _Raw:
                 _add_way(raw, obj, attr)
             else:
                 _add_restriction(raw, obj)
-    except (RuntimeError, OSError) as exc:
-        # libosmium reports a cut-short, damaged or malformed file as a RuntimeError.
+    except (RuntimeError, OSError, osmium.InvalidLocationError) as exc:
+        # libosmium reports a cut-short, damaged or malformed file as a RuntimeError, and a
+        # coordinate it cannot parse (`lat="nan"`) as InvalidLocationError.
         raise NetworkFormatError(
             f"{source}: truncated, corrupt or malformed OSM data ({exc})"
         ) from exc
