@@ -33,6 +33,7 @@ class Scenario:
     manifest: dict
     t0_s: float  # unix s of simulation second 0
     peak_s: tuple[float, float]  # peak departure window, unix s, [begin, end)
+    interval_s: float  # length of the truth's speed intervals (manifest ``edge_interval``)
 
     @classmethod
     def open(cls, root: str | Path) -> Scenario:
@@ -45,7 +46,8 @@ class Scenario:
         tr = man["time_range"]
         t0 = float(tr.get("epoch", tr["t_min"]))
         pk = man["summary"]["trip_windows"]["peak"]["depart_window_sim_s"]
-        return cls(root, man, t0, (t0 + float(pk[0]), t0 + float(pk[1])))
+        step = float(man.get("parameters", {}).get("edge_interval", 300.0))
+        return cls(root, man, t0, (t0 + float(pk[0]), t0 + float(pk[1])), step)
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -214,7 +214,7 @@ def main() -> None:
     g_vid, g_t = probes["vehicle_id"].to_numpy(), probes["t"].to_numpy()
     groups = {k[0]: g for k, g in probes.group_by("_k")}
     rows_all, edges_all = [], []
-    interval_s = 300.0
+    interval_s = sc.interval_s
     pace_at: dict[float, np.ndarray] = {}
     trav_w: dict[int, np.ndarray] = {}
     t_route = 0.0
@@ -250,8 +250,10 @@ def main() -> None:
                 eta_router[sel] = [tt[ff_paths[i]].sum() if ff_paths[i].size else np.nan
                                    for i in sel]
             t_route += time.perf_counter() - tr0
-        if (now0 - t0) % interval_s == 0 and k > 0:
-            pace_at[now0] = est.current_pace(now0)
+        kb = (now0 - t0) // interval_s
+        if k > 0 and kb > (now0 - a.tick_s - t0) // interval_s:
+            # The estimate at the first tick at or after each interval's end.
+            pace_at[t0 + kb * interval_s] = est.current_pace(now0)
         now = now0 + a.tick_s
         b = groups.get(k)
         if b is not None:
