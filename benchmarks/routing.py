@@ -13,6 +13,7 @@ vectors, re-customizing between them: 1000 random pairs each, drawn as 100 rando
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import platform
 import subprocess
@@ -54,11 +55,10 @@ def bench(args: argparse.Namespace) -> str:
     rng = np.random.default_rng(2024)
     pairs = rng.integers(0, net.n_nodes, (args.pairs, 2))
 
-    t0 = time.perf_counter()
-    index = prepare_cch(net)
-    prep_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as cache:
-        prepare_cch(net, cache_dir=cache)
+        t0 = time.perf_counter()
+        index = prepare_cch(net, cache_dir=cache)
+        prep_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         cached = prepare_cch(net, cache_dir=cache)
         cached_s = time.perf_counter() - t0
@@ -66,16 +66,31 @@ def bench(args: argparse.Namespace) -> str:
     rows.append(("prepare, order cached on disk", f"{cached_s * 1e3:.0f}", "", "(cached)"))
     del cached
 
-    cust = []
+    runs = [_measure(net, index, pairs, np.random.default_rng(2025 + k)) for k in range(args.runs)]
+    rows += _median_rows([r[0] for r in runs])
+    _, w, durs, q50 = runs[-1]
+    peer = pairs[: args.peer_pairs]
+    rows += _peers(net, w, peer, durs, q50)
+    return _format(rows, args)
+
+
+def _measure(net, index, pairs, rng):
+    """One run of the timed measurements: rows, the last weights, durations, query p50."""
+    rows: list[tuple[str, str, str, str]] = []
+    cust, conv, rkc = [], [], []
     metric = None
-    for k in range(4):
+    for k in range(6):
         w = net.edge_freeflow_time_s * rng.uniform(0.5, 2.0, net.n_edges)
         t0 = time.perf_counter()
         metric = customize(index, w, f"v{k}")
         cust.append(time.perf_counter() - t0)
+        conv.append(metric.convert_s)
+        rkc.append(metric.customize_s)
     c50 = float(np.median(cust[1:]) * 1e3)
-    rows.append(("customize (fresh vector, float s -> ms, RoutingKit)", f"{c50:.1f}",
-                 f"{max(cust[1:]) * 1e3:.1f}", "<= 100"))
+    rows.append(("customize (fresh vector: float s -> ms weights + RoutingKit)", f"{c50:.1f}",
+                 f"{max(cust[1:]) * 1e3:.1f}",
+                 f"<= 100; of which conversion {np.median(conv[1:]) * 1e3:.1f}, "
+                 f"RoutingKit {np.median(rkc[1:]) * 1e3:.1f}"))
     assert metric is not None
     w = metric.travel_time_s
 
@@ -92,7 +107,18 @@ def bench(args: argparse.Namespace) -> str:
 
     router = Router(net, index=index)
     router.customize(w, "bench")
-    jitter = rng.normal(0, 0.0001, (args.pairs, 4))
+    ts = []
+    for s, t in pairs.tolist():
+        t0 = time.perf_counter()
+        try:
+            router.route_nodes(s, t)
+        except LookupError:
+            pass
+        ts.append(time.perf_counter() - t0)
+    n50, n99 = _pct(ts)
+    rows.append(("Router.route_nodes (hand-off to query thread + geometry)", f"{n50:.3f}", f"{n99:.3f}",
+                 "same search, through the Router"))
+    jitter = rng.normal(0, 0.0001, (len(pairs), 4))
     ts = []
     for i, (s, t) in enumerate(pairs.tolist()):
         a = (net.node_lat[s] + jitter[i, 0], net.node_lon[s] + jitter[i, 1])
@@ -114,10 +140,88 @@ def bench(args: argparse.Namespace) -> str:
         ts.append(time.perf_counter() - t0)
     rows.append(("table 100 x 100 (snap + one-to-many)", f"{np.median(ts) * 1e3:.1f}",
                  f"{max(ts) * 1e3:.1f}", "<= 50"))
+    ts = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        router.table(pts[:150], pts[150:])
+        ts.append(time.perf_counter() - t0)
+    rows.append(("table 150 x 50 (snap + many-to-one)", f"{np.median(ts) * 1e3:.1f}",
+                 f"{max(ts) * 1e3:.1f}", ""))
+    rows += _during_customization(net, router, pairs, rng)
+    router.close()
+    return rows, w, durs, q50
 
-    peer = pairs[: args.peer_pairs]
-    rows += _peers(net, w, peer, durs, q50)
-    return _format(rows, args)
+
+
+def _median_rows(runs: list[list[tuple[str, str, str, str]]]) -> list[tuple[str, str, str, str]]:
+    """Per row, the median over runs of each numeric cell (notes from the median run's p50)."""
+    out = []
+    for cells in zip(*runs):
+        label = cells[0][0]
+        p50s = [float(c[1]) for c in cells]
+        mid = int(np.argsort(p50s)[len(p50s) // 2])
+        row = []
+        for col in (1, 2):
+            vals = [c[col] for c in cells]
+            if all(v for v in vals):
+                digits = len(vals[0].split(".")[1]) if "." in vals[0] else 0
+                row.append(f"{np.median([float(v) for v in vals]):.{digits}f}")
+            else:
+                row.append("")
+        note = cells[mid][3]
+        if len(cells) > 1:
+            note += f" (median of {len(cells)} runs; p50s {', '.join(c[1] for c in cells)})"
+        out.append((label, row[0], row[1], note))
+    return out
+
+
+def _during_customization(net, router, pairs, rng):
+    """Query latency in another thread while customizations run, and memory over 50 of them.
+
+    RoutingKit holds the GIL while it customizes, so a query that arrives meanwhile waits.
+    """
+    import threading
+
+    ts: list[float] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        for s, t in itertools.cycle(pairs[:200].tolist()):
+            if stop.is_set():
+                return
+            t0 = time.perf_counter()
+            try:
+                router.route_nodes(s, t)
+            except LookupError:
+                pass
+            ts.append(time.perf_counter() - t0)
+
+    rss0 = _rss_mb()
+    th = threading.Thread(target=load)
+    th.start()
+    base = net.edge_freeflow_time_s
+    t0 = time.perf_counter()
+    for k in range(50):
+        router.customize(base * rng.uniform(0.5, 2.0, net.n_edges), f"m{k}")
+    wall = time.perf_counter() - t0
+    stop.set()
+    th.join()
+    time.sleep(1.0)  # idle query threads drop replaced metrics within 0.5 s
+    rss1 = _rss_mb()
+    q50, q99 = _pct(ts)
+    return [
+        ("route_nodes in a thread during 50 back-to-back customizations", f"{q50:.3f}", f"{q99:.3f}",
+         f"max {max(ts) * 1e3:.1f}: RoutingKit customizes holding the GIL; {len(ts)} queries"),
+        ("50 customizations under that query load (each)", f"{wall / 50 * 1e3:.1f}", "",
+         f"RSS {rss0:.0f} -> {rss1:.0f} MB after all 50"),
+    ]
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def _peers(net, w, peer, durs, q50):
@@ -216,7 +320,9 @@ def _format(rows, args) -> str:
     head = f"| {'measure':<{w}} | p50 / median (ms) | p99 / max (ms) | target / note |"
     sep = f"|{'-' * (w + 2)}|---|---|---|"
     body = "\n".join(f"| {a:<{w}} | {b} | {c} | {d} |" for a, b, c, d in rows)
-    return f"DIMACS NY, {args.pairs} random node pairs, one core.\n\n{head}\n{sep}\n{body}"
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (f"DIMACS NY, {args.pairs} random node pairs, one core; load average at the end "
+            f"{load} (1, 5, 15 min).\n\n{head}\n{sep}\n{body}")
 
 
 def _machine() -> str:
@@ -235,6 +341,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pairs", type=int, default=1000)
     p.add_argument("--peer-pairs", type=int, default=30)
+    p.add_argument("--runs", type=int, default=3, help="repeat the CCH measurements; medians")
     p.add_argument("--verify", action="store_true", help="check CCH against the reference instead")
     p.add_argument("--verify-pairs", type=int, default=1000)
     p.add_argument("--no-append", action="store_true", help="do not append to BENCHMARKS.md")
