@@ -27,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from graph.cch import QueryCache, customize, prepare_cch  # noqa: E402
+from graph.cch import QueryCache, customize, customize_partial, prepare_cch  # noqa: E402
 from graph.dijkstra import dijkstra  # noqa: E402
 from graph.network import banned_turns  # noqa: E402
 from graph.router import Router  # noqa: E402
@@ -93,6 +93,18 @@ def _measure(net, index, pairs, rng):
                  f"RoutingKit {np.median(rkc[1:]) * 1e3:.1f}"))
     assert metric is not None
     w = metric.travel_time_s
+    for n_changed in (100, 1000):
+        part = customize(index, w, "p0")
+        ts = []
+        for k in range(3):
+            pw = part.travel_time_s.copy()
+            pw[rng.choice(net.n_edges, n_changed, replace=False)] *= 1.5
+            t0 = time.perf_counter()
+            part = customize_partial(part, pw, f"p{k + 1}")
+            ts.append(time.perf_counter() - t0)
+        rows.append((f"customize_partial, {n_changed} changed edges (in place)",
+                     f"{np.median(ts) * 1e3:.1f}", f"{max(ts) * 1e3:.1f}", "single-owner metric"))
+        del part
 
     queries = QueryCache()
     ts, durs = [], {}

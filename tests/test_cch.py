@@ -165,3 +165,30 @@ def test_metric_matches_dijkstra_on_kbh_with_recustomization():
             assert ref.dist_s[t] - 1e-9 <= res.duration_s <= ref.dist_s[t] + _tol(res.edges, ref.path_edges(int(t)))
             if res.edges.size:
                 _check_path(net, w, res.edges, res.duration_s)
+
+
+@pytest.mark.parametrize("restrictions", [0, 40])
+def test_customize_partial_equals_full_customization(restrictions):
+    from graph.cch import customize_partial
+
+    net, rng = _random_net(31 + restrictions, restrictions=restrictions)
+    index = prepare_cch(net)
+    w = rng.exponential(30.0, net.n_edges)
+    metric = customize(index, w, "v0")
+    pairs = rng.integers(0, net.n_nodes, (80, 2))
+    for k in range(1, 4):
+        w = w.copy()
+        changed = rng.choice(net.n_edges, 15, replace=False)
+        w[changed] = rng.exponential(30.0, changed.size)
+        w[changed[:2]] = np.inf  # closures too
+        old = metric
+        metric = customize_partial(metric, w, f"v{k}")
+        full = customize(index, w, f"full{k}")
+        assert metric.version == f"v{k}"
+        for s, t in pairs:
+            a, b = metric.route_nodes(int(s), int(t)), full.route_nodes(int(s), int(t))
+            assert (a is None) == (b is None)
+            if a is not None:
+                assert a.duration_s == pytest.approx(b.duration_s, abs=_tol(a.edges, b.edges))
+        with pytest.raises(ValueError, match="consumed"):
+            customize_partial(old, w, "again")
