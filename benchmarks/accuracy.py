@@ -326,7 +326,11 @@ def report(a: argparse.Namespace, sc: Scenario, res: dict) -> None:
     f = lambda k: f"{res[k]:.3f}"  # noqa: E731
     lines = [f"\n## Accuracy on {sc.root.name} (true routes, speeds, oracle)\n",
              f"`.venv/bin/python benchmarks/accuracy.py --scenario {sc.root} --tick-s {a.tick_s:g}"
-             f" --min-traversals {a.min_traversals:g}` — "
+             f" --min-traversals {a.min_traversals:g}"
+             + "".join(f" --{k.replace('_', '-')} {v:g}" for k, v in (
+                 ("decay_tau_s", a.decay_tau_s), ("prior_weight", a.prior_weight),
+                 ("gate_sigma", a.gate_sigma)) if v is not None)
+             + (" --no-router" if a.no_router else "") + "` — "
              f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.machine()}, {cpu}, "
              f"2 cores, load average {load} at the end. Estimator {res['estimator_config']}.\n",
              f"ETA on {res['trips']} of {res['trips_all']} held-out trips; route: "
