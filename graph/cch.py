@@ -3,8 +3,13 @@
 Three phases, as in RoutingKit: :func:`prepare_cch` (once per network version: an
 inertial-flow nested-dissection order from coordinates, cached on disk as ``.npy``, then the
 metric-independent contraction), :func:`customize` (once per travel-time vector: a new
-:class:`Metric`), and queries on a metric (:meth:`Metric.route_positions`,
-:meth:`Metric.route_nodes`, :meth:`Metric.table`).
+:class:`Metric`; or :func:`customize_partial` in place when few edges change), and queries on
+a metric (:meth:`Metric.route_positions`, :meth:`Metric.route_nodes`, :meth:`Metric.table`).
+
+Threads: a :class:`Metric` may be shared by any threads, but RoutingKit's query objects may
+only be used and dropped by the thread that made them; query methods therefore take that
+thread's :class:`QueryCache` (or build and drop their own per call). RoutingKit holds the GIL
+while it customizes (about 55 ms on NY), so other Python threads wait meanwhile.
 
 Turn restrictions: when the network has any, the hierarchy is built on the *turn-expanded*
 graph, whose nodes are the network's directed edges ("standing at the head of edge ``e``,
