@@ -174,8 +174,18 @@ class EstimatorCore:
         return self._last
 
     def snapshot(self, at_t_s: float | None = None) -> Any:
-        """Per-segment speed state as a polars DataFrame (see ``SpeedEstimator.snapshot``)."""
-        return self.estimator.snapshot(self.watermark_t if at_t_s is None else at_t_s)
+        """Per-segment speed state as a polars DataFrame (see ``SpeedEstimator.snapshot``).
+
+        The frame owns its memory: later folds do not change it.
+        """
+        import polars as pl
+
+        snap = self.estimator.snapshot(self.watermark_t if at_t_s is None else at_t_s)
+        # SpeedEstimator.snapshot's `last_update_t` shares the state's buffer (polars keeps the
+        # NumPy memory; even arithmetic on it does not copy), and folds update that buffer in
+        # place. Copy it; it holds no NaN (never-updated edges are null), so NaN -> null is exact.
+        last = np.array(snap["last_update_t"].to_numpy(), dtype=np.float64, copy=True)
+        return snap.with_columns(pl.Series("last_update_t", last).fill_nan(None))
 
     def live_snapshot(self) -> tuple[float | None, Any]:
         """``(watermark_t, snapshot())``: the live state and the event time it stands at."""
@@ -242,7 +252,7 @@ class _SnapshotWriter:
         if boundary is None:
             return
         try:
-            self.store.write(core.estimator.snapshot(boundary), t_s=boundary,
+            self.store.write(core.snapshot(boundary), t_s=boundary,
                              network_version=core.net.version)
             self.store.prune(boundary)
         except OSError:

@@ -443,6 +443,10 @@ class LocalServices(ServiceBase):
             self._maybe_publish()
         return accepted, rejected
 
+    def live_snapshot(self) -> tuple[float | None, pl.DataFrame]:
+        with self._lock:  # not while a batch is being folded
+            return self.estimator.live_snapshot()
+
     def _maybe_publish(self) -> None:
         pub = self.estimator.maybe_publish()
         if pub is not None:
