@@ -26,6 +26,7 @@ import datetime as dt
 import json
 import os
 import pickle
+import resource
 import platform
 import signal
 import subprocess
@@ -107,6 +108,40 @@ def stop_server(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+def tree_cpu_s(root_pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) of ``root_pid`` and its descendants, by process name.
+
+    Read from ``/proc`` (Linux); Ray's raylet, GCS and actor workers are descendants of the
+    server process, and actor workers are named ``ray::<Class>``.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    procs: dict[int, tuple[int, str, float]] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            raw = (d / "stat").read_text()
+        except OSError:
+            continue
+        name = raw[raw.index("(") + 1:raw.rindex(")")]
+        f = raw[raw.rindex(")") + 2:].split()
+        procs[int(d.name)] = (int(f[1]), name, (int(f[11]) + int(f[12])) / tick)
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in procs.items():
+        children.setdefault(ppid, []).append(pid)
+    out: dict[str, float] = {}
+    todo = [root_pid]
+    while todo:
+        pid = todo.pop()
+        if pid in procs:
+            _, name, cpu = procs[pid]
+            key = "api" if pid == root_pid else next(
+                (k for k in _CPU_KEYS[1:3] if name.startswith(k[:15])), "ray (other)")
+            out[key] = out.get(key, 0.0) + cpu
+        todo += children.get(pid, [])
+    return out
+
+
 def settled(st: dict[str, Any], accepted: int, refresh_s: float) -> bool:
     p, q = st["probes"], st["queues"]
     est = st["workers"]["estimator"]
@@ -127,6 +162,8 @@ def run_once(args: argparse.Namespace, n_ingest: int, body_files: list[Path], n_
     try:
         st0 = _get(url + "/v1/status")
         load_before = os.getloadavg()[0]
+        cpu0 = tree_cpu_s(proc.pid)
+        kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         start_at = time.time() + 1.0
         outs = [tmp / f"out{n_ingest}_{c}.json" for c in range(len(body_files))]
         gens = [subprocess.Popen([PY, str(ROOT / "benchmarks/_loadgen.py"), "post", "--url", url,
@@ -153,6 +190,8 @@ def run_once(args: argparse.Namespace, n_ingest: int, body_files: list[Path], n_
                 raise TimeoutError(f"status did not settle: {st['probes']} {st['queues']}")
             time.sleep(0.05)
         load_after = os.getloadavg()[0]
+        cpu1 = tree_cpu_s(proc.pid)
+        kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     finally:
         stop_server(proc)
     t_first = min(r["t_send"] for r in rows)
@@ -179,6 +218,8 @@ def run_once(args: argparse.Namespace, n_ingest: int, body_files: list[Path], n_
         "stage_s": stage, "applied": st["probes"]["applied"],
         "unmatched": st["probes"]["unmatched"], "pending": st["probes"]["pending"],
         "load": (load_before, load_after),
+        "cpu_s": {**{k: v - cpu0.get(k, 0.0) for k, v in cpu1.items()},
+                  "loadgen": (kids1.ru_utime + kids1.ru_stime) - (kids0.ru_utime + kids0.ru_stime)},
     }
 
 
@@ -206,7 +247,22 @@ def _fmt_table(results: list[dict[str, Any]]) -> list[str]:
         cells = " | ".join(f"{v * k * 1e3:.1f} ms ({v / tot:.0%})" for v in s.values())
         lines.append(f"| {r['n_ingest']} | {cells} | {tot * k * 1e3:.1f} ms -> "
                      f"{r['accepted'] / tot:,.0f} probes/s |")
+    lines += ["", "CPU seconds per 1,000 accepted probes by process (from /proc; the machine has 2 "
+              "cores, so 2,000 ms of CPU per second is all there is):", "",
+              "| ingest actors | " + " | ".join(_CPU_KEYS) + " | total -> rate if 2 cores did "
+              "only this |", "|---:|" + "---:|" * (len(_CPU_KEYS) + 1)]
+    for r in results:
+        k = 1e6 / max(r["accepted"], 1)
+        c = r["cpu_s"]
+        other = sum(v for n, v in c.items() if n not in _CPU_KEYS[:-1])
+        vals = [c.get(n, 0.0) for n in _CPU_KEYS[:-1]] + [other]
+        tot = sum(vals)
+        lines.append(f"| {r['n_ingest']} | " + " | ".join(f"{v * k:.1f}" for v in vals)
+                     + f" | {tot * k:.1f} -> {2 * r['accepted'] / max(tot, 1e-9):,.0f} probes/s |")
     return lines
+
+
+_CPU_KEYS = ["api", "ray::IngestCore", "ray::EstimatorCore", "loadgen", "ray (other)"]
 
 
 def main() -> None:

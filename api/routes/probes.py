@@ -6,6 +6,7 @@ import json
 import time
 from typing import Any
 
+import orjson
 import polars as pl
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
@@ -56,9 +57,14 @@ def parse_probe_body(body: bytes, content_type: str, *, max_probes: int) -> pl.D
 
 def _from_json(body: bytes) -> pl.DataFrame:
     try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ApiError(400, "invalid_json", f"request body is not valid JSON: {err}") from err
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        # orjson is strict JSON; the stdlib also reads NaN/Infinity literals, which then get
+        # a per-probe reason (``nan_value``) instead of failing the whole batch.
+        try:
+            doc = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ApiError(400, "invalid_json", f"request body is not valid JSON: {err}") from err
     if not isinstance(doc, dict) or not isinstance(doc.get("probes"), list):
         raise ApiError(422, "invalid_value", "body must be a JSON object with a `probes` list")
     records = doc["probes"]
