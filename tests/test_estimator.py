@@ -29,7 +29,7 @@ from traffic.estimator import (
 )
 from traffic.profiles import TimeOfWeekProfile
 
-CONFIG = EstimatorConfig()
+CONFIG = EstimatorConfig(prior_weight=1.0)  # hand-computed numbers below assume w0 = 1
 T0 = 1_700_000_000.0
 
 
