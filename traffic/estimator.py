@@ -617,7 +617,9 @@ class SpeedEstimator:
 
         speed = self.speeds_mps(at_t_s)
         freeflow = numpy.asarray(self.net.edge_freeflow_mps, dtype=numpy.float64)
-        last = to_host(self.state.last_t_s)
+        # A copy: polars may wrap NumPy memory without copying, and later folds update the
+        # state in place; a snapshot handed out must not change.
+        last = to_host(self.state.last_t_s).copy()
         return pl.DataFrame({
             "edge": numpy.arange(self.net.n_edges, dtype=numpy.int32),
             "edge_key": numpy.asarray(self.net.edge_key),
