@@ -90,6 +90,8 @@ class PipelineConfig:
     snapshot_every_s: float | None = 60.0
     #: Snapshot retention (event s); ``None`` keeps every snapshot.
     snapshot_retention_s: float | None = 7 * 86400.0
+    #: ``workers.durability.DurabilityConfig``: probe log + checkpoints; ``None``: off.
+    durability: Any = None
 
     def estimator_service(self) -> EstimatorServiceConfig:
         """The estimator stage's configuration derived from this one."""
@@ -148,6 +150,12 @@ class ServiceBase:
         self._stop = threading.Event()
         self._watermark: float | None = None
         self._congestion = _congestion_queries(config)
+        self._draining = False  # set by begin_shutdown: new writes get 503
+        self.durability: Any = None
+        if config.durability is not None:
+            from workers.durability import Durability
+
+            self.durability = Durability(config.durability)
 
     # -- clock --------------------------------------------------------------------------
     def now_s(self, batch_max_t: float | None = None) -> float:
@@ -268,6 +276,36 @@ class ServiceBase:
             rows = np.flatnonzero(part == p)
             out.append((int(p), probes[rows], rows))
         return out
+
+    def _refuse_if_draining(self) -> None:
+        if self._draining:
+            raise Overloaded("the service is shutting down; send this batch again to its "
+                             "successor", retry_after_s=self.config.retry_after_s)
+
+    def _log_batch(self, probes: pl.DataFrame, now_s: float) -> pl.DataFrame:
+        """Append the batch to the probe log (fsync'd) and return it as the stages see it.
+
+        Without durability the batch is returned unchanged. The caller holds
+        ``durability.order_lock`` and has taken any due checkpoint.
+        """
+        if self.durability is None or probes.height == 0:
+            return probes
+        logged = self.durability.prepare(probes, now_s)
+        self.durability.append(logged)
+        return self.durability.split_logged(logged)[0]
+
+    def begin_shutdown(self) -> None:
+        """Stop taking probe batches (503), flush matchers and take a final checkpoint."""
+        self._draining = True
+        if self.durability is not None:
+            with self.durability.order_lock:
+                self.checkpoint_now()
+        else:
+            self.flush()
+
+    def checkpoint_now(self) -> None:
+        """Flush every matcher and save a checkpoint now (a quiet point)."""
+        raise NotImplementedError
 
     @staticmethod
     def _batch_max_t(probes: pl.DataFrame) -> float | None:
@@ -395,6 +433,8 @@ class ServiceBase:
         if self._ticker is not None:
             self._ticker.join(timeout=5)
         self._closed = True
+        if self.durability is not None:
+            self.durability.close()
 
 
 def _congestion_queries(config: PipelineConfig) -> Any:
@@ -425,23 +465,82 @@ class LocalServices(ServiceBase):
                        partition=p) for p in range(1, config.n_ingest)]
         self.estimator = EstimatorCore(net, config.estimator_service(), prior=prior)
         self.router = RouterCore(net, cache_dir=config.cache_dir)
+        if self.durability is not None:
+            self._recover()
         self._publish(self.estimator.publish())
         self._ready = True
 
     def ingest(self, probes: pl.DataFrame) -> tuple[int, list[tuple[int, str]]]:
         accepted_wall = time.time()
-        now = self.now_s(self._batch_max_t(probes))
-        accepted, rejected = 0, []
         with self._lock:
-            for p, part, rows in self._split(probes):
-                reply = self.ingest_cores[p].ingest(part, now_s=now, accepted_wall_s=accepted_wall)
-                accepted += reply.accepted
-                rejected += [(int(rows[r]), why) for r, why in reply.rejected]
-                self.estimator.fold(reply.batch, reply.n_matched, accepted_wall_s=accepted_wall)
-            rejected.sort()
-            self._note_accepted(probes, rejected)
+            self._refuse_if_draining()
+            now = self.now_s(self._batch_max_t(probes))
+            if self.durability is not None and self.durability.checkpoint_due(now):
+                self._checkpoint(now)
+            probes = self._log_batch(probes, now)
+            accepted, rejected = self._apply(probes, now, accepted_wall)
             self._maybe_publish()
         return accepted, rejected
+
+    def _apply(self, probes: pl.DataFrame, now: float,
+               accepted_wall: float | None) -> tuple[int, list[tuple[int, str]]]:
+        """Validate, match and fold one batch (live or replayed from the log)."""
+        accepted, rejected = 0, []
+        for p, part, rows in self._split(probes):
+            reply = self.ingest_cores[p].ingest(part, now_s=now, accepted_wall_s=accepted_wall)
+            accepted += reply.accepted
+            rejected += [(int(rows[r]), why) for r, why in reply.rejected]
+            self.estimator.fold(reply.batch, reply.n_matched, accepted_wall_s=accepted_wall)
+        rejected.sort()
+        self._note_accepted(probes, rejected)
+        return accepted, rejected
+
+    # -- durability (workers/durability.py) ---------------------------------------------
+    def checkpoint_now(self) -> None:
+        with self._lock:
+            self._checkpoint(None)
+
+    def _checkpoint(self, now: float | None) -> None:
+        """Flush matchers, fold, save a checkpoint covering the log so far (caller locks)."""
+        from workers.durability import estimator_state, ingest_state, prefixed
+
+        for core in self.ingest_cores:
+            reply = core.flush()
+            self.estimator.fold(reply.batch, reply.n_matched)
+        if now is not None:
+            self.durability.note_checkpoint(now)
+        state = prefixed("estimator", estimator_state(self.estimator))
+        for core in self.ingest_cores:
+            state.update(prefixed(f"ingest{core.partition}", ingest_state(core)))
+        state["facade.watermark_t"] = self._watermark
+        try:
+            self.durability.save(state, event_time_s=self.estimator.watermark_t)
+        except OSError:  # keep serving; the log is still there, just not compacted
+            logger.exception("checkpoint failed; the probe log keeps everything since the last one")
+
+    def _recover(self) -> None:
+        """Load the newest good checkpoint, then replay the log after it."""
+        from workers.durability import load_estimator_state, load_ingest_state, unprefixed
+
+        rec = self.durability.recover()
+        if rec.state is not None:
+            load_estimator_state(self.estimator, unprefixed("estimator", rec.state))
+            for core in self.ingest_cores:
+                part = unprefixed(f"ingest{core.partition}", rec.state)
+                if not part:
+                    raise RuntimeError(f"checkpoint has no state for ingest partition "
+                                       f"{core.partition}; restart with the same --ingest count")
+                load_ingest_state(core, part)
+            self._watermark = rec.state.get("facade.watermark_t")
+        n = 0
+        for _pos, logged in rec.tail:
+            probes, now = self.durability.split_logged(logged)
+            if self.durability.checkpoint_due(now):
+                self._checkpoint(now)
+            self._apply(probes, now, None)
+            n += 1
+        self.durability.replayed_batches = n
+        logger.info("replayed %d logged batches", n)
 
     def live_snapshot(self) -> tuple[float | None, pl.DataFrame]:
         with self._lock:  # not while a batch is being folded
@@ -476,6 +575,8 @@ class LocalServices(ServiceBase):
         with self._lock:
             parts = [c.stats() for c in self.ingest_cores]
             est = self.estimator.stats()
+            if self.durability is not None:
+                est = {**est, "durability": self.durability.stats()}
         merged = self._merge_status(parts, est)
         router = self._current_router()
         return {
