@@ -138,3 +138,25 @@ class StatusOut(BaseModel):
     queues: dict[str, int]
     coverage: dict[str, float]
     workers: dict[str, Any]
+
+
+def inline_json_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``model``'s JSON schema with its ``$defs`` inlined, for hand-written OpenAPI bodies.
+
+    A bare ``model_json_schema()`` refers to ``#/$defs/...``, which does not resolve once the
+    schema is placed inside the OpenAPI document; clients and fuzzers then cannot read it.
+    """
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(defs[ref.split("/")[-1]])
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return resolve(schema)

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 
 from api.deps import ServicesDep, SettingsDep
 from api.errors import ApiError, Overloaded
-from api.schemas import ProbeAckOut, ProbeBatchIn
+from api.schemas import ProbeAckOut, ProbeBatchIn, inline_json_schema
 from traffic.probes import PROBE_SCHEMA, probes_from_csv, probes_from_records
 from workers.services import Overloaded as PipelineOverloaded
 
@@ -26,7 +26,7 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 _BODY_DOC = {
     "requestBody": {
         "content": {
-            "application/json": {"schema": ProbeBatchIn.model_json_schema()},
+            "application/json": {"schema": inline_json_schema(ProbeBatchIn)},
             "application/x-ndjson": {"schema": {"type": "string"}},
             "text/csv": {"schema": {"type": "string"}},
         },

@@ -59,8 +59,10 @@ def parse_time(value: str | None, *, name: str) -> float | None:
 def get_route(
     services: ServicesDep,
     settings: SettingsDep,
-    from_: Annotated[str, Query(alias="from", description="origin as `lat,lon`")],
-    to: Annotated[str, Query(description="destination as `lat,lon`")],
+    from_: Annotated[str, Query(alias="from", description="origin as `lat,lon`",
+                                examples=["55.68176,12.55832"])],
+    to: Annotated[str, Query(description="destination as `lat,lon`",
+                             examples=["55.67970,12.56335"])],
     depart_at: Annotated[str | None, Query(description="unix seconds or ISO 8601; default now")] = None,
     max_snap_m: Annotated[float | None, Query(gt=0, le=5000)] = None,
 ) -> dict[str, Any]:
