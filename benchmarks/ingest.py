@@ -271,7 +271,7 @@ def main() -> None:
     ap.add_argument("--scenario", default=str(ROOT.parent / "shared/data/scenario_kbh"))
     ap.add_argument("--network", default=None, help="default: the scenario's network.osm.pbf")
     ap.add_argument("--ingest", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--batch", type=int, default=2000, help="probes per request")
+    ap.add_argument("--batch", type=int, default=5000, help="probes per request")
     ap.add_argument("--conns", type=int, default=4, help="load generator processes")
     ap.add_argument("--loops", type=int, default=1, help="repeat the scenario (new vehicles)")
     ap.add_argument("--port", type=int, default=18100)
