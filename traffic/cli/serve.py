@@ -46,6 +46,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--snapshot-retention", type=parse_duration, default=7 * 86400.0,
                    metavar="DURATION", help="delete snapshots older than DURATION of event time "
                                             "(0 keeps all; default 7d)")
+    p.add_argument("--checkpoint-every", type=parse_duration, default=300.0, metavar="DURATION",
+                   help="checkpoint the estimator (matchers flushed) when the clock crosses a "
+                        "multiple of DURATION (default 5m); the probe log is replayed after it")
+    p.add_argument("--probe-retention", type=parse_duration, default=7 * 86400.0,
+                   metavar="DURATION", help="delete logged (pseudonymised) probes after "
+                                            "DURATION (default 7d)")
+    p.add_argument("--no-wal", action="store_true",
+                   help="no probe log or checkpoints (acknowledged probes are lost on a crash)")
     p.add_argument("--api-keys", metavar="FILE", default=None,
                    help="API keys, one `key:role` per line (roles: reader, probe-writer, "
                         "network-admin); merged with TRAFFIC_API_KEYS=key:role,...; none: open")
@@ -110,12 +118,47 @@ def build_services(args: argparse.Namespace, net: Any, clock: str) -> Any:
         ingest=replace(IngestConfig(), idle_flush_s=args.idle_flush_s),
         snapshot_every_s=getattr(args, "snapshot_every", 60.0) or None,
         snapshot_retention_s=getattr(args, "snapshot_retention", 7 * 86400.0) or None,
+        durability=durability_config(args),
     )
     if args.no_ray:
         return LocalServices(net, cfg)
     from workers.pipeline import RayPipeline
 
     return RayPipeline(net, cfg, ray_address=args.ray_address)
+
+
+def durability_config(args: argparse.Namespace) -> Any:
+    """The probe log + checkpoint settings (``TRAFFIC_PSEUDONYM_KEY`` is read only here)."""
+    import os
+
+    from workers.durability import DurabilityConfig
+
+    if getattr(args, "no_wal", False):
+        return None
+    return DurabilityConfig(
+        data_dir=str(Path(args.data_dir)),
+        checkpoint_every_s=getattr(args, "checkpoint_every", 300.0) or 300.0,
+        retention_s=getattr(args, "probe_retention", 7 * 86400.0) or 7 * 86400.0,
+        pseudonym_key=os.environ.get("TRAFFIC_PSEUDONYM_KEY"),
+    )
+
+
+def _graceful_server(config: Any, services: Any) -> Any:
+    """A uvicorn server whose SIGTERM/SIGINT refuse new probe batches at once and exit 0.
+
+    uvicorn re-raises a captured signal after its shutdown, which would kill the process
+    before the final flush and checkpoint; the handler here records nothing to re-raise.
+    """
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            services._draining = True  # new writes get 503 while connections wind down
+            if self.should_exit:
+                self.force_exit = True
+            self.should_exit = True
+
+    return _Server(config)
 
 
 def start_source(args: argparse.Namespace, services: Any, net: Any) -> Any:
@@ -165,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
                             timeout_keep_alive=int(settings.keep_alive_s),
                             access_log=False)
-    server = uvicorn.Server(config)
+    server = _graceful_server(config, services)
     source = start_source(args, services, net)
     print(f"traffic serve: ready in {time.perf_counter() - t0:.1f} s; serving on "
           f"http://{args.host}:{args.port}  (API docs: http://{args.host}:{args.port}/docs; "
@@ -175,6 +218,10 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if source is not None:
             source.stop()
+        try:
+            services.begin_shutdown()  # flush matchers, final checkpoint
+        except Exception:  # still close the workers
+            logger.exception("final flush/checkpoint failed")
         services.close()
         if not args.no_ray:
             import ray
