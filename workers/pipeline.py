@@ -11,6 +11,7 @@ before taking anything.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import threading
@@ -105,6 +106,8 @@ class RayPipeline(ServiceBase):
         else:
             self.router = RouterCore(net, cache_dir=config.cache_dir)
         ray.get([a.stats.remote() for a in self.ingest_actors])
+        if self.durability is not None:
+            self._recover()
         self._publish(ray.get(self.estimator.publish.remote()), wait=True)
         self._ready = True
 
@@ -185,31 +188,42 @@ class RayPipeline(ServiceBase):
     # -- ingest -------------------------------------------------------------------------
     def ingest(self, probes: pl.DataFrame) -> tuple[int, list[tuple[int, str]]]:
         accepted_wall = time.time()
-        parts = self._split(probes)
-        with self._cv:
-            while self._swapping:
-                self._cv.wait()
-            full = [p for p, _, _ in parts if self._inflight[p] >= self.config.max_inflight_per_partition]
-            if full:
-                raise Overloaded(f"ingest partition(s) {full} are at their queue bound "
-                                 f"({self.config.max_inflight_per_partition} batches); retry",
-                                 retry_after_s=self.config.retry_after_s)
-            for p, _, _ in parts:
-                self._inflight[p] += 1
-        try:
+        self._refuse_if_draining()
+        order = self.durability.order_lock if self.durability is not None else contextlib.nullcontext()
+        with order:  # log append and hand-off in one order, so partitions see log order
             now = self.now_s(self._batch_max_t(probes))
-            refs = [self.ingest_actors[p].ingest.remote(part, now_s=now, accepted_wall_s=accepted_wall)
-                    for p, part, _ in parts]
+            if self.durability is not None and self.durability.checkpoint_due(now):
+                self._checkpoint(now)
+            parts = self._split(probes)
+            with self._cv:
+                while self._swapping:
+                    self._cv.wait()
+                full = [p for p, _, _ in parts
+                        if self._inflight[p] >= self.config.max_inflight_per_partition]
+                if full:
+                    raise Overloaded(f"ingest partition(s) {full} are at their queue bound "
+                                     f"({self.config.max_inflight_per_partition} batches); retry",
+                                     retry_after_s=self.config.retry_after_s)
+                for p, _, _ in parts:
+                    self._inflight[p] += 1
+            try:
+                if self.durability is not None and probes.height:
+                    probes = self._log_batch(probes, now)  # fsync'd before any matcher sees it
+                    parts = self._split(probes)  # partitions by pseudonym (same rows per part)
+                refs = [self.ingest_actors[p].ingest.remote(part, now_s=now,
+                                                            accepted_wall_s=accepted_wall)
+                        for p, part, _ in parts]
+            except BaseException:
+                self._release(parts)
+                raise
+        try:
             try:
                 replies = ray.get(refs)
             except ray.exceptions.RayActorError as exc:
                 raise Overloaded(f"an ingest worker is restarting ({exc.__class__.__name__}); retry",
                                  retry_after_s=self.config.retry_after_s) from exc
         finally:
-            with self._cv:
-                for p, _, _ in parts:
-                    self._inflight[p] -= 1
-                self._cv.notify_all()
+            self._release(parts)
         accepted, rejected = 0, []
         for (_, _, rows), reply in zip(parts, replies, strict=True):
             accepted += reply.accepted
@@ -217,6 +231,76 @@ class RayPipeline(ServiceBase):
         rejected.sort()
         self._note_accepted(probes, rejected)
         return accepted, rejected
+
+    def _release(self, parts: list[tuple[int, Any, Any]]) -> None:
+        with self._cv:
+            for p, _, _ in parts:
+                self._inflight[p] -= 1
+            self._cv.notify_all()
+
+    # -- durability (workers/durability.py) ---------------------------------------------
+    def checkpoint_now(self) -> None:
+        with self.durability.order_lock:
+            self._checkpoint(None)
+
+    def _checkpoint(self, now: float | None) -> None:
+        """Quiet point: wait for in-flight batches, flush, drain folds, save (order lock held)."""
+        from workers.durability import estimator_state, ingest_state, prefixed
+
+        with self._cv:
+            while sum(self._inflight):
+                self._cv.wait()
+        ray.get([a.flush.remote() for a in self.ingest_actors])
+        ray.get([a.drain.remote() for a in self.ingest_actors])
+        if now is not None:
+            self.durability.note_checkpoint(now)
+        parts = ray.get([a.__ray_call__.remote(ingest_state) for a in self.ingest_actors])
+        est = ray.get(self.estimator.__ray_call__.remote(estimator_state))
+        state = prefixed("estimator", est)
+        for p, part in enumerate(parts):
+            state.update(prefixed(f"ingest{p}", part))
+        state["facade.watermark_t"] = self._watermark
+        try:
+            self.durability.save(state, event_time_s=est["watermark_t"])
+        except OSError:  # keep serving; the log keeps everything since the last checkpoint
+            logger.exception("checkpoint failed")
+
+    def _recover(self) -> None:
+        """Load the newest good checkpoint into the actors, then replay the log tail."""
+        from workers.durability import load_estimator_state, load_ingest_state, unprefixed
+
+        rec = self.durability.recover()
+        if rec.state is not None:
+            ray.get(self.estimator.__ray_call__.remote(
+                load_estimator_state, unprefixed("estimator", rec.state)))
+            parts = [unprefixed(f"ingest{p}", rec.state) for p in range(len(self.ingest_actors))]
+            if not all(parts):
+                raise RuntimeError("checkpoint lacks an ingest partition's state; restart with "
+                                   "the same --ingest count")
+            ray.get([a.__ray_call__.remote(load_ingest_state, part)
+                     for a, part in zip(self.ingest_actors, parts, strict=True)])
+            self._watermark = rec.state.get("facade.watermark_t")
+        n, refs = 0, []
+        for _pos, logged in rec.tail:
+            probes, now = self.durability.split_logged(logged)
+            if self.durability.checkpoint_due(now):
+                ray.get(refs)
+                refs = []
+                self._checkpoint(now)
+            refs += [self.ingest_actors[p].ingest.remote(part, now_s=now)
+                     for p, part, _ in self._split(probes)]
+            n += 1
+            if len(refs) > 64:
+                ray.get(refs[:32])
+                refs = refs[32:]
+        ray.get(refs)
+        ray.get([a.drain.remote() for a in self.ingest_actors])
+        marks = [s["watermark_t"] for s in ray.get([a.stats.remote() for a in self.ingest_actors])]
+        marks = [m for m in marks if m is not None]
+        if marks:
+            self._watermark = max([*marks, *([self._watermark] if self._watermark else [])])
+        self.durability.replayed_batches = n
+        logger.info("replayed %d logged batches", n)
 
     # -- queries ------------------------------------------------------------------------
     def route(self, from_latlon: tuple[float, float], to_latlon: tuple[float, float], *,
@@ -256,6 +340,8 @@ class RayPipeline(ServiceBase):
         router = (self.router.stats() if self.router is not None
                   else ray.get(self.router_actors[0].stats.remote(), timeout=30))
         merged = self._merge_status(parts, est)
+        if self.durability is not None:
+            est = {**est, "durability": self.durability.stats()}
         return {
             "clock": self.config.clock,
             "watermark_t": merged["watermark_t"],
