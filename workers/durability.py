@@ -308,3 +308,35 @@ def unprefixed(prefix: str, state: dict[str, Any]) -> dict[str, Any]:
     """The entries of ``state`` under ``prefix.``, prefix removed."""
     p = prefix + "."
     return {k[len(p):]: v for k, v in state.items() if k.startswith(p)}
+
+
+def reset_ingest(core: Any, state: dict[str, Any] | None) -> None:
+    """Empty an ``IngestCore`` (matcher, runs, dedupe memory, counters), then load ``state``.
+
+    Used when the estimator restarted: the whole pipeline goes back to the checkpoint and
+    the log after it is replayed, so no fold is lost and none is applied twice.
+    """
+    core._set_network(core.net, index=core.matcher.index, ubodt=core.matcher.ubodt)
+    core._counts, core._rejected_by_reason, core._watermark_t = Counter(), Counter(), None
+    if core.sink is not None:
+        core.sink._refs = []  # folds sent to the estimator that died: replay redoes them
+    if state:
+        load_ingest_state(core, state)
+
+
+def mark_boot(core: Any, token: str) -> None:
+    """Tag a live estimator actor; a restarted one comes back without the tag."""
+    core._durable_boot = token
+
+
+def boot_of(core: Any) -> str | None:
+    """The tag :func:`mark_boot` set (``None`` on a restarted actor)."""
+    return getattr(core, "_durable_boot", None)
+
+
+def estimator_state_if_booted(core: Any, token: str | None) -> dict[str, Any] | None:
+    """:func:`estimator_state` if the actor still carries ``token``, else ``None``.
+
+    A restarted estimator lost folds; its state must not go into a checkpoint.
+    """
+    return estimator_state(core) if boot_of(core) == token else None

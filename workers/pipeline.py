@@ -106,6 +106,7 @@ class RayPipeline(ServiceBase):
         else:
             self.router = RouterCore(net, cache_dir=config.cache_dir)
         ray.get([a.stats.remote() for a in self.ingest_actors])
+        self._boot: str | None = None
         if self.durability is not None:
             self._recover()
         self._publish(ray.get(self.estimator.publish.remote()), wait=True)
@@ -174,6 +175,8 @@ class RayPipeline(ServiceBase):
                 ray.get(refs)
 
     def tick(self) -> None:
+        if self.durability is not None:
+            self._check_estimator()
         now = self.now_s()
         for p, actor in enumerate(self.ingest_actors):
             prev = self._tick_refs.get(p)
@@ -193,7 +196,11 @@ class RayPipeline(ServiceBase):
         with order:  # log append and hand-off in one order, so partitions see log order
             now = self.now_s(self._batch_max_t(probes))
             if self.durability is not None and self.durability.checkpoint_due(now):
-                self._checkpoint(now)
+                try:
+                    self._checkpoint(now)
+                except ray.exceptions.RayError as exc:  # a worker is restarting: nothing taken
+                    raise Overloaded(f"a worker is restarting ({exc.__class__.__name__}); retry",
+                                     retry_after_s=self.config.retry_after_s) from exc
             parts = self._split(probes)
             with self._cv:
                 while self._swapping:
@@ -219,7 +226,13 @@ class RayPipeline(ServiceBase):
         try:
             try:
                 replies = ray.get(refs)
-            except ray.exceptions.RayActorError as exc:
+            except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError,
+                    ray.exceptions.ActorUnavailableError) as exc:
+                if isinstance(exc, ray.exceptions.RayTaskError) and not isinstance(
+                        exc.cause, (ray.exceptions.RayActorError,
+                                    ray.exceptions.ActorUnavailableError)):
+                    raise  # a bug in the worker, not a restart
+                # Logged already (when durable): the restore after the restart replays it.
                 raise Overloaded(f"an ingest worker is restarting ({exc.__class__.__name__}); retry",
                                  retry_after_s=self.config.retry_after_s) from exc
         finally:
@@ -245,17 +258,20 @@ class RayPipeline(ServiceBase):
 
     def _checkpoint(self, now: float | None) -> None:
         """Quiet point: wait for in-flight batches, flush, drain folds, save (order lock held)."""
-        from workers.durability import estimator_state, ingest_state, prefixed
+        from workers.durability import estimator_state_if_booted, ingest_state, prefixed
 
         with self._cv:
             while sum(self._inflight):
                 self._cv.wait()
         ray.get([a.flush.remote() for a in self.ingest_actors])
         ray.get([a.drain.remote() for a in self.ingest_actors])
+        est = ray.get(self.estimator.__ray_call__.remote(estimator_state_if_booted, self._boot))
+        if est is None:
+            raise ray.exceptions.RayError("the estimator restarted; no checkpoint until it is "
+                                          "restored")
         if now is not None:
             self.durability.note_checkpoint(now)
         parts = ray.get([a.__ray_call__.remote(ingest_state) for a in self.ingest_actors])
-        est = ray.get(self.estimator.__ray_call__.remote(estimator_state))
         state = prefixed("estimator", est)
         for p, part in enumerate(parts):
             state.update(prefixed(f"ingest{p}", part))
@@ -280,6 +296,7 @@ class RayPipeline(ServiceBase):
             ray.get([a.__ray_call__.remote(load_ingest_state, part)
                      for a, part in zip(self.ingest_actors, parts, strict=True)])
             self._watermark = rec.state.get("facade.watermark_t")
+        self._mark_boot()  # from here on the estimator's state is whole again
         n, refs = 0, []
         for _pos, logged in rec.tail:
             probes, now = self.durability.split_logged(logged)
@@ -302,6 +319,29 @@ class RayPipeline(ServiceBase):
         self.durability.replayed_batches = n
         logger.info("replayed %d logged batches", n)
 
+    def _mark_boot(self) -> None:
+        from workers.durability import mark_boot
+
+        self._boot = f"{time.time_ns()}"
+        ray.get(self.estimator.__ray_call__.remote(mark_boot, self._boot))
+
+    def _check_estimator(self) -> None:
+        """If the estimator actor restarted (fresh state), rebuild everything from the
+        checkpoint and the log; routers keep the last published weights meanwhile."""
+        from workers.durability import boot_of, reset_ingest
+
+        if ray.get(self.estimator.__ray_call__.remote(boot_of), timeout=30) == self._boot:
+            return
+        logger.warning("the estimator restarted; restoring from the checkpoint and replaying")
+        with self.durability.order_lock:
+            with self._cv:
+                while sum(self._inflight):
+                    self._cv.wait()
+            ray.get([a.__ray_call__.remote(reset_ingest, None) for a in self.ingest_actors])
+            self._recover()
+            self.estimator_restores = getattr(self, "estimator_restores", 0) + 1
+        self._publish(ray.get(self.estimator.publish.remote()))
+
     # -- queries ------------------------------------------------------------------------
     def route(self, from_latlon: tuple[float, float], to_latlon: tuple[float, float], *,
               depart_at_s: float | None = None, max_snap_m: float = 200.0,
@@ -313,15 +353,27 @@ class RayPipeline(ServiceBase):
         if depart_at_s is not None and self.prior is not None \
                 and depart_at_s - self.now_s() > profile_horizon_s:
             profile = self._profile_weights(depart_at_s)
-        actor = self._next_router()
-        return ray.get(actor.route.remote(from_latlon, to_latlon, max_snap_m=max_snap_m,
-                                          profile=profile))
+        return self._on_router(lambda a: a.route.remote(from_latlon, to_latlon,
+                                                        max_snap_m=max_snap_m, profile=profile))
 
     def table(self, sources: list[tuple[float, float]], destinations: list[tuple[float, float]],
               *, max_snap_m: float = 200.0) -> dict[str, Any]:
         if not self.router_actors:
             return super().table(sources, destinations, max_snap_m=max_snap_m)
-        return ray.get(self._next_router().table.remote(sources, destinations, max_snap_m=max_snap_m))
+        return self._on_router(lambda a: a.table.remote(sources, destinations, max_snap_m=max_snap_m))
+
+    def _on_router(self, call: Any) -> Any:
+        """Run a query on the next replica; a replica that dies under it is skipped and the
+        query retried on the others (queries are read-only, so a retry is safe)."""
+        attempts = max(2, len(self.router_actors) + 1)
+        for attempt in range(attempts):
+            try:
+                return ray.get(call(self._next_router()))
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def live_snapshot(self) -> tuple[float | None, pl.DataFrame]:
         return ray.get(self.estimator.live_snapshot.remote(), timeout=30)
