@@ -216,7 +216,17 @@ class RayPipeline(ServiceBase):
             try:
                 if self.durability is not None and probes.height:
                     probes = self._log_batch(probes, now)  # fsync'd before any matcher sees it
-                    parts = self._split(probes)  # partitions by pseudonym (same rows per part)
+                    # Partitions by pseudonym: the same vehicles stay together, but a group's
+                    # partition number can change, so move the in-flight counts with them
+                    # (else _release skews them and a checkpoint waits forever).
+                    new_parts = self._split(probes)
+                    with self._cv:
+                        for p, _, _ in parts:
+                            self._inflight[p] -= 1
+                        for p, _, _ in new_parts:
+                            self._inflight[p] += 1
+                        self._cv.notify_all()
+                    parts = new_parts
                 refs = [self.ingest_actors[p].ingest.remote(part, now_s=now,
                                                             accepted_wall_s=accepted_wall)
                         for p, part, _ in parts]
