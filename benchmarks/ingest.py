@@ -98,6 +98,19 @@ def start_server(network: Path, *, port: int, n_ingest: int, data_dir: Path,
     raise TimeoutError(f"server not ready in 180 s; see {log}")
 
 
+def fresh_data_dir(root: Path, name: str) -> Path:
+    """An empty server data directory under ``root`` (no logged probes or checkpoints to
+    recover), sharing ``root/cache`` (prepared routing and matcher tables) across runs."""
+    import shutil
+
+    run = root / name
+    shutil.rmtree(run, ignore_errors=True)
+    run.mkdir(parents=True)
+    (root / "cache").mkdir(parents=True, exist_ok=True)
+    (run / "cache").symlink_to((root / "cache").resolve(), target_is_directory=True)
+    return run
+
+
 def stop_server(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGINT)
@@ -158,7 +171,8 @@ def run_once(args: argparse.Namespace, n_ingest: int, body_files: list[Path], n_
     port = args.port + n_ingest
     url = f"http://127.0.0.1:{port}"
     proc = start_server(Path(args.network), port=port, n_ingest=n_ingest,
-                        data_dir=Path(args.data_dir), log=Path(args.data_dir) / f"server{n_ingest}.log")
+                        data_dir=fresh_data_dir(Path(args.data_dir), f"run{n_ingest}"),
+                        log=Path(args.data_dir) / f"server{n_ingest}.log")
     try:
         st0 = _get(url + "/v1/status")
         load_before = os.getloadavg()[0]
@@ -217,6 +231,7 @@ def run_once(args: argparse.Namespace, n_ingest: int, body_files: list[Path], n_
         "req_p99_ms": float(np.percentile(req_s, 99) * 1e3),
         "stage_s": stage, "applied": st["probes"]["applied"],
         "unmatched": st["probes"]["unmatched"], "pending": st["probes"]["pending"],
+        "polled_p99_s": [(round(t - t_first, 1), f) for t, _, f in polls],
         "load": (load_before, load_after),
         "cpu_s": {**{k: v - cpu0.get(k, 0.0) for k, v in cpu1.items()},
                   "loadgen": (kids1.ru_utime + kids1.ru_stime) - (kids0.ru_utime + kids0.ru_stime)},

@@ -36,7 +36,7 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _loadgen import post_bodies  # noqa: E402
-from ingest import ROOT, start_server, stop_server  # noqa: E402
+from ingest import ROOT, fresh_data_dir, start_server, stop_server  # noqa: E402
 
 PY = sys.executable
 
@@ -150,7 +150,8 @@ def main() -> None:
     net = load_network(network)
     url = f"http://127.0.0.1:{args.port}"
     load_before = os.getloadavg()[0]
-    proc = start_server(network, port=args.port, n_ingest=1, data_dir=Path(args.data_dir),
+    proc = start_server(network, port=args.port, n_ingest=1,
+                        data_dir=fresh_data_dir(Path(args.data_dir), "run"),
                         log=Path(args.data_dir) / "server.log")
     try:
         with tempfile.TemporaryDirectory() as td:
