@@ -1,0 +1,29 @@
+"""One-minute soak of `traffic serve` (see benchmarks/soak.py): no errors, bounded memory,
+fresh weights, exact accounting, clean SIGTERM."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import shared_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+
+@pytest.mark.slow
+def test_soak_short_one_minute(tmp_path):
+    shared_file("scenario_kbh/probes.parquet")
+    from soak import run_soak
+
+    r = run_soak(minutes=1.0, probes_per_s=2000.0, routes_per_s=10.0, data_dir=tmp_path,
+                 warmup_frac=0.5)
+    assert r["errors"] == 0, r["error_examples"]
+    assert r["probes_per_s"] > 1500
+    assert r["freshness_p99_max_s"] is not None and r["freshness_p99_max_s"] < 2.0
+    assert r["rss_growth"] < 0.10
+    assert r["identity_holds"]
+    assert r["accepted"] == r["client_accepted"]
+    assert r["sigterm_exit"] == 0
