@@ -107,7 +107,8 @@ def run_soak(*, minutes: float, probes_per_s: float, routes_per_s: float,
     def post_loop() -> None:
         c = httpx.Client(base_url=base, timeout=30)
         start = time.perf_counter()
-        k = max(1, round(speed / 4))  # event seconds per POST: about 4 posts/s
+        # Event seconds per POST: about 4 posts/s, under the API's 10,000-probe batch bound.
+        k = max(1, min(round(speed / 4), int(4000 / max(per_event_s, 1.0))))
         it = _laps(probes)
         for i in range(10**12):
             if stop.is_set():
