@@ -19,9 +19,7 @@ speed error per (SUMO edge, 5-min interval) with >= ``--min-traversals`` travers
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -41,6 +39,7 @@ from traffic.traversals import TraversalExtractor
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from _report import append_section, machine_description, utc_now  # noqa: E402
 from _scenario import EdgeMap, Scenario, map_sumo_edges, map_true_routes  # noqa: E402
 
 
@@ -320,19 +319,15 @@ def main() -> None:
 
 def report(a: argparse.Namespace, sc: Scenario, res: dict) -> None:
     """Print the table and (unless ``--no-append``) append it to BENCHMARKS.md."""
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
-                if ln.startswith("model name")), "?")
-    load = open("/proc/loadavg").read().split()[0]
     f = lambda k: f"{res[k]:.3f}"  # noqa: E731
-    lines = [f"\n## Accuracy on {sc.root.name} (true routes, speeds, oracle)\n",
+    lines = [f"## Accuracy on {sc.root.name} (true routes, speeds, oracle)\n",
              f"`.venv/bin/python benchmarks/accuracy.py --scenario {sc.root} --tick-s {a.tick_s:g}"
              f" --min-traversals {a.min_traversals:g}"
              + "".join(f" --{k.replace('_', '-')} {v:g}" for k, v in (
                  ("decay_tau_s", a.decay_tau_s), ("prior_weight", a.prior_weight),
                  ("gate_sigma", a.gate_sigma)) if v is not None)
              + (" --no-router" if a.no_router else "") + "` — "
-             f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.machine()}, {cpu}, "
-             f"2 cores, load average {load} at the end. Estimator {res['estimator_config']}.\n",
+             f"{utc_now()}, {machine_description()} (at the end). Estimator {res['estimator_config']}.\n",
              f"ETA on {res['trips']} of {res['trips_all']} held-out trips; route: "
              f"{res['eta_route']} (faithful for {res['true_route_coverage']:.1%} of trips: every "
              "SUMO edge mapped or bridged, length within 10%). Peak = manifest's peak departure "
@@ -369,8 +364,7 @@ def report(a: argparse.Namespace, sc: Scenario, res: dict) -> None:
     print(f"# reference: oracle peak MdAPE {res['peak_oracle_mdape']:.3f} = "
           f"{res['peak_oracle_mdape'] / res['peak_freeflow_mdape']:.2f} x free-flow's")
     if not a.no_append:
-        with open(ROOT / "BENCHMARKS.md", "a") as fh:
-            fh.write("\n".join(lines) + "\n")
+        append_section("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

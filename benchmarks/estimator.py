@@ -12,8 +12,8 @@ appends it to BENCHMARKS.md (unless ``--no-append``).
 from __future__ import annotations
 
 import argparse
-import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +21,9 @@ import numpy as np
 
 from traffic import _kernels
 from traffic.estimator import EstimatorConfig, EstimatorState, fold_traversals
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import append_section, machine_description, utc_now  # noqa: E402
 
 T0 = 1_700_000_000.0
 
@@ -147,25 +150,16 @@ def bench_cupy(repeats: int) -> list[tuple[str, float, float, str]]:
 
 
 def _machine(xp_name: str) -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
-    desc = f"{platform.machine()}, {cpu}, {os.cpu_count()} cores"
+    """The machine line, naming the GPU (``nvidia-smi``) for a CuPy run."""
+    note = ""
     if xp_name == "cupy":
         try:
             gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
                                  capture_output=True, text=True, check=False).stdout.strip()
-            desc += f", GPU {gpu}"
+            note = f"GPU {gpu}"
         except OSError:
             pass
-    return desc
+    return machine_description(note=note)
 
 
 def main() -> None:
@@ -182,12 +176,9 @@ def main() -> None:
         rows = bench_cupy(args.repeats)
     else:
         rows = [r for n in args.n for r in bench_numpy(n, args.m, args.repeats)]
-    load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
-    date = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip()
     lines = [
-        f"\n## Estimator update (`python benchmarks/estimator.py --xp {args.xp}`)\n",
-        f"{date}; {_machine(args.xp)}; {args.repeats} repeats after a warm-up; "
-        f"load average at the end {' '.join(load)}.\n",
+        f"## Estimator update (`python benchmarks/estimator.py --xp {args.xp}`)\n",
+        f"{utc_now()}; {_machine(args.xp)} (at the end); {args.repeats} repeats after a warm-up.\n",
         "| what | median ms | p99 ms | note |", "|---|---:|---:|---|",
     ]
     for name, med, p99, note in rows:
@@ -198,8 +189,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_append:
-        with open(args.output, "a", encoding="utf-8") as f:
-            f.write(text)
+        append_section(text, path=Path(args.output))
 
 
 if __name__ == "__main__":

@@ -11,8 +11,6 @@ statuses seen per endpoint and appends it to BENCHMARKS.md. Exits 1 on any failu
 from __future__ import annotations
 
 import argparse
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -20,20 +18,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from _report import append_section, machine_description, utc_now  # noqa: E402
 from fuzzing import format_table, fuzz_app  # noqa: E402
-
-
-def machine() -> str:
-    """``uname -m``, CPU model and core count."""
-    model = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    import os
-
-    return f"{platform.machine()}, {model}, {os.cpu_count()} cores"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,14 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     for f in failures[:20]:
         print(f[:500], file=sys.stderr)
     if not args.no_append:
-        date = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip()
+        date = utc_now()
         section = "\n".join([
-            "", f"## API fuzzing (schemathesis): `python benchmarks/fuzz.py --cases {args.cases} "
+            f"## API fuzzing (schemathesis): `python benchmarks/fuzz.py --cases {args.cases} "
             f"--seed {args.seed}`", "",
-            f"{date}; {machine()}; network `{args.network.name}` ({net.n_edges:,} edges), "
+            f"{date}; {machine_description()}; network `{args.network.name}` ({net.n_edges:,} edges), "
             "in-process services, open mode.", "", table, "", summary, ""])
-        with open(ROOT / "BENCHMARKS.md", "a", encoding="utf-8") as fh:
-            fh.write(section)
+        append_section(section)
     return 1 if failures else 0
 
 

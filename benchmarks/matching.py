@@ -7,8 +7,7 @@ traversal extraction, replayed in event-time ticks. Appends a table to BENCHMARK
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import platform
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +19,9 @@ from graph.spatial import build_spatial_index
 from graph.ubodt import build_ubodt
 from traffic.matching import MatcherConfig, OnlineMatcher
 from traffic.traversals import TraversalExtractor
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import append_section, machine_description, utc_now  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,13 +75,11 @@ def main() -> None:
             secs, n, n_tr = run(net, index, ubodt, batches, validate=validate)
             rates.append(n / secs)
         rows.append((name, n, np.median(rates), np.min(rates), n_tr))
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
-                if ln.startswith("model name")), "?")
     lines = [
-        f"\n## Map matching throughput ({d.name})\n",
+        f"## Map matching throughput ({d.name})\n",
         f"`.venv/bin/python benchmarks/matching.py --tick-s {a.tick_s:g} --repeat {a.repeat}` — "
-        f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.machine()}, {cpu}, 2 cores "
-        "(one used; other work was running on the machine, so rates are lower bounds).\n",
+        f"{utc_now()}, {machine_description(note='one used')} "
+        "(other work may be running on the machine, so rates are lower bounds).\n",
         f"Network {net.n_nodes} nodes / {net.n_edges} edges; spatial index {t1 - t0:.2f} s with load; "
         f"UBODT (1500 m) {t2 - t1:.2f} s, {ubodt.key.size} pairs, {ubodt.nbytes / 1e6:.1f} MB.\n",
         "| pipeline | probes | median probes/s | worst probes/s | traversals |",
@@ -88,8 +88,7 @@ def main() -> None:
     ]
     print("\n".join(lines))
     if not a.no_append:
-        with open(ROOT / "BENCHMARKS.md", "a") as f:
-            f.write("\n".join(lines) + "\n")
+        append_section("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

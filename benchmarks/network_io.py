@@ -12,10 +12,7 @@ Prints a Markdown table and appends it to BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +25,9 @@ from graph.dimacs import find_coordinates, load_dimacs
 from graph.geojson import export_geojson, load_geojson
 from graph.io import load_compiled, save_network
 from graph.network import content_version
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import append_section, machine_description, utc_now  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -48,18 +48,6 @@ def timed(fn: Callable[[], object], runs: int) -> tuple[list[float], object]:
 def row(what: str, size: str, times: list[float], note: str = "") -> str:
     return (f"| {what} | {size} | {min(times):.3f} | {statistics.median(times):.3f} "
             f"| {max(times):.3f} | {note} |")
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.machine()}, {cpu}, {os.cpu_count()} cores"
 
 
 def bench_network(label: str, net, runs: int, tmp: Path) -> list[str]:
@@ -129,12 +117,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"skipping Liechtenstein: {LI_PBF} not present", file=sys.stderr)
 
-    date = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip()
+    date = utc_now()
     table = "\n".join([
         f"## Network I/O (`graph.dimacs`, `graph.io`, `graph.geojson`), {date}",
         "",
         f"Command: `.venv/bin/python benchmarks/network_io.py --runs {runs}`; "
-        f"machine: {machine()}. Seconds over {runs} runs (min / median / max; no p99 "
+        f"machine: {machine_description()}. Seconds over {runs} runs (min / median / max; no p99 "
         "for so few runs). Files in a temporary directory (page cache warm after the "
         "first run).",
         "",
@@ -145,8 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     ])
     print(table)
     if not args.no_append:
-        with open(ROOT / "BENCHMARKS.md", "a", encoding="utf-8") as fh:
-            fh.write("\n" + table)
+        append_section(table)
     return 0
 
 

@@ -11,10 +11,7 @@ floor for any pyosmium-based loader. Prints a Markdown table and appends it to B
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,6 +19,9 @@ from pathlib import Path
 import osmium
 
 from graph.osm import load_osm_with_stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import append_section, machine_description, utc_now  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "osm"
@@ -45,18 +45,6 @@ def scan_only_s(path: Path) -> float:
     for _ in processor:
         pass
     return time.perf_counter() - t0
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.machine()}, {cpu}, {os.cpu_count()} cores"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,13 +79,13 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
 
-    date = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip()
+    date = utc_now()
     table = "\n".join(
         [
             f"## OSM import (`graph.osm.load_osm`), {date}",
             "",
             f"Command: `.venv/bin/python benchmarks/osm_import.py --runs {args.runs}`; "
-            f"machine: {machine()}. Median and slowest of {args.runs} full imports "
+            f"machine: {machine_description()}. Median and slowest of {args.runs} full imports "
             "(read + split + `build_network`); *pyosmium scan* is the median time pyosmium "
             "alone takes to hand the same ways and relations to Python (the floor). "
             f"Budget: Liechtenstein <= {LIECHTENSTEIN_BUDGET_S:.0f} s.",
@@ -111,8 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(table)
     if not args.no_append:
-        with open(ROOT / "BENCHMARKS.md", "a", encoding="utf-8") as fh:
-            fh.write("\n" + table)
+        append_section(table)
     return 0
 
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +29,9 @@ from graph.cch import QueryCache, customize, customize_partial, prepare_cch  # n
 from graph.dijkstra import dijkstra  # noqa: E402
 from graph.network import banned_turns  # noqa: E402
 from graph.router import Router  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import append_section, machine_description, utc_now  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 NY_GR = DATA / "graphs" / "USA-road-t.NY.gr.gz"
@@ -337,18 +338,6 @@ def _format(rows, args) -> str:
             f"{load} (1, 5, 15 min).\n\n{head}\n{sep}\n{body}")
 
 
-def _machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.machine()}, {cpu}, {os.cpu_count()} cores (benchmark pinned to one)"
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pairs", type=int, default=1000)
@@ -363,11 +352,11 @@ def main() -> None:
     text = verify(args) if args.verify else bench(args)
     print(text)
     if not args.no_append:
-        date = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip()
+        date = utc_now()
         cmd = "python benchmarks/routing.py" + (" --verify" if args.verify else "")
-        section = f"\n## Routing{' correctness' if args.verify else ''}: `{cmd}`\n\n{date}; {_machine()}\n\n{text}\n"
-        with open(ROOT / "BENCHMARKS.md", "a", encoding="utf-8") as f:
-            f.write(section)
+        machine = machine_description(note="benchmark pinned to one")
+        section = f"## Routing{' correctness' if args.verify else ''}: `{cmd}`\n\n{date}; {machine}\n\n{text}\n"
+        append_section(section)
 
 
 if __name__ == "__main__":

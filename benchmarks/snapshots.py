@@ -12,9 +12,7 @@ appends it to BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from graph.network import RoadNetwork  # noqa: E402
 from traffic.snapshots import SnapshotStore, edge_bboxes, keys_in_bbox  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import append_section, machine_description, utc_now  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -139,20 +140,6 @@ def ny_inputs() -> tuple[np.ndarray, np.ndarray, np.ndarray, str, str]:
     return keys, freeflow, bb, f"{bb.size} edges", "synthetic keys, DIMACS NY size"
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
-    return f"{platform.machine()}, {cpu}, {os.cpu_count()} cores"
-
-
 def table(rows: list[dict]) -> str:
     head = "| case | edges | snapshots/day | query | median ms | p99 ms | result |\n|---|---:|---:|---|---:|---:|---|\n"
     body = ""
@@ -192,17 +179,16 @@ def main() -> int:
     out = table(rows)
     print(out)
     if not args.no_append:
-        date = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip()
+        date = utc_now()
         section = (
-            f"\n## Snapshot store queries, one day of history\n\n"
-            f"`.venv/bin/python benchmarks/snapshots.py` — {date} — {machine()}\n\n"
+            f"## Snapshot store queries, one day of history\n\n"
+            f"`.venv/bin/python benchmarks/snapshots.py` — {date} — {machine_description()}\n\n"
             + "".join(f"- {n}\n" for n in notes)
             + "- synthetic values: 20 % of edges observed per snapshot (rush-hour dips), the rest at the "
               "prior; Parquet zstd, 64 Ki-row groups, rows sorted by key; OS page cache warm\n\n"
             + out
         )
-        with open(ROOT / "BENCHMARKS.md", "a") as fh:
-            fh.write(section)
+        append_section(section)
     return 0
 
 

@@ -11,9 +11,9 @@ it to BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -25,6 +25,9 @@ import polars as pl
 from traffic.checkpoints import CheckpointStore
 from traffic.privacy import Pseudonymizer, key_from_text
 from traffic.wal import LogPosition, ProbeLog
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import append_section, machine_description, utc_now  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,15 +118,6 @@ def bench_pseudonyms(n_unique: int, *, warm: bool, reps: int = 7) -> tuple[float
     return 10_000 / float(np.median(t)), 10_000 / float(np.percentile(t, 99))
 
 
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return f"{platform.machine()}, {cpu}, 2 cores"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="per append configuration")
@@ -169,13 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     for label, med, p99 in pseudo:
         extra.append(f"| pseudonymize 10,000-row batch, {label} | {med:,.0f} ids/s | p99 {p99:,.0f} ids/s |")
     print("\n".join(extra))
-    date = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip()
+    date = utc_now()
     fs = subprocess.run(["df", "-T", str(args.dir or tempfile.gettempdir())], capture_output=True,
                         text=True).stdout.splitlines()[-1].split()[1]
     table = "\n".join([
         f"## WAL, checkpoints, pseudonyms: `.venv/bin/python benchmarks/wal.py --seconds {args.seconds:g}`",
         "",
-        f"{date}; {machine()}; filesystem {fs} (temp dir). Appends for {args.seconds:g} s per row; "
+        f"{date}; {machine_description()}; filesystem {fs} (temp dir). Appends for {args.seconds:g} s per row; "
         "latency is per `append()` call (encode + write + fsync).",
         "",
         *lines,
@@ -183,8 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ])
     if not args.no_append:
-        with open(ROOT / "BENCHMARKS.md", "a", encoding="utf-8") as fh:
-            fh.write("\n" + table)
+        append_section(table)
     return 0
 
 
