@@ -77,10 +77,10 @@ def encode_bodies(df: pl.DataFrame, *, conns: int, batch: int) -> list[list[byte
 
 
 def start_server(network: Path, *, port: int, n_ingest: int, data_dir: Path,
-                 log: Path) -> subprocess.Popen:
+                 log: Path, extra: list[str] | None = None) -> subprocess.Popen:
     cmd = [str(Path(PY).parent / "traffic"), "serve", "--network", str(network),
            "--clock", "event", "--ingest", str(n_ingest), "--port", str(port),
-           "--data-dir", str(data_dir)]
+           "--data-dir", str(data_dir), *(extra or [])]
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT,
                             start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -172,7 +172,8 @@ def run_once(args: argparse.Namespace, n_ingest: int, body_files: list[Path], n_
     url = f"http://127.0.0.1:{port}"
     proc = start_server(Path(args.network), port=port, n_ingest=n_ingest,
                         data_dir=fresh_data_dir(Path(args.data_dir), f"run{n_ingest}"),
-                        log=Path(args.data_dir) / f"server{n_ingest}.log")
+                        log=Path(args.data_dir) / f"server{n_ingest}.log",
+                        extra=args.serve_args.split())
     try:
         st0 = _get(url + "/v1/status")
         load_before = os.getloadavg()[0]
@@ -292,6 +293,8 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=18100)
     ap.add_argument("--refresh-s", type=float, default=1.0)
     ap.add_argument("--data-dir", default=str(Path(tempfile.gettempdir()) / "traffic-bench-ingest"))
+    ap.add_argument("--serve-args", default="",
+                    help="extra `traffic serve` options, e.g. '--no-wal' (one string)")
     ap.add_argument("--no-append", action="store_true")
     args = ap.parse_args()
     scenario = Path(args.scenario)
@@ -317,10 +320,13 @@ def main() -> None:
     lines = [
         "\n## Ingest end to end: `POST /v1/probes` -> published weights (scenario_kbh)\n",
         f"`.venv/bin/python benchmarks/ingest.py --ingest {' '.join(map(str, args.ingest))} "
-        f"--batch {args.batch} --conns {args.conns} --loops {args.loops}` — "
+        f"--batch {args.batch} --conns {args.conns} --loops {args.loops}"
+        + (f" --serve-args '{args.serve_args}'" if args.serve_args else "") + "` — "
         f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.machine()}, {cpu}, "
-        f"{os.cpu_count()} cores. Server: `traffic serve --clock event` (Ray, router in the "
-        f"API process); {args.conns} load generator processes on the same machine, competing "
+        f"{os.cpu_count()} cores. Server: `traffic serve --clock event "
+        f"{args.serve_args}`".replace(" `", "`") + " (Ray, router in the API process; probe log "
+        f"and checkpoints on unless `--no-wal`); "
+        f"{args.conns} load generator processes on the same machine, competing "
         f"with the server for the 2 cores. 1-min load average before -> after each run: "
         f"{loads}.\n",
         *_fmt_table(results),
