@@ -13,6 +13,7 @@ fails the load), and recomputing the hash would double the load time.
 from __future__ import annotations
 
 import json
+import errno
 import os
 import tempfile
 import zipfile
@@ -96,6 +97,8 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]
         mode = path.stat().st_mode & 0o777
     except OSError:
         mode = 0o644
+    # Hidden and ending in .tmp: readers of a directory (snapshots, checkpoints, the probe
+    # log) skip such names, and their owners remove stale ones.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -107,7 +110,7 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_directory(directory)
+    fsync_directory(directory)
 
 
 def load_compiled(path: str | os.PathLike[str], *, verify: bool = False) -> RoadNetwork:
@@ -311,14 +314,16 @@ def _require_file(path: Path) -> None:
         raise NetworkFileNotFoundError(f"{path}: is a directory, not a network file")
 
 
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
+def fsync_directory(directory: str | os.PathLike[str]) -> None:
+    """Flush a directory's entries to disk, so a rename or a new file in it survives a crash.
+
+    Filesystems that cannot fsync a directory (``EINVAL``) are tolerated; other errors raise.
+    """
+    fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
-    except OSError:
-        pass
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
     finally:
         os.close(fd)

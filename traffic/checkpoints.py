@@ -19,7 +19,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import struct
 import time
 import zlib
@@ -29,6 +28,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from graph.io import fsync_directory, write_atomic
 from traffic.errors import EstimatorStateError, TrafficError
 from traffic.wal import LogPosition
 
@@ -121,14 +121,6 @@ def _split_state(state: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str
     return arrays, scalars, generic
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _read_header(fh: io.BufferedReader, path: Path) -> tuple[dict[str, Any], int]:
     prefix = fh.read(_PREFIX.size)
     if len(prefix) < _PREFIX.size:
@@ -188,7 +180,7 @@ class CheckpointStore:
         self.dir = Path(dir)
         self.keep_last = int(keep_last)
         self.dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.dir.glob(".tmp-ckpt-*"):
+        for stale in self.dir.glob(".ckpt-*.tmp"):
             stale.unlink(missing_ok=True)
 
     def paths(self) -> list[Path]:
@@ -252,18 +244,8 @@ class CheckpointStore:
             "generic_keys": generic,
         }).encode()
         path = self.dir / _checkpoint_name(log_position.seq)
-        tmp = self.dir / f".tmp-ckpt-{log_position.seq:020d}-{os.getpid()}-{time.monotonic_ns()}"
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(_PREFIX.pack(_MAGIC, len(header), zlib.crc32(header)))
-                fh.write(header)
-                fh.write(payload)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        _fsync_dir(self.dir)
+        prefix = _PREFIX.pack(_MAGIC, len(header), zlib.crc32(header))
+        write_atomic(path, lambda fh: (fh.write(prefix), fh.write(header), fh.write(payload)))
         self._prune()
         return path
 
@@ -272,7 +254,7 @@ class CheckpointStore:
         for path in doomed:
             path.unlink(missing_ok=True)
         if doomed:
-            _fsync_dir(self.dir)
+            fsync_directory(self.dir)
 
     def read_header(self, path: Path) -> CheckpointHeader:
         """Read and check one checkpoint's header (not its payload).

@@ -20,7 +20,6 @@ import io
 import math
 import os
 import re
-import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from graph.io import fsync_directory, write_atomic
 from graph.network import ROAD_CLASS_INDEX, ROAD_CLASSES, RoadNetwork
 from traffic.errors import NoSnapshotError, SnapshotQueryError, SnapshotSchemaError
 
@@ -185,24 +185,14 @@ class SnapshotStore:
             pl.lit(t_ms / 1000.0, dtype=pl.Float64).alias("t"),
             pl.lit(network_version, dtype=pl.String).alias("network_version"),
         )
-        tmp = directory / f".{name}.{os.getpid()}.{secrets.token_hex(4)}{_TMP_SUFFIX}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                frame.write_parquet(fh, compression="zstd", statistics=True,
-                                    row_group_size=_ROW_GROUP_ROWS)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, directory / name)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        write_atomic(directory / name, lambda fh: frame.write_parquet(
+            fh, compression="zstd", statistics=True, row_group_size=_ROW_GROUP_ROWS))
         # One snapshot per event time: drop a same-time file of another network version.
         for other in directory.iterdir():
             m = _FILE_RE.match(other.name)
             if m and int(m.group(1)) == t_ms and other.name != name:
                 other.unlink(missing_ok=True)
-        _fsync_dir(directory)
+        fsync_directory(directory)
         return directory / name
 
     def prune(self, now_s: float) -> int:
@@ -692,15 +682,7 @@ def _make_dirs(directory: Path) -> None:
         d = d.parent
     for d in reversed(missing):
         d.mkdir(exist_ok=True)
-        _fsync_dir(d.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_directory(d.parent)
 
 
 def _rmdir_if_empty(directory: Path) -> None:

@@ -41,6 +41,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 
+from graph.io import fsync_directory, write_atomic
 from traffic.errors import TrafficError
 from traffic.probes import REQUIRED_COLUMNS
 
@@ -174,14 +175,6 @@ def _scan_frames(raw: memoryview, start: int) -> Iterator[tuple[int, int, int, i
         offset = payload_start + n_bytes
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
@@ -251,7 +244,7 @@ class ProbeLog:
 
     # ------------------------------------------------------------------ opening
     def _open_segments(self) -> list[_Segment]:
-        for stale in self.dir.glob(".tmp-wal-*"):
+        for stale in self.dir.glob(".wal-*.tmp"):
             stale.unlink(missing_ok=True)
         segments = []
         for path in sorted(self.dir.glob("wal-*.arrow")):
@@ -286,13 +279,8 @@ class ProbeLog:
 
     def _create_segment(self, first_seq: int, first_row: int) -> _Segment:
         path = self.dir / _segment_name(first_seq)
-        tmp = self.dir / f".tmp-wal-{first_seq:020d}-{os.getpid()}"
-        with open(tmp, "wb") as fh:
-            fh.write(_encode_segment_header(first_seq, first_row))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(self.dir)
+        header = _encode_segment_header(first_seq, first_row)
+        write_atomic(path, lambda fh: fh.write(header))
         return _Segment(first_seq, first_row, path)
 
     # ------------------------------------------------------------------ writing
@@ -468,7 +456,7 @@ class ProbeLog:
         for seg in doomed:
             seg.path.unlink(missing_ok=True)
         if doomed:
-            _fsync_dir(self.dir)
+            fsync_directory(self.dir)
         return [seg.path for seg in doomed]
 
     def segment_paths(self) -> list[Path]:
