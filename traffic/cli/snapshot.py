@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +78,9 @@ def _export(args: argparse.Namespace) -> int:
     else:
         payload = {"parquet": to_parquet_bytes, "csv": to_csv_bytes,
                    "arrow": lambda d: to_arrow_ipc_bytes(d, stream=False)}[fmt](df)
-    _write_atomic(args.output, payload)
+    from graph.io import write_atomic
+
+    write_atomic(args.output, lambda fh: fh.write(payload))
     print(f"wrote {df.height} edges of the snapshot at {np.datetime64(int(snap_t * 1000), 'ms')}Z "
           f"(network {ref.network_version}) to {args.output}")
     return 0
@@ -95,16 +96,3 @@ def _list(args: argparse.Namespace) -> int:
     for ref in SnapshotStore(args.data_dir, retention_s=None).snapshots(t_from, t_to):
         print(f"{ref.t_s:.3f}\t{np.datetime64(int(round(ref.t_s * 1000)), 'ms')}Z\t{ref.network_version}")
     return 0
-
-
-def _write_atomic(path: Path, payload: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
