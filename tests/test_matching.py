@@ -156,3 +156,30 @@ def test_push_kbh_real_probes_accuracy():
     ok = (net.edge_osm_way[edges] == way) & (net.edge_reversed[edges] == rev)
     # Measured 0.954 on all 1,751 cars (way and direction); the slice must stay above 0.93.
     assert ok.mean() > 0.93
+
+
+def test_ubodt_lookup_matches_binary_search_kbh():
+    """The hashed lookup equals a binary search over the sorted keys, hits and misses alike."""
+    from graph.osm import load_osm
+
+    net = load_osm(shared_file("osm/kbh.osm.pbf"))
+    ub = build_ubodt(net, bound_m=800.0)
+    rng = np.random.default_rng(11)
+    pick = rng.integers(0, ub.key.size, 20000)
+    src = np.r_[ub.key[pick] // ub.n_nodes, rng.integers(0, net.n_nodes, 20000)]
+    dst = np.r_[ub.key[pick] % ub.n_nodes, rng.integers(0, net.n_nodes, 20000)]
+    dist, pos = ub.lookup(src, dst)
+    q = src.astype(np.int64) * ub.n_nodes + dst
+    i = np.minimum(np.searchsorted(ub.key, q), ub.key.size - 1)
+    found = ub.key[i] == q
+    np.testing.assert_array_equal(pos, np.where(found, i, -1))
+    np.testing.assert_array_equal(dist, np.where(found, ub.dist_m[i], np.inf))
+    assert found[:20000].all() and not found[20000:].all()
+
+
+def test_ubodt_lookup_empty_table_and_query(parallel_roads):
+    _, _, ub = parallel_roads
+    d, p = ub.lookup(np.zeros(0, np.int64), np.zeros(0, np.int64))
+    assert d.size == p.size == 0
+    d, p = ub.lookup([0, 0], [0, 9])
+    assert d[0] == 0.0 and p[0] >= 0 and ub.key[p[0]] == 0
