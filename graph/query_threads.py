@@ -12,6 +12,11 @@ thread drops the query objects of other metrics before its next task, or within
 ``idle_check_s`` when idle, so a replaced metric's memory goes back promptly.
 :meth:`QueryThreads.close` (also run when the owner is garbage-collected, from any thread)
 makes every thread drop its query objects and exit.
+
+A long-lived calling thread (an event loop's) may skip the hand-over and search itself: a
+:class:`CallerQueries` made on that thread keeps its query objects, drops those of retired
+metrics lazily on its next use (when the router's retained tuple has changed), and must be
+closed on that same thread (the API does so in its lifespan, on the loop thread).
 """
 
 from __future__ import annotations
@@ -60,6 +65,11 @@ class QueryThreads:
         """Say which metrics are current: the threads drop query objects of any other."""
         self._state.live = tuple(metrics)
         self._state.generation += 1
+
+    @property
+    def retained(self) -> tuple[Metric, ...]:
+        """The metrics last given to :meth:`retain` (a new tuple object on every change)."""
+        return self._state.live
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(*args, queries=<the thread's QueryCache>)`` on a pool thread; return its result.
@@ -147,3 +157,43 @@ def _serve(tasks: queue.SimpleQueue[Any], state: _Shared, idle_check_s: float) -
     finally:
         cache.clear()
         state.caches.pop(me, None)
+
+
+class CallerQueries:
+    """The query objects of one long-lived calling thread (e.g. the API's event-loop thread).
+
+    Made on the thread that will use it; :meth:`for_metrics` hands back its
+    :class:`graph.cch.QueryCache` only on that thread (``None`` elsewhere or once closed, and
+    the caller then makes a query object per call), first dropping the query objects of metrics
+    no longer retained. :meth:`close` drops them all and must run on the owning thread; a
+    CallerQueries dropped elsewhere while holding query objects would leak them, so close it.
+    """
+
+    def __init__(self) -> None:
+        self._owner = threading.get_ident()
+        self._cache = QueryCache()
+        self._live: tuple[Metric, ...] | None = None
+        self._closed = False
+
+    def for_metrics(self, live: tuple[Metric, ...]) -> QueryCache | None:
+        """This thread's cache, keeping only the query objects of ``live`` (the router's
+        retained metrics: compared by identity, so a retention change costs one check)."""
+        if self._closed or threading.get_ident() != self._owner:
+            return None
+        if live is not self._live:
+            self._cache.keep_only(live)
+            self._live = live
+        return self._cache
+
+    def close(self) -> None:
+        """Drop every query object (on the owning thread; idempotent)."""
+        if self._closed:
+            return
+        if threading.get_ident() != self._owner:
+            raise RuntimeError("CallerQueries.close() must run on the thread that made it")
+        self._closed = True
+        self._cache.clear()
+        self._live = None
+
+    def __len__(self) -> int:
+        return len(self._cache)

@@ -9,6 +9,9 @@ never sees a half-customized one and never waits for a customization in progress
 Threads: RoutingKit's query objects belong to the thread that made them, so the router runs
 its CCH searches on a small pool of its own threads (:class:`graph.query_threads.QueryThreads`)
 that own them; the calling thread snaps points and builds geometry, and hands the search over.
+``route(..., on_caller=True)`` searches on the calling thread instead (no hand-over: the API's
+event loop does so, the search being ~0.1-0.3 ms), with the caller's own query objects
+(:class:`graph.query_threads.CallerQueries`) or, without them, one made and dropped per call.
 A replaced metric's query objects are dropped by their owning threads, and the threads exit when
 the router is closed or garbage-collected, from any thread: no leak, no unraisable errors.
 
@@ -32,7 +35,7 @@ import numpy as np
 from graph.cch import CCHIndex, Metric, PathResult, customize, prepare_cch
 from graph.errors import NoCandidateError, NoRouteError
 from graph.network import RoadNetwork
-from graph.query_threads import QueryThreads
+from graph.query_threads import CallerQueries, QueryThreads
 from graph.spatial import DEFAULT_SNAP_RADIUS_M, SpatialIndex, build_spatial_index, candidates
 
 #: Weights version of the metric a router starts with (free-flow travel times).
@@ -184,11 +187,16 @@ class Router:
     def route(
         self, from_latlon: tuple[float, float], to_latlon: tuple[float, float], *,
         max_snap_m: float = DEFAULT_SNAP_RADIUS_M, profile: Hashable | None = None,
+        on_caller: bool = False, caller_queries: CallerQueries | None = None,
     ) -> Route:
         """Fastest route between two points, each snapped to its nearest road.
 
         Uses the live travel times, or with ``profile`` the profile metric customized under
         that key (:meth:`customize_profile`; a ``KeyError`` if there is none).
+
+        With ``on_caller`` the search runs on the calling thread rather than a query thread,
+        with ``caller_queries``' query objects when they belong to this thread (else a query
+        object made and dropped within the call).
 
         Raises
         ------
@@ -203,7 +211,12 @@ class Router:
         point, edge, offset = self._snap(lat, lon, max_snap_m, labels=("origin", "destination"))
         s, d = point == 0, point == 1
         frac = _fractions(offset, self.net.edge_length_m[edge])
-        res = self._threads.call(metric.route_positions, edge[s], frac[s], edge[d], frac[d])
+        if on_caller:
+            queries = None if caller_queries is None else caller_queries.for_metrics(
+                self._threads.retained)
+            res = metric.route_positions(edge[s], frac[s], edge[d], frac[d], queries=queries)
+        else:
+            res = self._threads.call(metric.route_positions, edge[s], frac[s], edge[d], frac[d])
         if res is None:
             raise NoRouteError(
                 f"no route from (lat={lat[0]:.6f}, lon={lon[0]:.6f}) to "

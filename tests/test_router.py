@@ -371,3 +371,62 @@ def test_snap_two_radii_match_one_full_search(kbh):
     np.testing.assert_array_equal(got[0], pi[keep])
     np.testing.assert_array_equal(got[1], ei[keep])
     np.testing.assert_allclose(got[2], off[keep])
+
+
+def test_route_on_caller_matches_query_threads_and_retires_lazily(kbh, monkeypatch):
+    from graph.query_threads import CallerQueries
+
+    net, shared = kbh
+    caught = _capture_unraisable(monkeypatch)
+    r = Router(net, index=shared.index, spatial=shared.spatial)
+    mine = CallerQueries()
+    rng = np.random.default_rng(11)
+    lo, la = net.node_lon, net.node_lat
+    done = 0
+    for k in range(3):
+        for s, t in rng.integers(0, net.n_nodes, (20, 2)):
+            a, b = (float(la[s]), float(lo[s])), (float(la[t]), float(lo[t]))
+            try:
+                ref = r.route(a, b)
+            except NoRouteError:
+                with pytest.raises(NoRouteError):
+                    r.route(a, b, on_caller=True, caller_queries=mine)
+                continue
+            for got in (r.route(a, b, on_caller=True, caller_queries=mine),
+                        r.route(a, b, on_caller=True)):  # a query object per call
+                assert got.duration_s == ref.duration_s
+                assert got.edge_ids.tolist() == ref.edge_ids.tolist()
+                assert got.weights_version == ref.weights_version == (f"v{k - 1}" if k else "freeflow")
+            done += 1
+        # Only the current metric's query object is kept: the replaced one goes on next use.
+        assert len(mine) == 1
+        r.customize(net.edge_freeflow_time_s * (1 + k), f"v{k}")
+        assert len(mine) == 1
+    assert done > 20
+    # Another thread gets no cache (it would make its own query objects), and may not close it.
+    seen: list = []
+    th = threading.Thread(target=lambda: seen.append(mine.for_metrics(r._threads.retained)))
+    th.start()
+    th.join()
+    assert seen == [None]
+    with pytest.raises(RuntimeError, match="thread that made it"):
+        err: list = []
+        th = threading.Thread(target=lambda: err.append(_raises(mine.close)))
+        th.start()
+        th.join()
+        raise err[0]
+    mine.close()
+    assert len(mine) == 0 and mine.for_metrics(r._threads.retained) is None
+    r.close()
+    import gc
+
+    gc.collect()
+    assert caught == []
+
+
+def _raises(fn):
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001 - returned to the test
+        return exc
+    return AssertionError("did not raise")

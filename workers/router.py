@@ -88,11 +88,13 @@ class RouterCore:
         *,
         max_snap_m: float = 200.0,
         profile: tuple[Any, np.ndarray] | None = None,
+        on_caller: bool = False, caller_queries: Any = None,
     ) -> dict[str, Any]:
         """Route between two points; the JSON-ready answer with versions and ``basis``.
 
         With ``profile=(key, travel_time_s)`` the route uses those (time-of-week) travel
-        times, customized once per ``key`` and cached.
+        times, customized once per ``key`` and cached. ``on_caller``/``caller_queries``: run
+        the search on the calling thread (see :meth:`graph.router.Router.route`).
         """
         basis, key = "live", None
         if profile is not None:
@@ -103,7 +105,7 @@ class RouterCore:
                         self.router.customize_profile(
                             key, np.asarray(profile[1], dtype=np.float64), f"profile:{key[-1]}")
         res = self.router.route(tuple(from_latlon), tuple(to_latlon), max_snap_m=max_snap_m,
-                                profile=key)
+                                profile=key, on_caller=on_caller, caller_queries=caller_queries)
         out = dict(res.to_json())
         out["weights_t"] = self.weights_t if basis == "live" else None
         out["basis"] = basis
