@@ -20,6 +20,7 @@ from api.metrics import Metrics
 from api.routes import network, probes, routing, status
 from api.security import AuthMiddleware, warn_if_open
 from api.settings import Settings
+from graph.query_threads import CallerQueries
 from workers.services import NotReady
 
 
@@ -70,7 +71,13 @@ def create_app(services: Any, settings: Settings | None = None, *,
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         warn_if_open(settings.api_keys)
         services.start()
-        yield
+        # RoutingKit query objects of the loop thread (GET /v1/route searches there): made,
+        # used and, at shutdown, dropped on this thread.
+        app.state.route_queries = CallerQueries()
+        try:
+            yield
+        finally:
+            app.state.route_queries.close()
         if close_services:
             services.close()
 

@@ -13,17 +13,19 @@ from fastapi import Depends, Request
 from api.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+# ``async def``: FastAPI runs a plain ``def`` dependency in its threadpool, a thread hand-over
+# per dependency per request for what is an attribute read.
+async def get_settings(request: Request) -> Settings:
     """The app's settings."""
     return request.app.state.settings
 
 
-def get_services(request: Request) -> Any:
+async def get_services(request: Request) -> Any:
     """The service facade (``workers.services.ServiceBase``: local or Ray pipeline)."""
     return request.app.state.services
 
 
-def get_metrics(request: Request) -> Any:
+async def get_metrics(request: Request) -> Any:
     """The app's metrics registry (``api.metrics.Metrics``)."""
     return request.app.state.metrics
 

@@ -251,3 +251,32 @@ def test_network_put_empty_body(tmp_path, services):
     with TestClient(create_app(services, Settings())) as c:
         r = c.put("/v1/network", content=b"")
     assert (r.status_code, r.json()["code"]) == (422, "invalid_value")
+
+
+def test_route_answer_matches_schema_and_runs_on_the_loop_thread(services):
+    from api.schemas import RouteOut
+
+    app = create_app(services, Settings(clock="event"))
+    with TestClient(app) as c:
+        r = c.get("/v1/route", params={"from": A, "to": B})
+        assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+        body = RouteOut.model_validate_json(r.content)
+        assert body.basis == "live" and body.weights_version == services.router.router.weights_version
+        # The loop thread's query objects served it (made there, kept for the live metric).
+        assert len(app.state.route_queries) == 1
+        ahead = c.get("/v1/route", params={"from": A, "to": B, "depart_at": "2026-01-01T08:00:00Z"})
+        assert ahead.status_code == 200
+        RouteOut.model_validate_json(ahead.content)
+        spec = c.get("/openapi.json").json()
+    # Shut down: the lifespan dropped them on the loop thread.
+    assert len(app.state.route_queries) == 0
+    ok = spec["paths"]["/v1/route"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert ok["schema"]["$ref"].endswith("/RouteOut")
+    names = {p["name"] for p in spec["paths"]["/v1/route"]["get"]["parameters"]}
+    assert names == {"from", "to", "depart_at", "max_snap_m"}
+
+
+def test_route_max_snap_out_of_range_is_422(client):
+    r = client.get("/v1/route", params={"from": A, "to": B, "max_snap_m": "0"})
+    assert r.status_code == 422
+    assert set(r.json()) == {"code", "message", "details"}
