@@ -3,8 +3,10 @@
 The app is served by uvicorn on a free localhost port over in-process services that folded
 the SUMO scenario's probes up to its peak, so congestion exists. The browser loads ``/``,
 the test checks the colours drawn (the page's state and the canvas pixels), clicks a road,
-then clicks two points in route mode and waits for the ETA. A screenshot goes under
-``tmp_path``.
+then clicks two points in route mode and waits for the ETA. A second test zooms in on a
+two-way street whose directions differ in congestion class and checks that each direction's
+colour is drawn on its own right-hand side and that a click on either line selects that
+direction. Screenshots go under ``tmp_path``.
 """
 
 from __future__ import annotations
@@ -158,4 +160,98 @@ def test_map_page_colours_road_click_and_route(browser, server, tmp_path):
     assert page.evaluate("trafficMap.asOf") == page.evaluate("trafficMap.times[5]")
 
     assert errors == [] and outside == []
+    page.close()
+
+
+def _colour_of(ratio: float) -> str:
+    """The page's colour class of an observed road's speed / free-flow ratio (api/static/map.js)."""
+    for lo, colour in ((0.85, "#2e9d47"), (0.65, "#e0b81f"), (0.45, "#f07c1e")):
+        if ratio >= lo:
+            return colour
+    return "#d7301f"
+
+
+#: The directed edges whose reverse is also in view with exactly the reversed geometry (both
+#: directions of a two-way street), both observed; with the longest segment of each.
+_TWO_WAY_PAIRS_JS = """() => {
+    const inv = (y) => (2 * Math.atan(Math.exp(y * Math.PI / 180)) - Math.PI / 2) * 180 / Math.PI;
+    const pt = (f, i) => f.xy[2 * i] + ',' + f.xy[2 * i + 1];
+    const byEnds = new Map();
+    for (const f of trafficMap.features) {
+        const k = pt(f, 0) + '|' + pt(f, f.xy.length / 2 - 1);
+        byEnds.set(k, (byEnds.get(k) || []).concat([f]));
+    }
+    const out = [];
+    for (const a of trafficMap.features) {
+        const n = a.xy.length / 2;
+        if (!(a.p.observations > 0) || a.p.ratio === null) continue;
+        for (const b of byEnds.get(pt(a, n - 1) + '|' + pt(a, 0)) || []) {
+            if (b.id <= a.id || !(b.p.observations > 0) || b.p.ratio === null || b.xy.length !== a.xy.length) continue;
+            let same = true;
+            for (let i = 0; i < n && same; i++) same = pt(a, i) === pt(b, n - 1 - i);
+            if (!same) continue;
+            let best = 0, len = -1;
+            for (let i = 0; i + 1 < n; i++) {
+                const l = Math.hypot(a.xy[2 * i + 2] - a.xy[2 * i], a.xy[2 * i + 3] - a.xy[2 * i + 1]);
+                if (l > len) { len = l; best = i; }
+            }
+            out.push({a: a.id, b: b.id, ra: a.p.ratio, rb: b.p.ratio, len,
+                      p0: [a.xy[2 * best], inv(a.xy[2 * best + 1])],
+                      p1: [a.xy[2 * best + 2], inv(a.xy[2 * best + 3])]});
+        }
+    }
+    return out;
+}"""
+
+#: Canvas colours along the perpendicular through the segment's midpoint, at signed screen
+#: distances t (px, positive: right of the direction p0 -> p1).
+_ACROSS_JS = """([p0, p1, ts]) => {
+    const a = trafficMap.lonLatToScreen(p0[0], p0[1]), b = trafficMap.lonLatToScreen(p1[0], p1[1]);
+    const len = Math.hypot(b[0] - a[0], b[1] - a[1]);
+    const nx = -(b[1] - a[1]) / len, ny = (b[0] - a[0]) / len;
+    const mx = (a[0] + b[0]) / 2, my = (a[1] + b[1]) / 2;
+    const c = document.getElementById('map'), dpr = window.devicePixelRatio || 1;
+    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    return ts.map((t) => {
+        const x = Math.floor((mx + t * nx) * dpr), y = Math.floor((my + t * ny) * dpr);
+        const i = 4 * (y * c.width + x);
+        const hex = '#' + [d[i], d[i + 1], d[i + 2]].map((v) => v.toString(16).padStart(2, '0')).join('');
+        return {t, x: mx + t * nx, y: my + t * ny, hex: d[i + 3] === 255 ? hex : null};
+    });
+}"""
+
+
+def test_map_page_draws_both_directions_of_a_two_way_street(browser, server, tmp_path):
+    page = browser.new_page(viewport={"width": 1200, "height": 800})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(server)
+    page.wait_for_function("window.trafficMap && window.trafficMap.loads > 0", timeout=30_000)
+    pairs = [p for p in page.evaluate(_TWO_WAY_PAIRS_JS) if _colour_of(p["ra"]) != _colour_of(p["rb"])]
+    assert pairs, "no two-way street whose directions differ in congestion class"
+    pair = max(pairs, key=lambda p: p["len"])
+    ca, cb = _colour_of(pair["ra"]), _colour_of(pair["rb"])
+
+    # Zoom in on the middle of the pair's longest segment, about 300 px long on screen.
+    mid = [(pair["p0"][0] + pair["p1"][0]) / 2, (pair["p0"][1] + pair["p1"][1]) / 2]
+    loads = page.evaluate("trafficMap.loads")
+    page.evaluate("([lon, lat, s]) => trafficMap.centerOn(lon, lat, s)", [*mid, 300.0 / pair["len"]])
+    page.wait_for_function(f"window.trafficMap.loads > {loads}", timeout=15_000)
+
+    ts = [0.5 * k for k in range(-24, 25)]
+    across = page.evaluate(_ACROSS_JS, [pair["p0"], pair["p1"], ts])
+    right = {s["hex"] for s in across if s["t"] > 0}
+    left = {s["hex"] for s in across if s["t"] < 0}
+    # Edge a is drawn on its right-hand side, its reverse b on the other side: both colours show.
+    assert ca in right and ca not in left, f"{ca} (edge {pair['a']}) across the street: {across}"
+    assert cb in left and cb not in right, f"{cb} (edge {pair['b']}) across the street: {across}"
+    page.screenshot(path=str(tmp_path / "two_way.png"))
+
+    # A click on either drawn line selects that direction.
+    for colour, edge in ((ca, pair["a"]), (cb, pair["b"])):
+        hits = [s for s in across if s["hex"] == colour]
+        spot = hits[len(hits) // 2]
+        page.mouse.click(spot["x"], spot["y"])
+        assert page.evaluate("trafficMap.selected && trafficMap.selected.id") == edge
+    assert errors == []
     page.close()

@@ -131,18 +131,52 @@
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
   }
 
-  function strokeLine(xy) {
-    ctx.beginPath();
-    for (let i = 0; i < xy.length; i += 2) {
-      const [sx, sy] = toScreen(xy[i], xy[i + 1]);
-      if (i === 0) ctx.moveTo(sx, sy); else ctx.lineTo(sx, sy);
+  // Both directions of a two-way street share one centreline, so each directed edge is drawn
+  // shifted to its right-hand side (the side traffic keeps to here), by a constant number of
+  // screen pixels at every zoom. Drawing and hit-testing both use screenPath, so a click picks
+  // the direction whose drawn line is nearer.
+  const lineWidthPx = () => Math.max(1, Math.min(6, S.view.scale / 4000));
+  const laneOffsetPx = (width) => 0.5 * width + 0.4;
+
+  // Screen coordinates of a projected polyline, each vertex moved offPx to the right of the
+  // direction of travel (mitred at bends, the mitre capped at 2 offPx for sharp turns).
+  function screenPath(xy, offPx) {
+    const n = xy.length / 2, out = new Float64Array(xy.length);
+    for (let i = 0; i < n; i++) {
+      const [sx, sy] = toScreen(xy[2 * i], xy[2 * i + 1]);
+      out[2 * i] = sx; out[2 * i + 1] = sy;
     }
+    if (!offPx || n < 2) return out;
+    // Unit right-hand normals of the segments; screen y points down, so right of (dx, dy) is (-dy, dx).
+    const nx = new Float64Array(n - 1), ny = new Float64Array(n - 1), ok = new Uint8Array(n - 1);
+    for (let s = 0; s < n - 1; s++) {
+      const dx = out[2 * s + 2] - out[2 * s], dy = out[2 * s + 3] - out[2 * s + 1], len = Math.hypot(dx, dy);
+      if (len > 1e-9) { nx[s] = -dy / len; ny[s] = dx / len; ok[s] = 1; }
+    }
+    // Segments of zero screen length borrow a neighbour's normal.
+    for (let s = 1; s < n - 1; s++) if (!ok[s] && ok[s - 1]) { nx[s] = nx[s - 1]; ny[s] = ny[s - 1]; ok[s] = 1; }
+    for (let s = n - 3; s >= 0; s--) if (!ok[s] && ok[s + 1]) { nx[s] = nx[s + 1]; ny[s] = ny[s + 1]; ok[s] = 1; }
+    for (let i = 0; i < n; i++) {
+      const a = Math.max(0, i - 1), b = Math.min(n - 2, i);
+      const mx = nx[a] + nx[b], my = ny[a] + ny[b];
+      const k = offPx / Math.max(0.5, mx * nx[a] + my * ny[a]);  // (n1 + n2)·n1 = 1 + cos(turn)
+      out[2 * i] += mx * k; out[2 * i + 1] += my * k;
+    }
+    return out;
+  }
+
+  function strokePath(pts) {
+    ctx.beginPath();
+    ctx.moveTo(pts[0], pts[1]);
+    for (let i = 2; i < pts.length; i += 2) ctx.lineTo(pts[i], pts[i + 1]);
     ctx.stroke();
   }
+  const strokeLine = (xy) => strokePath(screenPath(xy, 0));
+  const strokeEdge = (xy, width) => strokePath(screenPath(xy, laneOffsetPx(width)));
 
   function draw() {
     ctx.clearRect(0, 0, canvas.clientWidth, canvas.clientHeight);
-    const width = Math.max(1.2, Math.min(6, S.view.scale / 4000));
+    const width = lineWidthPx();
     ctx.lineCap = "round"; ctx.lineJoin = "round";
     // Grey roads first, then by growing congestion, so jams are drawn on top.
     const groups = new Map([[NO_DATA, []], ...CLASSES.map((c) => [c, []])]);
@@ -152,13 +186,13 @@
       if (!feats.length) continue;
       ctx.strokeStyle = cls.color;
       ctx.lineWidth = cls === NO_DATA ? width * 0.6 : width;
-      for (const f of feats) strokeLine(f.xy);
+      for (const f of feats) strokeEdge(f.xy, width);
       drawn[cls.color] = feats.length;
     }
     S.colorsDrawn = drawn;
     if (S.selected) {
-      ctx.strokeStyle = "#1b1b1b"; ctx.lineWidth = width + 4; strokeLine(S.selected.xy);
-      ctx.strokeStyle = classOf(S.selected.p).color; ctx.lineWidth = width + 1; strokeLine(S.selected.xy);
+      ctx.strokeStyle = "#1b1b1b"; ctx.lineWidth = width + 4; strokeEdge(S.selected.xy, width);
+      ctx.strokeStyle = classOf(S.selected.p).color; ctx.lineWidth = width + 1; strokeEdge(S.selected.xy, width);
     }
     if (S.route) {
       ctx.strokeStyle = "#ffffff"; ctx.lineWidth = width + 6; strokeLine(S.route.xy);
@@ -206,17 +240,17 @@
   }
 
   // ------------------------------------------------------------------ road details
+  // The directed edge whose drawn (offset) line passes nearest to (sx, sy), within maxPx.
   function nearestFeature(sx, sy, maxPx) {
+    const off = laneOffsetPx(lineWidthPx());
     let best = null, bestD = maxPx * maxPx;
     for (const f of S.features) {
-      let [ax, ay] = toScreen(f.xy[0], f.xy[1]);
-      for (let i = 2; i < f.xy.length; i += 2) {
-        const [bx, by] = toScreen(f.xy[i], f.xy[i + 1]);
-        const dx = bx - ax, dy = by - ay, len2 = dx * dx + dy * dy;
+      const pts = screenPath(f.xy, off);
+      for (let i = 2; i < pts.length; i += 2) {
+        const ax = pts[i - 2], ay = pts[i - 1], dx = pts[i] - ax, dy = pts[i + 1] - ay, len2 = dx * dx + dy * dy;
         const u = len2 > 0 ? Math.max(0, Math.min(1, ((sx - ax) * dx + (sy - ay) * dy) / len2)) : 0;
         const ex = ax + u * dx - sx, ey = ay + u * dy - sy, d = ex * ex + ey * ey;
         if (d < bestD) { bestD = d; best = f; }
-        ax = bx; ay = by;
       }
     }
     return best;
@@ -354,6 +388,11 @@
     S.view.cx += x - x2; S.view.cy += y - y2;
     draw(); scheduleFetch();
   }
+  // Centre the view on (lon, lat) at `scale` screen px per projected degree (tests, debugging).
+  S.centerOn = (lon, lat, scale) => {
+    S.view = { cx: lon, cy: mercY(lat), scale: Math.min(5e7, Math.max(1, scale || S.view.scale)) };
+    draw(); scheduleFetch();
+  };
   canvas.addEventListener("wheel", (e) => {
     e.preventDefault();
     const rect = canvas.getBoundingClientRect();
