@@ -1,9 +1,13 @@
 """Spatial index over edge geometry: find the roads near GPS points, in batches.
 
 Geometry is projected once to a local equirectangular plane in metres around the network's
-centre and exploded into straight segments, which a shapely ``STRtree`` indexes. A query asks
-the tree for every segment within the radius (GEOS does the exact distance test in C), then
-projects the points onto those segments with NumPy to get the distance to the road and the
+centre and exploded into straight segments, which a uniform grid indexes: segments are cut into
+pieces no longer than ``piece_m`` and each piece is registered in the one cell holding its
+midpoint (CSR arrays: cell -> segment ids, cells numbered row by row). A query widens each
+point's square of side ``2 * radius`` by the largest piece half-extent, so that every segment
+within the radius is found, reads the grid rows that square covers (one contiguous CSR range
+per row), and keeps the segments whose exact distance, computed with NumPy for all points of a
+batch at once, is within the radius; projecting the points onto those segments gives the
 position along the edge. Positions are scaled so that an edge's end lies at exactly
 ``net.edge_length_m`` (great-circle metres), whatever the projection's distortion.
 """
@@ -13,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import shapely
 
 from graph.errors import NoCandidateError
 from graph.network import EARTH_RADIUS_M, RoadNetwork, haversine_m
@@ -21,14 +24,27 @@ from graph.network import EARTH_RADIUS_M, RoadNetwork, haversine_m
 #: Default maximum distance (m) from a point to the road it snaps to.
 DEFAULT_SNAP_RADIUS_M = 200.0
 
+#: Default grid cell side and longest registered piece of a segment (m).
+DEFAULT_CELL_M = 25.0
+
+#: Most grid cells an index allocates (the cell side grows beyond ``cell_m`` to stay under it).
+MAX_GRID_CELLS = 1 << 22
+
+#: Most (point, grid row) ranges one query step expands; larger batches are cut into steps.
+_MAX_ROWS_PER_STEP = 1 << 20
+
 
 @dataclass(frozen=True, slots=True, eq=False)
 class SpatialIndex:
-    """Segments of every directed edge in a local metric projection, and their STRtree.
+    """Segments of every directed edge in a local metric projection, and their grid.
 
     ``seg_edge[s]`` is the edge a segment belongs to; ``seg_start_m[s]`` the distance along
     that edge (m) where the segment starts; ``seg_scale[s]`` converts projected metres along
-    the segment into metres of ``edge_length_m``.
+    the segment into metres of ``edge_length_m``. The grid has ``grid_nx * grid_ny`` square
+    cells of side ``cell_m`` from ``(grid_x0, grid_y0)``; cell ``c = row * grid_nx + col``
+    holds segments ``cell_seg[cell_start[c]:cell_start[c + 1]]``, the segments with a piece
+    whose midpoint lies in the cell; a piece reaches at most ``reach_x_m`` / ``reach_y_m``
+    from its midpoint along each axis.
     """
 
     network_version: str
@@ -43,7 +59,22 @@ class SpatialIndex:
     seg_y1: np.ndarray
     seg_start_m: np.ndarray  # float64[s]
     seg_scale: np.ndarray  # float64[s]
-    tree: shapely.STRtree
+    cell_m: float
+    grid_x0: float
+    grid_y0: float
+    grid_nx: int
+    grid_ny: int
+    reach_x_m: float
+    reach_y_m: float
+    cell_start: np.ndarray  # int32[grid_nx * grid_ny + 1] (int64 past 2**31 entries)
+    cell_seg: np.ndarray  # int32[registrations]
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the index's arrays, in bytes."""
+        arrays = (self.seg_edge, self.seg_x0, self.seg_y0, self.seg_x1, self.seg_y1,
+                  self.seg_start_m, self.seg_scale, self.cell_start, self.cell_seg)
+        return int(sum(a.nbytes for a in arrays))
 
     def project(self, lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Project degrees to the index's local plane, in metres."""
@@ -56,11 +87,24 @@ class SpatialIndex:
         return np.asarray(y) / self.ky_m_per_deg + self.lat0, np.asarray(x) / self.kx_m_per_deg + self.lon0
 
 
-def build_spatial_index(net: RoadNetwork) -> SpatialIndex:
-    """Explode edge geometry into segments and index them; O(points log points).
+def build_spatial_index(
+    net: RoadNetwork, *, cell_m: float = DEFAULT_CELL_M, piece_m: float | None = None
+) -> SpatialIndex:
+    """Explode edge geometry into segments and grid them; O(points log points).
 
-    Takes about a second per million segments on one core.
+    Parameters
+    ----------
+    cell_m
+        Grid cell side (m). Grows when the network's extent would need more than
+        :data:`MAX_GRID_CELLS` cells.
+    piece_m
+        Longest piece (m) a segment is registered by (default: the cell side); long segments
+        are registered once per piece, so a query's margin stays half a piece.
     """
+    if not (np.isfinite(cell_m) and cell_m > 0):
+        raise ValueError(f"`cell_m` must be a positive number of metres; got {cell_m!r}")
+    if piece_m is not None and not (np.isfinite(piece_m) and piece_m > 0):
+        raise ValueError(f"`piece_m` must be a positive number of metres; got {piece_m!r}")
     min_lon, min_lat, max_lon, max_lat = net.bbox
     lat0, lon0 = (min_lat + max_lat) / 2, (min_lon + max_lon) / 2
     ky = np.pi * EARTH_RADIUS_M / 180.0
@@ -88,13 +132,53 @@ def build_spatial_index(net: RoadNetwork) -> SpatialIndex:
     edge_first_seg = np.searchsorted(seg_edge, seg_edge)
     seg_start_m = cum - cum[edge_first_seg]
 
-    lines = shapely.linestrings(np.stack([np.column_stack([x0, y0]), np.column_stack([x1, y1])], axis=1))
+    grid = _build_grid(x0, y0, x1, y1, cell_m=cell_m, piece_m=piece_m)
     return SpatialIndex(
         network_version=net.version, lat0=lat0, lon0=lon0, kx_m_per_deg=kx, ky_m_per_deg=ky,
         seg_edge=seg_edge, seg_x0=x0, seg_y0=y0, seg_x1=x1, seg_y1=y1,
-        seg_start_m=seg_start_m, seg_scale=seg_scale,
-        tree=shapely.STRtree(lines),
+        seg_start_m=seg_start_m, seg_scale=seg_scale, **grid,
     )
+
+
+def _build_grid(
+    x0: np.ndarray, y0: np.ndarray, x1: np.ndarray, y1: np.ndarray, *, cell_m: float,
+    piece_m: float | None,
+) -> dict:
+    """Cut segments into pieces of at most ``piece_m``, register each piece in the cell of its
+    midpoint, and return the grid fields of :class:`SpatialIndex`."""
+    n_seg = x0.shape[0]
+    if n_seg:
+        gx0 = float(min(x0.min(), x1.min()))
+        gy0 = float(min(y0.min(), y1.min()))
+        wx = float(max(x0.max(), x1.max())) - gx0
+        wy = float(max(y0.max(), y1.max())) - gy0
+    else:
+        gx0 = gy0 = wx = wy = 0.0
+    # Widen the cells when the extent would need too many of them.
+    cell = max(float(cell_m), float(np.sqrt((wx + 1.0) * (wy + 1.0) / MAX_GRID_CELLS)))
+    nx, ny = int(wx // cell) + 1, int(wy // cell) + 1
+    while nx * ny > MAX_GRID_CELLS:
+        cell *= 1.25
+        nx, ny = int(wx // cell) + 1, int(wy // cell) + 1
+    piece = cell if piece_m is None else float(piece_m)
+    dx, dy = x1 - x0, y1 - y0
+    n_piece = np.maximum(np.ceil(np.hypot(dx, dy) / piece), 1.0).astype(np.int64)
+    seg = np.repeat(np.arange(n_seg, dtype=np.int32), n_piece)
+    first = np.cumsum(n_piece) - n_piece
+    i = np.arange(seg.size) - np.repeat(first, n_piece)
+    t = (i + 0.5) / n_piece[seg]
+    mx, my = x0[seg] + t * dx[seg], y0[seg] + t * dy[seg]
+    col = np.clip(((mx - gx0) // cell).astype(np.int64), 0, nx - 1)
+    row = np.clip(((my - gy0) // cell).astype(np.int64), 0, ny - 1)
+    # One entry per (cell, segment), sorted by cell.
+    pair = np.unique((row * nx + col) * max(n_seg, 1) + seg)
+    cell_of = pair // max(n_seg, 1)
+    cell_start = np.searchsorted(cell_of, np.arange(nx * ny + 1))
+    reach_x = float((np.abs(dx) / n_piece).max(initial=0.0)) / 2
+    reach_y = float((np.abs(dy) / n_piece).max(initial=0.0)) / 2
+    return dict(cell_m=cell, grid_x0=gx0, grid_y0=gy0, grid_nx=nx, grid_ny=ny,
+                reach_x_m=reach_x, reach_y_m=reach_y, cell_start=cell_start.astype(np.int32 if pair.size < 2**31 else np.int64),
+                cell_seg=(pair % max(n_seg, 1)).astype(np.int32))
 
 
 def candidates(
@@ -108,8 +192,8 @@ def candidates(
     """Find every edge within ``radius_m`` of each point, nearest first.
 
     Returns ``(point_idx, edge_idx, dist_m, offset_m)``, 1-D arrays of equal length sorted by
-    point then distance: for each point, each edge near it once, at the nearest position on
-    that edge; ``offset_m`` is the distance along the edge from its start (m, in
+    point then distance (then edge id): for each point, each edge near it once, at the nearest
+    position on that edge (on the first segment of the edge, where several are equally near); ``offset_m`` is the distance along the edge from its start (m, in
     ``edge_length_m`` units). With ``k``, at most ``k`` edges per point are kept.
 
     Examples
@@ -126,23 +210,24 @@ def candidates(
     if k is not None and k < 1:
         raise ValueError(f"`k` must be at least 1; got {k!r}")
     px, py = index.project(lat, lon)
-    finite = np.isfinite(px) & np.isfinite(py)
-    points = shapely.points(np.where(finite, px, 0.0), np.where(finite, py, 0.0))
-    pi, si = index.tree.query(points, predicate="dwithin", distance=radius_m)
-    keep = finite[pi]
-    pi, si = pi[keep], si[keep]
+    pi, si, dist, along = _near_segments(index, px, py, float(radius_m))
 
-    dist, along = _project_on_segments(index, si, px[pi], py[pi])
+    # Nearest segment per (point, edge): a segment's id orders it by edge and along the edge,
+    # so sorting by (point, segment) groups each point's edges; the first segment at the
+    # group's least distance wins.
+    order = np.argsort(pi * max(index.seg_edge.size, 1) + si)
+    pi, si, dist, along = pi[order], si[order], dist[order], along[order]
     edge = index.seg_edge[si]
+    start = np.ones(pi.shape, dtype=bool)
+    start[1:] = (pi[1:] != pi[:-1]) | (edge[1:] != edge[:-1])
+    group = np.cumsum(start) - 1
+    least = np.minimum.reduceat(dist, np.flatnonzero(start)) if pi.size else dist
+    at_least = np.flatnonzero(dist == least[group])
+    win = at_least[np.r_[True, group[at_least[1:]] != group[at_least[:-1]]]] if at_least.size else at_least
+    pi, si, edge, dist, along = pi[win], si[win], edge[win], dist[win], along[win]
     offset = index.seg_start_m[si] + along * index.seg_scale[si]
-
-    # Nearest segment per (point, edge), then nearest edges per point.
-    order = np.lexsort((dist, edge, pi))
-    pi, edge, dist, offset = pi[order], edge[order], dist[order], offset[order]
-    first = np.ones(pi.shape, dtype=bool)
-    first[1:] = (pi[1:] != pi[:-1]) | (edge[1:] != edge[:-1])
-    pi, edge, dist, offset = pi[first], edge[first], dist[first], offset[first]
-    order = np.lexsort((edge, dist, pi))
+    # Then nearest edges per point; the sort is stable, so equal distances keep edge order.
+    order = np.lexsort((dist, pi))
     pi, edge, dist, offset = pi[order], edge[order], dist[order], offset[order]
     if k is not None and pi.size:
         rank = np.arange(pi.size) - np.searchsorted(pi, pi)
@@ -192,6 +277,50 @@ def snap_points(
             f"(lat={float(la):.6f}, lon={float(lo):.6f})"
         )
     return edge, dist, offset
+
+
+def _near_segments(
+    index: SpatialIndex, px: np.ndarray, py: np.ndarray, radius_m: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every (point, segment) pair within ``radius_m``: ``(point, segment, dist_m, along_m)``
+    sorted by point (a segment may appear more than once for a point when several of its
+    pieces are near). Points that are not finite have none."""
+    finite = np.flatnonzero(np.isfinite(px) & np.isfinite(py))
+    c, nx, ny = index.cell_m, index.grid_nx, index.grid_ny
+    pad_x = radius_m + index.reach_x_m + 1e-6 * (1.0 + radius_m)
+    pad_y = radius_m + index.reach_y_m + 1e-6 * (1.0 + radius_m)
+    fx, fy = px[finite], py[finite]
+    col0 = np.clip(np.floor((fx - pad_x - index.grid_x0) / c), 0, nx)
+    col1 = np.clip(np.floor((fx + pad_x - index.grid_x0) / c), -1, nx - 1)
+    row0 = np.clip(np.floor((fy - pad_y - index.grid_y0) / c), 0, ny)
+    row1 = np.clip(np.floor((fy + pad_y - index.grid_y0) / c), -1, ny - 1)
+    n_rows = np.where(col1 >= col0, np.maximum(row1 - row0 + 1, 0), 0).astype(np.int64)
+    # Cut big batches (or huge radii) into steps so the expanded arrays stay bounded.
+    ends = np.cumsum(n_rows)
+    cuts = np.searchsorted(ends, np.arange(_MAX_ROWS_PER_STEP, int(ends[-1]) if ends.size else 0,
+                                           _MAX_ROWS_PER_STEP), side="right")
+    parts = []
+    for a, b in zip(np.r_[0, cuts], np.r_[cuts, finite.size]):
+        if b <= a:
+            continue
+        k = n_rows[a:b]
+        pt = np.repeat(np.arange(a, b), k)
+        row = (row0[pt] + np.arange(pt.size) - np.repeat(np.cumsum(k) - k, k)).astype(np.int64)
+        lo = index.cell_start[row * nx + col0[pt].astype(np.int64)]
+        hi = index.cell_start[row * nx + col1[pt].astype(np.int64) + 1]
+        cnt = hi - lo
+        has = cnt > 0
+        pt, lo, cnt = pt[has], lo[has], cnt[has]
+        pt = np.repeat(pt, cnt)
+        si = index.cell_seg[np.repeat(lo - (np.cumsum(cnt) - cnt), cnt) + np.arange(pt.size)]
+        qx, qy = fx[pt], fy[pt]
+        dist, along = _project_on_segments(index, si, qx, qy)
+        near = dist <= radius_m
+        parts.append((finite[pt[near]], si[near], dist[near], along[near]))
+    if not parts:
+        z = np.zeros(0)
+        return np.zeros(0, np.int64), np.zeros(0, np.int32), z, z
+    return tuple(np.concatenate(x) for x in zip(*parts))  # type: ignore[return-value]
 
 
 def _project_on_segments(

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import shapely
 
+from conftest import shared_file
 from graph import NoCandidateError, build_network, haversine_m
 from graph.spatial import (
     build_spatial_index,
@@ -155,3 +156,60 @@ def test_snap_points_raises_naming_the_point(l_shaped_pair):
     idx = build_spatial_index(l_shaped_pair)
     with pytest.raises(NoCandidateError, match=r"within 200 m of point 1 \(lat=56\.000000"):
         snap_points(idx, [55.0005, 56.0], [12.0, 12.0])
+
+
+def _strtree_candidates(idx, lat, lon, radius_m):
+    """Reference: every (point, edge) within ``radius_m`` through a shapely STRtree over the
+    index's segments (GEOS ``dwithin``), nearest segment per pair."""
+    lines = shapely.linestrings(np.stack([np.column_stack([idx.seg_x0, idx.seg_y0]),
+                                          np.column_stack([idx.seg_x1, idx.seg_y1])], axis=1))
+    tree = shapely.STRtree(lines)
+    px, py = idx.project(lat, lon)
+    pi, si = tree.query(shapely.points(px, py), predicate="dwithin", distance=radius_m)
+    d = shapely.distance(shapely.points(px[pi], py[pi]), lines[si])
+    best: dict[tuple[int, int], float] = {}
+    for p, e, dd in zip(pi.tolist(), idx.seg_edge[si].tolist(), d.tolist()):
+        best[(p, e)] = min(dd, best.get((p, e), np.inf))
+    return best
+
+
+@pytest.mark.parametrize("radius_m, cell_m", [(50.0, 25.0), (200.0, 25.0), (10.0, 100.0)])
+def test_candidates_grid_matches_strtree_kbh(radius_m, cell_m):
+    """The grid finds exactly what an STRtree finds on a real network, for radii smaller and
+    larger than the cell, with points on and off the roads (and outside the network)."""
+    from graph.osm import load_osm
+
+    net = load_osm(shared_file("osm/kbh.osm.pbf"))
+    idx = build_spatial_index(net, cell_m=cell_m)
+    rng = np.random.default_rng(int(radius_m))
+    lo_lon, lo_lat, hi_lon, hi_lat = net.bbox
+    n = 400
+    e = rng.integers(0, net.n_edges, n)
+    on_lat = net.node_lat[net.edge_src[e]] + rng.normal(0, 0.0003, n)
+    on_lon = net.node_lon[net.edge_src[e]] + rng.normal(0, 0.0005, n)
+    lat = np.r_[on_lat, rng.uniform(lo_lat - 0.01, hi_lat + 0.01, n)]
+    lon = np.r_[on_lon, rng.uniform(lo_lon - 0.01, hi_lon + 0.01, n)]
+    pi, ei, d, _ = candidates(idx, lat, lon, radius_m=radius_m)
+    want = _strtree_candidates(idx, lat, lon, radius_m)
+    assert set(zip(pi.tolist(), ei.tolist())) == set(want)
+    np.testing.assert_allclose(d, [want[(p, e)] for p, e in zip(pi.tolist(), ei.tolist())],
+                               rtol=1e-9, atol=1e-6)
+    assert np.all(np.diff(pi) >= 0)
+
+
+def test_build_spatial_index_long_segments_bounded():
+    """A 5 km straight road is registered piece by piece (about length / cell entries), and
+    points anywhere along it find it."""
+    net = build_network(node_lat=[55.0, 55.045], node_lon=[12.0, 12.0], edge_src=[0, 1],
+                        edge_dst=[1, 0], edge_speed_kph=[80, 80])
+    idx = build_spatial_index(net, cell_m=25.0)
+    assert idx.cell_seg.size <= 2 * (5100 // 25 + 2)
+    lat = np.linspace(55.0, 55.045, 50)
+    pi, ei, d, _ = candidates(idx, lat, np.full(50, 12.0003), radius_m=25.0)
+    assert np.bincount(pi, minlength=50).tolist() == [2] * 50
+    np.testing.assert_allclose(d, haversine_m(55.0, 12.0, 55.0, 12.0003), rtol=1e-3)
+
+
+def test_build_spatial_index_invalid_cell():
+    with pytest.raises(ValueError, match="cell_m"):
+        build_spatial_index(_random_grid(seed=1, n=3), cell_m=0.0)
