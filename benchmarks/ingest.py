@@ -22,12 +22,10 @@ API process, from ``Server-Timing``), validate, match and traversals (ingest act
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import pickle
 import resource
-import platform
 import signal
 import subprocess
 import sys
@@ -40,7 +38,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import ROOT, append_section, machine_description, utc_now  # noqa: E402
+
 PY = sys.executable
 
 
@@ -314,16 +314,13 @@ def main() -> None:
             r = run_once(args, n, files, df.height, tmp)
             results.append(r)
             print(json.dumps(r), flush=True)
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
-                if ln.startswith("model name")), "?")
     loads = ", ".join(f"{r['load'][0]:.1f} -> {r['load'][1]:.1f}" for r in results)
     lines = [
-        "\n## Ingest end to end: `POST /v1/probes` -> published weights (scenario_kbh)\n",
+        "## Ingest end to end: `POST /v1/probes` -> published weights (scenario_kbh)\n",
         f"`.venv/bin/python benchmarks/ingest.py --ingest {' '.join(map(str, args.ingest))} "
         f"--batch {args.batch} --conns {args.conns} --loops {args.loops}"
         + (f" --serve-args '{args.serve_args}'" if args.serve_args else "") + "` — "
-        f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.machine()}, {cpu}, "
-        f"{os.cpu_count()} cores. Server: `traffic serve --clock event "
+        f"{utc_now()}, {machine_description()}. Server: `traffic serve --clock event "
         f"{args.serve_args}`".replace(" `", "`") + " (Ray, router in the API process; probe log "
         f"and checkpoints on unless `--no-wal`); "
         f"{args.conns} load generator processes on the same machine, competing "
@@ -333,8 +330,7 @@ def main() -> None:
     ]
     print("\n".join(lines))
     if not args.no_append:
-        with open(ROOT / "BENCHMARKS.md", "a") as fh:
-            fh.write("\n".join(lines) + "\n")
+        append_section("\n".join(lines).lstrip("\n") + "\n")
 
 
 if __name__ == "__main__":

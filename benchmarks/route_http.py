@@ -16,10 +16,8 @@ first part of the SUMO scenario's probes so live weights are published, then:
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -36,6 +34,7 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _loadgen import post_bodies  # noqa: E402
+from _report import append_section, machine_description, utc_now  # noqa: E402
 from ingest import ROOT, fresh_data_dir, start_server, stop_server  # noqa: E402
 
 PY = sys.executable
@@ -179,14 +178,11 @@ def main() -> None:
     load_after = os.getloadavg()[0]
     noop_rps = (noop1["rps"] + noop2["rps"]) / 2
     ratio = route["rps"] / noop_rps
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
-                if ln.startswith("model name")), "?")
     lines = [
-        "\n## Route over HTTP: `GET /v1/route` vs `GET /v1/noop` (scenario_kbh network)\n",
+        "## Route over HTTP: `GET /v1/route` vs `GET /v1/noop` (scenario_kbh network)\n",
         f"`.venv/bin/python benchmarks/route_http.py --duration-s {args.duration_s:g} "
         f"--conns {args.conns} --pairs {args.pairs}` — "
-        f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.machine()}, {cpu}, "
-        f"{os.cpu_count()} cores. Server: `traffic serve --clock event` (Ray, one uvicorn "
+        f"{utc_now()}, {machine_description()}. Server: `traffic serve --clock event` (Ray, one uvicorn "
         f"worker, router in the API process), weights version {st['weights_version']} after "
         f"{st['probes']['accepted']:,} probes. Load: wrk ({args.threads} threads, "
         f"{args.conns} keep-alive connections) and then 2 open-loop `_loadgen.py` processes, "
@@ -206,8 +202,7 @@ def main() -> None:
     ]
     print("\n".join(lines))
     if not args.no_append:
-        with open(ROOT / "BENCHMARKS.md", "a") as fh:
-            fh.write("\n".join(lines) + "\n")
+        append_section("\n".join(lines).lstrip("\n") + "\n")
 
 
 if __name__ == "__main__":
