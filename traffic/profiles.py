@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
@@ -87,6 +87,8 @@ class TimeOfWeekProfile:
         shape = (self.config.n_bins, self.edge_key.shape[0])
         self.mean_pace = np.zeros(shape, dtype=np.float32)
         self.weight = np.zeros(shape, dtype=np.float32)
+        #: Per bin, how many observations changed it (not stored): a cache key for weights.
+        self.bin_revision = np.zeros(self.config.n_bins, dtype=np.int64)
 
     @classmethod
     def for_network(cls, net: RoadNetwork, config: ProfileConfig | None = None) -> TimeOfWeekProfile:
@@ -127,6 +129,17 @@ class TimeOfWeekProfile:
         mean = self.mean_pace[b, idx]
         self.mean_pace[b, idx] = mean + (w / total) * (pace[idx] - mean)
         self.weight[b, idx] = total
+        if idx.size:
+            self.bin_revision[b] += 1
+
+    def has_data(self, t_s: float) -> bool:
+        """Whether any segment has a learned pace in ``t_s``'s bin."""
+        return bool(np.any(self.weight[self.bin_of(t_s)] > 0))
+
+    def revision(self, t_s: float) -> tuple[int, int]:
+        """``(bin, revision)`` of ``t_s``'s bin; the revision grows with each observation."""
+        b = self.bin_of(t_s)
+        return b, int(self.bin_revision[b])
 
     def prior_pace(self, t_s: float) -> np.ndarray:
         """Learned pace (s/m, float64[m]) for ``t_s``'s bin; NaN where the bin has no data."""
@@ -144,13 +157,20 @@ class TimeOfWeekProfile:
         other.weight[:, found] = self.weight[:, src[found]]
         return other
 
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | Path | BinaryIO) -> None:
         """Write the profile as a compressed ``.npz`` (keys, arrays and the configuration)."""
         np.savez_compressed(
-            Path(path), edge_key=self.edge_key, mean_pace=self.mean_pace, weight=self.weight,
+            path if hasattr(path, "write") else Path(path), edge_key=self.edge_key, mean_pace=self.mean_pace, weight=self.weight,
             bin_s=np.int64(self.config.bin_s), timezone=np.str_(self.config.timezone),
             max_weight=np.float64(self.config.max_weight),
             min_confidence=np.float64(self.config.min_confidence))
+
+    def save_atomic(self, path: str | Path) -> None:
+        """:meth:`save` so that readers see the old or the complete new file (fsync, rename)."""
+        from graph.io import write_atomic
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, self.save)
 
     @classmethod
     def load(cls, path: str | Path, *, edge_key: np.ndarray | None = None) -> TimeOfWeekProfile:

@@ -45,6 +45,15 @@ class EstimatorServiceConfig:
     snapshot_every_s: float | None = 60.0
     #: Snapshots older than this many event seconds are deleted (``None``: kept).
     snapshot_retention_s: float | None = 7 * 86400.0
+    #: Where the learned time-of-week profile is saved (``None``: not saved).
+    profile_path: str | None = None
+    #: Fold the published paces into the profile once per this many event seconds.
+    profile_observe_every_s: float = 60.0
+    #: Save the profile when the event clock crosses a multiple of this (``None``: only at
+    #: shutdown, :meth:`EstimatorCore.save_profile`).
+    profile_save_every_s: float | None = 300.0
+    #: Only edges whose estimate has at least this confidence are folded into the profile.
+    profile_min_confidence: float = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +79,10 @@ class EstimatorCore:
     xp
         ``numpy`` or ``cupy`` (the module or its name) for the estimator's arrays.
     prior
-        A ``traffic.profiles.TimeOfWeekProfile`` (or ``None``: free-flow prior).
+        A ``traffic.profiles.TimeOfWeekProfile`` (or ``None``: free-flow prior). It is the
+        estimator's prior where it has data, and it learns: every
+        ``profile_observe_every_s`` of event time, publications fold the paces of confident
+        edges into it, and it is saved to ``profile_path`` every ``profile_save_every_s``.
     """
 
     def __init__(
@@ -87,10 +99,19 @@ class EstimatorCore:
             import importlib
 
             xp = importlib.import_module(xp)
+        from traffic.profiles import TimeOfWeekProfile
+
         self.config = config or EstimatorServiceConfig()
         self.net = net
         self.xp = xp
+        if isinstance(prior, TimeOfWeekProfile) and not np.array_equal(prior.edge_key, net.edge_key):
+            prior = prior.remap_to(net.edge_key)  # one object: the estimator reads what we learn
         self.prior = prior
+        self.profile: TimeOfWeekProfile | None = prior if isinstance(prior, TimeOfWeekProfile) else None
+        self._profile_observed_t: float | None = None
+        self._profile_saved_t: float | None = None
+        self.profile_saves = 0
+        self.profile_save_errors = 0
         ecfg = self.config.estimator if self.config.estimator is not None else EstimatorConfig()
         self.estimator = SpeedEstimator(net, ecfg, xp=xp, prior=prior)
         self.applied = 0
@@ -166,7 +187,65 @@ class EstimatorCore:
             self._freshness_s.extend([max(now - accepted_s, 0.0)] * min(n, 64))
         self._unpublished.clear()
         self._last, self._last_publish_wall, self._dirty = pub, now, False
+        if self.profile is not None and self.watermark_t is not None:
+            self._learn_profile(tt, self.watermark_t)
         return pub
+
+    def _learn_profile(self, travel_time_s: np.ndarray, t_s: float) -> None:
+        """Fold the published paces of confident edges into the profile (once per observe
+        period of event time) and save it when a save boundary is crossed."""
+        cfg = self.config
+        every = cfg.profile_observe_every_s
+        last = self._profile_observed_t
+        if last is None or np.floor(t_s / every) > np.floor(last / every):
+            conf = np.asarray(self.estimator.confidence(t_s), dtype=np.float32)
+            conf[conf < cfg.profile_min_confidence] = 0.0
+            with np.errstate(divide="ignore", invalid="ignore"):
+                pace = travel_time_s / np.asarray(self.net.edge_length_m, dtype=np.float64)
+            self.profile.observe(pace, conf, t_s)
+            self._profile_observed_t = t_s
+        save = cfg.profile_save_every_s
+        if cfg.profile_path is None or save is None:
+            return
+        if self._profile_saved_t is None:
+            self._profile_saved_t = t_s  # first publication: the boundary count starts here
+        elif np.floor(t_s / save) > np.floor(self._profile_saved_t / save):
+            self.save_profile()
+            self._profile_saved_t = t_s
+
+    def save_profile(self) -> bool:
+        """Save the profile to ``profile_path`` atomically now; whether it was written.
+
+        An I/O error is logged and counted, never raised (estimation must go on).
+        """
+        if self.profile is None or self.config.profile_path is None:
+            return False
+        try:
+            self.profile.save_atomic(self.config.profile_path)
+        except OSError:
+            import logging
+
+            self.profile_save_errors += 1
+            logging.getLogger(__name__).exception("saving the profile failed")
+            return False
+        self.profile_saves += 1
+        return True
+
+    def profile_revision(self, t_s: float) -> tuple[int, int] | None:
+        """``(bin, revision)`` of the profile at ``t_s``; ``None`` without one or no data there."""
+        if self.profile is None or not self.profile.has_data(t_s):
+            return None
+        return self.profile.revision(t_s)
+
+    def profile_travel_times(self, t_s: float) -> np.ndarray | None:
+        """Travel times (s) for a departure at ``t_s``: learned pace, free-flow where the bin
+        has no data for an edge; ``None`` when the profile has no data in that bin at all."""
+        if self.profile is None or not self.profile.has_data(t_s):
+            return None
+        pace = self.profile.prior_pace(t_s)
+        length = np.asarray(self.net.edge_length_m, dtype=np.float64)
+        freeflow = length / np.asarray(self.net.edge_freeflow_mps, dtype=np.float64)
+        return np.where(np.isfinite(pace), length * pace, freeflow)
 
     @property
     def last(self) -> Publication | None:
@@ -200,7 +279,12 @@ class EstimatorCore:
 
     def remap_to(self, net: RoadNetwork) -> int:
         """Carry speed state over to a new network by stable edge keys; returns edges kept."""
+        if self.profile is not None:
+            self.profile = self.prior = self.profile.remap_to(net.edge_key)
+            self._profile_observed_t = None
         self.estimator = self.estimator.remap_to(net) or self.estimator
+        if self.profile is not None:
+            self.estimator._profile = self.profile  # share it: the prior follows what we learn
         keep = net.edge_index_of_keys(self.net.edge_key)
         covered = np.zeros(net.n_edges, dtype=bool)
         covered[keep[(keep >= 0) & self._covered]] = True
@@ -222,6 +306,9 @@ class EstimatorCore:
             "freshness_p50_s": float(np.percentile(fresh, 50)) if fresh.size else None,
             "freshness_p99_s": float(np.percentile(fresh, 99)) if fresh.size else None,
             "network_version": self.net.version,
+            **({} if self.profile is None else {
+                "profile_saves": self.profile_saves,
+                "profile_save_errors": self.profile_save_errors}),
             **({} if self._snapshots is None else self._snapshots.stats()),
         }
 
