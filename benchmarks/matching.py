@@ -1,7 +1,7 @@
 """Map-matching throughput on a scenario's probes: matching alone, and validation + matching +
 traversal extraction, replayed in event-time ticks. Appends a table to BENCHMARKS.md.
 
-    .venv/bin/python benchmarks/matching.py [--scenario DIR] [--tick-s 10] [--repeat 3]
+    .venv/bin/python benchmarks/matching.py [--scenario DIR] [--tick-s 10] [--repeat 3] [--note TEXT]
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ def main() -> None:
     ap.add_argument("--tick-s", type=float, default=10.0)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-append", action="store_true")
+    ap.add_argument("--note", default="", help="a line added under the table (e.g. a baseline run)")
     a = ap.parse_args()
     d = Path(a.scenario)
     t0 = time.perf_counter()
@@ -80,11 +81,13 @@ def main() -> None:
         f"`.venv/bin/python benchmarks/matching.py --tick-s {a.tick_s:g} --repeat {a.repeat}` — "
         f"{utc_now()}, {machine_description(note='one used')} "
         "(other work may be running on the machine, so rates are lower bounds).\n",
-        f"Network {net.n_nodes} nodes / {net.n_edges} edges; spatial index {t1 - t0:.2f} s with load; "
+        f"Network {net.n_nodes} nodes / {net.n_edges} edges; spatial index {t1 - t0:.2f} s with load, "
+        f"{index.nbytes / 1e6:.1f} MB; "
         f"UBODT (1500 m) {t2 - t1:.2f} s, {ubodt.key.size} pairs, {ubodt.nbytes / 1e6:.1f} MB.\n",
         "| pipeline | probes | median probes/s | worst probes/s | traversals |",
         "|---|---:|---:|---:|---:|",
         *[f"| {r[0]} | {r[1]} | {r[2]:,.0f} | {r[3]:,.0f} | {r[4]} |" for r in rows],
+        *([f"\n{a.note}"] if a.note else []),
     ]
     print("\n".join(lines))
     if not a.no_append:
