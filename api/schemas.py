@@ -77,6 +77,8 @@ class TableIn(BaseModel):
 
     sources: list[tuple[float, float]] = Field(min_length=1)
     destinations: list[tuple[float, float]] = Field(min_length=1)
+    depart_at: str | float | None = Field(
+        default=None, description="unix seconds or ISO 8601; default now (live weights)")
 
 
 class TableOut(BaseModel):
@@ -86,6 +88,7 @@ class TableOut(BaseModel):
     network_version: str
     weights_version: str
     weights_t: float | None
+    basis: Literal["live", "profile"] = "live"
 
 
 class NetworkOut(BaseModel):

@@ -367,10 +367,14 @@ class RayPipeline(ServiceBase):
                                                         max_snap_m=max_snap_m, profile=profile))
 
     def table(self, sources: list[tuple[float, float]], destinations: list[tuple[float, float]],
-              *, max_snap_m: float = 200.0) -> dict[str, Any]:
+              *, max_snap_m: float = 200.0, depart_at_s: float | None = None,
+              profile_horizon_s: float = 900.0) -> dict[str, Any]:
         if not self.router_actors:
-            return super().table(sources, destinations, max_snap_m=max_snap_m)
-        return self._on_router(lambda a: a.table.remote(sources, destinations, max_snap_m=max_snap_m))
+            return super().table(sources, destinations, max_snap_m=max_snap_m,
+                                 depart_at_s=depart_at_s, profile_horizon_s=profile_horizon_s)
+        profile = self._profile_for(depart_at_s, profile_horizon_s)
+        return self._on_router(lambda a: a.table.remote(sources, destinations,
+                                                        max_snap_m=max_snap_m, profile=profile))
 
     def _on_router(self, call: Any) -> Any:
         """Run a query on the next replica; a replica that dies under it is skipped and the

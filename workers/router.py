@@ -96,14 +96,7 @@ class RouterCore:
         times, customized once per ``key`` and cached. ``on_caller``/``caller_queries``: run
         the search on the calling thread (see :meth:`graph.router.Router.route`).
         """
-        basis, key = "live", None
-        if profile is not None:
-            basis, key = "profile", profile[0]
-            if not self.router.has_profile(key):
-                with self._lock:  # one customization at a time
-                    if not self.router.has_profile(key):
-                        self.router.customize_profile(
-                            key, np.asarray(profile[1], dtype=np.float64), f"profile:{key[-1]}")
+        basis, key = self._profile_key(profile)
         res = self.router.route(tuple(from_latlon), tuple(to_latlon), max_snap_m=max_snap_m,
                                 profile=key, on_caller=on_caller, caller_queries=caller_queries)
         out = dict(res.to_json())
@@ -111,19 +104,36 @@ class RouterCore:
         out["basis"] = basis
         return out
 
+    def _profile_key(self, profile: tuple[Any, np.ndarray] | None) -> tuple[str, Any]:
+        """``(basis, router profile key)``; customizes the profile once per key."""
+        if profile is None:
+            return "live", None
+        key = profile[0]
+        if not self.router.has_profile(key):
+            with self._lock:  # one customization at a time
+                if not self.router.has_profile(key):
+                    self.router.customize_profile(
+                        key, np.asarray(profile[1], dtype=np.float64), f"profile:{key[-1]}")
+        return "profile", key
+
     def table(
         self, sources: list[tuple[float, float]], destinations: list[tuple[float, float]],
-        *, max_snap_m: float = 200.0,
+        *, max_snap_m: float = 200.0, profile: tuple[Any, np.ndarray] | None = None,
     ) -> dict[str, Any]:
-        """Duration matrix (s; ``None`` where unreachable) between two point lists."""
+        """Duration matrix (s; ``None`` where unreachable) between two point lists.
+
+        ``profile`` as in :meth:`route`; ``basis`` says which weights answered.
+        """
+        basis, key = self._profile_key(profile)
         mat = self.router.table(np.asarray(sources, dtype=np.float64).reshape(-1, 2),
                                 np.asarray(destinations, dtype=np.float64).reshape(-1, 2),
-                                max_snap_m=max_snap_m)
+                                max_snap_m=max_snap_m, profile=key)
         cells = mat.astype(object)
         cells[~np.isfinite(mat)] = None
         rows = cells.tolist()
         return {"durations_s": rows, "network_version": self.net.version,
-                "weights_version": self.router.weights_version, "weights_t": self.weights_t}
+                "weights_version": self.router.weights_version,
+                "weights_t": self.weights_t if basis == "live" else None, "basis": basis}
 
     def stats(self) -> dict[str, Any]:
         """Versions and the last customization's cost."""

@@ -92,6 +92,12 @@ class PipelineConfig:
     snapshot_retention_s: float | None = 7 * 86400.0
     #: ``workers.durability.DurabilityConfig``: probe log + checkpoints; ``None``: off.
     durability: Any = None
+    #: Wall seconds a network upload may take to import and prepare (a child process,
+    #: killed past it; the job fails with code ``timeout`` and the serving network stays).
+    upload_timeout_s: float = 300.0
+    #: Save the learned time-of-week profile into ``<data_dir>/profiles`` every this many
+    #: event seconds (and at shutdown); ``None``: only at shutdown.
+    profile_save_every_s: float | None = 300.0
 
     def estimator_service(self) -> EstimatorServiceConfig:
         """The estimator stage's configuration derived from this one."""
@@ -102,13 +108,39 @@ class PipelineConfig:
                                       estimator=self.estimator,
                                       snapshot_dir=None if snap_dir is None else str(snap_dir),
                                       snapshot_every_s=self.snapshot_every_s,
-                                      snapshot_retention_s=self.snapshot_retention_s)
+                                      snapshot_retention_s=self.snapshot_retention_s,
+                                      profile_path=profile_path(self.data_dir),
+                                      profile_save_every_s=self.profile_save_every_s)
 
     def ingest_config(self) -> IngestConfig:
         """The ingest stage's configuration (with this pipeline's cache directory)."""
         if self.ingest.cache_dir is None and self.cache_dir is not None:
             return replace(self.ingest, cache_dir=str(Path(self.cache_dir)))
         return self.ingest
+
+
+def profile_path(data_dir: str | Path | None) -> str | None:
+    """Where the service keeps its learned time-of-week profile (``None`` without a data dir)."""
+    return None if data_dir is None else str(Path(data_dir) / "profiles" / "profile.npz")
+
+
+def load_profile(net: RoadNetwork, data_dir: str | Path | None, *,
+                 timezone: str = "UTC") -> Any:
+    """The stored profile of ``data_dir`` remapped to ``net``'s edges, or an empty one.
+
+    A stored profile keeps the time zone it was learned in (its bins are local times there);
+    a different ``timezone`` is logged and ignored.
+    """
+    from traffic.profiles import ProfileConfig, TimeOfWeekProfile
+
+    path = profile_path(data_dir)
+    if path is not None and Path(path).exists():
+        profile = TimeOfWeekProfile.load(path, edge_key=net.edge_key)
+        if profile.config.timezone != timezone:
+            logger.warning("profile %s was learned in time zone %s; keeping it (asked for %s)",
+                           path, profile.config.timezone, timezone)
+        return profile
+    return TimeOfWeekProfile.for_network(net, ProfileConfig(timezone=timezone))
 
 
 @dataclass(slots=True)
@@ -149,6 +181,7 @@ class ServiceBase:
         self._ticker: threading.Thread | None = None
         self._stop = threading.Event()
         self._watermark: float | None = None
+        self._profile_tt: dict[Any, np.ndarray] = {}  # profile weights by key (4 newest)
         self._congestion = _congestion_queries(config)
         self._draining = False  # set by begin_shutdown: new writes get 503
         self.durability: Any = None
@@ -196,16 +229,24 @@ class ServiceBase:
         """Route and ETA; live weights unless ``depart_at_s`` is beyond the horizon and a
         time-of-week profile exists (then ``basis`` is ``profile``)."""
         router = self._current_router()
-        profile = None
-        if depart_at_s is not None and self.prior is not None:
-            if depart_at_s - self.now_s() > profile_horizon_s:
-                profile = self._profile_weights(depart_at_s)
+        profile = self._profile_for(depart_at_s, profile_horizon_s)
         return router.route(from_latlon, to_latlon, max_snap_m=max_snap_m, profile=profile)
 
     def table(self, sources: list[tuple[float, float]],
-              destinations: list[tuple[float, float]], *, max_snap_m: float = 200.0) -> dict[str, Any]:
-        """Duration matrix over the live weights."""
-        return self._current_router().table(sources, destinations, max_snap_m=max_snap_m)
+              destinations: list[tuple[float, float]], *, max_snap_m: float = 200.0,
+              depart_at_s: float | None = None,
+              profile_horizon_s: float = 900.0) -> dict[str, Any]:
+        """Duration matrix over the live weights, or the profile's as :meth:`route` decides."""
+        profile = self._profile_for(depart_at_s, profile_horizon_s)
+        return self._current_router().table(sources, destinations, max_snap_m=max_snap_m,
+                                            profile=profile)
+
+    def _profile_for(self, depart_at_s: float | None,
+                     horizon_s: float) -> tuple[Any, np.ndarray] | None:
+        """Profile weights for a departure beyond the horizon where the profile has data."""
+        if depart_at_s is None or self.prior is None or depart_at_s - self.now_s() <= horizon_s:
+            return None
+        return self._profile_weights(depart_at_s)
 
     def _current_router(self) -> RouterCore:
         router = self.router
@@ -213,11 +254,37 @@ class ServiceBase:
             raise NotReady("the service is still loading its network")
         return router
 
-    def _profile_weights(self, t_s: float) -> tuple[Any, np.ndarray]:
-        bin_s = float(getattr(self.prior, "bin_s", 900.0))
-        key = (self.net.version, int(t_s // bin_s) % int(7 * 86400 // bin_s))
-        pace = np.asarray(self.prior.prior_pace(t_s), dtype=np.float64)
-        return key, np.asarray(self.net.edge_length_m) * pace
+    def _profile_weights(self, t_s: float) -> tuple[Any, np.ndarray] | None:
+        """``(key, travel_time_s)`` of the learned profile at ``t_s``; ``None`` where its bin
+        has no data. The key names the network, the bin and the bin's revision, so a router
+        re-customizes only after the profile learned more about that bin."""
+        rev = self._estimator_call("profile_revision", t_s)
+        if rev is None:
+            return None
+        key = (self.net.version, int(rev[1]), int(rev[0]))
+        cache = self._profile_tt
+        tt = cache.get(key)
+        if tt is None:
+            tt = self._estimator_call("profile_travel_times", t_s)
+            if tt is None:
+                return None
+            while len(cache) >= 4:
+                cache.pop(next(iter(cache)))
+            cache[key] = tt
+        return key, tt
+
+    def _estimator_call(self, name: str, *args: Any) -> Any:
+        """Call an ``EstimatorCore`` method in process, or on its Ray actor."""
+        core = self.estimator  # type: ignore[attr-defined]
+        if isinstance(core, EstimatorCore):
+            lock = getattr(self, "_lock", None)
+            if lock is None:
+                return getattr(core, name)(*args)
+            with lock:
+                return getattr(core, name)(*args)
+        import ray
+
+        return ray.get(getattr(core, name).remote(*args))
 
     def network_info(self) -> dict[str, Any]:
         """The serving network's identity and size."""
@@ -302,6 +369,8 @@ class ServiceBase:
                 self.checkpoint_now()
         else:
             self.flush()
+        if self.prior is not None:
+            self._estimator_call("save_profile")
 
     def checkpoint_now(self) -> None:
         """Flush every matcher and save a checkpoint now (a quiet point)."""
@@ -372,11 +441,10 @@ class ServiceBase:
             raise UnknownJob(f"no network job with id {job_id!r}") from None
 
     def _run_job(self, job: NetworkJob) -> None:
-        from graph.io import load_network
-
         job.state, job.stage = "running", "import"
         try:
-            net = load_network(job.path)
+            net = import_in_child(job.path, timeout_s=self.config.upload_timeout_s,
+                                  cache_dir=self.config.cache_dir)
             job.stage = "prepare"
             prepared = self._prepare(net)
             job.stage = "swap"
@@ -385,6 +453,10 @@ class ServiceBase:
                 job.edges_carried = self._swap(net, prepared)
             job.network_version = net.version
             job.state, job.stage = "done", None
+        except ImportTimeout as exc:
+            job.state = "failed"
+            job.error = {"code": "timeout", "message": str(exc),
+                         "details": {"timeout_s": self.config.upload_timeout_s}}
         except (NetworkError, ValueError, OSError) as exc:
             job.state = "failed"
             job.error = {"code": "invalid_network", "message": str(exc), "details": None}
@@ -435,6 +507,93 @@ class ServiceBase:
         self._closed = True
         if self.durability is not None:
             self.durability.close()
+
+
+class ImportTimeout(RuntimeError):
+    """A network import ran past its time limit and was stopped."""
+
+
+def import_in_child(path: str | Path, *, timeout_s: float, cache_dir: str | None = None) -> RoadNetwork:
+    """Import a network file in a fresh child process, killed after ``timeout_s`` wall s.
+
+    The child parses ``path`` (:func:`graph.io.load_network`), prepares its routing index
+    into ``cache_dir`` (when given, so the caller's preparation then reads the cache) and
+    writes the network in the compiled format next to ``path``; the caller reads that back
+    (:func:`graph.io.load_compiled`, a plain read). A thread cannot be stopped; a process
+    can, so a hostile or huge file cannot hold the import forever.
+
+    Raises
+    ------
+    ImportTimeout
+        When the child did not finish within ``timeout_s`` (it is killed).
+    NetworkError, ValueError, OSError
+        What the import raised in the child (re-raised here with its message).
+    RuntimeError
+        When the child died without an answer (e.g. killed for memory).
+    """
+    import multiprocessing
+
+    from graph.io import load_compiled
+
+    src = Path(path)
+    out = src.with_name(src.name + ".compiled")
+    ctx = multiprocessing.get_context("spawn")  # fresh interpreter: no copied locks or threads
+    recv, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_import_child, args=(str(src), str(out), cache_dir, send),
+                        name="network-import", daemon=True)
+    try:
+        child.start()
+        send.close()  # ours; the child's copy closing signals its end
+        if not recv.poll(timeout_s):
+            child.kill()
+            raise ImportTimeout(f"{src}: the import took longer than the {timeout_s:g} s limit "
+                                f"(upload timeout) and was stopped; the serving network is "
+                                f"unchanged")
+        try:
+            kind, message = recv.recv()
+        except EOFError:
+            raise RuntimeError(f"{src}: the import process ended without an answer "
+                               f"(exit code {child.exitcode})") from None
+        if kind == "network":
+            raise NetworkError(message)
+        if kind == "value":
+            raise ValueError(message)
+        if kind == "os":
+            raise OSError(message)
+        if kind != "ok":
+            raise RuntimeError(message)
+        return load_compiled(out)
+    finally:
+        recv.close()
+        child.join(timeout=5)
+        if child.is_alive():
+            child.kill()
+            child.join()
+        out.unlink(missing_ok=True)
+
+
+def _import_child(src: str, out: str, cache_dir: str | None, send: Any) -> None:
+    """In the child: load, prepare (into the cache), save compiled; report ``(kind, message)``."""
+    try:
+        from graph.io import load_network, save_network
+
+        net = load_network(src)
+        if cache_dir is not None:
+            from graph.cch import prepare_cch
+
+            prepare_cch(net, cache_dir=cache_dir)
+        save_network(net, out)
+        reply = ("ok", "")
+    except NetworkError as exc:
+        reply = ("network", str(exc))
+    except ValueError as exc:
+        reply = ("value", str(exc))
+    except OSError as exc:
+        reply = ("os", str(exc))
+    except Exception as exc:  # reported to the job as an internal error
+        reply = ("internal", f"{type(exc).__name__}: {exc}")
+    send.send(reply)
+    send.close()
 
 
 def _congestion_queries(config: PipelineConfig) -> Any:

@@ -111,7 +111,11 @@ async def get_route(
 
 @router.post("/table", response_model=TableOut)
 def post_table(body: TableIn, services: ServicesDep, settings: SettingsDep) -> dict[str, Any]:
-    """Durations (s) from every source to every destination over the live weights."""
+    """Durations (s) from every source to every destination, leaving at ``depart_at``.
+
+    Live weights, or the learned time-of-week profile for a departure beyond the profile
+    horizon where one has been learned; ``basis`` says which.
+    """
     ns, nd = len(body.sources), len(body.destinations)
     if ns > settings.max_table_sources or nd > settings.max_table_destinations \
             or ns * nd > settings.max_table_cells:
@@ -127,4 +131,8 @@ def post_table(body: TableIn, services: ServicesDep, settings: SettingsDep) -> d
                 raise ApiError(422, "invalid_value",
                                f"`{name}[{i}]` must be [lat, lon] within range; got [{lat}, {lon}]")
         pts.append([(float(a), float(b)) for a, b in items])
-    return services.table(pts[0], pts[1], max_snap_m=settings.max_snap_m)
+    t = parse_time(None if body.depart_at is None else str(body.depart_at), name="depart_at")
+    if t is None:  # the common case: the live weights, as before
+        return services.table(pts[0], pts[1], max_snap_m=settings.max_snap_m)
+    return services.table(pts[0], pts[1], max_snap_m=settings.max_snap_m, depart_at_s=t,
+                          profile_horizon_s=settings.profile_horizon_s)

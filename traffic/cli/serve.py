@@ -49,11 +49,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-every", type=parse_duration, default=300.0, metavar="DURATION",
                    help="checkpoint the estimator (matchers flushed) when the clock crosses a "
                         "multiple of DURATION (default 5m); the probe log is replayed after it")
+    p.add_argument("--checkpoint-min-gap", type=parse_duration, default=0.0, metavar="DURATION",
+                   help="... and at least DURATION of wall time has passed since the last one "
+                        "(fast --clock event replays cross event-time boundaries every few wall "
+                        "seconds; replay decides from the logged wall stamps; default 0: off)")
     p.add_argument("--probe-retention", type=parse_duration, default=7 * 86400.0,
                    metavar="DURATION", help="delete logged (pseudonymised) probes after "
                                             "DURATION (default 7d)")
     p.add_argument("--no-wal", action="store_true",
                    help="no probe log or checkpoints (acknowledged probes are lost on a crash)")
+    p.add_argument("--timezone", default="UTC", metavar="ZONE",
+                   help="IANA time zone of the learned time-of-week profile's bins (default UTC; "
+                        "e.g. Europe/Copenhagen); the profile lives in DATA_DIR/profiles")
+    p.add_argument("--profile-save-every", type=parse_duration, default=300.0, metavar="DURATION",
+                   help="save the learned profile every DURATION of the clock (and at exit; "
+                        "0: only at exit; default 5m)")
+    p.add_argument("--upload-timeout", type=parse_duration, default=300.0, metavar="DURATION",
+                   help="a network upload's import and preparation may take this long before "
+                        "it is stopped and the job fails with `timeout` (default 300 s)")
     p.add_argument("--api-keys", metavar="FILE", default=None,
                    help="API keys, one `key:role` per line (roles: reader, probe-writer, "
                         "network-admin); merged with TRAFFIC_API_KEYS=key:role,...; none: open")
@@ -108,7 +121,7 @@ def build_services(args: argparse.Namespace, net: Any, clock: str) -> Any:
     from dataclasses import replace
 
     from workers.ingest import IngestConfig
-    from workers.services import LocalServices, PipelineConfig
+    from workers.services import LocalServices, PipelineConfig, load_profile
 
     data_dir = Path(args.data_dir)
     cfg = PipelineConfig(
@@ -119,12 +132,15 @@ def build_services(args: argparse.Namespace, net: Any, clock: str) -> Any:
         snapshot_every_s=getattr(args, "snapshot_every", 60.0) or None,
         snapshot_retention_s=getattr(args, "snapshot_retention", 7 * 86400.0) or None,
         durability=durability_config(args),
+        upload_timeout_s=getattr(args, "upload_timeout", 300.0) or 300.0,
+        profile_save_every_s=getattr(args, "profile_save_every", 300.0) or None,
     )
+    prior = load_profile(net, data_dir, timezone=getattr(args, "timezone", "UTC"))
     if args.no_ray:
-        return LocalServices(net, cfg)
+        return LocalServices(net, cfg, prior=prior)
     from workers.pipeline import RayPipeline
 
-    return RayPipeline(net, cfg, ray_address=args.ray_address)
+    return RayPipeline(net, cfg, ray_address=args.ray_address, prior=prior)
 
 
 def durability_config(args: argparse.Namespace) -> Any:
@@ -138,6 +154,7 @@ def durability_config(args: argparse.Namespace) -> Any:
     return DurabilityConfig(
         data_dir=str(Path(args.data_dir)),
         checkpoint_every_s=getattr(args, "checkpoint_every", 300.0) or 300.0,
+        min_gap_wall_s=getattr(args, "checkpoint_min_gap", 0.0) or 0.0,
         retention_s=getattr(args, "probe_retention", 7 * 86400.0) or 7 * 86400.0,
         pseudonym_key=os.environ.get("TRAFFIC_PSEUDONYM_KEY"),
     )
