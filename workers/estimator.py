@@ -104,10 +104,11 @@ class EstimatorCore:
         self.config = config or EstimatorServiceConfig()
         self.net = net
         self.xp = xp
-        if isinstance(prior, TimeOfWeekProfile) and not np.array_equal(prior.edge_key, net.edge_key):
-            prior = prior.remap_to(net.edge_key)  # one object: the estimator reads what we learn
+        profile = prior if isinstance(prior, TimeOfWeekProfile) else None
+        if profile is not None and not np.array_equal(profile.edge_key, net.edge_key):
+            prior = profile = profile.remap_to(net.edge_key)  # one object: the estimator reads it
         self.prior = prior
-        self.profile: TimeOfWeekProfile | None = prior if isinstance(prior, TimeOfWeekProfile) else None
+        self.profile: TimeOfWeekProfile | None = profile
         self._profile_observed_t: float | None = None
         self._profile_saved_t: float | None = None
         self.profile_saves = 0

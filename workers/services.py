@@ -513,7 +513,8 @@ class ImportTimeout(RuntimeError):
     """A network import ran past its time limit and was stopped."""
 
 
-def import_in_child(path: str | Path, *, timeout_s: float, cache_dir: str | None = None) -> RoadNetwork:
+def import_in_child(path: str | Path, *, timeout_s: float,
+                    cache_dir: str | None = None) -> RoadNetwork:
     """Import a network file in a fresh child process, killed after ``timeout_s`` wall s.
 
     The child parses ``path`` (:func:`graph.io.load_network`), prepares its routing index
