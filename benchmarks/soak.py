@@ -69,8 +69,15 @@ def _laps(probes: pl.DataFrame) -> Any:
 
 
 def run_soak(*, minutes: float, probes_per_s: float, routes_per_s: float,
-             data_dir: Path | None = None, warmup_frac: float = 0.25) -> dict[str, Any]:
-    """Run the soak; returns the figures (see the module docstring)."""
+             data_dir: Path | None = None, warmup_frac: float = 0.25,
+             checkpoint_every_s: float = 300.0, checkpoint_min_gap_s: float = 60.0,
+             extra_env: dict[str, str] | None = None, verbose: bool = False) -> dict[str, Any]:
+    """Run the soak; returns the figures (see the module docstring).
+
+    ``checkpoint_every_s`` is event time; ``checkpoint_min_gap_s`` the wall-time floor
+    between checkpoints (``traffic serve --checkpoint-min-gap``; 0: event time only).
+    ``extra_env`` is added to the server's environment (allocator experiments).
+    """
     from graph.io import load_network
 
     net_path = SHARED / "network.osm.pbf"
@@ -83,9 +90,11 @@ def run_soak(*, minutes: float, probes_per_s: float, routes_per_s: float,
     proc = subprocess.Popen(
         [sys.executable, "-m", "traffic", "serve", "--network", str(net_path), "--no-ray",
          "--clock", "event", "--data-dir", str(data_dir / "run"), "--port", str(port),
-         "--checkpoint-every", "300", "--snapshot-every", "0", "--refresh-s", "1"],
+         "--checkpoint-every", f"{checkpoint_every_s:g}",
+         "--checkpoint-min-gap", f"{checkpoint_min_gap_s:g}",
+         "--snapshot-every", "0", "--refresh-s", "1"],
         stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, "TRAFFIC_PSEUDONYM_KEY": "soak-benchmark-key-0001"})
+        env={**os.environ, "TRAFFIC_PSEUDONYM_KEY": "soak-benchmark-key-0001", **(extra_env or {})})
     base = f"http://127.0.0.1:{port}"
     client = httpx.Client(base_url=base, timeout=30)
     while True:
@@ -167,11 +176,18 @@ def run_soak(*, minutes: float, probes_per_s: float, routes_per_s: float,
             st = client.get("/v1/status").json()
             samples.append((time.time() - t_start, _rss_mib(proc.pid),
                             st["workers"]["estimator"].get("freshness_p99_s")))
+            if verbose:
+                print(f"{samples[-1][0]:6.0f} s  RSS {samples[-1][1]:7.1f} MiB  freshness p99 "
+                      f"{samples[-1][2]}  checkpoints "
+                      f"{st['workers']['estimator'].get('durability', {}).get('checkpoints_saved')}",
+                      flush=True)
     finally:
         stop.set()
         for t in threads:
             t.join(timeout=60)
-    final = client.get("/v1/status").json()["probes"]
+    final_st = client.get("/v1/status").json()
+    final = final_st["probes"]
+    final_ck = final_st["workers"]["estimator"].get("durability", {}).get("checkpoints_saved")
     proc.send_signal(signal.SIGTERM)
     rc = proc.wait(timeout=120)
     client.close()
@@ -192,6 +208,8 @@ def run_soak(*, minutes: float, probes_per_s: float, routes_per_s: float,
         "identity_holds": final["accepted"] == final["applied"] + final["pending"] + final["unmatched"]
         or None,
         "sigterm_exit": rc,
+        "checkpoints": final_ck, "checkpoint_min_gap_s": checkpoint_min_gap_s,
+        "rss_samples": [(round(a), round(b, 1)) for a, b, _ in samples],
     }
     if tmp is not None:
         tmp.cleanup()

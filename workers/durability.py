@@ -26,13 +26,26 @@ memory) and the counters, and it reflects exactly the log up to its position ``P
 batch <= P fully, none > P at all. The checkpoint stores that state with ``P``. Recovery
 loads the newest good checkpoint and replays the batches after ``P`` through the same path
 (validation against the restored dedupe memory, matching, folding), flushing at the same
-points the live run did (the trigger is a function of the logged ``_now_s`` in log order).
+points the live run did (the trigger is a function of the logged ``_now_s`` and ``_wall_s``
+in log order).
 So a batch <= P is never applied again, a batch > P is applied exactly once, and a client
 re-post of an applied probe is rejected as ``duplicate`` by the restored dedupe memory.
 
 The price is that a checkpoint cuts each moving vehicle's trace once (its held points are
 decided with less look-ahead and its run on the current edge is closed), so checkpoints
 are spaced minutes apart by default (``checkpoint_every_s`` = 300 s of the service clock).
+
+Cadence under fast replay. With ``--clock event`` the service clock is event time, which
+runs as fast as probes are posted: a replay at 150x real time crossed a 300-s boundary
+every 2 wall seconds, and each checkpoint stalls the whole pipeline (quiet point, state
+copy, fsync). ``min_gap_wall_s`` adds a second condition: at least that many *wall*
+seconds since the last checkpoint. To keep the trigger a function of the log, the wall
+clock used for the decision is stamped into the batch (``_wall_s``, next to ``_now_s``)
+and replay decides from the stamps, so a crash-replay flushes at exactly the batches the
+live run flushed at. (A trigger by log position alone, e.g. "and N probes since the last",
+cannot tell fast replay from live ingest: probes per event second are a property of the
+fleet, not of the replay speed.) ``min_gap_wall_s = 0`` (the default) is the old,
+event-time-only cadence; batches logged without ``_wall_s`` are decided that way too.
 
 Compaction. After a checkpoint the log is compacted to
 :meth:`traffic.checkpoints.CheckpointStore.compaction_position` (the *oldest* kept
@@ -64,6 +77,7 @@ __all__ = [
     "DurabilityConfig",
     "Durability",
     "NOW_COLUMN",
+    "WALL_COLUMN",
     "ingest_state",
     "load_ingest_state",
     "estimator_state",
@@ -74,6 +88,8 @@ logger = logging.getLogger(__name__)
 
 #: Column of a logged batch holding the service clock it was validated against (s).
 NOW_COLUMN = "_now_s"
+#: Column of a logged batch holding the wall clock (unix s) its checkpoint decision used.
+WALL_COLUMN = "_wall_s"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +102,10 @@ class DurabilityConfig:
         Root of ``wal/``, ``checkpoints/`` and ``pseudonym.key``.
     checkpoint_every_s
         Take a checkpoint when the service clock (event or wall, as the pipeline runs)
-        crosses a multiple of this many seconds.
+        crosses a multiple of this many seconds ...
+    min_gap_wall_s
+        ... and at least this many wall seconds (as stamped in the log) have passed since
+        the last one (module docstring: fast replay). 0: no such condition.
     retention_s
         Raw (pseudonymised) probes are deleted from the log after this long.
     keep_checkpoints
@@ -102,6 +121,7 @@ class DurabilityConfig:
 
     data_dir: str
     checkpoint_every_s: float = 300.0
+    min_gap_wall_s: float = 0.0
     retention_s: float = DEFAULT_RETENTION_S
     keep_checkpoints: int = 3
     fsync: bool = True
@@ -111,6 +131,8 @@ class DurabilityConfig:
     def __post_init__(self) -> None:
         if not self.checkpoint_every_s > 0:
             raise ValueError(f"`checkpoint_every_s` must be > 0; got {self.checkpoint_every_s!r}")
+        if not self.min_gap_wall_s >= 0:
+            raise ValueError(f"`min_gap_wall_s` must be >= 0; got {self.min_gap_wall_s!r}")
 
 
 @dataclass(slots=True)
@@ -142,42 +164,75 @@ class Durability:
         #: Held across append + hand-off so partitions see batches in log order.
         self.order_lock = threading.RLock()
         self._last_bucket: int | None = None
+        #: Logged wall stamp of the last checkpoint (or of the first batch seen).
+        self._last_wall: float | None = None
+        #: Wall clock the last live ``checkpoint_due`` used; ``prepare`` stamps it.
+        self._decided_wall: float | None = None
         self.checkpoints_saved = 0
         self.replayed_batches = 0
         self.last_checkpoint_s: float | None = None
 
     # -- write path ---------------------------------------------------------------------
-    def prepare(self, probes: pl.DataFrame, now_s: float) -> pl.DataFrame:
-        """The batch as logged: probe schema, pseudonymised ids, ``_now_s`` column.
+    def prepare(self, probes: pl.DataFrame, now_s: float, *,
+                wall_s: float | None = None) -> pl.DataFrame:
+        """The batch as logged: probe schema, pseudonymised ids, ``_now_s`` and ``_wall_s``.
 
+        ``wall_s`` defaults to the wall clock the preceding :meth:`checkpoint_due` decided
+        with (the caller holds ``order_lock`` across both), so replay sees the same input.
         Raises ``traffic.probes.ProbeSchemaError`` when the batch lacks a probe column.
         """
+        if wall_s is None:
+            wall_s = self._decided_wall if self._decided_wall is not None else time.time()
+        self._decided_wall = None
         df = coerce_probes(probes, source="probe batch")
         df = self.pseudonymizer.pseudonymize_frame(df)
-        return df.with_columns(pl.lit(float(now_s), dtype=pl.Float64).alias(NOW_COLUMN))
+        return df.with_columns(pl.lit(float(now_s), dtype=pl.Float64).alias(NOW_COLUMN),
+                               pl.lit(float(wall_s), dtype=pl.Float64).alias(WALL_COLUMN))
 
     def append(self, logged: pl.DataFrame) -> LogPosition:
         """Append a prepared batch; returns once it is on disk (fsync'd)."""
         return self.log.append(logged)
 
-    def checkpoint_due(self, now_s: float) -> bool:
-        """Whether a batch validated at ``now_s`` crosses a checkpoint boundary.
+    def checkpoint_due(self, now_s: float, wall_s: float | None = None, *,
+                       replay: bool = False) -> bool:
+        """Whether a batch validated at ``now_s`` (wall clock ``wall_s``) takes a checkpoint.
 
-        The first batch seen (live or replayed) only sets the reference, so the answer is a
-        function of the logged ``_now_s`` sequence: live run and replay agree.
+        Due when ``now_s`` is in a later ``checkpoint_every_s`` bucket than the last
+        checkpoint's and ``wall_s`` is at least ``min_gap_wall_s`` after the last
+        checkpoint's stamp. Live (``replay=False``), ``wall_s`` defaults to the wall clock
+        now and is remembered for :meth:`prepare` to stamp; replaying, pass the logged
+        stamp (:meth:`logged_wall_s`; ``None`` for batches logged without one: the gap is
+        then not applied). The first batch seen only sets the reference, so the answer is
+        a function of the logged ``(_now_s, _wall_s)`` sequence: live run and replay agree.
         """
+        if not replay:
+            wall_s = time.time() if wall_s is None else float(wall_s)
+        self._decided_wall = wall_s
         if not math.isfinite(now_s):
             return False
         bucket = int(now_s // self.config.checkpoint_every_s)
         if self._last_bucket is None:
             self._last_bucket = bucket
+            if self._last_wall is None and wall_s is not None:
+                self._last_wall = float(wall_s)
             return False
-        return bucket > self._last_bucket
+        if bucket <= self._last_bucket:
+            return False
+        gap = self.config.min_gap_wall_s
+        if gap > 0 and wall_s is not None and self._last_wall is not None:
+            return float(wall_s) - self._last_wall >= gap
+        return True
 
-    def note_checkpoint(self, now_s: float) -> None:
-        """Record that the checkpoint for ``now_s``'s boundary was taken (or replayed)."""
+    def note_checkpoint(self, now_s: float, wall_s: float | None = None) -> None:
+        """Record that the checkpoint for ``now_s``'s boundary was taken (or replayed).
+
+        ``wall_s``: the stamp the decision used (default: the last live decision's).
+        """
         if math.isfinite(now_s):
             self._last_bucket = int(now_s // self.config.checkpoint_every_s)
+        wall = self._decided_wall if wall_s is None else wall_s
+        if wall is not None and math.isfinite(wall):
+            self._last_wall = float(wall)
 
     # -- checkpoints --------------------------------------------------------------------
     def save(self, state: dict[str, Any], *, event_time_s: float | None = None) -> Path:
@@ -188,6 +243,7 @@ class Durability:
         position = self.log.position
         state = dict(state)
         state["durability.last_bucket"] = -1 if self._last_bucket is None else int(self._last_bucket)
+        state["durability.last_wall_s"] = self._last_wall
         path = self.store.save(state, log_position=position, event_time_s=event_time_s)
         self.checkpoints_saved += 1
         self.last_checkpoint_s = time.time()
@@ -206,6 +262,8 @@ class Durability:
             position, state = loaded.log_position, loaded.state
             bucket = int(state.pop("durability.last_bucket", -1))
             self._last_bucket = None if bucket < 0 else bucket
+            wall = state.pop("durability.last_wall_s", None)
+            self._last_wall = None if wall is None else float(wall)
         logger.info("recovering from %s; replaying the log after seq %d",
                     "a checkpoint" if state is not None else "the start", position.seq)
         return Recovery(state, position, self.log.read_from(position))
@@ -216,6 +274,14 @@ class Durability:
         now = logged[NOW_COLUMN]
         now_s = float(now[0]) if now.len() else float("nan")
         return logged.select(list(PROBE_SCHEMA)), now_s
+
+    @staticmethod
+    def logged_wall_s(logged: pl.DataFrame) -> float | None:
+        """The wall stamp a logged batch's checkpoint decision used (``None``: not logged)."""
+        if WALL_COLUMN not in logged.columns or logged.height == 0:
+            return None
+        wall = float(logged[WALL_COLUMN][0])
+        return wall if math.isfinite(wall) else None
 
     def stats(self) -> dict[str, Any]:
         """Log position, checkpoints saved, batches replayed at start."""

@@ -310,7 +310,8 @@ class RayPipeline(ServiceBase):
         n, refs = 0, []
         for _pos, logged in rec.tail:
             probes, now = self.durability.split_logged(logged)
-            if self.durability.checkpoint_due(now):
+            if self.durability.checkpoint_due(now, self.durability.logged_wall_s(logged),
+                                              replay=True):
                 ray.get(refs)
                 refs = []
                 self._checkpoint(now)

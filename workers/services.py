@@ -695,7 +695,8 @@ class LocalServices(ServiceBase):
         n = 0
         for _pos, logged in rec.tail:
             probes, now = self.durability.split_logged(logged)
-            if self.durability.checkpoint_due(now):
+            if self.durability.checkpoint_due(now, self.durability.logged_wall_s(logged),
+                                              replay=True):
                 self._checkpoint(now)
             self._apply(probes, now, None)
             n += 1
