@@ -65,8 +65,9 @@ class UBODT:
         """
         q = np.asarray(src, dtype=np.int64) * self.n_nodes + np.asarray(dst, dtype=np.int64)
         pos = _probe(self.slots, self.key, q)
-        dist = np.where(pos >= 0, self.dist_m[np.maximum(pos, 0)] if self.key.size else np.inf,
-                        np.inf)
+        dist = np.full(q.shape, np.inf)
+        if self.key.size:
+            np.copyto(dist, self.dist_m[np.maximum(pos, 0)], where=pos >= 0)
         return dist, pos
 
     def path_edges(

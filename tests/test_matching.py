@@ -174,6 +174,7 @@ def test_ubodt_lookup_matches_binary_search_kbh():
     found = ub.key[i] == q
     np.testing.assert_array_equal(pos, np.where(found, i, -1))
     np.testing.assert_array_equal(dist, np.where(found, ub.dist_m[i], np.inf))
+    assert dist.dtype == np.float64 and pos.dtype == np.int64
     assert found[:20000].all() and not found[20000:].all()
 
 
