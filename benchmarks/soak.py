@@ -237,26 +237,32 @@ def main() -> None:
     ap.add_argument("--probes-per-s", type=float, default=1000.0,
                     help="probe ingest rate (about half the measured maximum)")
     ap.add_argument("--routes-per-s", type=float, default=20.0)
+    ap.add_argument("--checkpoint-min-gap", type=float, default=60.0,
+                    help="wall seconds between checkpoints at least (traffic serve "
+                         "--checkpoint-min-gap; 0: every 300 event s, the old cadence)")
+    ap.add_argument("--verbose", action="store_true", help="print every 5-s sample")
     ap.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
-    r = run_soak(minutes=args.minutes, probes_per_s=args.probes_per_s, routes_per_s=args.routes_per_s)
+    from _report import append_section, machine_description, utc_now
+
+    r = run_soak(minutes=args.minutes, probes_per_s=args.probes_per_s, routes_per_s=args.routes_per_s,
+                 checkpoint_min_gap_s=args.checkpoint_min_gap, verbose=args.verbose)
     table = _table(r)
     print(table)
     if r["error_examples"]:
         print("errors:", r["error_examples"])
     if args.append:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                    if ln.startswith("model name")), "unknown CPU")
-        when = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip()
-        head = (f"\n## Soak: `.venv/bin/python benchmarks/soak.py --minutes {args.minutes:g} "
-                f"--probes-per-s {args.probes_per_s:g} --routes-per-s {args.routes_per_s:g}`\n\n"
-                f"{when}; {os.uname().machine}, {cpu}, 2 cores. `traffic serve --no-ray --clock event` "
-                "on scenario_kbh with the probe log (fsync) and checkpoints every 300 event s; "
-                "one posting client (CSV batches of whole event seconds, ~4 posts/s), open-loop route queries; "
-                "load generators on the same 2 cores.\n\n")
-        with open(ROOT / "BENCHMARKS.md", "a") as fh:
-            fh.write(head + table)
+        head = (f"## Soak: `.venv/bin/python benchmarks/soak.py --minutes {args.minutes:g} "
+                f"--probes-per-s {args.probes_per_s:g} --routes-per-s {args.routes_per_s:g} "
+                f"--checkpoint-min-gap {args.checkpoint_min_gap:g}`\n\n"
+                f"{utc_now()}; {machine_description()}. `traffic serve --no-ray --clock event` "
+                "on scenario_kbh with the probe log (fsync) and checkpoints every 300 event s "
+                f"but at least {args.checkpoint_min_gap:g} wall s apart ({r['checkpoints']} taken); "
+                "one posting client (CSV batches of whole event seconds, ~4 posts/s), open-loop "
+                "route queries; load generators on the same 2 cores. RSS samples (s, MiB): "
+                f"{r['rss_samples'][::6]}.\n\n")
+        append_section(head + table)
 
 
 if __name__ == "__main__":
