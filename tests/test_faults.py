@@ -25,7 +25,7 @@ from conftest import shared_file
 from graph.io import load_network
 from traffic.checkpoints import CheckpointStore
 from workers.durability import DurabilityConfig
-from workers.services import LocalServices, PipelineConfig
+from workers.services import LocalServices, PipelineConfig, load_profile
 
 pytestmark = pytest.mark.slow
 
@@ -103,7 +103,10 @@ def _reference(net_path: Path, batches: list[pl.DataFrame], data_dir: Path):
                              PipelineConfig().ingest, idle_flush_s=IDLE_S),
                          durability=DurabilityConfig(str(data_dir), checkpoint_every_s=EVERY_S,
                                                      pseudonym_key=KEY))
-    svc = LocalServices(load_network(net_path), cfg)
+    net = load_network(net_path)
+    # As `traffic serve` builds it: the time-of-week profile (empty in a fresh data dir) is
+    # learned during the run and is the estimator's prior, so it shapes the estimates.
+    svc = LocalServices(net, cfg, prior=load_profile(net, data_dir))
     accepted = [svc.ingest(b)[0] for b in batches]
     svc.begin_shutdown()  # the same final flush + checkpoint as SIGTERM
     count = np.asarray(svc.estimator.estimator.state_dict()["count"]).copy()

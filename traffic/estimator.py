@@ -638,6 +638,10 @@ class SpeedEstimator:
         out["t_s"] = numpy.float64(self.state.t_s)
         out["version"] = numpy.int64(self.state.version)
         out["config"] = asdict(self.config)
+        # The prior in force: with a profile it is cached per time-of-week bin from the
+        # profile as it stood when the bin began, so a restore must not recompute it.
+        out["prior"] = to_host(self.state.prior).copy()
+        out["prior_bin"] = numpy.int64(-1 if self._prior_bin is None else self._prior_bin)
         return out
 
     def load_state_dict(self, state: dict[str, Any], *, strict: bool = True) -> None:
@@ -684,6 +688,11 @@ class SpeedEstimator:
         self._prior_bin = None
         if math.isfinite(self.state.t_s):
             self._refresh_prior(self.state.t_s)
+        if self._profile is not None and int(host.get("prior_bin", -1)) >= 0:
+            prior = to_host(self.state.prior).copy()
+            prior[found] = numpy.asarray(host["prior"])[src[found]]
+            self.state.prior = self.xp.asarray(prior)
+            self._prior_bin = int(host["prior_bin"])
 
     def remap_to(self, new_net: RoadNetwork) -> SpeedEstimator:
         """A new estimator on ``new_net`` keeping the state of edges whose key is in both.

@@ -349,12 +349,31 @@ def estimator_state(core: Any) -> dict[str, Any]:
     out["counters"] = {"applied": int(core.applied), "folds": int(core.folds),
                        "traversals": int(core.traversals)}
     out["watermark_t"] = core.watermark_t
+    profile = getattr(core, "profile", None)
+    if profile is not None:
+        # The profile is the estimator's prior, so it is part of the state a replay must
+        # restore. Only bins holding data are stored (a run of hours touches a few of 672).
+        bins = np.flatnonzero(profile.weight.any(axis=1))
+        out["profile.bins"] = bins
+        out["profile.mean_pace"] = profile.mean_pace[bins].copy()
+        out["profile.weight"] = profile.weight[bins].copy()
+        out["profile.observed_t"] = core._profile_observed_t
     return out
 
 
 def load_estimator_state(core: Any, state: dict[str, Any]) -> None:
     """Restore what :func:`estimator_state` saved (same network: strict edge keys)."""
     speed = {k[len("speed."):]: v for k, v in state.items() if k.startswith("speed.")}
+    profile = getattr(core, "profile", None)
+    if profile is not None and "profile.bins" in state:
+        # In place: the estimator holds this same object as its prior.
+        bins = np.asarray(state["profile.bins"], dtype=np.int64)
+        profile.mean_pace[:] = 0.0
+        profile.weight[:] = 0.0
+        profile.mean_pace[bins] = state["profile.mean_pace"]
+        profile.weight[bins] = state["profile.weight"]
+        profile.bin_revision += 1  # routers cached on the old contents must re-customize
+        core._profile_observed_t = state["profile.observed_t"]
     core.estimator.load_state_dict(speed)
     core._covered = np.asarray(state["covered"], dtype=bool).copy()
     counters = state["counters"]

@@ -137,6 +137,11 @@ class EstimatorCore:
         if self._snapshots is not None and batch is not None and len(batch.edge):
             # Snapshot the state as it stood at a crossed boundary, before this batch.
             self._snapshots.maybe_write(self, float(np.max(np.asarray(batch.t_exit_s))))
+        if self.profile is not None and batch is not None and len(batch.edge):
+            # Like snapshots: the state at a crossed event-time boundary, before this batch, so
+            # what the profile learns depends on event time and fold order only (a replay at any
+            # speed, or a crash-replay from a checkpoint, learns the same).
+            self._learn_profile(float(np.max(np.asarray(batch.t_exit_s))))
         version = self.estimator.version if batch is None else self.estimator.apply(batch)
         if batch is not None and len(batch.edge):
             edge = np.asarray(batch.edge)
@@ -188,23 +193,26 @@ class EstimatorCore:
             self._freshness_s.extend([max(now - accepted_s, 0.0)] * min(n, 64))
         self._unpublished.clear()
         self._last, self._last_publish_wall, self._dirty = pub, now, False
-        if self.profile is not None and self.watermark_t is not None:
-            self._learn_profile(tt, self.watermark_t)
         return pub
 
-    def _learn_profile(self, travel_time_s: np.ndarray, t_s: float) -> None:
-        """Fold the published paces of confident edges into the profile (once per observe
-        period of event time) and save it when a save boundary is crossed."""
+    def _learn_profile(self, t_s: float) -> None:
+        """When event time ``t_s`` crosses an observe boundary, fold the current paces of
+        confident edges, as of that boundary, into the profile; save it when a save boundary
+        is crossed."""
         cfg = self.config
         every = cfg.profile_observe_every_s
         last = self._profile_observed_t
         if last is None or np.floor(t_s / every) > np.floor(last / every):
-            conf = np.asarray(self.estimator.confidence(t_s), dtype=np.float32)
+            at = float(np.floor(t_s / every) * every) if last is not None else t_s
+            at = max(at, last) if last is not None else at
+            _, tt = self.estimator.travel_times(at)
+            tt = np.asarray(tt.get() if hasattr(tt, "get") else tt, dtype=np.float64)
+            conf = np.asarray(self.estimator.confidence(at), dtype=np.float32)
             conf[conf < cfg.profile_min_confidence] = 0.0
             with np.errstate(divide="ignore", invalid="ignore"):
-                pace = travel_time_s / np.asarray(self.net.edge_length_m, dtype=np.float64)
-            self.profile.observe(pace, conf, t_s)
-            self._profile_observed_t = t_s
+                pace = tt / np.asarray(self.net.edge_length_m, dtype=np.float64)
+            self.profile.observe(pace, conf, at)
+            self._profile_observed_t = at
         save = cfg.profile_save_every_s
         if cfg.profile_path is None or save is None:
             return

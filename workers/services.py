@@ -442,6 +442,7 @@ class ServiceBase:
 
     def _run_job(self, job: NetworkJob) -> None:
         job.state, job.stage = "running", "import"
+        state = "failed"
         try:
             net = import_in_child(job.path, timeout_s=self.config.upload_timeout_s,
                                   cache_dir=self.config.cache_dir)
@@ -452,22 +453,22 @@ class ServiceBase:
                 job.previous_version = self.net.version
                 job.edges_carried = self._swap(net, prepared)
             job.network_version = net.version
-            job.state, job.stage = "done", None
+            state, job.stage = "done", None
         except ImportTimeout as exc:
-            job.state = "failed"
             job.error = {"code": "timeout", "message": str(exc),
                          "details": {"timeout_s": self.config.upload_timeout_s}}
         except (NetworkError, ValueError, OSError) as exc:
-            job.state = "failed"
             job.error = {"code": "invalid_network", "message": str(exc), "details": None}
         except Exception as exc:  # an import bug must not kill the server; report it
             logger.exception("network job %s failed", job.id)
-            job.state = "failed"
             job.error = {"code": "internal", "message": f"{type(exc).__name__}: {exc}",
                          "details": None}
         finally:
-            job.finished_at = time.time()
+            # The upload is gone before the job reads as finished, so a client that sees
+            # `done`/`failed` never finds the file still there.
             Path(job.path).unlink(missing_ok=True)
+            job.finished_at = time.time()
+            job.state = state
 
     def _prepare(self, net: RoadNetwork) -> Any:
         """Build what serving ``net`` needs, while the old network keeps serving."""
