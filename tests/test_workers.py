@@ -139,3 +139,24 @@ def test_ray_pipeline_concurrent_ingest_partitions(ray_local, net, probes):
         assert all(w["accepted"] > 0 for w in st["workers"]["ingest"])
     finally:
         pipe.close()
+
+
+def test_ray_pipeline_with_profile_prior_folds_and_publishes(ray_local, net, probes, tmp_path):
+    """As `traffic serve --data-dir` runs it: the time-of-week profile goes to the estimator
+    actor through the object store (read-only there) and must still learn and fold."""
+    from workers.pipeline import RayPipeline
+    from workers.services import load_profile
+
+    pipe = RayPipeline(net, PipelineConfig(clock="event", data_dir=str(tmp_path)),
+                       prior=load_profile(net, tmp_path))
+    try:
+        accepted, _ = pipe.ingest(probes)
+        st = pipe.drain()
+        p = st["probes"]
+        assert p["accepted"] == accepted == probes.height
+        assert p["applied"] > 0.5 * p["accepted"]  # the rest: pending in matchers, unmatched
+        assert p["accepted"] == p["applied"] + p["pending"] + p["unmatched"]
+        est = st["workers"]["estimator"]
+        assert est["folds"] > 0 and est["traversals"] > 0
+    finally:
+        pipe.close()

@@ -107,6 +107,13 @@ class EstimatorCore:
         profile = prior if isinstance(prior, TimeOfWeekProfile) else None
         if profile is not None and not np.array_equal(profile.edge_key, net.edge_key):
             prior = profile = profile.remap_to(net.edge_key)  # one object: the estimator reads it
+        if profile is not None and not (profile.mean_pace.flags.writeable
+                                        and profile.weight.flags.writeable):
+            # Arrays that came through Ray's object store are read-only views of it; this
+            # worker learns into the profile, so it needs its own copy.
+            profile.mean_pace = profile.mean_pace.copy()
+            profile.weight = profile.weight.copy()
+            profile.bin_revision = profile.bin_revision.copy()
         self.prior = prior
         self.profile: TimeOfWeekProfile | None = profile
         self._profile_observed_t: float | None = None
