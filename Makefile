@@ -23,7 +23,7 @@ $(SAMPLE_PBF):
 run: install sample
 	$(VENV)/bin/traffic serve --network $(SAMPLE_PBF) --simulate 2000
 
-test: install
+test: install sample
 	$(PY) -m pytest -q
 
 bench: install
