@@ -114,8 +114,10 @@ def test_table_depart_next_week_peak_uses_profile(learned):
         quiet = c.post("/v1/table", json={"sources": [a], "destinations": [b],
                                           "depart_at": QUIET_T + WEEK_S}).json()
     assert prof["basis"] == "profile" and live["basis"] == "live" == quiet["basis"]
-    assert prof["durations_s"][0][0] > 1.3 * live["durations_s"][0][0]
     route = _route(learned.services, PEAK_T + WEEK_S)
+    # As for the route: the learned incident peak is far slower than free flow (the live
+    # state at the end of the replay is not a stable reference: congestion lingers there).
+    assert prof["durations_s"][0][0] > 1.5 * route["freeflow_duration_s"]
     assert prof["durations_s"][0][0] == pytest.approx(route["duration_s"], rel=0.05)
 
 
