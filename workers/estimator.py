@@ -273,14 +273,7 @@ class EstimatorCore:
 
         The frame owns its memory: later folds do not change it.
         """
-        import polars as pl
-
-        snap = self.estimator.snapshot(self.watermark_t if at_t_s is None else at_t_s)
-        # SpeedEstimator.snapshot's `last_update_t` shares the state's buffer (polars keeps the
-        # NumPy memory; even arithmetic on it does not copy), and folds update that buffer in
-        # place. Copy it; it holds no NaN (never-updated edges are null), so NaN -> null is exact.
-        last = np.array(snap["last_update_t"].to_numpy(), dtype=np.float64, copy=True)
-        return snap.with_columns(pl.Series("last_update_t", last).fill_nan(None))
+        return self.estimator.snapshot(self.watermark_t if at_t_s is None else at_t_s)
 
     def live_snapshot(self) -> tuple[float | None, Any]:
         """``(watermark_t, snapshot())``: the live state and the event time it stands at."""
