@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import polars as pl
 import pytest
@@ -13,6 +12,7 @@ from api.app import create_app
 from api.deps import get_services
 from api.settings import Settings
 from graph.io import load_network
+from common import wait_job
 from conftest import TEST_DATA, shared_file
 from workers.services import LocalServices, Overloaded, PipelineConfig
 
@@ -212,23 +212,13 @@ def test_unknown_job_404(client):
     assert r.json()["message"] == "no network job with id 'nope'"
 
 
-def _wait_job(c, job_id, timeout_s=60.0):
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        job = c.get(f"/v1/network/jobs/{job_id}").json()
-        if job["state"] in ("done", "failed"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish")
-
-
 def test_network_put_bad_file_keeps_serving(tmp_path):
     net = load_network(TEST_DATA / "osm_split.osm")
     svc = LocalServices(net, PipelineConfig(data_dir=str(tmp_path)))
     with TestClient(create_app(svc, Settings())) as c:
         r = c.put("/v1/network", content=b"this is not a network")
         assert r.status_code == 202
-        job = _wait_job(c, r.json()["id"])
+        job = wait_job(c, r.json()["id"])
         assert job["state"] == "failed" and job["error"]["code"] == "invalid_network"
         assert c.get("/v1/network").json()["version"] == net.version
 
@@ -239,7 +229,7 @@ def test_network_put_swaps(tmp_path):
     new = (TEST_DATA / "osm_restrictions.osm").read_bytes()
     with TestClient(create_app(svc, Settings())) as c:
         r = c.put("/v1/network", content=new)
-        job = _wait_job(c, r.json()["id"])
+        job = wait_job(c, r.json()["id"])
         assert job["state"] == "done", job
         assert job["previous_version"] == net.version
         info = c.get("/v1/network").json()

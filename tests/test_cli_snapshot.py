@@ -10,24 +10,11 @@ import pyarrow.ipc
 import pytest
 from polars.testing import assert_frame_equal
 
-from graph.network import ROAD_CLASS_INDEX, build_network
+from common import three_edges_with_detour
 from traffic.cli import main
 from traffic.snapshots import SnapshotStore, validate_snapshot_frame
 
 T0 = 1767225600.0  # 2026-01-01T00:00:00Z
-
-
-def _net():
-    # Edge 100 near (12.1, 55.0), edge 200 near (12.3, 55.0), edge 300 a long primary detour.
-    return build_network(
-        node_lat=[55.0, 55.0, 55.0], node_lon=[12.0, 12.2, 12.4],
-        edge_src=[0, 1, 0], edge_dst=[1, 2, 2], edge_speed_kph=[50, 50, 30],
-        geom_offsets=[0, 2, 4, 7], geom_lat=[55.0, 55.0, 55.0, 55.0, 55.0, 55.5, 55.0],
-        geom_lon=[12.0, 12.2, 12.2, 12.4, 12.0, 12.5, 12.4],
-        edge_road_class=[ROAD_CLASS_INDEX["primary"], ROAD_CLASS_INDEX["residential"],
-                         ROAD_CLASS_INDEX["primary"]],
-        edge_key=[100, 200, 300],
-    )
 
 
 def _frame(ratio: float) -> pl.DataFrame:
@@ -44,7 +31,7 @@ def data(tmp_path):
     store.write(_frame(0.9), t_s=T0 + 60, network_version="v1")
     store.write(_frame(0.4), t_s=T0 + 8 * 3600 + 15 * 60, network_version="v1")
     io_mod = pytest.importorskip("graph.io", reason="graph.io (network files) has not landed")
-    net_path = io_mod.save_network(_net(), tmp_path / "net.tnet")
+    net_path = io_mod.save_network(three_edges_with_detour(), tmp_path / "net.tnet")
     return tmp_path, net_path
 
 

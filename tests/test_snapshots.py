@@ -15,7 +15,8 @@ import pyarrow.ipc
 import pytest
 from polars.testing import assert_frame_equal
 
-from graph.network import ROAD_CLASS_INDEX, build_network
+from common import three_edges_with_detour
+from graph.network import build_network
 from conftest import shared_file
 from traffic.errors import NoSnapshotError, SnapshotQueryError, SnapshotSchemaError
 from traffic.snapshots import (
@@ -372,21 +373,8 @@ def test_aggregate_ratio_invalid_interval(store, interval):
 
 
 # ---------------------------------------------------------------------- bbox
-def _tiny_net():
-    # Three nodes on a line at lat 55.0; edge 2 is a detour via (12.5, 55.5).
-    return build_network(
-        node_lat=[55.0, 55.0, 55.0], node_lon=[12.0, 12.2, 12.4],
-        edge_src=[0, 1, 0], edge_dst=[1, 2, 2], edge_speed_kph=[50, 50, 30],
-        geom_offsets=[0, 2, 4, 7], geom_lat=[55.0, 55.0, 55.0, 55.0, 55.0, 55.5, 55.0],
-        geom_lon=[12.0, 12.2, 12.2, 12.4, 12.0, 12.5, 12.4],
-        edge_road_class=[ROAD_CLASS_INDEX["primary"], ROAD_CLASS_INDEX["residential"],
-                         ROAD_CLASS_INDEX["primary"]],
-        edge_key=[100, 200, 300],
-    )
-
-
 def test_keys_in_bbox_hand_made():
-    net = _tiny_net()
+    net = three_edges_with_detour()
     assert keys_in_bbox(net, 12.05, 54.9, 12.15, 55.1).tolist() == [100, 300]
     assert keys_in_bbox(net, 12.2, 55.0, 12.2, 55.0).tolist() == [100, 200, 300]  # touching
     assert keys_in_bbox(net, 12.45, 55.2, 12.6, 55.6).tolist() == [300]  # the detour's bend
@@ -413,7 +401,7 @@ def test_keys_in_bbox_matches_bruteforce():
 
 
 def test_keys_in_bbox_invalid():
-    net = _tiny_net()
+    net = three_edges_with_detour()
     with pytest.raises(SnapshotQueryError, match="unknown road class \\['highway'\\]"):
         keys_in_bbox(net, 11, 54, 13, 56, road_class="highway")
     with pytest.raises(SnapshotQueryError, match="minlon must be <= maxlon"):
@@ -452,7 +440,7 @@ def test_parse_time_invalid(text):
 
 # ---------------------------------------------------------------------- output formats
 def test_to_geojson_features():
-    net = _tiny_net()
+    net = three_edges_with_detour()
     df = snapshot_frame([300, 100, 999], [0.5, float("nan"), 1.0], freeflow=[10.0, 20.0, 30.0])
     fc = to_geojson(net, df, as_of_t_s=T0, network_version=net.version)
     assert fc["type"] == "FeatureCollection" and fc["missing_keys"] == 1
@@ -470,13 +458,13 @@ def test_to_geojson_features():
 
 
 def test_to_geojson_empty():
-    fc = to_geojson(_tiny_net(), snapshot_frame([], []))
+    fc = to_geojson(three_edges_with_detour(), snapshot_frame([], []))
     assert fc["features"] == [] and fc["missing_keys"] == 0
 
 
 def test_to_geojson_missing_column():
     with pytest.raises(SnapshotSchemaError, match="missing \\['ratio'\\]"):
-        to_geojson(_tiny_net(), snapshot_frame([100], 0.5).drop("ratio"))
+        to_geojson(three_edges_with_detour(), snapshot_frame([100], 0.5).drop("ratio"))
 
 
 def test_byte_formats_round_trip():
@@ -558,7 +546,7 @@ def test_edge_history_sumo_peak(tmp_path):
 # ---------------------------------------------------------------------- the estimator's frame
 def test_write_round_trip_speed_estimator(store):
     est_mod = pytest.importorskip("traffic.estimator")
-    net = _tiny_net()
+    net = three_edges_with_detour()
     est = est_mod.SpeedEstimator(net)
     batch = est_mod.TraversalBatch(
         edge=np.array([0, 2], dtype=np.int32), t_enter_s=np.array([T0, T0 + 5]),

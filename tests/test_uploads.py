@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.settings import Settings
+from common import wait_job
 from conftest import TEST_DATA
 from graph.io import load_network
 from workers.services import LocalServices, PipelineConfig
@@ -21,16 +21,6 @@ def svc(tmp_path):
     return LocalServices(net, PipelineConfig(data_dir=str(tmp_path)))
 
 
-def _wait_job(c, job_id, timeout_s=60.0):
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        job = c.get(f"/v1/network/jobs/{job_id}").json()
-        if job["state"] in ("done", "failed"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish")
-
-
 def test_put_network_multipart_swaps(svc, tmp_path):
     new = (TEST_DATA / "osm_restrictions.osm").read_bytes()
     old = svc.net.version
@@ -38,7 +28,7 @@ def test_put_network_multipart_swaps(svc, tmp_path):
         r = c.put("/v1/network", files={"file": ("../../etc/evil.osm", new, "text/xml")},
                   data={"note": "ignored"})
         assert r.status_code == 202, r.text
-        job = _wait_job(c, r.json()["id"])
+        job = wait_job(c, r.json()["id"])
         assert job["state"] == "done", job
         assert job["previous_version"] == old != job["network_version"]
     assert not (tmp_path.parent / "etc").exists()
@@ -50,8 +40,8 @@ def test_put_network_multipart_swaps(svc, tmp_path):
 def test_put_network_multipart_same_as_raw(svc):
     new = (TEST_DATA / "osm_restrictions.osm").read_bytes()
     with TestClient(create_app(svc, Settings())) as c:
-        a = _wait_job(c, c.put("/v1/network", files={"file": ("x", new)}).json()["id"])
-        b = _wait_job(c, c.put("/v1/network", content=new,
+        a = wait_job(c, c.put("/v1/network", files={"file": ("x", new)}).json()["id"])
+        b = wait_job(c, c.put("/v1/network", content=new,
                                headers={"content-type": "application/octet-stream"}
                                ).json()["id"])
     assert a["network_version"] == b["network_version"]
@@ -84,7 +74,7 @@ def test_put_network_multipart_too_big(svc):
 
 def test_put_network_job_error_hides_upload_path(svc):
     with TestClient(create_app(svc, Settings())) as c:
-        job = _wait_job(c, c.put("/v1/network", content=b"not a network").json()["id"])
+        job = wait_job(c, c.put("/v1/network", content=b"not a network").json()["id"])
     assert job["state"] == "failed"
     assert svc.upload_dir() not in job["error"]["message"]
     assert job["error"]["message"].startswith("the uploaded file: not a road network file")

@@ -1,0 +1,35 @@
+"""Named miniatures and helpers shared by several test modules."""
+
+from __future__ import annotations
+
+import time
+
+from graph.network import ROAD_CLASS_INDEX, RoadNetwork, build_network
+
+
+def three_edges_with_detour() -> RoadNetwork:
+    """Three nodes on lat 55.0 at lon 12.0, 12.2, 12.4; edge keys 100, 200, 300.
+
+    Edge 100 (0 -> 1, primary) and edge 200 (1 -> 2, residential) run along the line; edge
+    300 (0 -> 2, primary) is a long detour via (12.5, 55.5).
+    """
+    return build_network(
+        node_lat=[55.0, 55.0, 55.0], node_lon=[12.0, 12.2, 12.4],
+        edge_src=[0, 1, 0], edge_dst=[1, 2, 2], edge_speed_kph=[50, 50, 30],
+        geom_offsets=[0, 2, 4, 7], geom_lat=[55.0, 55.0, 55.0, 55.0, 55.0, 55.5, 55.0],
+        geom_lon=[12.0, 12.2, 12.2, 12.4, 12.0, 12.5, 12.4],
+        edge_road_class=[ROAD_CLASS_INDEX["primary"], ROAD_CLASS_INDEX["residential"],
+                         ROAD_CLASS_INDEX["primary"]],
+        edge_key=[100, 200, 300],
+    )
+
+
+def wait_job(client, job_id: str, timeout_s: float = 60.0) -> dict:
+    """Poll ``GET /v1/network/jobs/{job_id}`` until the job is done or failed."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        job = client.get(f"/v1/network/jobs/{job_id}").json()
+        if job["state"] in ("done", "failed"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not finish")
