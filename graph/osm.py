@@ -12,9 +12,11 @@ import bz2
 import gzip
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import osmium
@@ -174,7 +176,50 @@ def _open_osm_file(path: Path, source: str) -> osmium.io.File:
         )
     if fmt == "pbf" and compression:
         raise NetworkFormatError(f"{source}: a compressed PBF file is not supported; decompress it")
+    if fmt == "osm":
+        opener = {".gz": gzip.open, ".bz2": bz2.open}.get(compression, open)
+        check_xml_coordinate_exponents(opener, path, source)
     return osmium.io.File(source, fmt + compression)
+
+
+# A lat/lon attribute written with an exponent (`lat="1e300"`). libosmium reads a mantissa
+# with an exponent of three or more digits as 0 without an error, which would put the node
+# on the equator; `check_xml_coordinate_exponents` catches those before libosmium reads.
+_EXPONENT_COORDINATE = re.compile(rb"""\b(lat|lon)\s*=\s*["']([^"'<>]{0,64}[eE][^"'<>]{0,64})["']""")
+_SCAN_CHUNK = 8 * 2**20
+_SCAN_OVERLAP = 256
+
+
+def check_xml_coordinate_exponents(opener: Callable[..., Any], path: Path, source: str) -> None:
+    """Raise ``NetworkFormatError`` for an OSM XML coordinate in exponent notation that is
+    not a finite number within range (lat within [-90, 90], lon within [-180, 180]).
+
+    Streams the (decompressed) file once in 8 MiB chunks; OSM tools never write exponents,
+    so the pattern rarely matches and the scan costs about a regex pass over the file.
+    """
+    tail = b""
+    try:
+        with opener(path, "rb") as fh:
+            while chunk := fh.read(_SCAN_CHUNK):
+                text = tail + chunk
+                for m in _EXPONENT_COORDINATE.finditer(text):
+                    _check_exponent_value(m.group(1).decode(), m.group(2), source)
+                tail = text[-_SCAN_OVERLAP:]
+    except (OSError, EOFError) as exc:
+        raise NetworkFormatError(f"{source}: the file cannot be read to the end ({exc})") from exc
+
+
+def _check_exponent_value(axis: str, raw: bytes, source: str) -> None:
+    text = raw.decode("utf-8", "replace")
+    limit = 90.0 if axis == "lat" else 180.0
+    try:
+        value = float(text)
+    except ValueError:
+        raise NetworkFormatError(f"{source}: wrong format for coordinate: {axis}={text!r}") from None
+    if not (abs(value) <= limit):
+        raise NetworkFormatError(
+            f"{source}: coordinate out of range: {axis}={text!r} ({axis} must be within "
+            f"[-{limit:g}, {limit:g}])")
 
 
 def _decompressed_head(opener: Callable[..., object], path: Path, source: str) -> bytes:

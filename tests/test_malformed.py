@@ -18,6 +18,7 @@ MALFORMED = TEST_DATA / "malformed"
 CASES = {
     "wrong_magic.osm.pbf": "truncated, corrupt or malformed OSM data (PBF error",
     "huge_coordinates.osm": "wrong format for coordinate: '-1234.5'",
+    "exponent_coordinates.osm": "coordinate out of range: lat='1e300'",
     "nan_coordinates.osm": "wrong format for coordinate: 'nan'",
     "empty_geometry.geojson": "feature 0 has no coordinates",
     "zero_length_edge.geojson": "feature 0 has a line with fewer than two distinct positions",
