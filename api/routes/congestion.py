@@ -49,8 +49,13 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"description": "`invalid_value`: a bad parameter (the message names it)"},
 }
 
+_DEG = r"-?[0-9]{1,3}(\.[0-9]{1,9})?"
+#: Published in the OpenAPI schema (clients and the schema fuzzer see the shape); the
+#: parser checks values and order with messages that name the parameter.
+BBOX_PATTERN = rf"^{_DEG},{_DEG},{_DEG},{_DEG}$"
 BboxQ = Annotated[str, Query(description="minlon,minlat,maxlon,maxlat (degrees)",
-                             examples=["12.55,55.67,12.57,55.69"])]
+                             examples=["12.55,55.67,12.57,55.69"],
+                             json_schema_extra={"pattern": BBOX_PATTERN})]
 FormatQ = Annotated[str | None, Query(description="geojson (default), parquet, arrow or csv; "
                                                   "else chosen by the Accept header")]
 TimeQ = Annotated[str | None, Query(description="unix seconds or ISO 8601 (UTC when no offset)")]

@@ -28,6 +28,11 @@ from workers.router import RouterCore
 
 router = APIRouter(prefix="/v1", tags=["routing"])
 
+#: The shape of a ``lat,lon`` parameter, published in the OpenAPI schema so that clients
+#: (and the schema fuzzer) can tell a well-formed point. Not enforced by FastAPI:
+#: :func:`parse_latlon` checks it, with a message that names the parameter and the range.
+LATLON_PATTERN = r"^-?[0-9]{1,3}(\.[0-9]{1,9})?, ?-?[0-9]{1,3}(\.[0-9]{1,9})?$"
+
 
 def parse_latlon(value: str, *, name: str) -> tuple[float, float]:
     """Parse ``"lat,lon"`` (degrees); raise a 422 ``ApiError`` naming the parameter."""
@@ -86,9 +91,11 @@ async def get_route(
     services: ServicesDep,
     settings: SettingsDep,
     from_: Annotated[str, Query(alias="from", description="origin as `lat,lon`",
-                                examples=["55.68176,12.55832"])],
+                                examples=["55.68176,12.55832"],
+                                json_schema_extra={"pattern": LATLON_PATTERN})],
     to: Annotated[str, Query(description="destination as `lat,lon`",
-                             examples=["55.67970,12.56335"])],
+                             examples=["55.67970,12.56335"],
+                             json_schema_extra={"pattern": LATLON_PATTERN})],
     depart_at: Annotated[str | None, Query(description="unix seconds or ISO 8601; default now")] = None,
     max_snap_m: Annotated[float | None, Query(gt=0, le=5000)] = None,
 ) -> Response:
