@@ -7,13 +7,20 @@ log and checkpoints on, then, for ``--minutes``:
   ``--probes-per-s`` (the scenario is replayed in laps with shifted times, the same fleet of
   vehicles, so it never runs out and nothing is a duplicate);
 * asks ``/v1/route`` between random network nodes at ``--routes-per-s`` (open loop);
-* samples every 5 s the server's resident memory (VmRSS) and ``/v1/status`` (freshness
-  p99: probe accepted -> published, s).
+* samples every second the server's resident memory (VmRSS) and thread count, and every 5 s
+  ``/v1/status`` (freshness p99: probe accepted -> published, s).
 
-Reports errors (non-2xx answers other than 503 back-pressure, which is retried), RSS growth
-after the warm-up (the first 25% of the run), the worst sampled freshness p99, and the
-counts identity accepted == applied + pending + unmatched at the end. ``--append`` adds the
-table to BENCHMARKS.md.
+Reports errors (non-2xx answers other than 503 back-pressure, which is retried), resident
+memory growth after the warm-up (the first 25% of the run), the worst sampled freshness p99,
+and the counts identity accepted == applied + pending + unmatched at the end. ``--append``
+adds the table to BENCHMARKS.md.
+
+Memory growth compares two windows of 1-s samples: the median RSS over the first window
+after the warm-up and over the last window of the run (each a fifth of the measured part, at
+most 60 s). A checkpoint lifts RSS for a second or two while it encodes the state; a single
+sample that lands in one would make the growth figure a coin toss, while the window medians
+follow the level the process holds, which a leak moves and a transient does not. The peak
+(the largest sample after warm-up) is reported beside it.
 
     .venv/bin/python benchmarks/soak.py --minutes 10 --append
 """
@@ -46,11 +53,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rss_mib(pid: int) -> float:
+def _rss_mib_threads(pid: int) -> tuple[float, int]:
+    """Resident memory (MiB) and thread count of process ``pid`` (Linux /proc)."""
+    rss, threads = float("nan"), -1
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024.0
-    return float("nan")
+            rss = int(line.split()[1]) / 1024.0
+        elif line.startswith("Threads:"):
+            threads = int(line.split()[1])
+    return rss, threads
+
+
+def memory_growth(samples: list[tuple[float, float]], *, start_s: float) -> dict[str, float]:
+    """Growth of resident memory between the first and last window after ``start_s``.
+
+    ``samples`` are ``(seconds since start, RSS MiB)``. Each window is a fifth of the
+    samples after ``start_s`` (at most 60 of them at one a second); the figure is the ratio
+    of the window medians minus one. Also returns both medians and the peak after ``start_s``.
+    """
+    after = [rss for t, rss in samples if t >= start_s] or [rss for _, rss in samples]
+    w = max(1, min(60, len(after) // 5))
+    first, last = float(np.median(after[:w])), float(np.median(after[-w:]))
+    return {"rss_warm_mib": first, "rss_end_mib": last, "rss_growth": last / first - 1.0,
+            "rss_peak_mib": float(max(after))}
 
 
 def _laps(probes: pl.DataFrame) -> Any:
@@ -95,122 +120,131 @@ def run_soak(*, minutes: float, probes_per_s: float, routes_per_s: float,
          "--snapshot-every", "0", "--refresh-s", "1"],
         stdout=log, stderr=subprocess.STDOUT,
         env={**os.environ, "TRAFFIC_PSEUDONYM_KEY": "soak-benchmark-key-0001", **(extra_env or {})})
-    base = f"http://127.0.0.1:{port}"
-    client = httpx.Client(base_url=base, timeout=30)
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}; see {data_dir / 'serve.log'}")
-        try:
-            if client.get("/healthz").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    stop = threading.Event()
-    errors: list[str] = []
-    counters = {"posted": 0, "accepted": 0, "retried_503": 0, "routes": 0}
-    route_lat: list[float] = []
-    per_event_s = probes.height / (float(probes["t"].max()) - float(probes["t"].min()))
-    speed = probes_per_s / per_event_s  # event s per wall s
-
-    def post_loop() -> None:
-        c = httpx.Client(base_url=base, timeout=30)
-        start = time.perf_counter()
-        # Event seconds per POST: about 4 posts/s, under the API's 10,000-probe batch bound.
-        k = max(1, min(round(speed / 4), int(4000 / max(per_event_s, 1.0))))
-        it = _laps(probes)
-        for i in range(10**12):
-            if stop.is_set():
-                break
-            b = pl.concat([next(it) for _ in range(k)])
-            due = start + i * k / speed
-            delay = due - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            body = b.write_csv().encode()
-            while not stop.is_set():
-                r = c.post("/v1/probes", content=body, headers={"content-type": "text/csv"})
-                if r.status_code == 503:
-                    counters["retried_503"] += 1
-                    time.sleep(float(r.headers.get("retry-after", "1")))
-                    continue
-                if r.status_code != 202:
-                    errors.append(f"POST {r.status_code}: {r.text[:200]}")
-                else:
-                    counters["posted"] += b.height
-                    counters["accepted"] += r.json()["accepted"]
-                break
-        c.close()
-
-    def route_loop() -> None:
-        c = httpx.Client(base_url=base, timeout=30)
-        rng = np.random.default_rng(0)
-        start = time.perf_counter()
-        i = 0
-        while not stop.is_set():
-            due = start + i / routes_per_s
-            delay = due - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            a, b = rng.integers(0, net.n_nodes, size=2)
-            t0 = time.perf_counter()
-            r = c.get("/v1/route", params={
-                "from": f"{net.node_lat[a]:.6f},{net.node_lon[a]:.6f}",
-                "to": f"{net.node_lat[b]:.6f},{net.node_lon[b]:.6f}"})
-            route_lat.append(time.perf_counter() - t0)
-            if r.status_code >= 500:
-                errors.append(f"GET route {r.status_code}: {r.text[:200]}")
-            counters["routes"] += 1
-            i += 1
-        c.close()
-
-    threads = [threading.Thread(target=post_loop, daemon=True),
-               threading.Thread(target=route_loop, daemon=True)]
-    t_start = time.time()
-    for t in threads:
-        t.start()
-    samples = []
     try:
-        while time.time() - t_start < minutes * 60:
-            time.sleep(5.0)
-            st = client.get("/v1/status").json()
-            samples.append((time.time() - t_start, _rss_mib(proc.pid),
-                            st["workers"]["estimator"].get("freshness_p99_s")))
-            if verbose:
-                print(f"{samples[-1][0]:6.0f} s  RSS {samples[-1][1]:7.1f} MiB  freshness p99 "
-                      f"{samples[-1][2]}  checkpoints "
-                      f"{st['workers']['estimator'].get('durability', {}).get('checkpoints_saved')}",
-                      flush=True)
-    finally:
-        stop.set()
+        base = f"http://127.0.0.1:{port}"
+        client = httpx.Client(base_url=base, timeout=30)
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}; see {data_dir / 'serve.log'}")
+            try:
+                if client.get("/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        stop = threading.Event()
+        errors: list[str] = []
+        counters = {"posted": 0, "accepted": 0, "retried_503": 0, "routes": 0}
+        route_lat: list[float] = []
+        per_event_s = probes.height / (float(probes["t"].max()) - float(probes["t"].min()))
+        speed = probes_per_s / per_event_s  # event s per wall s
+
+        def post_loop() -> None:
+            c = httpx.Client(base_url=base, timeout=30)
+            start = time.perf_counter()
+            # Event seconds per POST: about 4 posts/s, under the API's 10,000-probe batch bound.
+            k = max(1, min(round(speed / 4), int(4000 / max(per_event_s, 1.0))))
+            it = _laps(probes)
+            for i in range(10**12):
+                if stop.is_set():
+                    break
+                b = pl.concat([next(it) for _ in range(k)])
+                due = start + i * k / speed
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                body = b.write_csv().encode()
+                while not stop.is_set():
+                    r = c.post("/v1/probes", content=body, headers={"content-type": "text/csv"})
+                    if r.status_code == 503:
+                        counters["retried_503"] += 1
+                        time.sleep(float(r.headers.get("retry-after", "1")))
+                        continue
+                    if r.status_code != 202:
+                        errors.append(f"POST {r.status_code}: {r.text[:200]}")
+                    else:
+                        counters["posted"] += b.height
+                        counters["accepted"] += r.json()["accepted"]
+                    break
+            c.close()
+
+        def route_loop() -> None:
+            c = httpx.Client(base_url=base, timeout=30)
+            rng = np.random.default_rng(0)
+            start = time.perf_counter()
+            i = 0
+            while not stop.is_set():
+                due = start + i / routes_per_s
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                a, b = rng.integers(0, net.n_nodes, size=2)
+                t0 = time.perf_counter()
+                r = c.get("/v1/route", params={
+                    "from": f"{net.node_lat[a]:.6f},{net.node_lon[a]:.6f}",
+                    "to": f"{net.node_lat[b]:.6f},{net.node_lon[b]:.6f}"})
+                route_lat.append(time.perf_counter() - t0)
+                if r.status_code >= 500:
+                    errors.append(f"GET route {r.status_code}: {r.text[:200]}")
+                counters["routes"] += 1
+                i += 1
+            c.close()
+
+        threads = [threading.Thread(target=post_loop, daemon=True),
+                   threading.Thread(target=route_loop, daemon=True)]
+        t_start = time.time()
         for t in threads:
-            t.join(timeout=60)
-    final_st = client.get("/v1/status").json()
-    final = final_st["probes"]
-    final_ck = final_st["workers"]["estimator"].get("durability", {}).get("checkpoints_saved")
-    proc.send_signal(signal.SIGTERM)
-    rc = proc.wait(timeout=120)
-    client.close()
-    log.close()
-    warm = [s for s in samples if s[0] >= warmup_frac * minutes * 60] or samples
-    rss_after_warmup = warm[0][1]
-    fresh = [s[2] for s in warm if s[2] is not None]
-    out = {
-        "minutes": minutes, "probes_per_s_target": probes_per_s,
-        "probes_per_s": counters["posted"] / (minutes * 60), "routes_per_s": counters["routes"] / (minutes * 60),
-        "errors": len(errors), "error_examples": errors[:3], "retried_503": counters["retried_503"],
-        "rss_warm_mib": rss_after_warmup, "rss_end_mib": samples[-1][1],
-        "rss_growth": samples[-1][1] / rss_after_warmup - 1.0,
-        "freshness_p99_max_s": max(fresh) if fresh else None,
-        "route_p50_ms": 1e3 * float(np.percentile(route_lat, 50)) if route_lat else None,
-        "route_p99_ms": 1e3 * float(np.percentile(route_lat, 99)) if route_lat else None,
-        "accepted": final["accepted"], "client_accepted": counters["accepted"],
-        "identity_holds": final["accepted"] == final["applied"] + final["pending"] + final["unmatched"]
-        or None,
-        "sigterm_exit": rc,
-        "checkpoints": final_ck, "checkpoint_min_gap_s": checkpoint_min_gap_s,
-        "rss_samples": [(round(a), round(b, 1)) for a, b, _ in samples],
-    }
+            t.start()
+        samples = []  # (s, RSS MiB, freshness p99 s or None, threads), one a second
+        try:
+            while time.time() - t_start < minutes * 60:
+                time.sleep(1.0)
+                rss, n_threads = _rss_mib_threads(proc.pid)
+                fresh = None
+                if len(samples) % 5 == 4:
+                    st = client.get("/v1/status").json()
+                    fresh = st["workers"]["estimator"].get("freshness_p99_s")
+                samples.append((time.time() - t_start, rss, fresh, n_threads))
+                if verbose and fresh is not None:
+                    print(f"{samples[-1][0]:6.0f} s  RSS {rss:7.1f} MiB  threads {n_threads}  "
+                          f"freshness p99 {fresh}  checkpoints "
+                          f"{st['workers']['estimator'].get('durability', {}).get('checkpoints_saved')}",
+                          flush=True)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=60)
+        final_st = client.get("/v1/status").json()
+        final = final_st["probes"]
+        final_ck = final_st["workers"]["estimator"].get("durability", {}).get("checkpoints_saved")
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=120)
+        client.close()
+        log.close()
+        warmup_s = warmup_frac * minutes * 60
+        warm = [s for s in samples if s[0] >= warmup_s] or samples
+        fresh = [s[2] for s in warm if s[2] is not None]
+        out = {
+            "minutes": minutes, "probes_per_s_target": probes_per_s,
+            "probes_per_s": counters["posted"] / (minutes * 60), "routes_per_s": counters["routes"] / (minutes * 60),
+            "errors": len(errors), "error_examples": errors[:3], "retried_503": counters["retried_503"],
+            **memory_growth([(t, rss) for t, rss, _, _ in samples], start_s=warmup_s),
+            "threads_warm": warm[0][3], "threads_end": samples[-1][3],
+            "freshness_p99_max_s": max(fresh) if fresh else None,
+            "route_p50_ms": 1e3 * float(np.percentile(route_lat, 50)) if route_lat else None,
+            "route_p99_ms": 1e3 * float(np.percentile(route_lat, 99)) if route_lat else None,
+            "accepted": final["accepted"], "client_accepted": counters["accepted"],
+            "identity_holds": final["accepted"] == final["applied"] + final["pending"] + final["unmatched"]
+            or None,
+            "sigterm_exit": rc,
+            "checkpoints": final_ck, "checkpoint_min_gap_s": checkpoint_min_gap_s,
+            "rss_samples": [(round(t), round(rss, 1)) for t, rss, _, _ in samples],
+        }
+    except BaseException:
+        if proc.poll() is None:  # never leave a server behind
+            proc.kill()
+            proc.wait()
+        raise
     if tmp is not None:
         tmp.cleanup()
     return out
@@ -223,7 +257,9 @@ def _table(r: dict[str, Any]) -> str:
         ("route queries", f"{r['routes_per_s']:.1f}/s, p50 {r['route_p50_ms']:.1f} ms, p99 {r['route_p99_ms']:.1f} ms"),
         ("errors (non-2xx other than 503)", f"{r['errors']}"),
         ("503 back-pressure retries", f"{r['retried_503']}"),
-        ("RSS after warm-up -> end", f"{r['rss_warm_mib']:.0f} -> {r['rss_end_mib']:.0f} MiB ({100 * r['rss_growth']:+.1f}%)"),
+        ("RSS after warm-up -> end (window medians)", f"{r['rss_warm_mib']:.0f} -> {r['rss_end_mib']:.0f} MiB ({100 * r['rss_growth']:+.1f}%)"),
+        ("RSS peak after warm-up", f"{r['rss_peak_mib']:.0f} MiB"),
+        ("server threads after warm-up -> end", f"{r['threads_warm']} -> {r['threads_end']}"),
         ("freshness p99, worst 5-s sample after warm-up", f"{r['freshness_p99_max_s']:.2f} s"),
         ("accepted (server / client 202s)", f"{r['accepted']:,} / {r['client_accepted']:,}"),
         ("SIGTERM exit status", f"{r['sigterm_exit']}"),
@@ -261,7 +297,7 @@ def main() -> None:
                 f"but at least {args.checkpoint_min_gap:g} wall s apart ({r['checkpoints']} taken); "
                 "one posting client (CSV batches of whole event seconds, ~4 posts/s), open-loop "
                 "route queries; load generators on the same 2 cores. RSS samples (s, MiB): "
-                f"{r['rss_samples'][::6]}.\n\n")
+                f"{r['rss_samples'][::30]}.\n\n")
         append_section(head + table)
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from conftest import shared_file
 from graph.io import load_network
+from traffic.native_memory import malloc_env
 from workers.services import LocalServices, PipelineConfig
 
 pytestmark = pytest.mark.slow
@@ -42,6 +43,10 @@ def test_cluster_two_nodes_spread_and_same_results():
             st = pipe.drain()["probes"]
             got = pipe.route((55.68176, 12.55832), (55.67970, 12.56335))
             nodes = pipe.placement()
+            actors = [pipe.estimator, *pipe.ingest_actors, *pipe.router_actors]
+            # A lambda travels by value (this test module is not importable on the workers).
+            envs = ray.get([a.__ray_call__.remote(lambda _core: {
+                k: __import__("os").environ.get(k) for k in malloc_env()}) for a in actors])
         finally:
             pipe.close()
     finally:
@@ -54,3 +59,6 @@ def test_cluster_two_nodes_spread_and_same_results():
         assert st[k] == want_st[k]
     assert got["duration_s"] == pytest.approx(want["duration_s"], rel=1e-9)
     assert got["edges"] == want["edges"]
+    # Every actor process started with the allocator settings (traffic.native_memory).
+    assert envs == [malloc_env()] * len(actors), envs
+

@@ -26,9 +26,6 @@ def test_soak_short_one_minute(tmp_path):
     assert r["identity_holds"]
     assert r["accepted"] == r["client_accepted"]
     assert r["sigterm_exit"] == 0
-    if r["rss_growth"] >= 0.10:
-        # Known open problem (BENCHMARKS.md, soak): RSS grows 13-28% after warm-up. It is
-        # native memory (tracemalloc: the Python heap, NumPy included, stays flat) and not the
-        # number of glibc arenas (MALLOC_ARENA_MAX=2 grows alike); it steps up at checkpoints.
-        # Reported, not hidden: the test shows XFAIL with the figure.
-        pytest.xfail(f"RSS grew {100 * r['rss_growth']:.1f}% after warm-up (target < 10%)")
+    # Window medians after the warm-up (see benchmarks/soak.py); before the glibc settings of
+    # traffic.native_memory this was 11-28% and climbing.
+    assert r["rss_growth"] < 0.10, (r["rss_growth"], r["rss_samples"][::5])

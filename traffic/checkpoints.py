@@ -19,12 +19,14 @@ import hashlib
 import io
 import json
 import logging
+import shutil
 import struct
+import tempfile
 import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 
@@ -46,6 +48,7 @@ FORMAT_VERSION = 1
 _MAGIC = b"TRCKPT01"
 _PREFIX = struct.Struct("<8sII")  # magic, header_len, header_crc32
 _MAX_HEADER_BYTES = 16 * 2**20
+_COPY_CHUNK = 2**20  # bytes per read when hashing and copying the payload
 _SCALAR_TYPES = (bool, int, float, str, type(None))
 
 
@@ -228,24 +231,38 @@ class CheckpointStore:
             raise EstimatorStateError(
                 f"`log_position` must be a LogPosition; got {type(log_position).__name__}")
         arrays, scalars, generic = _split_state(state)
-        sink = io.BytesIO()
-        np.savez(sink, **arrays)
-        payload = sink.getbuffer()
-        header = json.dumps({
-            "format_version": FORMAT_VERSION,
-            "log_seq": log_position.seq,
-            "log_row": log_position.row,
-            "event_time_s": None if event_time_s is None else float(event_time_s),
-            "estimator_version": estimator_version,
-            "created_unix_s": time.time(),
-            "payload_bytes": len(payload),
-            "payload_sha256": hashlib.sha256(payload).hexdigest(),
-            "scalars": scalars,
-            "generic_keys": generic,
-        }).encode()
         path = self.dir / _checkpoint_name(log_position.seq)
-        prefix = _PREFIX.pack(_MAGIC, len(header), zlib.crc32(header))
-        write_atomic(path, lambda fh: (fh.write(prefix), fh.write(header), fh.write(payload)))
+        # The payload is encoded into an unnamed spool file, not memory: an in-memory
+        # encoding (a BytesIO grown by doubling) briefly needed two to three times the
+        # state's size in resident memory at every checkpoint.
+        with tempfile.TemporaryFile(dir=self.dir) as spool:
+            np.savez(spool, **arrays)
+            payload_bytes = spool.tell()
+            digest = hashlib.sha256()
+            spool.seek(0)
+            while chunk := spool.read(_COPY_CHUNK):
+                digest.update(chunk)
+            header = json.dumps({
+                "format_version": FORMAT_VERSION,
+                "log_seq": log_position.seq,
+                "log_row": log_position.row,
+                "event_time_s": None if event_time_s is None else float(event_time_s),
+                "estimator_version": estimator_version,
+                "created_unix_s": time.time(),
+                "payload_bytes": payload_bytes,
+                "payload_sha256": digest.hexdigest(),
+                "scalars": scalars,
+                "generic_keys": generic,
+            }).encode()
+            prefix = _PREFIX.pack(_MAGIC, len(header), zlib.crc32(header))
+
+            def write(fh: BinaryIO) -> None:
+                fh.write(prefix)
+                fh.write(header)
+                spool.seek(0)
+                shutil.copyfileobj(spool, fh, _COPY_CHUNK)
+
+            write_atomic(path, write)
         self._prune()
         return path
 

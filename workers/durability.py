@@ -69,6 +69,7 @@ import numpy as np
 import polars as pl
 
 from traffic.checkpoints import CheckpointStore
+from traffic.native_memory import release_free_heap
 from traffic.privacy import Pseudonymizer, load_or_create_key
 from traffic.probes import PROBE_SCHEMA, VehicleLastSeen, coerce_probes
 from traffic.wal import DEFAULT_RETENTION_S, LogPosition, ProbeLog
@@ -251,7 +252,7 @@ class Durability:
         if upto is not None:
             self.log.compact(upto)
         self.log.enforce_retention()
-        _release_free_heap()
+        release_free_heap()  # the state's temporaries, not kept resident for hours
         return path
 
     def recover(self) -> Recovery:
@@ -426,23 +427,4 @@ def estimator_state_if_booted(core: Any, token: str | None) -> dict[str, Any] | 
     A restarted estimator lost folds; its state must not go into a checkpoint.
     """
     return estimator_state(core) if boot_of(core) == token else None
-
-
-def _release_free_heap() -> None:
-    """Hand freed heap pages back to the OS (glibc ``malloc_trim``); a no-op elsewhere.
-
-    A checkpoint builds and drops hundreds of MB of temporary buffers (the state, its npz
-    encoding); glibc keeps such freed memory in its arenas, which showed as resident memory
-    stepping up at every checkpoint in the soak.
-    """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return
-    try:
-        ctypes.CDLL(name).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
 

@@ -22,10 +22,15 @@ import polars as pl
 import ray
 
 from graph.network import RoadNetwork
+from traffic.native_memory import malloc_env
 from workers.estimator import EstimatorCore, Publication
 from workers.ingest import IngestCore
 from workers.router import RouterCore
 from workers.services import Overloaded, PipelineConfig, ServiceBase
+
+#: Actor processes start with the allocator settings of traffic.native_memory (glibc reads
+#: them at process start, restarts included).
+_ACTOR_ENV = {"env_vars": malloc_env()}
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +123,8 @@ class RayPipeline(ServiceBase):
         on_gpu = want == "yes" or (want == "auto" and gpu_available()
                                    and ray.cluster_resources().get("GPU", 0) >= 1)
         actor = ray.remote(EstimatorCore).options(
-            num_gpus=1 if on_gpu else 0, num_cpus=0, max_restarts=-1, name=None)
+            num_gpus=1 if on_gpu else 0, num_cpus=0, max_restarts=-1, name=None,
+            runtime_env=_ACTOR_ENV)
         self.estimator_on_gpu = on_gpu
         return actor.remote(net_ref, self.config.estimator_service(),
                             xp="cupy" if on_gpu else "numpy", prior=self.prior)
@@ -140,7 +146,8 @@ class RayPipeline(ServiceBase):
     def _start_ingest(self, net_ref: Any) -> list[Any]:
         actor = ray.remote(IngestCore)
         icfg = self.config.ingest_config()
-        return [actor.options(num_cpus=0, max_restarts=-1, scheduling_strategy=self._spread(p))
+        return [actor.options(num_cpus=0, max_restarts=-1, scheduling_strategy=self._spread(p),
+                              runtime_env=_ACTOR_ENV)
                 .remote(net_ref, icfg, partition=p,
                         sink=FoldSink(self.estimator, max_inflight=self.config.max_fold_inflight))
                 for p in range(self.config.n_ingest)]
@@ -148,7 +155,7 @@ class RayPipeline(ServiceBase):
     def _start_routers(self, net_ref: Any) -> list[Any]:
         actor = ray.remote(RouterCore)
         return [actor.options(num_cpus=0, max_restarts=-1, max_concurrency=8,
-                              scheduling_strategy=self._spread(i + 1))
+                              scheduling_strategy=self._spread(i + 1), runtime_env=_ACTOR_ENV)
                 .remote(net_ref, cache_dir=self.config.cache_dir)
                 for i in range(self.config.router_replicas)]
 
