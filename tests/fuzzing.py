@@ -51,8 +51,10 @@ def fuzz_app(app: Any, *, max_examples: int, seed: int = 0,
              skip: frozenset[tuple[str, str]] = frozenset()) -> dict[str, OperationReport]:
     """Run ``max_examples`` positive and as many negative cases per operation of ``app``.
 
-    Returns the report per ``"METHOD /path"``. Operations whose inputs cannot produce that
-    many distinct cases (``GET /healthz``) stop early; their ``cases`` says how many ran.
+    Returns the report per ``"METHOD /path"``. Where no case can violate the schema, the
+    negative half is replaced by positive cases from another seed. Operations whose inputs
+    cannot produce that many distinct cases (``GET /healthz``) stop early; their ``cases``
+    says how many ran.
     """
     import schemathesis
     from schemathesis.generation.modes import GenerationMode
@@ -65,7 +67,13 @@ def fuzz_app(app: Any, *, max_examples: int, seed: int = 0,
             continue
         report = reports.setdefault(f"{op.method.upper()} {op.path}", OperationReport())
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            before = report.cases
             _run_mode(op, mode, report, max_examples=max_examples, seed=seed)
+            if mode is GenerationMode.NEGATIVE and report.cases == before:
+                # Nothing can violate the schema (a free-form string path parameter): make
+                # the negative half up with more schema-valid cases from another seed.
+                _run_mode(op, GenerationMode.POSITIVE, report, max_examples=max_examples,
+                          seed=seed + 1)
     return reports
 
 
