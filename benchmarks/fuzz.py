@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = (f"{total:,} cases over {len(reports)} operations in {wall_s:.0f} s; "
                f"5xx: {n5xx}; failures (5xx, or a 4xx without the error shape): {len(failures)}. "
                "Operations without inputs (`/healthz`, `/v1/status`, ...) have one distinct "
-               "case; schemathesis stops there.")
+               "case per seed; schemathesis stops there. Where nothing can violate the schema "
+               "(`/v1/network/jobs/{job_id}`), the negative half is more positive cases.")
     print(table)
     print(summary)
     for f in failures[:20]:
