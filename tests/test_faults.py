@@ -55,15 +55,15 @@ def _free_port() -> int:
 
 
 class Server:
-    """`traffic serve --no-ray` in a subprocess on a fixed data dir."""
+    """`traffic serve --no-ray` (or with its own local Ray) in a subprocess on a fixed data dir."""
 
-    def __init__(self, network: Path, data_dir: Path) -> None:
+    def __init__(self, network: Path, data_dir: Path, *, ray: bool = False) -> None:
         self.port = _free_port()
         env = {**os.environ, "TRAFFIC_PSEUDONYM_KEY": KEY}
         self.log = open(data_dir.parent / f"serve-{self.port}.log", "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "traffic", "serve", "--network", str(network), "--no-ray",
-             "--clock", "event", "--data-dir", str(data_dir), "--port", str(self.port),
+            [sys.executable, "-m", "traffic", "serve", "--network", str(network),
+             *([] if ray else ["--no-ray"]), "--clock", "event", "--data-dir", str(data_dir), "--port", str(self.port),
              "--checkpoint-every", str(EVERY_S), "--idle-flush-s", str(IDLE_S),
              "--snapshot-every", "0", "--refresh-s", "30"],
             stdout=self.log, stderr=subprocess.STDOUT, env=env)
@@ -167,6 +167,27 @@ def test_faults_kill9_server_loses_nothing_applies_nothing_twice(network_path, b
     assert counts["accepted"] == applied + unmatched  # pending is 0 after the final flush
     assert applied == ref_st["applied"]
     np.testing.assert_array_equal(count, ref_count)
+
+
+def test_faults_sigterm_with_ray_flushes_and_checkpoints(network_path, batches, tmp_path):
+    # The default `traffic serve` runs its workers as Ray actors. SIGTERM must flush and
+    # checkpoint through them before they are stopped (the app's own shutdown used to close
+    # the actors first, so the final checkpoint failed with ActorDiedError).
+    pytest.importorskip("ray")
+    data_dir = tmp_path / "run"
+    srv = Server(network_path, data_dir, ray=True)
+    acked = 0
+    for b in batches[:30]:
+        r = srv.post(b)
+        assert r.status_code == 202, r.text
+        acked += r.json()["accepted"]
+    log_path = Path(srv.log.name)
+    assert srv.stop(signal.SIGTERM) == 0
+    log = log_path.read_text(errors="replace")
+    assert "final flush/checkpoint failed" not in log, log[-3000:]
+    counts, unmatched, applied, _ = _final_state(data_dir)
+    assert counts["accepted"] == acked > 0
+    assert counts["accepted"] == applied + unmatched  # the final flush left nothing pending
 
 
 def _swallow(fn, *args):

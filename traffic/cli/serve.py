@@ -224,7 +224,9 @@ def run(args: argparse.Namespace) -> int:
           f"{net.n_edges} edges, version {net.version}) loaded in {time.perf_counter() - t0:.1f} s",
           file=sys.stderr)
     services = build_services(args, net, clock)
-    app = create_app(services, settings, close_services=True)
+    # Not closed by the app: the `finally` below flushes and checkpoints through the workers
+    # first, then closes them (closing in the app's shutdown killed the Ray actors too early).
+    app = create_app(services, settings, close_services=False)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
                             timeout_keep_alive=int(settings.keep_alive_s),
                             access_log=False)
