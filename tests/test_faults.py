@@ -188,6 +188,19 @@ def test_faults_sigterm_with_ray_flushes_and_checkpoints(network_path, batches, 
     counts, unmatched, applied, _ = _final_state(data_dir)
     assert counts["accepted"] == acked > 0
     assert counts["accepted"] == applied + unmatched  # the final flush left nothing pending
+    # A restart (Ray again) resumes from that checkpoint: counts carry on, re-posts are duplicates.
+    srv = Server(network_path, data_dir, ray=True)
+    assert srv.status()["probes"]["accepted"] == acked
+    r = srv.post(batches[0])
+    assert r.status_code == 202 and r.json()["accepted"] == 0, r.text
+    for b in batches[30:40]:
+        r = srv.post(b)
+        assert r.status_code == 202, r.text
+        acked += r.json()["accepted"]
+    assert srv.stop(signal.SIGTERM) == 0
+    counts, unmatched, applied, _ = _final_state(data_dir)
+    assert counts["accepted"] == acked
+    assert counts["accepted"] == applied + unmatched
 
 
 def _swallow(fn, *args):
