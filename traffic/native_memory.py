@@ -7,10 +7,11 @@ block's size (up to 32 MiB) and its trim threshold to twice that. From then on b
 that size come from the arenas instead, and memory freed there stays resident until the
 top of an arena is free for more than 64 MiB. In the soak (``benchmarks/soak.py``) that
 showed as resident memory climbing by 12-28% within minutes after warm-up while the live
-heap (memray's native tracking, tracemalloc) stayed flat. Fixing both thresholds turns the heuristic off: large blocks always come from
-``mmap`` and go back to the OS when freed, and free arena tops are trimmed above a few MiB.
-With the defaults below the 4-minute soak at 8,000 probes/s went from +17% to +0.2% with
-the same throughput and latencies (BENCHMARKS.md, soak).
+heap (memray's native tracking, tracemalloc) stayed flat. Fixing both thresholds turns the
+heuristic off: large blocks always come from ``mmap`` and go back to the OS when freed, and
+free arena tops are trimmed above a few MiB. With the defaults below the 4-minute soak at
+8,000 probes/s went from +17% to +0.2% with the same throughput and latencies
+(BENCHMARKS.md, soak).
 
 The glibc environment variables (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``)
 win over these settings when set. Elsewhere than glibc (musl, macOS) the calls do nothing.

@@ -427,4 +427,3 @@ def estimator_state_if_booted(core: Any, token: str | None) -> dict[str, Any] | 
     A restarted estimator lost folds; its state must not go into a checkpoint.
     """
     return estimator_state(core) if boot_of(core) == token else None
-

@@ -214,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
     from traffic.native_memory import tune_malloc
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    tune_malloc()  # before the big allocations: keeps resident memory flat for days
+    tune_malloc()  # before the big allocations (see traffic/native_memory.py)
     Path(args.data_dir).mkdir(parents=True, exist_ok=True)
     clock = args.clock or ("event" if args.replay else "wall")
     settings = http_settings(args, clock)  # bad key configuration fails before the load
