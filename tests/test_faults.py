@@ -284,7 +284,8 @@ class _RouteLoad:
         self._t.join(timeout=30)
 
 
-def test_faults_estimator_killed_restores_from_checkpoint(network_path, batches, tmp_path):
+@pytest.mark.parametrize("fault", ["killed", "failing_folds"])
+def test_faults_estimator_killed_restores_from_checkpoint(network_path, batches, tmp_path, fault):
     import ray
 
     from workers.pipeline import RayPipeline
@@ -295,7 +296,15 @@ def test_faults_estimator_killed_restores_from_checkpoint(network_path, batches,
     load = _RouteLoad(svc, net)
     acked = [_ingest_retrying(svc, b) for b in batches[:50]]
     assert svc.durability.checkpoints_saved >= 1
-    ray.kill(svc.estimator, no_restart=False)
+    if fault == "killed":
+        ray.kill(svc.estimator, no_restart=False)
+    else:
+        # Every later fold raises inside the actor (not bad input: the batches are fine), so
+        # the estimator's state misses them; the ingest side must restart it, and the restore
+        # (checkpoint + log) must fold them again. Without that, counts below fall short.
+        ray.get(svc.estimator.__ray_call__.remote(lambda core: setattr(
+            core.estimator, "apply",
+            lambda batch: (_ for _ in ()).throw(RuntimeError("injected fold fault")))))
     acked += [_ingest_retrying(svc, b) for b in batches[50:]]
     deadline = time.time() + 60
     while getattr(svc, "estimator_restores", 0) < 1 and time.time() < deadline:
@@ -304,6 +313,8 @@ def test_faults_estimator_killed_restores_from_checkpoint(network_path, batches,
     assert svc.estimator_restores >= 1
     assert load.failed == 0, load.errors[:3]
     assert load.ok > 0
+    fold_errors = sum(p["fold_errors"] for p in svc.status()["workers"]["ingest"])
+    assert fold_errors >= (1 if fault == "failing_folds" else 0)
     svc.close()  # stops the ticker, then kills the actors: the pipeline's state is gone
     svc = RayPipeline(net, _ray_cfg(tmp_path / "run"))  # ... and comes back from disk
     svc.begin_shutdown()

@@ -250,6 +250,7 @@ class IngestCore:
             "stage_s": dict(self._stage_s),
             "network_version": self.net.version,
             "fold_outstanding": 0 if self.sink is None else int(self.sink.outstanding()),
+            "fold_errors": int(getattr(self.sink, "fold_errors", 0)),
         }
 
     # -- adapters over traffic.matching / traffic.traversals ----------------------------

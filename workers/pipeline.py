@@ -36,31 +36,67 @@ logger = logging.getLogger(__name__)
 
 
 class FoldSink:
-    """An ingest actor's link to the estimator actor, with bounded in-flight folds."""
+    """An ingest actor's link to the estimator actor, with bounded in-flight folds.
+
+    A fold that raises in the estimator (a fault there, not bad input: batches were
+    validated and matched before) leaves the estimator's state short of that batch. The
+    sink then restarts the estimator actor (``ray.kill`` with restart), which the pipeline
+    detects by its boot token and answers as it answers any estimator restart: the newest
+    checkpoint is loaded and the probe log replayed after it (:meth:`RayPipeline._check_estimator`),
+    so the batch is folded again and no checkpoint is taken from the damaged state. Errors
+    are logged and counted (``fold_errors`` in the partition's stats) when they are seen:
+    on every send, stats call and drain.
+    """
 
     def __init__(self, estimator: Any, *, max_inflight: int) -> None:
         self.estimator = estimator
         self.max_inflight = max(1, int(max_inflight))
         self._refs: list[Any] = []
+        self.fold_errors = 0
+        self.last_fold_error: str | None = None
 
     def send(self, batch: Any, n_matched: int, accepted_wall_s: float) -> None:
         """Fold ``batch`` remotely; blocks while ``max_inflight`` folds are outstanding."""
         self._refs.append(self.estimator.fold.remote(batch, n_matched,
                                                      accepted_wall_s=accepted_wall_s))
+        self._reap(0)
         if len(self._refs) > self.max_inflight:
-            ready, self._refs = ray.wait(self._refs, num_returns=len(self._refs) - self.max_inflight)
-            ray.get(ready)
+            self._reap(len(self._refs) - self.max_inflight)
 
     def outstanding(self) -> int:
         """Folds sent and not yet done."""
-        if self._refs:
-            _, self._refs = ray.wait(self._refs, num_returns=len(self._refs), timeout=0)
+        self._reap(0)
         return len(self._refs)
 
     def drain(self) -> None:
         """Wait for every outstanding fold."""
-        refs, self._refs = self._refs, []
-        ray.get(refs)
+        self._reap(len(self._refs))
+
+    def _reap(self, wait_for: int) -> None:
+        """Collect finished folds, blocking until at least ``wait_for`` have finished."""
+        if not self._refs:
+            return
+        if wait_for:
+            done, self._refs = ray.wait(self._refs, num_returns=wait_for)
+        else:
+            done, self._refs = ray.wait(self._refs, num_returns=len(self._refs), timeout=0)
+        failed = False
+        for ref in done:
+            try:
+                ray.get(ref)
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+                pass  # the estimator died or is restarting: the pipeline restores it
+            except ray.exceptions.RayTaskError as exc:
+                if isinstance(exc.cause, (ray.exceptions.RayActorError,
+                                          ray.exceptions.ActorUnavailableError)):
+                    continue
+                self.fold_errors += 1
+                self.last_fold_error = f"{type(exc.cause).__name__}: {exc.cause}"[:500]
+                logger.error("a fold failed in the estimator (%s); restarting it so that it "
+                             "is restored from the checkpoint and the log", self.last_fold_error)
+                failed = True
+        if failed:
+            ray.kill(self.estimator, no_restart=False)
 
 
 def gpu_available() -> bool:
