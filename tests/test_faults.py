@@ -68,6 +68,16 @@ class Server:
              "--snapshot-every", "0", "--refresh-s", "30"],
             stdout=self.log, stderr=subprocess.STDOUT, env=env)
         self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.proc.kill()  # never leave a server behind a failed start
+            self.proc.wait()
+            self.client.close()
+            self.log.close()
+            raise
+
+    def _wait_ready(self) -> None:
         deadline = time.time() + 120
         while time.time() < deadline:
             if self.proc.poll() is not None:

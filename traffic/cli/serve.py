@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -199,6 +201,21 @@ def start_source(args: argparse.Namespace, services: Any, net: Any) -> Any:
     return None
 
 
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (IPv4 or IPv6 by the host), for uvicorn.
+
+    Raises ``ValueError`` naming the address when it cannot be bound (in use, no such
+    address, no permission), before anything slow has started.
+    """
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ValueError(f"cannot listen on {host}:{port} ({why}); is another "
+                         "server using it? Choose another --port or --host") from None
+
+
 def _started(thread: Any) -> Any:
     thread.start()
     return thread
@@ -218,6 +235,8 @@ def run(args: argparse.Namespace) -> int:
     Path(args.data_dir).mkdir(parents=True, exist_ok=True)
     clock = args.clock or ("event" if args.replay else "wall")
     settings = http_settings(args, clock)  # bad key configuration fails before the load
+    # Bound now, before Ray starts: its components take free ports and could take ours.
+    listener = listen_socket(args.host, args.port)
     t0 = time.perf_counter()
     net = load_network(args.network)
     print(f"traffic serve: network {net.name or args.network} ({net.n_nodes} nodes, "
@@ -236,8 +255,9 @@ def run(args: argparse.Namespace) -> int:
           f"http://{args.host}:{args.port}  (API docs: http://{args.host}:{args.port}/docs; "
           "Ctrl-C stops)", flush=True)
     try:
-        server.run()
+        server.run(sockets=[listener])
     finally:
+        listener.close()
         if source is not None:
             source.stop()
         try:
