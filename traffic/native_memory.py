@@ -13,8 +13,12 @@ free arena tops are trimmed above a few MiB. With the defaults below the 4-minut
 8,000 probes/s went from +17% to +0.2% with the same throughput and latencies
 (BENCHMARKS.md, soak).
 
-The glibc environment variables (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``)
-win over these settings when set. Elsewhere than glibc (musl, macOS) the calls do nothing.
+The price: every block of 256 KiB or more now gets fresh pages from ``mmap``. Matching
+allocates many such arrays, so at saturation the ingest actor spends about 30% more CPU per
+probe (BENCHMARKS.md, ingest: 17.6 -> 23.0 CPU-ms per 1,000 probes); a 4 MiB threshold costs
+less but let the soak grow again (+8.8% in 4 minutes, still climbing). The glibc environment
+variables (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``) win over these settings
+when set, for operators who prefer throughput. Elsewhere than glibc (musl, macOS) the calls do nothing.
 """
 
 from __future__ import annotations
