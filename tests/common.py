@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
 
 from graph.network import ROAD_CLASS_INDEX, RoadNetwork, build_network
 
@@ -33,3 +37,13 @@ def wait_job(client, job_id: str, timeout_s: float = 60.0) -> dict:
             return job
         time.sleep(0.05)
     raise AssertionError(f"job {job_id} did not finish")
+
+
+def scenario_batches(probes_path: Path, *, span_s: float, step_s: float) -> list[pl.DataFrame]:
+    """The first ``span_s`` event seconds of a probe file, cut into ``step_s`` batches in
+    time order (each batch: ``lo <= t < lo + step_s``)."""
+    df = pl.read_parquet(probes_path).sort("t")
+    t0 = float(df["t"].min())
+    edges = np.arange(t0, t0 + span_s + 1e-9, step_s)
+    return [df.filter((pl.col("t") >= lo) & (pl.col("t") < hi))
+            for lo, hi in zip(edges[:-1], edges[1:])]

@@ -13,6 +13,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from common import scenario_batches
 from conftest import shared_file
 from graph.io import load_network
 from workers.durability import Durability, DurabilityConfig
@@ -73,11 +74,7 @@ def test_checkpoint_due_crash_replay_with_gap_restores_live_state(tmp_path):
     from workers.services import LocalServices, PipelineConfig
 
     net = load_network(shared_file("scenario_kbh/network.osm.pbf"))
-    df = pl.read_parquet(shared_file("scenario_kbh/probes.parquet")).sort("t")
-    t0 = float(df["t"].min())
-    edges = np.arange(t0, t0 + 600 + 1e-9, 15.0)
-    batches = [df.filter((pl.col("t") >= lo) & (pl.col("t") < hi))
-               for lo, hi in zip(edges[:-1], edges[1:])]
+    batches = scenario_batches(shared_file("scenario_kbh/probes.parquet"), span_s=600, step_s=15.0)
 
     def services():
         cfg = PipelineConfig(clock="event", refresh_s=30.0, data_dir=str(tmp_path),

@@ -11,6 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from common import scenario_batches
 from conftest import shared_file
 from graph.io import load_network
 from traffic.checkpoints import CheckpointStore
@@ -28,11 +29,7 @@ def net():
 
 @pytest.fixture(scope="module")
 def batches():
-    df = pl.read_parquet(shared_file("scenario_kbh/probes.parquet")).sort("t")
-    t0 = float(df["t"].min())
-    df = df.filter(pl.col("t") < t0 + 600)
-    edges = np.arange(t0, t0 + 600 + 1e-9, 15.0)
-    return [df.filter((pl.col("t") >= lo) & (pl.col("t") < hi)) for lo, hi in zip(edges[:-1], edges[1:])]
+    return scenario_batches(shared_file("scenario_kbh/probes.parquet"), span_s=600, step_s=15.0)
 
 
 def _services(net, data_dir, *, every_s=120.0, n_ingest=1):

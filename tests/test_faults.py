@@ -21,6 +21,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from common import scenario_batches
 from conftest import shared_file
 from graph.io import load_network
 from traffic.checkpoints import CheckpointStore
@@ -41,11 +42,7 @@ def network_path():
 
 @pytest.fixture(scope="module")
 def batches():
-    df = pl.read_parquet(shared_file("scenario_kbh/probes.parquet")).sort("t")
-    t0 = float(df["t"].min())
-    df = df.filter(pl.col("t") < t0 + 480)
-    edges = np.arange(t0, t0 + 480 + 1e-9, 4.0)
-    return [df.filter((pl.col("t") >= lo) & (pl.col("t") < hi)) for lo, hi in zip(edges[:-1], edges[1:])]
+    return scenario_batches(shared_file("scenario_kbh/probes.parquet"), span_s=480, step_s=4.0)
 
 
 def _free_port() -> int:

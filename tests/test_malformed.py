@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.settings import Settings
+from common import wait_job
 from conftest import TEST_DATA, shared_file
 from graph.errors import NetworkFormatError
 from graph.io import load_network
@@ -36,16 +35,10 @@ def served(tmp_path_factory):
         yield c, net.version
 
 
-def _put_and_wait(c, body: bytes, timeout_s: float = 60.0) -> dict:
+def _put_and_wait(c, body: bytes) -> dict:
     r = c.put("/v1/network", content=body, headers={"content-type": "application/octet-stream"})
     assert r.status_code == 202, r.text
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        job = c.get(f"/v1/network/jobs/{r.json()['id']}").json()
-        if job["state"] in ("done", "failed"):
-            return job
-        time.sleep(0.02)
-    raise AssertionError("job did not finish")
+    return wait_job(c, r.json()["id"])
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
