@@ -184,7 +184,9 @@ class QueryCache:
     RoutingKit's query objects hold ``O(n)`` buffers (building one costs about 0.04 ms on NY,
     as much as a query) and may only be used and dropped by the thread that created them. So a
     cache belongs to the thread that made it: use it, :meth:`keep_only` and :meth:`clear` it
-    there. :class:`graph.query_threads.QueryThreads` gives each of its threads one.
+    there. :class:`graph.query_threads.QueryThreads` gives each of its threads one. Nothing
+    else may hold its entries: a reference taken elsewhere (``gc.get_objects()`` in a test, a
+    debugger) may outlive the entry and drop the query object on the wrong thread.
     """
 
     def __init__(self) -> None:

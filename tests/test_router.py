@@ -303,9 +303,7 @@ def test_router_created_and_dropped_across_threads_raises_nothing(kbh, monkeypat
 
 
 def test_recustomizing_does_not_accumulate_metrics(kbh, monkeypatch):
-    import gc
-
-    from graph.cch import Metric
+    import weakref
 
     net, shared = kbh
     caught = _capture_unraisable(monkeypatch)
@@ -321,29 +319,33 @@ def test_recustomizing_does_not_accumulate_metrics(kbh, monkeypatch):
             except NoRouteError:
                 pass
 
-    def live_metrics():
-        gc.collect()
-        return sum(isinstance(o, Metric) for o in gc.get_objects())
-
-    base = live_metrics()
+    # Weak references, not gc.get_objects(): that list would hold the pool threads' query
+    # objects too, and free one on this thread when a pool thread retires it meanwhile.
+    made = [weakref.ref(r._metric)]
     th = threading.Thread(target=load)
     th.start()
     for k in range(50):
         r.customize(net.edge_freeflow_time_s * rng.uniform(1, 2, net.n_edges), f"v{k}")
+        made.append(weakref.ref(r._metric))
         r.customize_profile(k % 5, net.edge_freeflow_time_s, f"p{k}")
+        made.append(weakref.ref(r._profiles[k % 5]))
     stop.set()
     th.join()
+
+    def live_metrics():
+        return sum(ref() is not None for ref in made)
+
     # Idle pool threads drop query objects of replaced metrics within idle_check_s (0.5 s).
     deadline = time.monotonic() + 5.0
-    while live_metrics() > base + 2 and time.monotonic() < deadline:
+    while live_metrics() > 3 and time.monotonic() < deadline:
         time.sleep(0.1)
-    # 50 customizations and 50 profiles went through; leaking would leave ~100 metrics. On a
-    # loaded machine a pool thread may still hold one replaced metric until it next wakes, so
-    # allow one per thread beyond the live metric and its two profiles.
+    # 101 metrics were made; leaking would leave them all. The router keeps its live metric
+    # and two profiles; on a loaded machine a pool thread may still hold one replaced metric
+    # until it next wakes, so allow one per thread beyond those.
     slack = r._threads.n_threads
     for cache in r._threads._state.caches.values():
         assert len(cache) <= 3 + 1
-    assert live_metrics() <= base + 2 + slack
+    assert live_metrics() <= 3 + slack
     r.close()
     assert r._threads.alive() == 0
     with pytest.raises(RuntimeError, match="closed"):
