@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -47,3 +52,31 @@ def scenario_batches(probes_path: Path, *, span_s: float, step_s: float) -> list
     edges = np.arange(t0, t0 + span_s + 1e-9, step_s)
     return [df.filter((pl.col("t") >= lo) & (pl.col("t") < hi))
             for lo, hi in zip(edges[:-1], edges[1:])]
+
+
+@contextmanager
+def served(app: Any, *, start_timeout_s: float = 30.0) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a thread; yield its base URL (``http://127.0.0.1:PORT``).
+
+    The listening socket is bound here, before uvicorn starts, so nothing (a Ray worker taking
+    free ports) can take the port in between; a server that fails to start fails the test.
+    """
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    th = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    th.start()
+    deadline = time.monotonic() + start_timeout_s
+    try:
+        while not srv.started:
+            if not th.is_alive() or time.monotonic() > deadline:
+                raise AssertionError(f"uvicorn did not start on port {port}")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        th.join(timeout=10)
+        sock.close()

@@ -12,14 +12,12 @@ direction. Screenshots go under ``tmp_path``.
 from __future__ import annotations
 
 import os
-import socket
-import threading
-import time
 
 import numpy as np
 import polars as pl
 import pytest
 
+from common import served
 from conftest import shared_file
 
 CHROMIUM = "/usr/bin/chromium"
@@ -29,12 +27,6 @@ A = (55.68176, 12.55832)  # Gyldenløvesgade, where the scenario's incident is
 B = (55.67970, 12.56335)
 #: The page's colour of each ratio class (api/static/map.js), and of roads without data.
 RATIO_COLOURS = {"#2e9d47", "#e0b81f", "#f07c1e", "#d7301f"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +42,6 @@ def browser():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    import uvicorn
-
     from api.app import create_app
     from api.settings import Settings
     from graph.io import load_network
@@ -67,20 +57,10 @@ def server(tmp_path_factory):
         batch = df.filter((pl.col("t") >= t) & (pl.col("t") < t + 30.0))
         if batch.height:
             services.ingest(batch)
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(services, Settings(clock="event")),
-                                        host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    deadline = time.time() + 30
-    while not srv.started:
-        assert time.time() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
     try:
-        yield f"http://127.0.0.1:{port}"
+        with served(create_app(services, Settings(clock="event"))) as url:
+            yield url
     finally:
-        srv.should_exit = True
-        th.join(timeout=10)
         services.close()
 
 

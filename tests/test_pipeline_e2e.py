@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
@@ -11,6 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from common import served
 from conftest import shared_file
 from graph.io import load_network, save_network
 from graph.network import build_network
@@ -21,16 +21,8 @@ A = (55.68176, 12.55832)  # the incident on Gyldenløvesgade
 B = (55.67970, 12.56335)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
 def server(ray_local, tmp_path):
-    import uvicorn
-
     from api.app import create_app
     from api.settings import Settings
     from workers.ingest import IngestConfig
@@ -41,18 +33,10 @@ def server(ray_local, tmp_path):
     cfg = PipelineConfig(clock="event", n_ingest=2, refresh_s=10.0, data_dir=str(tmp_path),
                          ingest=IngestConfig(idle_flush_s=60.0))
     pipe = RayPipeline(net, cfg)
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(pipe, Settings(clock="event")),
-                                        host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    while not srv.started:
-        time.sleep(0.05)
     try:
-        yield pipe, f"http://127.0.0.1:{port}", net
+        with served(create_app(pipe, Settings(clock="event"))) as url:
+            yield pipe, url, net
     finally:
-        srv.should_exit = True
-        th.join(timeout=10)
         pipe.close()
 
 
