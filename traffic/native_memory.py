@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 from dataclasses import dataclass
 
@@ -60,6 +61,7 @@ class MallocConfig:
                 raise ValueError(f"`{name}` must be an int in (0, 2**31); got {value!r}")
 
 
+@functools.cache  # find_library runs `ldconfig -p` in a subprocess: look it up once
 def _libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     if name is None:

@@ -192,8 +192,7 @@ class EstimatorCore:
     def publish(self, now_wall_s: float | None = None) -> Publication:
         """Compute the travel-time vector at the watermark and stamp a new publication."""
         now = time.time() if now_wall_s is None else now_wall_s
-        version, tt = self.estimator.travel_times(self.watermark_t)
-        tt = np.asarray(tt.get() if hasattr(tt, "get") else tt, dtype=np.float64)
+        version, tt = self.estimator.travel_times(self.watermark_t)  # float64, on the host
         pub = Publication(version=int(version), weights_t=self.watermark_t, travel_time_s=tt,
                           network_version=self.net.version, published_wall_s=now)
         for accepted_s, n in self._unpublished:
@@ -210,11 +209,10 @@ class EstimatorCore:
         every = cfg.profile_observe_every_s
         last = self._profile_observed_t
         if last is None or np.floor(t_s / every) > np.floor(last / every):
-            at = float(np.floor(t_s / every) * every) if last is not None else t_s
-            at = max(at, last) if last is not None else at
-            _, tt = self.estimator.travel_times(at)
-            tt = np.asarray(tt.get() if hasattr(tt, "get") else tt, dtype=np.float64)
-            conf = np.asarray(self.estimator.confidence(at), dtype=np.float32)
+            # The boundary crossed lies after `last`, since their observe periods differ.
+            at = t_s if last is None else float(np.floor(t_s / every) * every)
+            _, tt = self.estimator.travel_times(at)  # both on the host, fresh arrays
+            conf = self.estimator.confidence(at).astype(np.float32, copy=False)
             conf[conf < cfg.profile_min_confidence] = 0.0
             with np.errstate(divide="ignore", invalid="ignore"):
                 pace = tt / np.asarray(self.net.edge_length_m, dtype=np.float64)
