@@ -7,7 +7,6 @@ batches than the live run did and its state differs.
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import polars as pl
@@ -68,10 +67,18 @@ def test_checkpoint_due_prepare_stamps_decision_wall(tmp_path):
     assert d.logged_wall_s(logged.drop("_wall_s")) is None
 
 
-def test_checkpoint_due_crash_replay_with_gap_restores_live_state(tmp_path):
+def test_checkpoint_due_crash_replay_with_gap_restores_live_state(tmp_path, monkeypatch):
     """Live run with a wall floor (checkpoints at some boundaries only), crash, recover: the
     recovered pipeline equals the one that crashed (same flushes replayed)."""
+    import types
+
+    import workers.durability
     from workers.services import LocalServices, PipelineConfig
+
+    # The durability layer's wall clock advances 0.1 s per batch whatever the machine's speed
+    # (with real sleeps, a slow machine spaced every boundary past the floor).
+    wall = [5000.0]
+    monkeypatch.setattr(workers.durability, "time", types.SimpleNamespace(time=lambda: wall[0]))
 
     net = load_network(shared_file("scenario_kbh/network.osm.pbf"))
     batches = scenario_batches(shared_file("scenario_kbh/probes.parquet"), span_s=600, step_s=15.0)
@@ -86,9 +93,9 @@ def test_checkpoint_due_crash_replay_with_gap_restores_live_state(tmp_path):
     svc = services()
     for b in batches[:27]:
         svc.ingest(b)
-        time.sleep(0.1)  # a 30-s boundary every other batch; the floor skips some of them
+        wall[0] += 0.1  # a 30-s boundary every other batch (0.2 s); the 0.25-s floor skips half
     saved = svc.durability.checkpoints_saved
-    assert 1 <= saved < 13
+    assert 1 <= saved < 13, saved
     before = svc.status()["probes"]
     obs = np.asarray(svc.estimator.estimator.state_dict()["count"]).copy()
     del svc  # crash
