@@ -65,12 +65,14 @@ def test_limits_chunked_upload_cut_off_leaves_no_file(services):
 
 
 def test_limits_slow_body_408(services):
-    app = create_app(services, Settings(clock="event", body_timeout_s=0.3))
-    res = asgi_request(app, "PUT", "/v1/network", chunks=[b"x"] * 20, delay_s=0.1)
+    # 2 s for the whole body: the slow client (a chunk every 0.5 s) gets at most 4 chunks in;
+    # the prompt one has ample margin even on a loaded machine.
+    app = create_app(services, Settings(clock="event", body_timeout_s=2.0))
+    res = asgi_request(app, "PUT", "/v1/network", chunks=[b"x"] * 20, delay_s=0.5)
     assert res.status == 408
     assert _shape(res)["code"] == "request_timeout"
     assert res.chunks_pulled < 5
-    # The same body, sent promptly, is taken.
+    # A body sent promptly is taken.
     res = asgi_request(app, "POST", "/v1/probes", chunks=[b'{"probes"', b": []}"], delay_s=0.05,
                        headers={"content-type": "application/json"})
     assert res.status == 202
@@ -87,7 +89,13 @@ def test_limits_batch_and_table_size_413(services):
         assert (r.status_code, _shape(r)["code"]) == (413, "too_big")
 
 
-def test_limits_rate_429_per_key_with_retry_after(services):
+def test_limits_rate_429_per_key_with_retry_after(services, monkeypatch):
+    import types
+
+    import api.limits
+
+    # Frozen clock: no refill between requests, however slow the machine (Retry-After exact).
+    monkeypatch.setattr(api.limits, "time", types.SimpleNamespace(monotonic=lambda: 1000.0))
     ring = parse_api_keys("a:reader,b:reader", source="test", separator=",")
     settings = Settings(clock="event", api_keys=ring, rate_per_s=0.5, rate_burst=2)
     with TestClient(create_app(services, settings)) as c:
