@@ -286,9 +286,17 @@ class _RouteLoad:
                 self.failed += 1
                 self.errors.append(repr(exc))
 
+    def wait_ok(self, at_least: int, timeout_s: float = 60.0) -> None:
+        """Wait until ``at_least`` routes were answered."""
+        deadline = time.monotonic() + timeout_s
+        while self.ok < at_least:
+            assert time.monotonic() < deadline, f"only {self.ok} routes answered in {timeout_s} s"
+            time.sleep(0.05)
+
     def stop(self) -> None:
         self._stop.set()
-        self._t.join(timeout=30)
+        self._t.join(timeout=120)
+        assert not self._t.is_alive(), "a route call is still blocked"
 
 
 @pytest.mark.parametrize("fault", ["killed", "failing_folds"])
@@ -347,10 +355,11 @@ def test_faults_router_replica_killed_under_load(network_path, tmp_path):
     net = load_network(network_path)
     svc = RayPipeline(net, _ray_cfg(tmp_path / "run", router_replicas=2))
     load = _RouteLoad(svc, net)
-    time.sleep(2.0)
+    load.wait_ok(20)
     before = load.ok
     ray.kill(svc.router_actors[0], no_restart=False)
-    time.sleep(5.0)
+    time.sleep(2.0)  # routes asked while the replica restarts
+    load.wait_ok(before + 200)
     load.stop()
     svc.close()
     assert load.ok > before > 0
