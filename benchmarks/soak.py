@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,10 +47,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "scenario_kbh"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _serving_url(proc: subprocess.Popen, log_path: Path) -> str:
+    """The URL `traffic serve --port 0` prints once it listens (it picks the port itself)."""
+    while True:
+        found = re.search(rb"serving on (http://\S+)", log_path.read_bytes())
+        if found:
+            return found.group(1).decode()
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}; see {log_path}")
+        time.sleep(0.1)
 
 
 def _rss_mib_threads(pid: int) -> tuple[float, int]:
@@ -110,18 +115,17 @@ def run_soak(*, minutes: float, probes_per_s: float, routes_per_s: float,
     net = load_network(net_path)
     tmp = tempfile.TemporaryDirectory() if data_dir is None else None
     data_dir = Path(tmp.name) if tmp is not None else data_dir
-    port = _free_port()
     log = open(data_dir / "serve.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "traffic", "serve", "--network", str(net_path), "--no-ray",
-         "--clock", "event", "--data-dir", str(data_dir / "run"), "--port", str(port),
+         "--clock", "event", "--data-dir", str(data_dir / "run"), "--port", "0",
          "--checkpoint-every", f"{checkpoint_every_s:g}",
          "--checkpoint-min-gap", f"{checkpoint_min_gap_s:g}",
          "--snapshot-every", "0", "--refresh-s", "1"],
         stdout=log, stderr=subprocess.STDOUT,
         env={**os.environ, "TRAFFIC_PSEUDONYM_KEY": "soak-benchmark-key-0001", **(extra_env or {})})
     try:
-        base = f"http://127.0.0.1:{port}"
+        base = _serving_url(proc, data_dir / "serve.log")
         client = httpx.Client(base_url=base, timeout=30)
         while True:
             if proc.poll() is not None:

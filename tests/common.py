@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -80,3 +82,21 @@ def served(app: Any, *, start_timeout_s: float = 30.0) -> Iterator[str]:
         srv.should_exit = True
         th.join(timeout=10)
         sock.close()
+
+
+_SERVING = re.compile(rb"serving on (http://\S+)")
+
+
+def serve_url(proc: subprocess.Popen, log_path: Path, timeout_s: float = 120.0) -> str:
+    """The URL a ``traffic serve`` subprocess prints once it listens (``--port 0`` picks a
+    free port in the server itself); fails if the process exits or ``timeout_s`` passes."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = _SERVING.search(log_path.read_bytes())
+        if found:
+            return found.group(1).decode()
+        if proc.poll() is not None:
+            raise AssertionError(f"traffic serve exited with {proc.returncode}: "
+                                 f"{log_path.read_text(errors='replace')[-2000:]}")
+        time.sleep(0.1)
+    raise AssertionError(f"traffic serve printed no URL in {timeout_s} s (log: {log_path})")

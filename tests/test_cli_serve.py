@@ -26,3 +26,13 @@ def test_serve_port_in_use_fails_fast_with_one_line(tmp_path):
     assert "Traceback" not in out.stderr
     assert "loaded in" not in out.stderr  # refused before the network load and the workers
     assert elapsed < 30
+
+
+def test_serve_port_out_of_range_is_one_line(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "traffic", "serve", "--network", str(TEST_DATA / "osm_split.osm"),
+         "--no-ray", "--port", "70000", "--data-dir", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        "traffic serve: error: --port must be within 0-65535 (0: any free port); got 70000")

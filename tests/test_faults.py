@@ -8,9 +8,9 @@ in-process LocalServices run on the same batches is the no-crash reference.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from common import scenario_batches
+from common import scenario_batches, serve_url
 from conftest import shared_file
 from graph.io import load_network
 from traffic.checkpoints import CheckpointStore
@@ -45,47 +45,31 @@ def batches():
     return scenario_batches(shared_file("scenario_kbh/probes.parquet"), span_s=480, step_s=4.0)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+_starts = itertools.count()
 
 
 class Server:
     """`traffic serve --no-ray` (or with its own local Ray) in a subprocess on a fixed data dir."""
 
     def __init__(self, network: Path, data_dir: Path, *, ray: bool = False) -> None:
-        self.port = _free_port()
         env = {**os.environ, "TRAFFIC_PSEUDONYM_KEY": KEY}
-        self.log = open(data_dir.parent / f"serve-{self.port}.log", "wb")
+        self.log_path = data_dir.parent / f"serve-{next(_starts)}.log"
+        self.log = open(self.log_path, "wb")
+        # --port 0: the server takes a free port itself and prints it (no window for a race).
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "traffic", "serve", "--network", str(network),
-             *([] if ray else ["--no-ray"]), "--clock", "event", "--data-dir", str(data_dir), "--port", str(self.port),
+             *([] if ray else ["--no-ray"]), "--clock", "event", "--data-dir", str(data_dir), "--port", "0",
              "--checkpoint-every", str(EVERY_S), "--idle-flush-s", str(IDLE_S),
              "--snapshot-every", "0", "--refresh-s", "30"],
             stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30)
         try:
-            self._wait_ready()
+            self.client = httpx.Client(base_url=serve_url(self.proc, self.log_path), timeout=30)
+            assert self.client.get("/healthz").status_code == 200
         except BaseException:
             self.proc.kill()  # never leave a server behind a failed start
             self.proc.wait()
-            self.client.close()
             self.log.close()
             raise
-
-    def _wait_ready(self) -> None:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.proc.returncode}")
-            try:
-                if self.client.get("/healthz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("server did not start in 120 s")
 
     def post(self, batch: pl.DataFrame) -> httpx.Response:
         return self.client.post("/v1/probes", content=batch.write_csv().encode(),
@@ -226,7 +210,7 @@ def test_faults_sigterm_refuses_flushes_checkpoints_exits_0(network_path, batche
     assert srv.stop(signal.SIGTERM) == 0
     counts, unmatched, applied, _ = _final_state(data_dir)
     assert counts["accepted"] == acked == applied + unmatched
-    text = (tmp_path / f"serve-{srv.port}.log").read_text()
+    text = srv.log_path.read_text()
     assert "traffic serve: stopped" in text
 
 

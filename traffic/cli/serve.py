@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--network", required=True, help="network file (compiled, .osm.pbf, GeoJSON)")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000,
+                   help="TCP port (default 8000); 0 takes a free one, printed in the ready line")
     p.add_argument("--clock", choices=("wall", "event"), default=None,
                    help="wall: live (default); event: time follows the probes (default with --replay)")
     src = p.add_mutually_exclusive_group()
@@ -205,8 +206,11 @@ def listen_socket(host: str, port: int) -> socket.socket:
     """A TCP socket bound to ``host:port`` (IPv4 or IPv6 by the host), for uvicorn.
 
     Raises ``ValueError`` naming the address when it cannot be bound (in use, no such
-    address, no permission), before anything slow has started.
+    address, no permission, a port outside 0-65535), before anything slow has started.
+    Port 0 takes a free port (read it from the socket).
     """
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--port must be within 0-65535 (0: any free port); got {port}")
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         return socket.create_server((host, port), family=family)
@@ -251,9 +255,10 @@ def run(args: argparse.Namespace) -> int:
                             access_log=False)
     server = _graceful_server(config, services)
     source = start_source(args, services, net)
+    host = f"[{args.host}]" if ":" in args.host else args.host  # an IPv6 literal
+    url = f"http://{host}:{listener.getsockname()[1]}"
     print(f"traffic serve: ready in {time.perf_counter() - t0:.1f} s; serving on "
-          f"http://{args.host}:{args.port}  (API docs: http://{args.host}:{args.port}/docs; "
-          "Ctrl-C stops)", flush=True)
+          f"{url}  (API docs: {url}/docs; Ctrl-C stops)", flush=True)
     try:
         server.run(sockets=[listener])
     finally:
