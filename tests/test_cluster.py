@@ -35,7 +35,7 @@ def test_cluster_two_nodes_spread_and_same_results():
     cluster.add_node(num_cpus=1)
     ray.init(address=cluster.address, log_to_driver=False)
     try:
-        cluster.wait_for_nodes()
+        cluster.wait_for_nodes(timeout=120)  # a second raylet on a busy 2-core machine
         pipe = RayPipeline(net, cfg)
         try:
             pipe.ingest(df)

@@ -134,6 +134,9 @@ class RayPipeline(ServiceBase):
         self._inflight = [0] * config.n_ingest
         self._swapping = False
         self._tick_refs: dict[int, Any] = {}
+        # One tick at a time: the housekeeping thread and a caller's tick would otherwise both
+        # see a restarted estimator and restore it twice, or publish out of order.
+        self._tick_lock = threading.Lock()
         self._rr = itertools.count()
         net_ref = ray.put(net)
         # Held for the pipeline's life: restarted actors re-read their arguments from it.
@@ -218,18 +221,19 @@ class RayPipeline(ServiceBase):
                 ray.get(refs)
 
     def tick(self) -> None:
-        if self.durability is not None:
-            self._check_estimator()
-        now = self.now_s()
-        for p, actor in enumerate(self.ingest_actors):
-            prev = self._tick_refs.get(p)
-            if prev is not None:
-                done, _ = ray.wait([prev], timeout=0)
-                if not done:
-                    continue
-            if self._inflight[p] == 0:
-                self._tick_refs[p] = actor.tick.remote(now)
-        self._publish(ray.get(self.estimator.maybe_publish.remote()))
+        with self._tick_lock:
+            if self.durability is not None:
+                self._check_estimator()
+            now = self.now_s()
+            for p, actor in enumerate(self.ingest_actors):
+                prev = self._tick_refs.get(p)
+                if prev is not None:
+                    done, _ = ray.wait([prev], timeout=0)
+                    if not done:
+                        continue
+                if self._inflight[p] == 0:
+                    self._tick_refs[p] = actor.tick.remote(now)
+            self._publish(ray.get(self.estimator.maybe_publish.remote()))
 
     # -- ingest -------------------------------------------------------------------------
     def ingest(self, probes: pl.DataFrame) -> tuple[int, list[tuple[int, str]]]:
