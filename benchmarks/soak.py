@@ -117,7 +117,7 @@ def run_soak(*, minutes: float, probes_per_s: float, routes_per_s: float,
     data_dir = Path(tmp.name) if tmp is not None else data_dir
     log = open(data_dir / "serve.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "traffic", "serve", "--network", str(net_path), "--no-ray",
+        [sys.executable, "-m", "cli", "serve", "--network", str(net_path), "--no-ray",
          "--clock", "event", "--data-dir", str(data_dir / "run"), "--port", "0",
          "--checkpoint-every", f"{checkpoint_every_s:g}",
          "--checkpoint-min-gap", f"{checkpoint_min_gap_s:g}",

@@ -35,6 +35,7 @@ from graph.network import (
     build_network,
     stable_edge_keys,
 )
+from storage import write_atomic
 
 #: Name of the foreign member that makes an exported file re-importable exactly.
 EXPORT_MEMBER = "traffic_network"
@@ -132,8 +133,6 @@ def export_geojson(net: RoadNetwork, path: str | os.PathLike[str]) -> Path:
         "turn_kind": net.turn_kind.tolist(),
     }
     doc = {"type": "FeatureCollection", EXPORT_MEMBER: member, "features": features}
-    from graph.io import write_atomic
-
     text = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
     write_atomic(path, lambda fh: fh.write(text))
     return path

@@ -13,9 +13,7 @@ fails the load), and recomputing the hash would double the load time.
 from __future__ import annotations
 
 import json
-import errno
 import os
-import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +23,7 @@ import numpy as np
 
 from graph.errors import NetworkFileNotFoundError, NetworkFormatError
 from graph.network import RoadNetwork, assemble_network
+from storage import write_atomic
 
 #: Name written into, and required in, a compiled file's header.
 COMPILED_FORMAT = "traffic-road-network"
@@ -81,36 +80,6 @@ def save_network(net: RoadNetwork, path: str | os.PathLike[str]) -> Path:
 
     write_atomic(path, write)
     return path
-
-
-def write_atomic(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> None:
-    """Write a file so that readers see either the old or the complete new content.
-
-    ``write(fh)`` fills a temporary file in the same directory; it is then flushed to disk
-    (``fsync``) and renamed over ``path`` (``os.replace``, atomic on POSIX). On any error the
-    temporary file is removed and ``path`` is untouched. The new file gets the old one's
-    permissions, or 0644.
-    """
-    path = Path(path)
-    directory = path.parent
-    try:
-        mode = path.stat().st_mode & 0o777
-    except OSError:
-        mode = 0o644
-    # Hidden and ending in .tmp: readers of a directory (snapshots, checkpoints, the probe
-    # log) skip such names, and their owners remove stale ones.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_directory(directory)
 
 
 def load_compiled(path: str | os.PathLike[str], *, verify: bool = False) -> RoadNetwork:
@@ -312,18 +281,3 @@ def _require_file(path: Path) -> None:
         raise NetworkFileNotFoundError(f"{path}: no such file")
     if path.is_dir():
         raise NetworkFileNotFoundError(f"{path}: is a directory, not a network file")
-
-
-def fsync_directory(directory: str | os.PathLike[str]) -> None:
-    """Flush a directory's entries to disk, so a rename or a new file in it survives a crash.
-
-    Filesystems that cannot fsync a directory (``EINVAL``) are tolerated; other errors raise.
-    """
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:
-            raise
-    finally:
-        os.close(fd)

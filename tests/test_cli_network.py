@@ -18,8 +18,8 @@ _SCRIPT = Path(sys.executable).with_name("traffic")
 
 
 def traffic(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """Run the installed ``traffic`` script (or ``python -m traffic`` when it is absent)."""
-    cmd = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "traffic"]
+    """Run the installed ``traffic`` script (or ``python -m cli`` when it is absent)."""
+    cmd = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "cli"]
     return subprocess.run(cmd + list(args), cwd=cwd, capture_output=True, text=True, timeout=120)
 
 

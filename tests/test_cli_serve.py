@@ -15,7 +15,7 @@ def test_serve_port_in_use_fails_fast_with_one_line(tmp_path):
         port = taken.getsockname()[1]
         t0 = time.perf_counter()
         out = subprocess.run(
-            [sys.executable, "-m", "traffic", "serve", "--network", str(TEST_DATA / "osm_split.osm"),
+            [sys.executable, "-m", "cli", "serve", "--network", str(TEST_DATA / "osm_split.osm"),
              "--no-ray", "--port", str(port), "--data-dir", str(tmp_path / "run")],
             capture_output=True, text=True, timeout=120)
         elapsed = time.perf_counter() - t0
@@ -30,7 +30,7 @@ def test_serve_port_in_use_fails_fast_with_one_line(tmp_path):
 
 def test_serve_port_out_of_range_is_one_line(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "traffic", "serve", "--network", str(TEST_DATA / "osm_split.osm"),
+        [sys.executable, "-m", "cli", "serve", "--network", str(TEST_DATA / "osm_split.osm"),
          "--no-ray", "--port", "70000", "--data-dir", str(tmp_path / "run")],
         capture_output=True, text=True, timeout=120)
     assert out.returncode == 2, out.stderr

@@ -11,7 +11,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from common import three_edges_with_detour
-from traffic.cli import main
+from cli import main
 from traffic.snapshots import SnapshotStore, validate_snapshot_frame
 
 T0 = 1767225600.0  # 2026-01-01T00:00:00Z

@@ -57,7 +57,7 @@ class Server:
         self.log = open(self.log_path, "wb")
         # --port 0: the server takes a free port itself and prints it (no window for a race).
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "traffic", "serve", "--network", str(network),
+            [sys.executable, "-m", "cli", "serve", "--network", str(network),
              *([] if ray else ["--no-ray"]), "--clock", "event", "--data-dir", str(data_dir), "--port", "0",
              "--checkpoint-every", str(EVERY_S), "--idle-flush-s", str(IDLE_S),
              "--snapshot-every", "0", "--refresh-s", "30"],

@@ -11,8 +11,9 @@ from conftest import shared_file
 
 from graph.errors import NetworkFileNotFoundError, NetworkFormatError
 from graph.geojson import export_geojson
-from graph.io import detect_format, load_compiled, load_network, save_network, write_atomic
+from graph.io import detect_format, load_compiled, load_network, save_network
 from graph.network import TURN_NO, TURN_ONLY, RoadNetwork, build_network
+from storage import write_atomic
 
 
 def square_network() -> RoadNetwork:

@@ -164,7 +164,7 @@ def test_parse_api_keys_roles_comments_and_errors(tmp_path):
 def test_http_settings_reads_env_and_file(tmp_path, monkeypatch):
     import argparse
 
-    from traffic.cli.serve import http_settings
+    from cli.serve import http_settings
 
     f = tmp_path / "keys"
     f.write_text("adm:network-admin\n")

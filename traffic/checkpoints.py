@@ -30,7 +30,7 @@ from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 
-from graph.io import fsync_directory, write_atomic
+from storage import fsync_directory, write_atomic
 from traffic.errors import EstimatorStateError, TrafficError
 from traffic.wal import LogPosition
 

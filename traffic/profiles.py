@@ -167,7 +167,7 @@ class TimeOfWeekProfile:
 
     def save_atomic(self, path: str | Path) -> None:
         """:meth:`save` so that readers see the old or the complete new file (fsync, rename)."""
-        from graph.io import write_atomic
+        from storage import write_atomic
 
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, self.save)

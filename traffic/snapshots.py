@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from graph.io import fsync_directory, write_atomic
 from graph.network import ROAD_CLASS_INDEX, ROAD_CLASSES, RoadNetwork
+from storage import fsync_directory, write_atomic
 from traffic.errors import NoSnapshotError, SnapshotQueryError, SnapshotSchemaError
 
 __all__ = [

@@ -41,7 +41,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 
-from graph.io import fsync_directory, write_atomic
+from storage import fsync_directory, write_atomic
 from traffic.errors import TrafficError
 from traffic.probes import REQUIRED_COLUMNS
 

@@ -5,7 +5,7 @@
     traffic network export NET --geojson OUT
 
 SRC and NET may be any format :func:`graph.io.load_network` reads (compiled, OSM PBF/XML,
-GeoJSON, DIMACS). Errors reach the frame in :mod:`traffic.cli`, which prints one line.
+GeoJSON, DIMACS). Errors reach the frame in :mod:`cli`, which prints one line.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 
 NET is anything :func:`graph.io.load_network` reads. ``--json`` prints the fields of the HTTP
 route answer. Errors (a point far from every road, no route, a bad file) reach the frame in
-:mod:`traffic.cli`, which prints one line and exits non-zero.
+:mod:`cli`, which prints one line and exits non-zero.
 """
 
 from __future__ import annotations

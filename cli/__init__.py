@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from graph.errors import NetworkError
 
 _COMMANDS = (
-    "traffic.cli.network", "traffic.cli.route", "traffic.cli.snapshot",
-    "traffic.cli.serve", "traffic.cli.replay",
+    "cli.network", "cli.route", "cli.snapshot",
+    "cli.serve", "cli.replay",
 )
 
 #: Exceptions that carry a message meant for the user; anything else is a bug and shows a traceback.

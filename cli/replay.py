@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Send every probe; print the totals; returns the exit status."""
-    from traffic.cli.serve import parse_speed
+    from cli.serve import parse_speed
     from workers.sources import event_batches, http_sink, read_probe_file, run_paced
 
     speed = parse_speed(args.speed)

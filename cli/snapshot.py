@@ -78,7 +78,7 @@ def _export(args: argparse.Namespace) -> int:
     else:
         payload = {"parquet": to_parquet_bytes, "csv": to_csv_bytes,
                    "arrow": lambda d: to_arrow_ipc_bytes(d, stream=False)}[fmt](df)
-    from graph.io import write_atomic
+    from storage import write_atomic
 
     write_atomic(args.output, lambda fh: fh.write(payload))
     print(f"wrote {df.height} edges of the snapshot at {np.datetime64(int(snap_t * 1000), 'ms')}Z "
