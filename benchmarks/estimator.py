@@ -90,6 +90,34 @@ def bench_numpy(n: int, m: int, repeats: int) -> list[tuple[str, float, float, s
     return rows
 
 
+def bench_scaling(n: int, sizes: list[int], repeats: int) -> list[tuple[str, float, float, str]]:
+    """A small batch (``n`` traversals) folded into networks of growing size: a probe batch
+    must cost O(batch), so the time should not grow with the segment count."""
+    rng = np.random.default_rng(1)
+    config = EstimatorConfig()
+    has_numba = _kernels.cpu_kernels() is not None
+    paths = {"numba kernel": True, "NumPy array code": False} if has_numba else {
+        "NumPy array code": False}
+    rows = []
+    for m in sizes:
+        edge, pace, weight, t_obs = _inputs(np, rng, n, m, np.float64)
+        state = _state(np, m, np.float64)
+        for name, kern in paths.items():
+            fold_traversals(state, edge, pace, weight, t_obs_s=t_obs, config=config,
+                            use_kernels=kern)  # warm-up
+            wall = []
+            for k in range(repeats):
+                t = time.perf_counter()
+                fold_traversals(state, edge, pace, weight, t_obs_s=t_obs + 60 * (k + 1),
+                                config=config, use_kernels=kern)
+                wall.append(time.perf_counter() - t)
+            med, p99 = _stats(wall)
+            rows.append((f"fold_traversals, {name}: {n:,} into {m:,} (float64)", med, p99,
+                         f"{med * 1e3 / n:.2f} us per traversal"))
+        del state
+    return rows
+
+
 def _time_gpu(cp, fn, repeats: int) -> list[float]:
     fn()
     cp.cuda.Device().synchronize()
@@ -169,6 +197,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, nargs="+", default=[1_000_000, 100_000],
                         help="traversals per batch (NumPy run; one table row group each)")
     parser.add_argument("--m", type=int, default=1_000_000, help="segments (NumPy run)")
+    parser.add_argument("--small-n", type=int, default=1_000,
+                        help="traversals per batch of the scaling rows (NumPy run)")
+    parser.add_argument("--scaling-m", type=int, nargs="*",
+                        default=[50_000, 5_000_000, 26_400_000],
+                        help="segment counts of the scaling rows (NumPy run; none: skip)")
     parser.add_argument("--no-append", action="store_true")
     parser.add_argument("--output", default="BENCHMARKS.md")
     args = parser.parse_args()
@@ -176,6 +209,8 @@ def main() -> None:
         rows = bench_cupy(args.repeats)
     else:
         rows = [r for n in args.n for r in bench_numpy(n, args.m, args.repeats)]
+        if args.scaling_m:
+            rows += bench_scaling(args.small_n, args.scaling_m, args.repeats)
     lines = [
         f"## Estimator update (`python benchmarks/estimator.py --xp {args.xp}`)\n",
         f"{utc_now()}; {_machine(args.xp)} (at the end); {args.repeats} repeats after a warm-up.\n",
