@@ -32,14 +32,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _latlon(text: str) -> tuple[float, float]:
-    parts = text.split(",")
+    from api.params import ParameterError, parse_latlon
+
     try:
-        lat, lon = (float(x) for x in parts)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected LAT,LON in degrees, got {text!r}") from None
-    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
-        raise argparse.ArgumentTypeError(f"{text!r} is out of range (lat in [-90, 90], lon in [-180, 180])")
-    return lat, lon
+        return parse_latlon(text)
+    except ParameterError as exc:
+        raise argparse.ArgumentTypeError(f"expected LAT,LON: {exc}") from None
 
 
 def _route(args: argparse.Namespace) -> int:

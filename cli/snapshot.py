@@ -41,10 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from traffic.snapshots import (
-        SnapshotStore, keys_in_bbox, parse_bbox, parse_time, to_arrow_ipc_bytes, to_csv_bytes,
-        to_geojson, to_parquet_bytes,
-    )
+    from api.formats import to_arrow_ipc_bytes, to_csv_bytes, to_geojson, to_parquet_bytes
+    from api.params import parse_bbox, parse_time
+    from traffic.snapshots import SnapshotStore, keys_in_bbox
 
     fmt = _FORMATS.get(args.output.suffix.lower())
     if fmt is None:
@@ -87,7 +86,8 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from traffic.snapshots import SnapshotStore, parse_time
+    from api.params import parse_time
+    from traffic.snapshots import SnapshotStore
 
     if not args.data_dir.is_dir():
         raise FileNotFoundError(f"snapshot data directory {args.data_dir} does not exist")

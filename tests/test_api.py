@@ -80,7 +80,8 @@ def test_route_missing_parameter(client):
 def test_route_invalid_depart_at(client):
     r = client.get("/v1/route", params={"from": A, "to": B, "depart_at": "tomorrow"})
     assert (r.status_code, r.json()["code"]) == (422, "invalid_value")
-    assert r.json()["message"] == "`depart_at` must be unix seconds or ISO 8601; got 'tomorrow'"
+    assert r.json()["message"] == ("`depart_at`: time 'tomorrow' is neither unix seconds nor ISO 8601 "
+                                   "(e.g. 2026-01-01T08:15:00Z)")
 
 
 def test_route_no_segment(client):

@@ -12,6 +12,7 @@ from polars.testing import assert_frame_equal
 
 from common import three_edges_with_detour
 from cli import main
+from graph.io import save_network
 from traffic.snapshots import SnapshotStore, validate_snapshot_frame
 
 T0 = 1767225600.0  # 2026-01-01T00:00:00Z
@@ -30,8 +31,7 @@ def data(tmp_path):
     store = SnapshotStore(tmp_path / "snaps")
     store.write(_frame(0.9), t_s=T0 + 60, network_version="v1")
     store.write(_frame(0.4), t_s=T0 + 8 * 3600 + 15 * 60, network_version="v1")
-    io_mod = pytest.importorskip("graph.io", reason="graph.io (network files) has not landed")
-    net_path = io_mod.save_network(three_edges_with_detour(), tmp_path / "net.tnet")
+    net_path = save_network(three_edges_with_detour(), tmp_path / "net.tnet")
     return tmp_path, net_path
 
 

@@ -15,10 +15,13 @@ import pyarrow.ipc
 import pytest
 from polars.testing import assert_frame_equal
 
+from api.formats import to_arrow_ipc_bytes, to_csv_bytes, to_geojson, to_parquet_bytes
+from api.params import ParameterError, parse_bbox, parse_time
 from common import three_edges_with_detour
-from graph.network import build_network
 from conftest import shared_file
+from graph.network import build_network
 from traffic.errors import NoSnapshotError, SnapshotQueryError, SnapshotSchemaError
+from traffic.estimator import SpeedEstimator, TraversalBatch
 from traffic.snapshots import (
     HISTORY_COLUMNS,
     SNAPSHOT_COLUMNS,
@@ -27,12 +30,6 @@ from traffic.snapshots import (
     SnapshotStore,
     edge_bboxes,
     keys_in_bbox,
-    parse_bbox,
-    parse_time,
-    to_arrow_ipc_bytes,
-    to_csv_bytes,
-    to_geojson,
-    to_parquet_bytes,
     validate_snapshot_frame,
 )
 
@@ -414,7 +411,7 @@ def test_keys_in_bbox_invalid():
      ("0,-91,1,1", "lat within"), ("0,1,1,0", "minlat <= maxlat"), ("190,0,191,1", "lon must be")],
 )
 def test_parse_bbox_invalid(text, message):
-    with pytest.raises(SnapshotQueryError, match=message):
+    with pytest.raises(ParameterError, match=message):
         parse_bbox(text)
 
 
@@ -434,7 +431,7 @@ def test_parse_time_ok(text, expected):
 
 @pytest.mark.parametrize("text", ["yesterday", "", "nan", "2026-13-01T00:00"])
 def test_parse_time_invalid(text):
-    with pytest.raises(SnapshotQueryError):
+    with pytest.raises(ParameterError, match="neither unix seconds nor ISO 8601"):
         parse_time(text)
 
 
@@ -545,10 +542,9 @@ def test_edge_history_sumo_peak(tmp_path):
 
 # ---------------------------------------------------------------------- the estimator's frame
 def test_write_round_trip_speed_estimator(store):
-    est_mod = pytest.importorskip("traffic.estimator")
     net = three_edges_with_detour()
-    est = est_mod.SpeedEstimator(net)
-    batch = est_mod.TraversalBatch(
+    est = SpeedEstimator(net)
+    batch = TraversalBatch(
         edge=np.array([0, 2], dtype=np.int32), t_enter_s=np.array([T0, T0 + 5]),
         t_exit_s=np.array([T0 + 20, T0 + 50]), pace_s_per_m=np.array([0.2, 0.5]),
         weight=np.array([1.0, 1.0]),

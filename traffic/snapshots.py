@@ -16,7 +16,6 @@ carry Parquet statistics, so a one-edge query decodes one row group per file.
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import re
@@ -40,15 +39,9 @@ __all__ = [
     "SnapshotScheduler",
     "SnapshotStore",
     "validate_snapshot_frame",
-    "parse_time",
-    "parse_bbox",
+    "check_bbox",
     "edge_bboxes",
     "keys_in_bbox",
-    "to_geojson",
-    "to_parquet_bytes",
-    "to_arrow_ipc_bytes",
-    "to_csv_bytes",
-    "MEDIA_TYPES",
 ]
 
 #: Columns of an estimator snapshot, in stored order (``key`` is the stable edge key).
@@ -419,56 +412,30 @@ def validate_snapshot_frame(df: pl.DataFrame) -> pl.DataFrame:
 
 
 # ---------------------------------------------------------------------- query arguments
-def parse_time(text: str | float | int) -> float:
-    """Parse a time given as unix seconds (``"1767227400"``, ``1767227400.5``) or ISO 8601.
+def check_bbox(bbox: Sequence[float], *, shown: str | None = None) -> tuple[float, float, float, float]:
+    """Check a box ``(minlon, minlat, maxlon, maxlat)`` in degrees; return it as floats.
 
-    An ISO time without an offset is taken as UTC (``"2026-01-01T08:15"``); ``Z`` and
-    ``+01:00`` offsets are honoured. Returns unix seconds.
-
-    Raises
-    ------
-    SnapshotQueryError
-        Neither a finite number nor an ISO 8601 date-time.
-    """
-    if isinstance(text, (int, float, np.integer, np.floating)) and not isinstance(text, bool):
-        return _check_time(text, "at")
-    raw = str(text).strip()
-    try:
-        return _check_time(float(raw), "at")
-    except (SnapshotQueryError, ValueError):
-        pass
-    try:
-        parsed = datetime.fromisoformat(raw)
-    except ValueError as exc:
-        raise SnapshotQueryError(
-            f"time {raw!r} is neither unix seconds nor ISO 8601 (e.g. 2026-01-01T08:15:00Z)"
-        ) from exc
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.timestamp()
-
-
-def parse_bbox(text: str | Sequence[float]) -> tuple[float, float, float, float]:
-    """Parse ``"minlon,minlat,maxlon,maxlat"`` (degrees) into a checked 4-tuple.
+    ``shown`` is how the box is named in error messages (default: its repr). Parsing the
+    box from text is the caller's (``api.params.parse_bbox``).
 
     Raises
     ------
     SnapshotQueryError
-        Not four numbers, not finite, out of range, or min above max (a box crossing the
+        Not four finite numbers, out of range, or min above max (a box crossing the
         antimeridian is not supported).
     """
-    parts = text.split(",") if isinstance(text, str) else list(text)
+    shown = repr(list(bbox)) if shown is None else shown
     try:
-        values = [float(p) for p in parts]
+        values = [float(v) for v in bbox]
     except (TypeError, ValueError) as exc:
-        raise SnapshotQueryError(f"bbox {text!r} must be four numbers minlon,minlat,maxlon,maxlat") from exc
+        raise SnapshotQueryError(f"bbox {shown} must be four numbers minlon,minlat,maxlon,maxlat") from exc
     if len(values) != 4 or not all(math.isfinite(v) for v in values):
-        raise SnapshotQueryError(f"bbox {text!r} must be four finite numbers minlon,minlat,maxlon,maxlat")
+        raise SnapshotQueryError(f"bbox {shown} must be four finite numbers minlon,minlat,maxlon,maxlat")
     minlon, minlat, maxlon, maxlat = values
     if not (-180 <= minlon <= 180 and -180 <= maxlon <= 180 and -90 <= minlat <= 90 and -90 <= maxlat <= 90):
-        raise SnapshotQueryError(f"bbox {text!r}: lon must be within [-180, 180], lat within [-90, 90]")
+        raise SnapshotQueryError(f"bbox {shown}: lon must be within [-180, 180], lat within [-90, 90]")
     if minlon > maxlon or minlat > maxlat:
-        raise SnapshotQueryError(f"bbox {text!r}: minlon must be <= maxlon and minlat <= maxlat")
+        raise SnapshotQueryError(f"bbox {shown}: minlon must be <= maxlon and minlat <= maxlat")
     return minlon, minlat, maxlon, maxlat
 
 
@@ -500,9 +467,9 @@ def keys_in_bbox(net: RoadNetwork, minlon: float, minlat: float, maxlon: float, 
     Raises
     ------
     SnapshotQueryError
-        A bad box (see :func:`parse_bbox`) or an unknown road class.
+        A bad box (see :func:`check_bbox`) or an unknown road class.
     """
-    minlon, minlat, maxlon, maxlat = parse_bbox([minlon, minlat, maxlon, maxlat])
+    minlon, minlat, maxlon, maxlat = check_bbox([minlon, minlat, maxlon, maxlat])
     e_minlon, e_minlat, e_maxlon, e_maxlat = edge_bboxes(net) if bboxes is None else bboxes
     inside = (e_minlon <= maxlon) & (e_maxlon >= minlon) & (e_minlat <= maxlat) & (e_maxlat >= minlat)
     if road_class is not None:
@@ -512,94 +479,6 @@ def keys_in_bbox(net: RoadNetwork, minlon: float, minlat: float, maxlon: float, 
             raise SnapshotQueryError(f"unknown road class {unknown}; known: {', '.join(ROAD_CLASSES)}")
         inside &= np.isin(net.edge_road_class, [ROAD_CLASS_INDEX[n] for n in names])
     return np.asarray(net.edge_key[inside], dtype=np.int64)
-
-
-# ---------------------------------------------------------------------- output formats
-#: Media type of each output format of :func:`to_geojson` and the ``to_*_bytes`` functions.
-MEDIA_TYPES: dict[str, str] = {
-    "geojson": "application/geo+json",
-    "parquet": "application/vnd.apache.parquet",
-    "arrow": "application/vnd.apache.arrow.stream",
-    "csv": "text/csv",
-}
-
-_FEATURE_PROPERTIES = ("key", "speed_mps", "freeflow_mps", "ratio", "confidence", "observations")
-
-
-def to_geojson(net: RoadNetwork, df: pl.DataFrame, *, as_of_t_s: float | None = None,
-               network_version: str | None = None) -> dict:
-    """Congestion answer as a GeoJSON FeatureCollection: one LineString per edge.
-
-    Each feature's properties are ``key, speed_mps, freeflow_mps, ratio, confidence,
-    observations`` and ``as_of`` (``as_of_t_s``, unix s; else the row's ``t`` column when
-    the frame has one; else null). The estimator's live frame (``edge_key``) is accepted as
-    is. Coordinates are ``[lon, lat]`` in the direction of travel.
-    Rows whose key is not in ``net`` cannot be drawn: they are left out and counted in the
-    collection's foreign member ``missing_keys``. NaN becomes null (JSON has no NaN).
-    """
-    if "key" not in df.columns and "edge_key" in df.columns:
-        df = df.rename({"edge_key": "key"})  # the estimator's live frame
-    missing = [c for c in _FEATURE_PROPERTIES if c not in df.columns]
-    if missing:
-        raise SnapshotSchemaError(f"to_geojson needs columns {list(_FEATURE_PROPERTIES)}; missing {missing}")
-    edge = net.edge_index_of_keys(df["key"].to_numpy())
-    found = edge >= 0
-    sub = df.filter(pl.Series(found))
-    edge = edge[found]
-    if as_of_t_s is not None:
-        as_of = [float(as_of_t_s)] * sub.height
-    elif "t" in sub.columns:
-        as_of = sub["t"].to_list()
-    else:
-        as_of = [None] * sub.height
-    props = {c: sub[c].fill_nan(None).to_list() if sub[c].dtype.is_float() else sub[c].to_list()
-             for c in _FEATURE_PROPERTIES}
-    # Gather every chosen edge's points in one go, then cut them per feature.
-    starts, ends = net.geom_offsets[edge], net.geom_offsets[edge + 1]
-    counts = ends - starts
-    idx = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(int(counts.sum()))
-    coords = np.column_stack([net.geom_lon[idx], net.geom_lat[idx]]).tolist()
-    bounds = np.concatenate([[0], np.cumsum(counts)]).tolist()
-    features = [
-        {
-            "type": "Feature",
-            "geometry": {"type": "LineString", "coordinates": coords[bounds[i]:bounds[i + 1]]},
-            "properties": {**{c: props[c][i] for c in _FEATURE_PROPERTIES}, "as_of": as_of[i]},
-        }
-        for i in range(sub.height)
-    ]
-    out: dict = {"type": "FeatureCollection", "features": features,
-                 "missing_keys": int((~found).sum())}
-    if as_of_t_s is not None:
-        out["as_of"] = float(as_of_t_s)
-    if network_version is not None:
-        out["network_version"] = network_version
-    return out
-
-
-def to_parquet_bytes(df: pl.DataFrame) -> bytes:
-    """The frame as a Parquet file (zstd), in memory."""
-    buf = io.BytesIO()
-    df.write_parquet(buf, compression="zstd")
-    return buf.getvalue()
-
-
-def to_arrow_ipc_bytes(df: pl.DataFrame, *, stream: bool = True) -> bytes:
-    """The frame as Arrow IPC: the streaming format (``MEDIA_TYPES["arrow"]``) by default,
-    the random-access file format with ``stream=False``."""
-    buf = io.BytesIO()
-    if stream:
-        df.write_ipc_stream(buf)
-    else:
-        df.write_ipc(buf)
-    return buf.getvalue()
-
-
-def to_csv_bytes(df: pl.DataFrame) -> bytes:
-    """The frame as UTF-8 CSV with a header row."""
-    buf = io.BytesIO()
-    df.write_csv(buf)
-    return buf.getvalue()
 
 
 # ---------------------------------------------------------------------- helpers

@@ -18,16 +18,9 @@ from fastapi.responses import JSONResponse, Response
 
 from api.deps import ServicesDep
 from api.errors import ApiError
-from traffic.errors import NoSnapshotError, SnapshotQueryError
-from traffic.snapshots import (
-    MEDIA_TYPES,
-    parse_bbox,
-    parse_time,
-    to_arrow_ipc_bytes,
-    to_csv_bytes,
-    to_geojson,
-    to_parquet_bytes,
-)
+from api.formats import MEDIA_TYPES, to_arrow_ipc_bytes, to_csv_bytes, to_geojson, to_parquet_bytes
+from api.routes.params import bbox_query, time_query
+from traffic.errors import NoSnapshotError
 
 router = APIRouter(prefix="/v1/congestion", tags=["congestion"])
 
@@ -35,7 +28,6 @@ _FORMATS = ("geojson", "json", "parquet", "arrow", "csv")
 _TABULAR = {"parquet": to_parquet_bytes, "arrow": to_arrow_ipc_bytes, "csv": to_csv_bytes}
 _ACCEPT = {**{v: k for k, v in MEDIA_TYPES.items()}, "application/json": "json",
            "application/vnd.apache.arrow.file": "arrow", "application/x-parquet": "parquet"}
-_MAX_T_S = 253402300799.0  # 9999-12-31T23:59:59Z: the last time a partition name can hold
 _DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -80,8 +72,8 @@ def get_congestion(
     it (404 ``no_snapshot`` before the first one).
     """
     fmt = _negotiate(request, format)
-    box = _bbox(bbox)
-    at_s = _time(at, "at")
+    box = bbox_query(bbox)
+    at_s = time_query(at, name="at", bounded=True)
     try:
         answer = services.congestion(box, at_s=at_s, road_class=_classes(road_class),
                                      min_ratio=_ratio(min_ratio, "min_ratio"),
@@ -116,7 +108,8 @@ def get_history(
     observations, last_update_t`` (JSON: one array per column)."""
     fmt = _negotiate(request, format)
     key = _edge_key(edge)
-    t_from, t_to = _time(from_, "from"), _time(to, "to")
+    t_from = time_query(from_, name="from", bounded=True)
+    t_to = time_query(to, name="to", bounded=True)
     try:
         frame = services.edge_history(key, t_from, t_to)
     except NoSnapshotError as exc:
@@ -144,9 +137,10 @@ def get_aggregate(
     """Mean speed/free-flow ratio over the bbox's edges per interval of snapshot time:
     ``t_bucket`` (unix s, aligned to the epoch), ``mean_ratio``, ``n`` (edge-snapshot rows)."""
     fmt = _negotiate(request, format)
-    box = _bbox(bbox)
+    box = bbox_query(bbox)
     interval_s = _duration(interval, "interval")
-    t_from, t_to = _time(from_, "from"), _time(to, "to")
+    t_from = time_query(from_, name="from", bounded=True)
+    t_to = time_query(to, name="to", bounded=True)
     try:
         frame = services.aggregate(box, t_from, t_to, interval_s=interval_s,
                                    road_class=_classes(road_class))
@@ -162,7 +156,8 @@ def get_aggregate(
 def get_snapshots(services: ServicesDep, from_: Annotated[str | None, Query(alias="from")] = None,
                   to: TimeQ = None) -> dict[str, Any]:
     """Times (unix s, ascending) of the stored snapshots in ``[from, to]``, and the live time."""
-    t_from, t_to = _time(from_, "from"), _time(to, "to")
+    t_from = time_query(from_, name="from", bounded=True)
+    t_to = time_query(to, name="to", bounded=True)
     if t_from is not None and t_to is not None and t_from > t_to:
         raise ApiError(422, "invalid_value", f"`from` ({t_from:g}) is after `to` ({t_to:g})")
     times = services.snapshot_times(t_from, t_to)
@@ -182,26 +177,6 @@ def _negotiate(request: Request, fmt: str | None) -> str:
         if media in _ACCEPT:
             return _ACCEPT[media]
     return "geojson"
-
-
-def _bbox(text: str) -> tuple[float, float, float, float]:
-    try:
-        return parse_bbox(text)
-    except SnapshotQueryError as exc:
-        raise ApiError(422, "invalid_value", f"`bbox`: {exc}") from None
-
-
-def _time(text: str | None, name: str) -> float | None:
-    if text is None or text == "":
-        return None
-    try:
-        t_s = parse_time(text)
-    except SnapshotQueryError as exc:
-        raise ApiError(422, "invalid_value", f"`{name}`: {exc}") from None
-    if not 0.0 <= t_s <= _MAX_T_S:
-        raise ApiError(422, "invalid_value",
-                       f"`{name}` must be between 1970-01-01 and 9999-12-31 UTC; got {text!r}")
-    return t_s
 
 
 def _ratio(value: float | None, name: str) -> float | None:

@@ -12,8 +12,6 @@ it in the OpenAPI schema (tests check answers against it).
 
 from __future__ import annotations
 
-import math
-from datetime import datetime
 from functools import partial
 from typing import Annotated, Any
 
@@ -23,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import ServicesDep, SettingsDep
 from api.errors import ApiError
+from api.routes.params import latlon_query, time_query
 from api.schemas import RouteOut, TableIn, TableOut
 from workers.router import RouterCore
 
@@ -30,48 +29,14 @@ router = APIRouter(prefix="/v1", tags=["routing"])
 
 #: The shape of a ``lat,lon`` parameter, published in the OpenAPI schema so that clients
 #: (and the schema fuzzer) can tell a well-formed point. Not enforced by FastAPI:
-#: :func:`parse_latlon` checks it, with a message that names the parameter and the range.
+#: :func:`api.routes.params.latlon_query` checks it, with a message that names the parameter
+#: and the range.
 LATLON_PATTERN = r"^-?[0-9]{1,3}(\.[0-9]{1,9})?, ?-?[0-9]{1,3}(\.[0-9]{1,9})?$"
 
 
-def parse_latlon(value: str, *, name: str) -> tuple[float, float]:
-    """Parse ``"lat,lon"`` (degrees); raise a 422 ``ApiError`` naming the parameter."""
-    parts = value.split(",")
-    try:
-        if len(parts) != 2:
-            raise ValueError
-        lat, lon = float(parts[0]), float(parts[1])
-    except ValueError:
-        raise ApiError(422, "invalid_value",
-                       f"`{name}` must be `lat,lon` in degrees; got {value!r}") from None
-    if not (math.isfinite(lat) and -90.0 <= lat <= 90.0):
-        raise ApiError(422, "invalid_value", f"`{name}` latitude must be within [-90, 90]; got {lat!r}")
-    if not (math.isfinite(lon) and -180.0 <= lon <= 180.0):
-        raise ApiError(422, "invalid_value",
-                       f"`{name}` longitude must be within [-180, 180]; got {lon!r}")
-    return lat, lon
-
-
-def parse_time(value: str | None, *, name: str) -> float | None:
-    """Parse unix seconds or ISO 8601 (``Z`` or an offset; naive means UTC) into unix s."""
-    if value is None or value == "" or value == "now":
-        return None
-    try:
-        t = float(value)
-    except ValueError:
-        try:
-            dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            raise ApiError(422, "invalid_value",
-                           f"`{name}` must be unix seconds or ISO 8601; got {value!r}") from None
-        if dt.tzinfo is None:
-            from datetime import timezone
-
-            dt = dt.replace(tzinfo=timezone.utc)
-        return dt.timestamp()
-    if not math.isfinite(t):
-        raise ApiError(422, "invalid_value", f"`{name}` must be a finite time; got {value!r}")
-    return t
+def _departure(value: str | None) -> float | None:
+    """``depart_at`` in unix s; ``None`` (the live weights) when absent, empty or ``now``."""
+    return None if value == "now" else time_query(value, name="depart_at")
 
 
 def inline_router(services: Any) -> RouterCore | None:
@@ -100,9 +65,9 @@ async def get_route(
     max_snap_m: Annotated[float | None, Query(gt=0, le=5000)] = None,
 ) -> Response:
     """Fastest route and ETA from ``from`` to ``to``, leaving at ``depart_at``."""
-    a = parse_latlon(from_, name="from")
-    b = parse_latlon(to, name="to")
-    t = parse_time(depart_at, name="depart_at")
+    a = latlon_query(from_, name="from")
+    b = latlon_query(to, name="to")
+    t = _departure(depart_at)
     snap_m = max_snap_m if max_snap_m is not None else settings.max_snap_m
     core = inline_router(services) if t is None else None
     if core is not None:
@@ -138,7 +103,7 @@ def post_table(body: TableIn, services: ServicesDep, settings: SettingsDep) -> d
                 raise ApiError(422, "invalid_value",
                                f"`{name}[{i}]` must be [lat, lon] within range; got [{lat}, {lon}]")
         pts.append([(float(a), float(b)) for a, b in items])
-    t = parse_time(None if body.depart_at is None else str(body.depart_at), name="depart_at")
+    t = _departure(None if body.depart_at is None else str(body.depart_at))
     if t is None:  # the common case: the live weights, as before
         return services.table(pts[0], pts[1], max_snap_m=settings.max_snap_m)
     return services.table(pts[0], pts[1], max_snap_m=settings.max_snap_m, depart_at_s=t,
