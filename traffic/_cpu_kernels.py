@@ -43,9 +43,11 @@ def fold_apply(edge, pace, weight, t_obs, mu, c, var, prior, last, count, order_
     first bucketed by ``edge >> shift`` (a stable counting sort into ``order_*``, buffers
     of at least ``n`` entries; the pace clipped and the weight decayed on the way) and
     each window of ``2**shift`` segments is then folded and blended while its state is in
-    cache. A window with many traversals (``4 n_b >= 2**shift``) gets its gate terms
-    computed in one sequential sweep; a sparse one computes them at first touch. Sums of a
-    segment accumulate in the traversals' original order. ``t_obs`` of length 0 means
+    cache. With more windows than traversals (a small batch on a large network) a stable
+    sort of the window numbers replaces the counting sort, so the cost is O(n log n) and
+    nothing scales with ``m``. A window with many traversals (``4 n_b >= 2**shift``) gets
+    its gate terms computed in one sequential sweep; a sparse one computes them at first
+    touch. Sums of a segment accumulate in the traversals' original order. ``t_obs`` of length 0 means
     "observed at ``t_s``". Edges must be in range (the caller checks).
     """
     n = edge.shape[0]
@@ -53,35 +55,52 @@ def fold_apply(edge, pace, weight, t_obs, mu, c, var, prior, last, count, order_
     if n == 0 or m == 0:
         return 0
     nb = ((m - 1) >> shift) + 1
-    start = np.zeros(nb + 1, np.int64)
-    for i in range(n):
-        start[(edge[i] >> shift) + 1] += 1
-    for b in range(nb):
-        start[b + 1] += start[b]
-    pos = start[:nb].copy()
     has_t = t_obs.shape[0] == n
-    for i in range(n):
-        e = edge[i]
-        b = e >> shift
-        j = pos[b]
-        pos[b] = j + 1
-        order_edge[j] = e
-        order_pace[j] = min(max(np.float64(pace[i]), min_pace), max_pace)
-        w = np.float64(weight[i])
-        if has_t:
-            w *= math.exp(min(t_obs[i] - t_s, 0.0) * inv_tau)
-        order_weight[j] = w
+    # Runs of traversals per non-empty window: window number, first and end slot in order_*.
+    run_b = np.empty(min(nb, n), np.int64)
+    run_lo = np.empty(min(nb, n) + 1, np.int64)
+    n_runs = 0
+    if nb <= n:
+        start = np.zeros(nb + 1, np.int64)
+        for i in range(n):
+            start[(edge[i] >> shift) + 1] += 1
+        for b in range(nb):
+            start[b + 1] += start[b]
+        pos = start[:nb].copy()
+        for i in range(n):
+            j = pos[edge[i] >> shift]
+            pos[edge[i] >> shift] = j + 1
+            _put(i, j, edge, pace, weight, t_obs, has_t, order_edge, order_pace, order_weight,
+                 t_s, inv_tau, min_pace, max_pace)
+        for b in range(nb):
+            if start[b + 1] > start[b]:
+                run_b[n_runs] = b
+                run_lo[n_runs] = start[b]
+                n_runs += 1
+    else:
+        key = np.empty(n, np.int64)
+        for i in range(n):
+            key[i] = edge[i] >> shift
+        perm = np.argsort(key, kind="mergesort")  # stable: a segment's sums keep input order
+        for j in range(n):
+            i = perm[j]
+            _put(i, j, edge, pace, weight, t_obs, has_t, order_edge, order_pace, order_weight,
+                 t_s, inv_tau, min_pace, max_pace)
+            if j == 0 or key[i] != key[perm[j - 1]]:
+                run_b[n_runs] = key[i]
+                run_lo[n_runs] = j
+                n_runs += 1
+    run_lo[n_runs] = n
     win = min(1 << shift, m)
     acc = np.zeros((win, 4))  # W, S1, S2, G of the window's segments
     c_dec = np.empty(win)  # decayed evidence weight, estimate, gate half-width (inf: open)
     p_hat = np.empty(win)
     half = np.empty(win)
     touched = 0
-    for b in range(nb):
-        lo = start[b]
-        hi = start[b + 1]
-        if lo == hi:
-            continue
+    for r in range(n_runs):
+        b = run_b[r]
+        lo = run_lo[r]
+        hi = run_lo[r + 1]
         base = b << shift
         size = min(win, m - base)
         dense = (hi - lo) * 4 >= win
@@ -119,6 +138,18 @@ def fold_apply(edge, pace, weight, t_obs, mu, c, var, prior, last, count, order_
                     _blend(base + k, k, mu, c, var, last, acc, c_dec, t_s, log_erosion)
                     touched += 1
     return touched
+
+
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _put(i, j, edge, pace, weight, t_obs, has_t, order_edge, order_pace, order_weight, t_s,
+         inv_tau, min_pace, max_pace):  # pragma: no cover - jitted
+    """Traversal ``i`` into slot ``j``: its edge, clipped pace and decayed weight."""
+    order_edge[j] = edge[i]
+    order_pace[j] = min(max(np.float64(pace[i]), min_pace), max_pace)
+    w = np.float64(weight[i])
+    if has_t:
+        w *= math.exp(min(t_obs[i] - t_s, 0.0) * inv_tau)
+    order_weight[j] = w
 
 
 @njit(cache=True, nogil=True, inline="always", error_model="numpy")

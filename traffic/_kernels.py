@@ -7,9 +7,20 @@ Two kernels implement one estimator update on the GPU (the NumPy twin is in
     gathers the segment's state, decays its evidence weight to the update time, gates the
     traversal against the current estimate and atomically adds ``w``, ``w * dev`` and
     ``w * dev**2`` (``dev`` = pace minus the segment's evidence mean), the gated weight and
-    a count into per-segment sums.
-``traffic_apply_pace`` (ElementwiseKernel, one thread per segment)
-    blends those sums into the state in place.
+    a count into per-segment sums. With ``collect`` it also counts hits per segment and
+    marks, per traversal, whether it was its segment's first (``first[i] = e``, else -1).
+``traffic_apply_pace`` (RawKernel)
+    blends those sums into the state in place and zeroes them again. *Sparse*: one thread
+    per traversal, acting where ``first[i] >= 0`` (the touched segments, each once), so a
+    batch costs O(batch) whatever the network size. *Dense*: one thread per segment
+    (coalesced), for batches with ``4 n >= m``, where that is O(batch) too.
+
+The per-segment sums are not allocated per batch: they live beside the state (zero between
+updates) and the apply kernel re-zeroes what the fold wrote; see
+:func:`traffic.estimator.fold_traversals` for the device memory per segment.
+
+:data:`KERNEL_SOURCES` names every CUDA source (plain strings, importable without CuPy or
+a GPU); ``tests/test_kernels_nvrtc.py`` compiles each with NVRTC for sm_80 and sm_90.
 
 On the CPU, :func:`cpu_fold_apply` runs the same update as one fused numba kernel
 (:mod:`traffic._cpu_kernels`, loaded by :func:`cpu_kernels`; ``None`` without numba).
@@ -17,8 +28,10 @@ On the CPU, :func:`cpu_fold_apply` runs the same update as one fused numba kerne
 CuPy is imported only when a wrapper is first called; kernels are built once per process
 (module-level lazily filled cache keyed by name, never rebuilt per call). Wrappers check
 dtype (``float32``/``int32``/``float64`` as documented), C-contiguity and lengths before
-launching, because CuPy does not; they raise :class:`traffic.errors.KernelInputError`.
-Launches are asynchronous: nothing here synchronizes the device.
+launching, because CuPy does not; they raise :class:`traffic.errors.KernelInputError`. They
+also range-check edge ids before any launch (:func:`check_edge_range`, raising
+:class:`traffic.errors.TraversalBatchError`): that reads the batch's smallest and largest
+edge id back from the device, the one synchronization here; launches are asynchronous.
 """
 
 from __future__ import annotations
@@ -53,7 +66,8 @@ extern "C" __global__ void traffic_fold_pace(
     const float gate_min_weight, const float outlier_weight, const float min_rel,
     const float min_pace, const float max_pace,
     float* __restrict__ sum_w, float* __restrict__ sum_dev, float* __restrict__ sum_dev2,
-    float* __restrict__ sum_gated, int* __restrict__ count)
+    float* __restrict__ sum_gated, int* __restrict__ count,
+    int* __restrict__ hits, int* __restrict__ first, const int collect)
 {
     long long stride = (long long)blockDim.x * gridDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
@@ -78,26 +92,66 @@ extern "C" __global__ void traffic_fold_pace(
         atomicAdd(sum_w + e, w);
         atomicAdd(sum_dev + e, w * dev);
         atomicAdd(sum_dev2 + e, w * dev * dev);
+        if (collect) {
+            first[i] = (atomicAdd(hits + e, 1) == 0) ? e : -1;
+        }
     }
 }
 """
 
-_APPLY_IN = ("float32 sum_w, float32 sum_dev, float32 sum_dev2, float32 sum_gated, "
-             "int32 n_obs, float64 t, float32 inv_tau, float32 log_erosion")
-_APPLY_OUT = "float32 mu, float32 c, float32 var, float64 last, int32 count"
-_APPLY_BODY = r"""
-count += n_obs;
-if (sum_w > 0.f || sum_gated > 0.f) {
-    const float c_dec = traffic_decay(c, t, last, inv_tau) * expf(sum_gated * log_erosion);
-    const float c_new = c_dec + sum_w;
-    const float delta = sum_dev / c_new;
-    mu = mu + delta;
-    const float v = (c_dec * var + sum_dev2) / c_new - delta * delta;
-    var = v > 0.f ? v : 0.f;
-    c = c_new;
-    last = t;
+_APPLY_SOURCE = _PREAMBLE + r"""
+extern "C" __global__ void traffic_apply_pace(
+    float* __restrict__ sum_w, float* __restrict__ sum_dev, float* __restrict__ sum_dev2,
+    float* __restrict__ sum_gated, int* __restrict__ n_obs, int* __restrict__ hits,
+    const int* __restrict__ first, const long long n, const int sparse,
+    const double t, const float inv_tau, const float log_erosion,
+    float* __restrict__ mu, float* __restrict__ c, float* __restrict__ var,
+    double* __restrict__ last, int* __restrict__ count)
+{
+    // sparse: i runs over the batch's traversals, acting on first[i] >= 0 (each touched
+    // segment once); dense: i runs over the segments.
+    long long stride = (long long)blockDim.x * gridDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        int e;
+        if (sparse) {
+            e = first[i];
+            if (e < 0) continue;
+            hits[e] = 0;
+        } else {
+            e = (int)i;
+        }
+        const float sw = sum_w[e];
+        const float sg = sum_gated[e];
+        const int k = n_obs[e];
+        if (!(sw > 0.f || sg > 0.f || k != 0)) continue;
+        count[e] += k;
+        if (sw > 0.f || sg > 0.f) {
+            const float c_dec = traffic_decay(c[e], t, last[e], inv_tau) * expf(sg * log_erosion);
+            const float c_new = c_dec + sw;
+            const float delta = sum_dev[e] / c_new;
+            mu[e] = mu[e] + delta;
+            const float v = (c_dec * var[e] + sum_dev2[e]) / c_new - delta * delta;
+            var[e] = v > 0.f ? v : 0.f;
+            c[e] = c_new;
+            last[e] = t;
+        }
+        sum_w[e] = 0.f;
+        sum_dev[e] = 0.f;
+        sum_dev2[e] = 0.f;
+        sum_gated[e] = 0.f;
+        n_obs[e] = 0;
+    }
 }
 """
+
+#: Every CUDA source of the estimator, ``{kernel name: source}``: plain strings, importable
+#: without CuPy or a GPU (CI compiles each with NVRTC, ``tests/test_kernels_nvrtc.py``).
+KERNEL_SOURCES: dict[str, str] = {
+    "traffic_fold_pace": _FOLD_SOURCE,
+    "traffic_apply_pace": _APPLY_SOURCE,
+}
+#: NVRTC options of every kernel (CuPy adds the architecture itself).
+KERNEL_OPTIONS: tuple[str, ...] = ("--std=c++17",)
 
 
 @functools.cache
@@ -125,18 +179,46 @@ def cpu_kernels() -> ModuleType | None:
 
 
 @functools.cache
+def raw_kernel(name: str) -> Any:
+    """The compiled RawKernel ``name`` of :data:`KERNEL_SOURCES` (built once, then cached)."""
+    cp = _cupy()
+    return cp.RawKernel(KERNEL_SOURCES[name], name, options=KERNEL_OPTIONS)
+
+
 def fold_kernel() -> Any:
     """The compiled ``traffic_fold_pace`` RawKernel (built on first use, then cached)."""
-    cp = _cupy()
-    return cp.RawKernel(_FOLD_SOURCE, "traffic_fold_pace")
+    return raw_kernel("traffic_fold_pace")
 
 
-@functools.cache
 def apply_kernel() -> Any:
-    """The ``traffic_apply_pace`` ElementwiseKernel (built on first use, then cached)."""
-    cp = _cupy()
-    return cp.ElementwiseKernel(_APPLY_IN, _APPLY_OUT, _APPLY_BODY, "traffic_apply_pace",
-                                preamble=_PREAMBLE)
+    """The compiled ``traffic_apply_pace`` RawKernel (built on first use, then cached)."""
+    return raw_kernel("traffic_apply_pace")
+
+
+def check_edge_range(edge: Any, m: int) -> None:
+    """Raise :class:`traffic.errors.TraversalBatchError` unless every ``edge`` is in ``0..m-1``.
+
+    O(n) in the batch: NumPy or CuPy ``min``/``max`` (on CuPy, one 16-byte read back from
+    the device; the offending index is looked up only when there is one). The message names
+    the first offending edge id, its index and the valid range.
+    """
+    from traffic.errors import TraversalBatchError
+
+    n = int(edge.shape[0])
+    if n == 0:
+        return
+    if type(edge).__module__.split(".")[0] == "cupy":
+        lo, hi = (int(v) for v in _cupy().stack((edge.min().astype(np.int64),
+                                                 edge.max().astype(np.int64))).get())
+    else:
+        lo, hi = int(edge.min()), int(edge.max())
+    if lo >= 0 and hi < m:
+        return
+    bad = (edge < 0) | (edge >= m)
+    i = int(bad.argmax())
+    raise TraversalBatchError(
+        f"`edge` must be within 0..{m - 1} (the network's segments); got {int(edge[i])} "
+        f"at index {i}; nothing was folded")
 
 
 def _check(name: str, a: Any, dtype: Any, n: int | None) -> None:
@@ -151,15 +233,17 @@ def _check(name: str, a: Any, dtype: Any, n: int | None) -> None:
 
 def fold_pace(
     edge: Any, pace: Any, weight: Any, t_obs: Any, *, mu: Any, c: Any, var: Any, prior: Any,
-    last: Any, t_s: float, params: dict[str, float], out: tuple[Any, Any, Any, Any],
+    last: Any, t_s: float, params: dict[str, float], out: tuple[Any, ...],
+    first: Any = None,
 ) -> None:
     """Launch ``traffic_fold_pace``: add gated, decayed traversal sums into ``out`` (in place).
 
     Parameters
     ----------
     edge, pace, weight, t_obs
-        Per traversal: ``int32`` segment ids in ``0..m-1`` (not range-checked here: the caller
-        validates), ``float32`` pace (s/m), ``float32`` weight, ``float64`` observation time.
+        Per traversal: ``int32`` segment ids in ``0..m-1`` (range-checked here before the
+        launch: :func:`check_edge_range`), ``float32`` pace (s/m), ``float32`` weight,
+        ``float64`` observation time.
     mu, c, var, prior, last
         Per segment ``float32`` state (evidence mean pace, evidence weight, variance, prior
         pace) and ``float64`` last update time.
@@ -169,10 +253,15 @@ def fold_pace(
         ``inv_tau, prior_weight, gate_sigma, gate_min_weight, outlier_weight, min_rel,
         min_pace, max_pace`` (others ignored).
     out
-        ``(sum_w, sum_dev, sum_dev2, sum_gated, count)``: ``float32[m]`` x 4 and ``int32[m]``,
-        zeroed by the caller.
+        ``(sum_w, sum_dev, sum_dev2, sum_gated, count, hits)``: ``float32[m]`` x 4 and
+        ``int32[m]`` x 2, zero on entry (``hits`` is only written when ``first`` is given;
+        it may be left out then).
+    first
+        ``int32[n]`` receiving, per traversal, its segment id when it was that segment's
+        first in the batch, else -1 (for the sparse :func:`apply_pace`); ``None``: not
+        collected (dense apply).
 
-    Does not synchronize the device.
+    Synchronizes only to read the batch's edge range (:func:`check_edge_range`).
     """
     n = int(edge.shape[0]) if hasattr(edge, "shape") else -1
     _check("edge", edge, np.int32, None)
@@ -186,29 +275,46 @@ def fold_pace(
     for name, a in zip(("sum_w", "sum_dev", "sum_dev2", "sum_gated"), out[:4]):
         _check(name, a, np.float32, m)
     _check("count", out[4], np.int32, m)
+    if first is not None:
+        if len(out) < 6:
+            raise KernelInputError("`out` needs its sixth array, `hits`, when `first` is given")
+        _check("hits", out[5], np.int32, m)
+        _check("first", first, np.int32, n)
     if n == 0:
         return
-    block = 256
-    grid = min((n + block - 1) // block, 65535 * 8)
+    check_edge_range(edge, m)
+    grid = _grid(n)
     f32 = np.float32
+    hits = out[5] if first is not None else out[4]  # not written without `first`
     fold_kernel()(
-        (grid,), (block,),
+        (grid,), (_BLOCK,),
         (edge, pace, weight, t_obs, np.int64(n), mu, c, var, prior, last, np.float64(t_s),
          f32(params["inv_tau"]), f32(params["prior_weight"]), f32(params["gate_sigma"]),
          f32(params["gate_min_weight"]), f32(params["outlier_weight"]), f32(params["min_rel"]),
-         f32(params["min_pace"]), f32(params["max_pace"]), *out),
+         f32(params["min_pace"]), f32(params["max_pace"]), *out[:5], hits,
+         first if first is not None else hits, np.int32(first is not None)),
     )
+
+
+_BLOCK = 256
+
+
+def _grid(n: int) -> int:
+    return max(1, min((n + _BLOCK - 1) // _BLOCK, 65535 * 8))
 
 
 def apply_pace(
     sums: tuple[Any, ...], *, mu: Any, c: Any, var: Any, last: Any, count: Any,
-    t_s: float, inv_tau: float, log_erosion: float,
+    t_s: float, inv_tau: float, log_erosion: float, first: Any = None,
 ) -> None:
-    """Launch ``traffic_apply_pace``: blend per-segment sums into the state in place.
+    """Launch ``traffic_apply_pace``: blend per-segment sums into the state in place and
+    zero the sums (and ``hits``) again.
 
-    ``sums`` is ``(sum_w, sum_dev, sum_dev2, sum_gated, n_obs)`` as filled by
-    :func:`fold_pace`;
-    ``mu, c, var`` are ``float32[m]``, ``last`` ``float64[m]``, ``count`` ``int32[m]``.
+    ``sums`` is ``(sum_w, sum_dev, sum_dev2, sum_gated, n_obs, hits)`` as filled by
+    :func:`fold_pace` (``hits`` may be left out without ``first``); ``mu, c, var`` are
+    ``float32[m]``, ``last`` ``float64[m]``, ``count`` ``int32[m]``. ``first`` (``int32[n]``
+    from :func:`fold_pace`) selects the sparse form, one thread per traversal: O(n) however
+    large ``m``; ``None`` the dense one, one thread per segment.
     Does not synchronize the device.
     """
     m = int(mu.shape[0])
@@ -219,10 +325,20 @@ def apply_pace(
         _check(name, a, np.float32, m)
     _check("last", last, np.float64, m)
     _check("count", count, np.int32, m)
-    if m == 0:
+    if first is not None:
+        if len(sums) < 6:
+            raise KernelInputError("`sums` needs its sixth array, `hits`, when `first` is given")
+        _check("hits", sums[5], np.int32, m)
+        _check("first", first, np.int32, None)
+    n = m if first is None else int(first.shape[0])
+    if n == 0:
         return
-    apply_kernel()(*sums, np.float64(t_s), np.float32(inv_tau), np.float32(log_erosion),
-                   mu, c, var, last, count)
+    hits = sums[5] if first is not None else sums[4]  # not written without `first`
+    apply_kernel()(
+        (_grid(n),), (_BLOCK,),
+        (*sums[:5], hits, first if first is not None else hits, np.int64(n),
+         np.int32(first is not None), np.float64(t_s), np.float32(inv_tau),
+         np.float32(log_erosion), mu, c, var, last, count))
 
 
 _SCRATCH = "cpu_fold_buffers"

@@ -48,7 +48,7 @@ Confidence at time ``t`` is ``a * 1 / (1 + (se / (cv_ref * pace))^2)`` with
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +59,7 @@ from traffic import _kernels
 from traffic._xp import is_cupy, to_host
 from traffic.errors import EstimatorConfigError, EstimatorStateError, TraversalBatchError
 from traffic.profiles import TimeOfWeekProfile, index_of_keys
+from traffic.traversals import Traversals
 
 if TYPE_CHECKING:
     import polars
@@ -148,77 +149,9 @@ class EstimatorConfig:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class TraversalBatch:
-    """Segment traversals from map matching, as parallel 1-D arrays of equal length.
-
-    Attributes
-    ----------
-    edge
-        ``int32`` dense edge ids.
-    t_enter_s, t_exit_s
-        ``float64`` unix seconds when the vehicle entered / left the segment (interpolated).
-    pace_s_per_m
-        Observed pace (s/m), float64 or float32.
-    weight
-        In ``(0, 1]``: 1 for a full traversal, the covered fraction for a partial one.
-    """
-
-    edge: Any
-    t_enter_s: Any
-    t_exit_s: Any
-    pace_s_per_m: Any
-    weight: Any
-
-    def __len__(self) -> int:
-        return int(self.edge.shape[0])
-
-    @classmethod
-    def empty(cls, xp: ModuleType = numpy) -> TraversalBatch:
-        """A batch with no traversals."""
-        f64 = xp.zeros(0, dtype=xp.float64)
-        return cls(xp.zeros(0, dtype=xp.int32), f64, f64.copy(), f64.copy(), f64.copy())
-
-    def validate(self, n_edges: int | None = None) -> TraversalBatch:
-        """Check lengths, dtypes and ranges; return ``self``.
-
-        Raises
-        ------
-        TraversalBatchError
-            When arrays are not 1-D of equal length, ``edge`` is not integer or outside
-            ``0..n_edges-1``, times are not finite or exit before entry, a pace is not finite
-            and > 0, or a weight is outside ``(0, 1]``. The message names the field and the
-            first offending index.
-        """
-        n = len(self)
-        for f in fields(self):
-            a = getattr(self, f.name)
-            if getattr(a, "ndim", None) != 1 or a.shape[0] != n:
-                raise TraversalBatchError(
-                    f"`{f.name}` must be a 1-D array of length {n} (like `edge`); "
-                    f"got shape {getattr(a, 'shape', None)}")
-        if self.edge.dtype.kind not in "iu":
-            raise TraversalBatchError(f"`edge` must be an integer array; got {self.edge.dtype}")
-        if n == 0:
-            return self
-        xp = _module_of(self.edge)
-        checks = (
-            ("edge", (self.edge < 0) | ((self.edge >= n_edges) if n_edges is not None
-                                        else xp.zeros(n, dtype=bool)),
-             f"within 0..{n_edges - 1 if n_edges is not None else 'm-1'}"),
-            ("t_enter_s", ~xp.isfinite(self.t_enter_s), "finite"),
-            ("t_exit_s", ~xp.isfinite(self.t_exit_s) | (self.t_exit_s < self.t_enter_s),
-             "finite and >= t_enter_s"),
-            ("pace_s_per_m", ~(xp.isfinite(self.pace_s_per_m) & (self.pace_s_per_m > 0)),
-             "finite and > 0"),
-            ("weight", ~((self.weight > 0) & (self.weight <= 1)), "within (0, 1]"),
-        )
-        for name, bad, what in checks:
-            if bool(bad.any()):
-                i = int(xp.argmax(bad))
-                raise TraversalBatchError(
-                    f"`{name}` must be {what}; got {getattr(self, name)[i].item()!r} at index {i}")
-        return self
+#: The old name of :class:`traffic.traversals.Traversals` (one type since issue 13): kept so
+#: callers and pickles that name ``traffic.estimator.TraversalBatch`` still work.
+TraversalBatch = Traversals
 
 
 @dataclass(slots=True)
@@ -282,7 +215,9 @@ def fold_traversals(
         Estimator state; its arrays are updated in place, ``t_s`` and ``version`` advance.
     edge, pace_s_per_m, weight
         Per traversal: dense edge id, observed pace (s/m), weight in ``(0, 1]``; validated
-        by the caller (see :meth:`TraversalBatch.validate`).
+        by the caller (see :meth:`traffic.traversals.Traversals.validate`) except for the
+        edge range, which is checked here on every path before anything is written
+        (:class:`TraversalBatchError` naming the edge, its index and ``0..m-1``).
     t_s
         Update time (unix s). The clock becomes ``max(state.t_s, t_s, max(t_obs_s))``, so
         it never goes back and late data is merely older.
@@ -300,12 +235,30 @@ def fold_traversals(
 
     Notes
     -----
-    Array code: cost O(n + m), per-traversal gathers and scatter-adds, then one pass over the
-    segments (about 35 full-length NumPy passes for ``n = m``). The numba kernel buckets the
-    traversals by segment window, then folds and blends window by window while its state is
-    in cache, in float64 arithmetic; its buffers live in ``state.extra``.
-    On CuPy it does not synchronize the device except to read ``max(t_obs_s)`` when
-    ``t_s`` is not given.
+    Every path costs O(batch), never O(segments): a segment's decay is applied lazily from
+    its ``last_t_s`` when a traversal touches it, and nothing the size of the network is
+    allocated, zeroed or swept per batch (full passes are left to publication:
+    :func:`current_pace`, :meth:`SpeedEstimator.travel_times`, snapshots, and to the prior's
+    refresh once per time-of-week bin).
+
+    Array code: for a small batch (``4 n < m``) the touched segments are found with
+    ``unique`` (O(n log n)) and the sums reduced onto them with ``bincount`` over the
+    compact index; for a large one (``4 n >= m``, where O(m) is O(n)) the per-segment terms
+    are computed densely. The numba kernel buckets the traversals by segment window (a
+    counting sort, or a stable sort when there are more windows than traversals), then folds
+    and blends window by window while its state is in cache, in float64 arithmetic; its
+    buffers live in ``state.extra``.
+
+    On CuPy the state stays in device memory: ``mu, c, var, prior`` float32 (16 B),
+    ``last_t_s`` float64 (8 B) and ``count`` int32 (4 B) are 28 B per segment, plus the
+    kernels' persistent sums (``W, S1, S2, G`` float32, ``n_obs, hits`` int32: 24 B), 52 B
+    per segment in all: 1.37 GB (1.28 GiB) for the 26.4 M segments of the K=6 network. A
+    batch adds about 28 B per traversal (its arrays and ``first``), freed to CuPy's pool. The
+    fold is
+    O(n): ``traffic_fold_pace`` is one thread per traversal and ``traffic_apply_pace`` one
+    per traversal too (acting on each touched segment once) unless ``4 n >= m``. It
+    synchronizes the device only to range-check the edge ids (one small read back) and to
+    read ``max(t_obs_s)`` when ``t_s`` is not given.
     """
     xp = xp or _module_of(state.mu)
     dtype = state.mu.dtype
@@ -330,26 +283,54 @@ def fold_traversals(
     params = config.kernel_params()
     if is_cupy(xp) and use_kernels and dtype == xp.float32:
         m = state.n_edges
-        sums = (xp.zeros(m, xp.float32), xp.zeros(m, xp.float32), xp.zeros(m, xp.float32),
-                xp.zeros(m, xp.float32), xp.zeros(m, xp.int32))
+        sums = _gpu_sums(xp, state)
         t_arr = t_obs if t_obs is not None else xp.full(n, clock, dtype=xp.float64)
+        # Sparse (O(n) threads, touched segments only) unless the batch is large next to the
+        # network, where one coalesced pass over the segments is O(n) too and faster.
+        first = None if 4 * n >= m else xp.empty(n, dtype=xp.int32)
         _kernels.fold_pace(edge, pace, weight, t_arr, mu=state.mu, c=state.c, var=state.var,
                            prior=state.prior, last=state.last_t_s, t_s=clock, params=params,
-                           out=sums)
+                           out=sums, first=first)
+        state.extra[_GPU_SUMS_DIRTY] = True  # until the apply kernel has zeroed them again
         _kernels.apply_pace(sums, mu=state.mu, c=state.c, var=state.var, last=state.last_t_s,
                             count=state.count, t_s=clock, inv_tau=params["inv_tau"],
-                            log_erosion=params["log_erosion"])
+                            log_erosion=params["log_erosion"], first=first)
+        state.extra[_GPU_SUMS_DIRTY] = False
     elif xp is numpy and use_kernels and _kernels.cpu_kernels() is not None:
         _kernels.cpu_fold_apply(edge, pace, weight, t_obs, mu=state.mu, c=state.c,
                                 var=state.var, prior=state.prior, last=state.last_t_s,
                                 count=state.count, scratch=state.extra, t_s=clock,
                                 params=params)
     else:
+        _kernels.check_edge_range(edge, state.n_edges)
         sums = _fold_sums_xp(xp, state, edge, pace, weight, t_obs, clock, params)
         _apply_sums_xp(xp, state, sums, clock, params)
     state.t_s = clock
     state.version += 1
     return state
+
+
+_GPU_SUMS = "gpu_fold_sums"
+_GPU_SUMS_DIRTY = "gpu_fold_sums_dirty"
+
+
+def _gpu_sums(xp: ModuleType, state: EstimatorState) -> tuple[Any, ...]:
+    """The CUDA kernels' per-segment sums ``(W, S1, S2, G, n_obs, hits)``, kept in
+    ``state.extra`` between updates and zero there (the apply kernel re-zeroes what the fold
+    wrote): allocated once per state (24 B per segment), never per batch. Zeroed again in
+    full only when a fold was interrupted between its two launches."""
+    m = state.n_edges
+    sums = state.extra.get(_GPU_SUMS)
+    if sums is None or sums[0].shape[0] != m:
+        sums = state.extra[_GPU_SUMS] = (
+            *(xp.zeros(m, dtype=xp.float32) for _ in range(4)),
+            xp.zeros(m, dtype=xp.int32), xp.zeros(m, dtype=xp.int32))
+        state.extra[_GPU_SUMS_DIRTY] = False
+    elif state.extra.get(_GPU_SUMS_DIRTY):
+        for a in sums:
+            a.fill(0)
+        state.extra[_GPU_SUMS_DIRTY] = False
+    return sums
 
 
 def _segment_terms(
@@ -378,12 +359,15 @@ def _fold_sums_xp(
     xp: ModuleType, state: EstimatorState, edge: Any, pace: Any, weight: Any, t_obs: Any,
     t_s: float, params: dict[str, float],
 ) -> tuple[Any, ...]:
-    """Array-code twin of ``traffic_fold_pace``: per-segment ``(W, S1, S2, G, count, c_dec)``.
+    """Array-code twin of ``traffic_fold_pace``: sums ``(W, S1, S2, G, count, c_dec, seg)``.
 
-    When the batch is large next to the network (``n >= m / 4``) the per-segment terms are
-    computed densely once and gathered (three float gathers instead of five, one of them
-    float64), and the decayed weights are handed to the apply step; ``c_dec`` is ``None``
-    otherwise.
+    Small batch (``4 n < m``): O(n log n), nothing of length ``m``. The touched segments
+    ``seg`` (sorted, unique) are found with ``unique``, their terms computed once each, and
+    the sums reduced onto them (``bincount`` over the compact index, in the traversals'
+    order); the sums are ``seg``-long and ``c_dec`` is ``None``.
+    Large batch (``4 n >= m``, so O(m) is O(n)): the per-segment terms are computed densely
+    once and gathered (three float gathers instead of five, one of them float64), the sums
+    are ``m``-long, the decayed weights are handed to the apply step and ``seg`` is ``None``.
     """
     m = state.n_edges
     n = int(edge.shape[0])
@@ -393,11 +377,17 @@ def _fold_sums_xp(
         edge = edge.astype(numpy.intp)
     dense = 4 * n >= m
     if dense:
+        seg = None
+        idx, size = edge, m
         c_all, p_all, half_all = _segment_terms(xp, state, None, t_s, params)
         p_hat, half = xp.take(p_all, edge), xp.take(half_all, edge)
     else:
         c_all = None
-        _, p_hat, half = _segment_terms(xp, state, edge, t_s, params)
+        seg, idx = xp.unique(edge, return_inverse=True)
+        idx = idx.reshape(-1)
+        size = int(seg.shape[0])
+        _, p_seg, half_seg = _segment_terms(xp, state, seg, t_s, params)
+        p_hat, half = xp.take(p_seg, idx), xp.take(half_seg, idx)
     mu_e = xp.take(state.mu, edge)
     p = xp.clip(pace, dtype.type(params["min_pace"]), dtype.type(params["max_pace"]))
     dev = p - mu_e
@@ -407,18 +397,19 @@ def _fold_sums_xp(
         w = w * xp.exp(xp.minimum(t_obs - t_s, 0.0) * params["inv_tau"]).astype(dtype, copy=False)
     gi = xp.flatnonzero(gated)
     if gi.shape[0]:
-        sum_g = xp.bincount(xp.take(edge, gi), weights=xp.take(w, gi), minlength=m)
+        sum_g = xp.bincount(xp.take(idx, gi), weights=xp.take(w, gi), minlength=size)
         w = w.copy() if w is weight else w
         w[gi] *= dtype.type(params["outlier_weight"])
-        count = xp.bincount(edge, minlength=m) - xp.bincount(xp.take(edge, gi), minlength=m)
+        count = (xp.bincount(idx, minlength=size)
+                 - xp.bincount(xp.take(idx, gi), minlength=size))
     else:
         sum_g = None
-        count = xp.bincount(edge, minlength=m)
+        count = xp.bincount(idx, minlength=size)
     wdev = w * dev
-    sum_w = xp.bincount(edge, weights=w, minlength=m)
-    sum_dev = xp.bincount(edge, weights=wdev, minlength=m)
-    sum_dev2 = xp.bincount(edge, weights=wdev * dev, minlength=m)
-    return sum_w, sum_dev, sum_dev2, sum_g, count.astype(xp.int32, copy=False), c_all
+    sum_w = xp.bincount(idx, weights=w, minlength=size)
+    sum_dev = xp.bincount(idx, weights=wdev, minlength=size)
+    sum_dev2 = xp.bincount(idx, weights=wdev * dev, minlength=size)
+    return sum_w, sum_dev, sum_dev2, sum_g, count.astype(xp.int32, copy=False), c_all, seg
 
 
 def _apply_sums_xp(
@@ -427,28 +418,31 @@ def _apply_sums_xp(
 ) -> None:
     """Array-code twin of ``traffic_apply_pace``: blend the sums into the state in place.
 
-    Works on the touched segments only when they are few, densely otherwise.
+    Works on the touched segments ``seg`` only (compact sums) when the batch is small,
+    densely otherwise (see :func:`_fold_sums_xp`).
     """
-    sum_w, sum_dev, sum_dev2, sum_g, count, c_all = sums
-    state.count += count
+    sum_w, sum_dev, sum_dev2, sum_g, count, c_all, seg = sums
     dtype = state.mu.dtype
     touched = sum_w > 0 if sum_g is None else (sum_w > 0) | (sum_g > 0)
-    if c_all is None:
-        hit = xp.flatnonzero(touched)
-        if hit.shape[0] == 0:
+    if seg is not None:
+        state.count[seg] += count  # seg is unique: no repeated index
+        local = xp.flatnonzero(touched)
+        if local.shape[0] == 0:
             return
+        hit = xp.take(seg, local)
         c_dec = xp.take(state.c, hit) * xp.exp(
             xp.minimum(xp.take(state.last_t_s, hit) - t_s, 0.0) * params["inv_tau"])
         if sum_g is not None:
-            c_dec *= xp.exp(xp.take(sum_g, hit) * params["log_erosion"])
-        c_new = c_dec + xp.take(sum_w, hit)
-        delta = xp.take(sum_dev, hit) / c_new
-        var = (c_dec * xp.take(state.var, hit) + xp.take(sum_dev2, hit)) / c_new - delta**2
+            c_dec *= xp.exp(xp.take(sum_g, local) * params["log_erosion"])
+        c_new = c_dec + xp.take(sum_w, local)
+        delta = xp.take(sum_dev, local) / c_new
+        var = (c_dec * xp.take(state.var, hit) + xp.take(sum_dev2, local)) / c_new - delta**2
         state.mu[hit] += delta.astype(dtype, copy=False)
         state.var[hit] = xp.maximum(var, 0)
         state.c[hit] = c_new
         state.last_t_s[hit] = t_s
         return
+    state.count += count
     c_dec = c_all if sum_g is None else c_all * xp.exp(sum_g * params["log_erosion"])
     c_new = c_dec + sum_w
     with numpy.errstate(divide="ignore", invalid="ignore"):
@@ -575,7 +569,7 @@ class SpeedEstimator:
             self.state.prior[...] = self.xp.asarray(host, dtype=self.state.prior.dtype)
             self._prior_bin = b
 
-    def apply(self, batch: TraversalBatch, *, t_s: float | None = None,
+    def apply(self, batch: Traversals, *, t_s: float | None = None,
               validate: bool = True) -> int:
         """Fold a batch (validated unless ``validate=False``); return the new version."""
         if validate:

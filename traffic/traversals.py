@@ -35,8 +35,21 @@ class TraversalConfig:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Traversals:
-    """Edge traversals: ``edge`` int32, ``t_enter_s``, ``t_exit_s``, ``pace_s_per_m`` and
-    ``weight`` float64 (the arrays of ``traffic.estimator.TraversalBatch``)."""
+    """Edge traversals as parallel 1-D arrays of equal length (NumPy, or CuPy on a GPU);
+    the batch :meth:`traffic.estimator.SpeedEstimator.apply` folds.
+
+    Attributes
+    ----------
+    edge
+        ``int32`` dense edge ids.
+    t_enter_s, t_exit_s
+        ``float64`` unix seconds when the vehicle entered / left the segment (interpolated).
+    pace_s_per_m
+        Observed pace (s/m), ``float64`` (``float32`` accepted).
+    weight
+        ``float64`` in ``(0, 1]``: 1 for a full traversal, the covered fraction for a partial
+        one.
+    """
 
     edge: np.ndarray
     t_enter_s: np.ndarray
@@ -46,6 +59,59 @@ class Traversals:
 
     def __len__(self) -> int:
         return int(self.edge.shape[0])
+
+    @classmethod
+    def empty(cls, xp=np) -> Traversals:
+        """Traversals with no rows (``xp``: ``numpy`` or ``cupy``)."""
+        f64 = xp.zeros(0, dtype=xp.float64)
+        return cls(xp.zeros(0, dtype=xp.int32), f64, f64.copy(), f64.copy(), f64.copy())
+
+    def validate(self, n_edges: int | None = None) -> Traversals:
+        """Check lengths, dtypes and ranges; return ``self``.
+
+        Raises
+        ------
+        traffic.errors.TraversalBatchError
+            When arrays are not 1-D of equal length, ``edge`` is not integer or outside
+            ``0..n_edges-1``, times are not finite or exit before entry, a pace is not finite
+            and > 0, or a weight is outside ``(0, 1]``. The message names the field and the
+            first offending index.
+        """
+        from traffic._xp import array_module
+        from traffic.errors import TraversalBatchError
+
+        n = len(self)
+        for name in _TRAVERSAL_FIELDS:
+            a = getattr(self, name)
+            if getattr(a, "ndim", None) != 1 or a.shape[0] != n:
+                raise TraversalBatchError(
+                    f"`{name}` must be a 1-D array of length {n} (like `edge`); "
+                    f"got shape {getattr(a, 'shape', None)}")
+        if self.edge.dtype.kind not in "iu":
+            raise TraversalBatchError(f"`edge` must be an integer array; got {self.edge.dtype}")
+        if n == 0:
+            return self
+        xp = array_module(self.edge)
+        checks = (
+            ("edge", (self.edge < 0) | ((self.edge >= n_edges) if n_edges is not None
+                                        else xp.zeros(n, dtype=bool)),
+             f"within 0..{n_edges - 1 if n_edges is not None else 'm-1'}"),
+            ("t_enter_s", ~xp.isfinite(self.t_enter_s), "finite"),
+            ("t_exit_s", ~xp.isfinite(self.t_exit_s) | (self.t_exit_s < self.t_enter_s),
+             "finite and >= t_enter_s"),
+            ("pace_s_per_m", ~(xp.isfinite(self.pace_s_per_m) & (self.pace_s_per_m > 0)),
+             "finite and > 0"),
+            ("weight", ~((self.weight > 0) & (self.weight <= 1)), "within (0, 1]"),
+        )
+        for name, bad, what in checks:
+            if bool(bad.any()):
+                i = int(xp.argmax(bad))
+                raise TraversalBatchError(
+                    f"`{name}` must be {what}; got {getattr(self, name)[i].item()!r} at index {i}")
+        return self
+
+
+_TRAVERSAL_FIELDS = ("edge", "t_enter_s", "t_exit_s", "pace_s_per_m", "weight")
 
 
 def merge_pieces(

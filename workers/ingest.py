@@ -278,7 +278,7 @@ class IngestCore:
         A vehicle's run on its current edge stays open in the extractor until it leaves
         the edge (or its trace ends), so a traversal is folded once, whole.
         """
-        from traffic.estimator import TraversalBatch
+        from traffic.traversals import Traversals as TraversalBatch
 
         n_probes = sum(int(o.point_row.shape[0]) for o in outputs)
         self._counts["matched"] += n_probes
