@@ -118,7 +118,8 @@ class _DenseReference:
     def observe(self, b, pace, conf):
         pace = np.asarray(pace, dtype=np.float32)
         conf = np.asarray(conf, dtype=np.float32)
-        use = np.isfinite(pace) & (pace > 0) & np.isfinite(conf) & (conf >= self.config.min_confidence)
+        use = (np.isfinite(pace) & (pace > 0) & np.isfinite(conf)
+               & (conf >= self.config.min_confidence))
         idx = np.flatnonzero(use)
         w = conf[idx]
         total = np.minimum(self.weight[b, idx] + w, np.float32(self.config.max_weight))

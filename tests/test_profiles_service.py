@@ -80,7 +80,7 @@ def test_profile_learned_and_saved_during_replay(learned):
     assert prof.has_data(PEAK_T) and prof.has_data(PEAK_T + WEEK_S)
     assert not prof.has_data(QUIET_T)
     # Only confident edges are folded: a small share of the network, never all of it.
-    seen = np.flatnonzero(prof.weight[prof.bin_of(PEAK_T)] > 0)
+    seen = prof.observed_edges(PEAK_T)
     assert 0 < seen.size < learned.net.n_edges
 
 
@@ -134,7 +134,9 @@ def test_profile_survives_restart(learned, tmp_path):
                           prior=load_profile(net, learned.data_dir, timezone="UTC"))
     try:
         assert fresh.prior.config.timezone == "Europe/Copenhagen"  # the stored zone wins
-        np.testing.assert_array_equal(fresh.prior.mean_pace, old.prior.mean_pace)
+        new_state, old_state = fresh.prior.state_dict(), old.prior.state_dict()
+        for k, v in old_state.items():
+            np.testing.assert_array_equal(new_state[k], v, err_msg=k)
         weeks = int(np.ceil((fresh.now_s() - depart) / WEEK_S)) + 1
         after = _route(fresh, depart + weeks * WEEK_S)
         assert after["basis"] == "profile"

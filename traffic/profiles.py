@@ -135,12 +135,12 @@ class TimeOfWeekProfile:
     @property
     def n_entries(self) -> int:
         """Number of observed ``(segment, bin)`` entries stored."""
-        return sum(int(entry[0].size) for entry in self._bins.values())
+        return sum(int(entry[0].size) for entry in list(self._bins.values()))
 
     @property
     def nbytes(self) -> int:
         """Bytes held by the stored entries, the edge keys and the revision counters."""
-        held = sum(a.nbytes for entry in self._bins.values() for a in entry)
+        held = sum(a.nbytes for entry in list(self._bins.values()) for a in entry)
         return int(held + self.edge_key.nbytes + self.bin_revision.nbytes)
 
     def bin_of(self, t_s: float) -> int:
@@ -293,7 +293,7 @@ class TimeOfWeekProfile:
         found = np.flatnonzero(src >= 0)
         new_of_old = np.full(self.n_edges, -1, dtype=np.int64)
         new_of_old[src[found]] = found
-        for b, (e_idx, e_mean, e_units) in self._bins.items():
+        for b, (e_idx, e_mean, e_units) in list(self._bins.items()):
             target = new_of_old[e_idx]
             keep = np.flatnonzero(target >= 0)
             if keep.size == 0:
@@ -322,8 +322,12 @@ class TimeOfWeekProfile:
         ``bin_revision`` and the configuration are not part of it. The edge keys are not
         either: a checkpoint belongs to one network.
         """
-        bins = np.array(sorted(b for b, e in self._bins.items() if e[0].size), dtype=np.int64)
-        entries = [self._bins[int(b)] for b in bins]
+        # One consistent view although another thread may learn meanwhile: list() of a
+        # dict is atomic, and each bin's tuple is replaced whole.
+        held = sorted(((b, e) for b, e in list(self._bins.items()) if e[0].size),
+                      key=lambda item: item[0])
+        bins = np.array([b for b, _ in held], dtype=np.int64)
+        entries = [e for _, e in held]
         sizes = np.array([e[0].size for e in entries], dtype=np.int64)
         offsets = np.zeros(bins.size + 1, dtype=np.int64)
         np.cumsum(sizes, out=offsets[1:])
