@@ -13,16 +13,25 @@ SHARED_DATA = Path(
     os.environ.get("TRAFFIC_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
 )
 TEST_DATA = Path(__file__).resolve().parent / "data"
+#: Set to 1 by .ci/run: CI always has the shared data, so a missing file fails the test there
+#: instead of skipping it (a user's clone without ../shared/data still skips, with a reason).
+REQUIRE_SHARED_DATA = os.environ.get("TRAFFIC_REQUIRE_SHARED_DATA", "") == "1"
 
 
 def shared_file(relative: str) -> Path:
-    """Path of a file under ../shared/data; skips the test with a reason when it is absent."""
+    """Path of a file under ../shared/data.
+
+    When it is absent the test is skipped with a reason, or fails when
+    ``TRAFFIC_REQUIRE_SHARED_DATA=1`` (CI).
+    """
     path = SHARED_DATA / relative
     if not path.exists():
-        pytest.skip(
-            f"needs the shared real data {path} (../shared/data beside the checkout; "
-            "CI always has it, a fresh clone may not)"
-        )
+        reason = (f"needs the shared real data {path} (../shared/data beside the checkout; "
+                  "CI always has it, a fresh clone may not)")
+        if REQUIRE_SHARED_DATA:
+            pytest.fail(f"{reason}; TRAFFIC_REQUIRE_SHARED_DATA=1 makes a missing file an error",
+                        pytrace=False)
+        pytest.skip(reason)
     return path
 
 

@@ -21,8 +21,10 @@ def test_soak_short_one_minute(tmp_path):
     r = run_soak(minutes=1.0, probes_per_s=2000.0, routes_per_s=10.0, data_dir=tmp_path,
                  warmup_frac=0.5)
     assert r["errors"] == 0, r["error_examples"]
-    assert r["probes_per_s"] > 1500
-    assert r["freshness_p99_max_s"] is not None and r["freshness_p99_max_s"] < 2.0
+    # Loose bounds that catch a stuck or starved pipeline, not a slow machine: a quarter of
+    # the offered 2000 probes/s, and a freshness p99 of 10 refresh intervals (--refresh-s 1).
+    assert r["probes_per_s"] > 500
+    assert r["freshness_p99_max_s"] is not None and r["freshness_p99_max_s"] < 10.0
     assert r["identity_holds"]
     assert r["accepted"] == r["client_accepted"]
     assert r["sigterm_exit"] == 0
