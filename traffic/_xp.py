@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 from types import ModuleType
 from typing import Any
@@ -15,6 +16,26 @@ def cupy_or_none() -> ModuleType | None:
         return importlib.import_module("cupy")
     except ImportError:
         return None
+
+
+def gpu_available() -> bool:
+    """True when CuPy imports *and* sees a usable CUDA device (checked once per process).
+
+    CuPy may be installed where no GPU is (``make install`` brings it for the NVRTC compile
+    check): there ``import cupy`` works and ``cupy.cuda.runtime.getDeviceCount()`` raises
+    ``CUDARuntimeError`` (no driver, ``cudaErrorInsufficientDriver``), which counts as no
+    GPU. Code that picks ``cupy`` for computing asks this, never only whether it imports.
+    """
+    return _gpu_available()
+
+
+@functools.cache
+def _gpu_available() -> bool:
+    try:
+        cp = cupy_or_none()
+        return cp is not None and int(cp.cuda.runtime.getDeviceCount()) > 0
+    except Exception:  # CUDARuntimeError without a driver; any CUDA library mismatch
+        return False
 
 
 def is_cupy(xp: ModuleType) -> bool:
