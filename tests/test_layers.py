@@ -78,13 +78,14 @@ def module_graph(root: Path = ROOT) -> tuple[nx.DiGraph, list[str]]:
             if top not in LAYERS:
                 continue
             if LAYERS[top] > source_rank:
-                violations.append(
-                    f"{path.relative_to(root)}:{line}: `{text}` imports {top} "
-                    f"(layer {LAYERS[top]}) from {source.split('.')[0]} (layer {source_rank})"
-                )
+                violations.append((
+                    str(path.relative_to(root)), line,
+                    f"`{text}` imports {top} (layer {LAYERS[top]}) from "
+                    f"{source.split('.')[0]} (layer {source_rank})",
+                ))
             if target in modules and target != source:
                 graph.add_edge(source, target, line=line, text=text, path=path)
-    return graph, sorted(set(violations))
+    return graph, [f"{p}:{line}: {what}" for p, line, what in sorted(set(violations))]
 
 
 def import_cycles(graph: nx.DiGraph, root: Path = ROOT) -> list[str]:
