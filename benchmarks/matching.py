@@ -1,6 +1,9 @@
 """Map-matching throughput on a scenario's probes: matching alone, and validation + matching +
 traversal extraction, replayed in event-time ticks. Appends a table to BENCHMARKS.md.
 
+Each run builds its own route distances (graph.route_distances: bounded searches on demand,
+cached), so every rate includes filling that cache from cold.
+
     .venv/bin/python benchmarks/matching.py [--scenario DIR] [--tick-s 10] [--repeat 3] [--note TEXT]
 """
 
@@ -16,7 +19,7 @@ import polars as pl
 
 from graph.osm import load_osm
 from graph.spatial import build_spatial_index
-from graph.ubodt import build_ubodt
+from graph.route_distances import RouteDistances, build_route_distances
 from traffic.matching import MatcherConfig, OnlineMatcher
 from traffic.traversals import TraversalExtractor
 
@@ -32,12 +35,13 @@ def _ticks(df: pl.DataFrame, tick_s: float) -> list[pl.DataFrame]:
             for _, g in df.sort("_tick").group_by("_tick", maintain_order=True)]
 
 
-def run(net, index, ubodt, batches, *, validate: bool) -> tuple[float, int, int]:
+def run(net, index, batches, *, validate: bool) -> tuple[float, int, int, RouteDistances]:
     from traffic.probes import ProbeValidationConfig, VehicleLastSeen, validate_probes
 
-    m, ex = OnlineMatcher(net, index, ubodt, MatcherConfig()), TraversalExtractor(net)
-    last, vcfg, n_tr = VehicleLastSeen(), ProbeValidationConfig(), 0
     t0 = time.perf_counter()
+    routes = build_route_distances(net)
+    m, ex = OnlineMatcher(net, index, routes, MatcherConfig()), TraversalExtractor(net)
+    last, vcfg, n_tr = VehicleLastSeen(), ProbeValidationConfig(), 0
     for b in batches:
         if validate:
             b = validate_probes(b, config=vcfg, now_s=float(b["t"].max()), bbox=net.bbox,
@@ -49,7 +53,7 @@ def run(net, index, ubodt, batches, *, validate: bool) -> tuple[float, int, int]
             n_tr += len(ex.push(o))
     o = m.flush()
     n_tr += len(ex.push(o)) if validate else 0
-    return time.perf_counter() - t0, sum(len(b) for b in batches), n_tr
+    return time.perf_counter() - t0, sum(len(b) for b in batches), n_tr, routes
 
 
 def main() -> None:
@@ -65,7 +69,7 @@ def main() -> None:
     net = load_osm(d / "network.osm.pbf")
     index = build_spatial_index(net)
     t1 = time.perf_counter()
-    ubodt = build_ubodt(net)
+    build_route_distances(net).lookup([0], [0])  # load (or compile) the numba kernels
     t2 = time.perf_counter()
     probes = pl.read_parquet(d / "probes.parquet")
     batches = _ticks(probes, a.tick_s)
@@ -73,9 +77,10 @@ def main() -> None:
     for name, validate in (("matching only", False), ("validate+match+traversals", True)):
         rates = []
         for _ in range(a.repeat):
-            secs, n, n_tr = run(net, index, ubodt, batches, validate=validate)
+            secs, n, n_tr, routes = run(net, index, batches, validate=validate)
             rates.append(n / secs)
         rows.append((name, n, np.median(rates), np.min(rates), n_tr))
+    st = routes.stats
     lines = [
         f"## Map matching throughput ({d.name})\n",
         f"`.venv/bin/python benchmarks/matching.py --tick-s {a.tick_s:g} --repeat {a.repeat}` — "
@@ -83,7 +88,10 @@ def main() -> None:
         "(other work may be running on the machine, so rates are lower bounds).\n",
         f"Network {net.n_nodes} nodes / {net.n_edges} edges; spatial index {t1 - t0:.2f} s with load, "
         f"{index.nbytes / 1e6:.1f} MB; "
-        f"UBODT (1500 m) {t2 - t1:.2f} s, {ubodt.key.size} pairs, {ubodt.nbytes / 1e6:.1f} MB.\n",
+        f"route distances on demand (bound {routes.bound_m:g} m; kernels loaded in {t2 - t1:.2f} s): "
+        f"per run {st['searches']} searches settling {st['reached']} nodes for "
+        f"{st['lookups']} pair lookups, cache at the end {routes.cached_entries} entries, "
+        f"{routes.nbytes / 1e6:.1f} MB.\n",
         "| pipeline | probes | median probes/s | worst probes/s | traversals |",
         "|---|---:|---:|---:|---:|",
         *[f"| {r[0]} | {r[1]} | {r[2]:,.0f} | {r[3]:,.0f} | {r[4]} |" for r in rows],

@@ -1,4 +1,5 @@
-"""Map matching on hand-made traces with known answers, online vs offline, and real kbh data."""
+"""Map matching on hand-made traces with known answers, online vs offline, and real kbh data;
+the on-demand route distances it uses, against a reference Dijkstra."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 
 from graph.network import EARTH_RADIUS_M, build_network
 from graph.spatial import build_spatial_index
-from graph.ubodt import build_ubodt
+from graph.route_distances import RouteDistances, build_route_distances
 from conftest import shared_file
 from traffic.matching import MatcherConfig, OnlineMatcher
 
@@ -36,7 +37,7 @@ def parallel_roads():
     dst += [nx, 0]
     net = build_network(node_lat=lat, node_lon=lon, edge_src=np.array(src), edge_dst=np.array(dst),
                         edge_speed_kph=np.full(len(src), 50.0))
-    return net, build_spatial_index(net), build_ubodt(net, bound_m=1500.0)
+    return net, build_spatial_index(net), build_route_distances(net, bound_m=1500.0)
 
 
 def _match(env, x, y, t, *, cfg=MatcherConfig(), heading=None, speed=None, chunks=None):
@@ -139,7 +140,7 @@ def test_push_kbh_real_probes_accuracy():
 
     d = shared_file("scenario_kbh/probes.parquet").parent
     net = load_osm(d / "network.osm.pbf")
-    m = OnlineMatcher(net, build_spatial_index(net), build_ubodt(net))
+    m = OnlineMatcher(net, build_spatial_index(net), build_route_distances(net))
     pr = pl.read_parquet(d / "probes.parquet")
     vids = pr["vehicle_id"].unique().sort()[:150]
     pr = pr.filter(pl.col("vehicle_id").is_in(vids)).sort(["vehicle_id", "t"])
@@ -158,29 +159,179 @@ def test_push_kbh_real_probes_accuracy():
     assert ok.mean() > 0.93
 
 
-def test_ubodt_lookup_matches_binary_search_kbh():
-    """The hashed lookup equals a binary search over the sorted keys, hits and misses alike."""
+def _reference(net, sources, bound_m):
+    """Dense Dijkstra rows from ``sources`` (scipy, shortest of parallel edges), ``inf``
+    beyond ``bound_m``."""
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import dijkstra
+
+    key = net.edge_src.astype(np.int64) * net.n_nodes + net.edge_dst
+    o = np.lexsort((net.edge_length_m, key))
+    first = np.r_[True, key[o][1:] != key[o][:-1]]
+    e = o[first]
+    e = e[net.edge_src[e] != net.edge_dst[e]]
+    # csgraph drops explicit zeros; a tiny positive length keeps zero-length edges as edges.
+    w = np.maximum(net.edge_length_m[e], 1e-9)
+    g = sp.csr_matrix((w, (net.edge_src[e], net.edge_dst[e])), shape=(net.n_nodes, net.n_nodes))
+    return dijkstra(g, directed=True, indices=sources, limit=bound_m)
+
+
+@pytest.fixture(scope="module")
+def liechtenstein():
     from graph.osm import load_osm
 
-    net = load_osm(shared_file("osm/kbh.osm.pbf"))
-    ub = build_ubodt(net, bound_m=800.0)
-    rng = np.random.default_rng(11)
-    pick = rng.integers(0, ub.key.size, 20000)
-    src = np.r_[ub.key[pick] // ub.n_nodes, rng.integers(0, net.n_nodes, 20000)]
-    dst = np.r_[ub.key[pick] % ub.n_nodes, rng.integers(0, net.n_nodes, 20000)]
-    dist, pos = ub.lookup(src, dst)
-    q = src.astype(np.int64) * ub.n_nodes + dst
-    i = np.minimum(np.searchsorted(ub.key, q), ub.key.size - 1)
-    found = ub.key[i] == q
-    np.testing.assert_array_equal(pos, np.where(found, i, -1))
-    np.testing.assert_array_equal(dist, np.where(found, ub.dist_m[i], np.inf))
-    assert dist.dtype == np.float64 and pos.dtype == np.int64
-    assert found[:20000].all() and not found[20000:].all()
+    return load_osm(shared_file("osm/liechtenstein-latest.osm.pbf"))
 
 
-def test_ubodt_lookup_empty_table_and_query(parallel_roads):
-    _, _, ub = parallel_roads
-    d, p = ub.lookup(np.zeros(0, np.int64), np.zeros(0, np.int64))
-    assert d.size == p.size == 0
-    d, p = ub.lookup([0, 0], [0, 9])
-    assert d[0] == 0.0 and p[0] >= 0 and ub.key[p[0]] == 0
+def _random_pairs(net, ref, sources, rng, n_far=60, n_near=60):
+    """Per source: random destinations (mostly unreachable within the bound) and its nearest
+    reached nodes (within the bound)."""
+    near = np.argsort(ref, axis=1, kind="stable")[:, :n_near]
+    src = np.r_[np.repeat(sources, n_far), np.repeat(sources, n_near)]
+    dst = np.r_[rng.integers(0, net.n_nodes, sources.size * n_far), near.ravel()]
+    row = np.r_[np.repeat(np.arange(sources.size), n_far), np.repeat(np.arange(sources.size), n_near)]
+    return src, dst, ref[row, dst]
+
+
+def test_route_distances_equal_dijkstra_liechtenstein(liechtenstein):
+    net = liechtenstein
+    rng = np.random.default_rng(5)
+    sources = rng.choice(net.n_nodes, 200, replace=False)
+    ref = _reference(net, sources, 1500.0)
+    src, dst, want = _random_pairs(net, ref, sources, rng)
+    rd = build_route_distances(net, bound_m=1500.0)
+    got = rd.lookup(src, dst)
+    assert got.dtype == np.float64 and got.shape == src.shape
+    np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
+    assert np.isfinite(want).sum() > 10000 and (~np.isfinite(want)).sum() > 1000
+    fin = np.isfinite(want)
+    np.testing.assert_allclose(got[fin], want[fin], rtol=1e-6, atol=1e-3)  # float32 storage
+    # Per-pair limits: the distance within the limit, else inf (never more than the bound).
+    lim = rng.uniform(-10.0, 2500.0, src.size)
+    got = rd.lookup(src, dst, lim)
+    fin = want <= np.minimum(lim, 1500.0)
+    np.testing.assert_array_equal(np.isfinite(got), fin)
+    np.testing.assert_allclose(got[fin], want[fin], rtol=1e-6, atol=1e-3)
+    assert np.isinf(rd.lookup(src[:5], dst[:5], np.nan)).all()
+
+
+def test_route_distances_bound_is_inclusive_and_inf_beyond(parallel_roads):
+    """Nodes every 250 m on a straight road: 1000 m is within a 1000 m bound, 1250 is not."""
+    net = parallel_roads[0]
+    rd = build_route_distances(net, bound_m=1000.0)
+    d = rd.lookup([0, 0, 0, 0], [0, 4, 5, 9])  # 5 = x=0 on the upper road (30 m), 9 = its x=1000
+    assert d[0] == 0.0
+    assert d[1] == pytest.approx(net.edge_length_m[:8:2].sum(), rel=1e-6) and d[1] <= 1000.0
+    assert d[2] == pytest.approx(30.0, abs=0.1) and np.isinf(d[3])
+    assert np.isinf(rd.lookup([0], [4], 999.0)).all()
+    with pytest.raises(ValueError, match="bound_m"):
+        build_route_distances(net, bound_m=0.0)
+    with pytest.raises(ValueError, match="node ids"):
+        rd.lookup([0], [net.n_nodes])
+
+
+def test_route_distances_path_edges_chain_and_sum(liechtenstein):
+    net = liechtenstein
+    rng = np.random.default_rng(6)
+    sources = rng.choice(net.n_nodes, 100, replace=False)
+    ref = _reference(net, sources, 1500.0)
+    src, dst, want = _random_pairs(net, ref, sources, rng)
+    rd = build_route_distances(net)
+    pair, edge = rd.path_edges(net.edge_src, src, dst)
+    assert pair.dtype == np.int64 and edge.dtype == np.int32
+    assert np.all(np.diff(pair) >= 0)
+    has = np.bincount(pair, minlength=src.size) > 0
+    np.testing.assert_array_equal(has, np.isfinite(want) & (src != dst))
+    # Within a pair the edges chain from src to dst.
+    first = np.r_[True, pair[1:] != pair[:-1]]
+    last = np.r_[pair[1:] != pair[:-1], True]
+    np.testing.assert_array_equal(net.edge_src[edge[first]], src[pair[first]])
+    np.testing.assert_array_equal(net.edge_dst[edge[last]], dst[pair[last]])
+    inner = ~last
+    np.testing.assert_array_equal(net.edge_dst[edge[inner]], net.edge_src[edge[1:][inner[:-1]]])
+    length = np.bincount(pair, weights=net.edge_length_m[edge], minlength=src.size)
+    np.testing.assert_allclose(length[has], want[has], rtol=1e-6, atol=1e-3)
+    # Pairs beyond their limit yield no edges.
+    pair2, _ = rd.path_edges(net.edge_src, src, dst, np.where(np.arange(src.size) % 2, 0.0, 1500.0))
+    assert np.all(pair2 % 2 == 0)
+
+
+def test_route_distances_answers_do_not_depend_on_the_cache(liechtenstein):
+    """A tiny cache (many evictions), limits asked in another order, a pickled copy and a
+    cleared cache all give the same distances and the same path edges as a fresh object."""
+    import pickle
+
+    net = liechtenstein
+    rng = np.random.default_rng(7)
+    src = rng.integers(0, net.n_nodes, 6000)
+    dst = np.where(rng.random(src.size) < 0.7, net.edge_dst[net.out_edge[np.minimum(
+        net.out_first[src], net.n_edges - 1)]], rng.integers(0, net.n_nodes, src.size))
+    lim = rng.choice([250.0, 600.0, 1500.0, np.inf], src.size)
+    fresh = build_route_distances(net)
+    want = fresh.lookup(src, dst, lim)
+    want_p = fresh.path_edges(net.edge_src, src, dst, lim)
+    assert np.isfinite(want).mean() > 0.5
+
+    tiny = build_route_distances(net, max_entries=3000)
+    order = rng.permutation(src.size)
+    for chunk in np.array_split(order, 40):  # small limits first for some sources, large first for others
+        tiny.lookup(src[chunk], dst[chunk], lim[chunk] / 4)
+        np.testing.assert_array_equal(tiny.lookup(src[chunk], dst[chunk], lim[chunk]), want[chunk])
+    assert tiny.stats["evictions"] > 5
+    # One call may hold more than the limit (its own working set); a small call shrinks it back.
+    tiny.lookup(src[:1], dst[:1], 250.0)
+    tiny.lookup(src[1:2], dst[1:2], 250.0)
+    assert tiny.cached_entries <= 3000
+    np.testing.assert_array_equal(tiny.lookup(src, dst, lim), want)
+    for a, b in zip(tiny.path_edges(net.edge_src, src, dst, lim), want_p):
+        np.testing.assert_array_equal(a, b)
+    copy = pickle.loads(pickle.dumps(tiny))
+    assert isinstance(copy, RouteDistances) and copy.cached_entries == 0
+    np.testing.assert_array_equal(copy.lookup(src, dst, lim), want)
+    fresh.clear()
+    for a, b in zip(fresh.path_edges(net.edge_src, src, dst, lim), want_p):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_route_distances_empty_and_shim(parallel_roads, tmp_path):
+    from graph.ubodt import build_ubodt, load_or_build_ubodt
+
+    net, _, rd = parallel_roads
+    assert rd.lookup(np.zeros(0, np.int64), np.zeros(0, np.int64)).shape == (0,)
+    p, e = rd.path_edges(net.edge_src, np.zeros(0, np.int64), np.zeros(0, np.int64))
+    assert p.size == e.size == 0
+    a = build_ubodt(net, bound_m=800.0)
+    b = load_or_build_ubodt(net, tmp_path / "cache", bound_m=800.0)
+    assert isinstance(a, RouteDistances) and isinstance(b, RouteDistances)
+    assert a.bound_m == b.bound_m == 800.0 and a.network_version == net.version
+    assert not (tmp_path / "cache").exists()  # nothing precomputed, nothing written
+
+
+def test_push_result_does_not_depend_on_route_cache():
+    """The same kbh probes through a default matcher and through one sharing a tiny,
+    pre-filled route cache give identical matches and path pieces."""
+    import polars as pl
+
+    from graph.osm import load_osm
+
+    d = shared_file("scenario_kbh/probes.parquet").parent
+    net = load_osm(d / "network.osm.pbf")
+    index = build_spatial_index(net)
+    pr = pl.read_parquet(d / "probes.parquet")
+    vids = pr["vehicle_id"].unique().sort()[:60]
+    pr = pr.filter(pl.col("vehicle_id").is_in(vids)).sort(["vehicle_id", "t"])
+    tiny = build_route_distances(net, max_entries=2000)
+    rng = np.random.default_rng(8)
+    tiny.lookup(rng.integers(0, net.n_nodes, 500), rng.integers(0, net.n_nodes, 500))
+    outs = []
+    for routes in (build_route_distances(net), tiny):
+        m = OnlineMatcher(net, index, routes)
+        o1 = m.push(pr["vehicle_id"].to_numpy(), pr["t"].to_numpy(), pr["lat"].to_numpy(),
+                    pr["lon"].to_numpy(), speed_mps=pr["speed_mps"].to_numpy(),
+                    heading_deg=pr["heading_deg"].to_numpy())
+        outs.append((o1, m.flush()))
+    assert tiny.stats["evictions"] > 0
+    for f in ("point_row", "point_edge", "point_offset_m", "piece_edge", "piece_off0_m",
+              "piece_off1_m", "piece_t0_s", "piece_t1_s"):
+        for a, b in zip(outs[0], outs[1]):
+            np.testing.assert_array_equal(getattr(a, f), getattr(b, f))

@@ -5,12 +5,15 @@ index). A candidate's emission log-probability is Gaussian in its distance to th
 (``sigma`` = the probe's ``accuracy_m`` when given, else ``MatcherConfig.sigma_m``), plus
 ``kappa * (cos(heading - road bearing) - 1)`` when a heading is given and the car moves. A
 transition between candidates of consecutive points costs ``|route - great_circle| / beta_m``
-(log domain), with the route distance from the bounded table (:mod:`graph.ubodt`): the rest of
-the first edge + table distance + the offset on the second, or the offset difference on one
-edge. Moving back on the same edge by up to ``backward_tolerance_m`` counts as standing still
-(GPS jitter of a stopped car); a U-turn onto the reverse twin edge costs
-``uturn_penalty``; routes longer than the table's bound or faster than ``max_speed_mps`` are
-infeasible.
+(log domain), with the route distance: the rest of the first edge + the road distance between
+the two edges' nodes + the offset on the second, or the offset difference on one edge. Road
+distances come from :class:`graph.route_distances.RouteDistances`, bounded Dijkstras run on
+demand per source node and cached (Valhalla Meili's design), each asked only as far as the car
+could have driven (``max_speed_mps * dt + speed_slack_m``); its answers do not depend on its
+cache, so matching is a function of the input stream alone. Moving back on the same edge by up
+to ``backward_tolerance_m`` counts as standing still (GPS jitter of a stopped car); a U-turn
+onto the reverse twin edge costs ``uturn_penalty``; routes longer than the search bound
+(``RouteDistances.bound_m``) or faster than ``max_speed_mps`` are infeasible.
 
 Online, fixed lag: each vehicle keeps its last Viterbi column and a ring of back-pointers for
 at most ``lag + 1`` pending points; once a point has ``lag`` successors it is decided by
@@ -31,7 +34,7 @@ import numpy as np
 
 from graph.network import RoadNetwork, haversine_m
 from graph.spatial import SpatialIndex, candidates
-from graph.ubodt import UBODT
+from graph.route_distances import RouteDistances
 
 NEG_INF = -np.inf
 
@@ -96,17 +99,20 @@ class OnlineMatcher:
 
     Examples
     --------
-    >>> # m = OnlineMatcher(net, build_spatial_index(net), build_ubodt(net), MatcherConfig())
+    >>> # m = OnlineMatcher(net, build_spatial_index(net), build_route_distances(net),
+    >>> #                   MatcherConfig())
     >>> # out = m.push(vid, t, lat, lon, speed_mps=s, heading_deg=h)  # sorted by vid, t
     >>> # out_rest = m.flush()
     """
 
-    def __init__(self, net: RoadNetwork, index: SpatialIndex, ubodt: UBODT,
+    def __init__(self, net: RoadNetwork, index: SpatialIndex, routes: RouteDistances,
                  config: MatcherConfig = MatcherConfig()) -> None:
-        if index.network_version != net.version or ubodt.network_version != net.version:
-            raise ValueError("spatial index / UBODT were built for another network version "
-                             f"({index.network_version}, {ubodt.network_version} != {net.version})")
-        self.net, self.index, self.ubodt, self.cfg = net, index, ubodt, config
+        if index.network_version != net.version or routes.network_version != net.version:
+            raise ValueError("spatial index / route distances were built for another network "
+                             f"version ({index.network_version}, {routes.network_version} "
+                             f"!= {net.version})")
+        self.net, self.index, self.routes, self.cfg = net, index, routes, config
+        self.ubodt = routes  # the older name, still read by callers that share it
         self._len = net.edge_length_m
         self._twin = _reverse_twins(net)
         scale = float(net.edge_length_m.max(initial=0.0)) + 1.0
@@ -281,7 +287,9 @@ class OnlineMatcher:
         """Transition cost (log units, inf = infeasible), route distance (m), U-turn flag."""
         cfg, net = self.cfg, self.net
         fwd = (ea == eb) & (ob >= oa - cfg.backward_tolerance_m)
-        mid, _ = self.ubodt.lookup(net.edge_dst[ea], net.edge_src[eb])
+        # Asked no farther than the car could have driven: a longer route is too fast anyway.
+        reach = self._reach_m(dt)
+        mid = self.routes.lookup(net.edge_dst[ea], net.edge_src[eb], reach)
         d = np.where(fwd, np.maximum(ob - oa, 0.0), self._len[ea] - oa + mid + ob)
         cost = np.abs(d - gc) / cfg.beta_m
         # Turning back onto the reverse twin, mid-edge or at the node, pays the U-turn penalty.
@@ -291,9 +299,13 @@ class OnlineMatcher:
         uturn = twin & (cu < cost)
         d = np.where(uturn, du, d)
         cost = np.where(twin, np.minimum(cu, cost) + cfg.uturn_penalty, cost)
-        too_fast = d > cfg.max_speed_mps * dt + cfg.speed_slack_m
+        too_fast = d > reach
         cost = np.where(too_fast | ~np.isfinite(d), np.inf, cost)
         return cost, d, uturn
+
+    def _reach_m(self, dt: np.ndarray) -> np.ndarray:
+        """Farthest route (m) that is not too fast for a time step ``dt`` (see ``_route``)."""
+        return self.cfg.max_speed_mps * dt + self.cfg.speed_slack_m
 
     def _step(self, s: np.ndarray, t: np.ndarray, lat: np.ndarray, lon: np.ndarray,
               v: np.ndarray, rows: np.ndarray, ce: np.ndarray, co: np.ndarray, em: np.ndarray,
@@ -445,7 +457,9 @@ class OnlineMatcher:
         """Edges driven between consecutive matched points, with interpolated times."""
         net, L = self.net, self._len
         gc = np.zeros(tr.size)
-        _, d, uturn = self._route(ea, oa, eb, ob, gc, np.full(tr.size, np.inf))
+        # The pairs are consecutive points of one trace: their transition was feasible in
+        # ``tb - ta``, so the route search needs to reach no farther than then.
+        _, d, uturn = self._route(ea, oa, eb, ob, gc, tb - ta)
         fwd = (ea == eb) & (ob >= oa - self.cfg.backward_tolerance_m)
         gen = ~fwd & ~uturn
         # Piece lists: (pair, position, edge, off0, off1)
@@ -457,7 +471,8 @@ class OnlineMatcher:
         P += [u, u]; S += [np.zeros(u.size), np.ones(u.size)]; E += [ea[u], eb[u]]
         O0 += [oa[u], np.minimum(start_u, ob[u])]; O1 += [oa[u], ob[u]]
         g = np.flatnonzero(gen)
-        pp, pe = self.ubodt.path_edges(net.edge_src, net.edge_dst[ea[g]], net.edge_src[eb[g]])
+        pp, pe = self.routes.path_edges(net.edge_src, net.edge_dst[ea[g]], net.edge_src[eb[g]],
+                                        self._reach_m((tb - ta)[g]))
         within = np.arange(pp.size) - np.searchsorted(pp, pp)
         P += [g, g[pp], g]; S += [np.zeros(g.size), 1.0 + within, np.full(g.size, 1e9)]
         E += [ea[g], pe, eb[g]]
