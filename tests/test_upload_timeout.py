@@ -14,7 +14,8 @@ from api.settings import Settings
 from conftest import TEST_DATA, shared_file
 from graph.errors import NetworkError
 from graph.io import load_network
-from workers.services import ImportTimeout, LocalServices, PipelineConfig, import_in_child
+from workers.network_jobs import ImportTimeout, import_in_child
+from workers.services import LocalServices, PipelineConfig
 
 
 def _wait(svc, job_id, timeout_s=60.0):

@@ -29,6 +29,7 @@ at a time, with transitions as ``(vehicles, k, k)`` arrays: no Python loop per p
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -174,6 +175,62 @@ class OnlineMatcher:
     def pending_count(self) -> int:
         """Points accepted by :meth:`push` and not yet decided (matched) or counted unmatched."""
         return int(self._n_pend.sum())
+
+    #: Per-vehicle slot arrays (see ``_grow``): the open candidates, back-pointers, scores,
+    #: held points and last decided point of every vehicle the matcher follows.
+    _SLOT_ARRAYS = ("_c_edge", "_c_off", "_bp", "_p_row", "_p_t", "_score", "_last_lat",
+                    "_last_lon", "_last_t", "_last_v", "_n_pend", "_head", "_trace",
+                    "_dec_edge", "_dec_off", "_dec_t", "_dec_trace")
+    #: Version of :meth:`state_dict`'s contents.
+    STATE_VERSION = 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """The matcher's whole pending state as flat arrays and scalars (a copy).
+
+        Contents (version 1): ``version``; ``slot_vid`` (str) and ``slot`` (int64), the
+        vehicle -> slot map in insertion order; ``free`` (int64), free slots in pop order;
+        every array of ``_SLOT_ARRAYS`` (without its leading ``_``) at full capacity;
+        ``next_trace``, ``seq`` and ``counts``. Slot numbers are kept exactly because the
+        order of decided points follows them, so a restored matcher continues bit for bit
+        as the original would have. Route-distance caches are not state: their answers do
+        not depend on what they hold.
+        """
+        out: dict[str, Any] = {name[1:]: getattr(self, name).copy() for name in self._SLOT_ARRAYS}
+        out["version"] = self.STATE_VERSION
+        out["slot_vid"] = np.asarray(list(self._slots.keys()), dtype=np.str_)
+        out["slot"] = np.fromiter(self._slots.values(), dtype=np.int64, count=len(self._slots))
+        out["free"] = np.asarray(self._free, dtype=np.int64)
+        out["next_trace"] = int(self._next_trace)
+        out["seq"] = int(self._seq)
+        out["counts"] = {k: int(v) for k, v in self.counts.items()}
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved (same network and configuration).
+
+        Raises ``ValueError`` naming the mismatch when the state is of another version or
+        was saved with another lag or candidate count.
+        """
+        version = state.get("version")
+        if version != self.STATE_VERSION:
+            raise ValueError(f"matcher state has version {version!r}; this code reads "
+                             f"{self.STATE_VERSION}")
+        c_edge = np.asarray(state["c_edge"])
+        if c_edge.shape[1:] != (self.cfg.lag + 1, self.cfg.k):
+            raise ValueError(f"matcher state was saved with lag {c_edge.shape[1] - 1} and "
+                             f"k {c_edge.shape[2]}; this matcher has lag {self.cfg.lag} and "
+                             f"k {self.cfg.k}")
+        for name in self._SLOT_ARRAYS:
+            ref = getattr(self, name)
+            setattr(self, name, np.array(state[name[1:]], dtype=ref.dtype))
+        self._cap = int(c_edge.shape[0])
+        vids = np.asarray(state["slot_vid"]).tolist()
+        self._slots = dict(zip(vids, np.asarray(state["slot"], dtype=np.int64).tolist(),
+                               strict=True))
+        self._free = np.asarray(state["free"], dtype=np.int64).tolist()
+        self._next_trace = int(state["next_trace"])
+        self._seq = int(state["seq"])
+        self.counts = {k: int(v) for k, v in state["counts"].items()}
 
     # ------------------------------------------------------------------ push
     def push(self, vehicle_ids: np.ndarray, t: np.ndarray, lat: np.ndarray, lon: np.ndarray, *,

@@ -165,6 +165,65 @@ class VehicleLastSeen:
             self._recent_chunks = [(self._recent_max_t, merged)]
         return self._recent_chunks[0][1]
 
+    #: Version of :meth:`state_dict`'s contents.
+    STATE_VERSION = 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """The dedupe memory as arrays (a copy).
+
+        Version 1: ``version``; ``last_vid`` (str), ``last_t`` (s), ``last_lat``,
+        ``last_lon`` (degrees): each vehicle's last accepted point; ``pair_vid``, ``pair_t``:
+        the accepted ``(vehicle_id, t)`` pairs remembered within the horizon, as the chunks
+        ``chunk_len`` long with newest times ``chunk_max_t`` (pruning drops whole chunks, so
+        keeping them keeps what a restored memory forgets, and when); ``recent_max_t``.
+        """
+        last, chunks = self._last, self._recent_chunks
+        pairs = (pl.concat([c for _, c in chunks], rechunk=True) if chunks
+                 else pl.DataFrame(schema={"vehicle_id": pl.Utf8, "t": pl.Float64}))
+        return {
+            "version": self.STATE_VERSION,
+            "last_vid": np.asarray(last["vehicle_id"].fill_null("").to_list(), dtype=np.str_),
+            "last_t": last["last_t"].to_numpy().astype(np.float64),
+            "last_lat": last["last_lat"].to_numpy().astype(np.float64),
+            "last_lon": last["last_lon"].to_numpy().astype(np.float64),
+            "pair_vid": np.asarray(pairs["vehicle_id"].fill_null("").to_list(), dtype=np.str_),
+            "pair_t": pairs["t"].to_numpy().astype(np.float64),
+            "chunk_len": np.asarray([c.height for _, c in chunks], dtype=np.int64),
+            "chunk_max_t": np.asarray([m for m, _ in chunks], dtype=np.float64),
+            "recent_max_t": float(self._recent_max_t),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved (a state without ``version`` is read as 1:
+        checkpoints of the first format stored the same arrays)."""
+        version = state.get("version", 1)
+        if version != self.STATE_VERSION:
+            raise ValueError(f"vehicle dedupe state has version {version!r}; this code reads "
+                             f"{self.STATE_VERSION}")
+
+        def vids(key: str) -> pl.Series:
+            return pl.Series(np.asarray(state[key]).tolist(), dtype=pl.Utf8)
+
+        self._last = pl.DataFrame({
+            "vehicle_id": vids("last_vid"),
+            "last_t": np.asarray(state["last_t"], dtype=np.float64),
+            "last_lat": np.asarray(state["last_lat"], dtype=np.float64),
+            "last_lon": np.asarray(state["last_lon"], dtype=np.float64)})
+        pairs = pl.DataFrame({"vehicle_id": vids("pair_vid"),
+                              "t": np.asarray(state["pair_t"], dtype=np.float64)})
+        self._recent_chunks, self._recent_max_t = [], -np.inf
+        if "chunk_len" in state:  # the pairs as the chunks they were remembered in
+            ends = np.cumsum(np.asarray(state["chunk_len"], dtype=np.int64)).tolist()
+            starts = [0, *ends[:-1]]
+            self._recent_chunks = [
+                (float(m), pairs.slice(a, b - a))
+                for m, a, b in zip(np.asarray(state["chunk_max_t"]).tolist(), starts, ends,
+                                   strict=True)]
+            self._recent_max_t = float(state["recent_max_t"])
+        elif pairs.height:  # first-format checkpoints: one chunk
+            max_t = float(pairs["t"].max())  # type: ignore[arg-type]
+            self._recent_chunks, self._recent_max_t = [(max_t, pairs)], max_t
+
     def update(self, accepted: pl.DataFrame) -> None:
         """Record accepted probes (any order); keeps each vehicle's latest point."""
         if accepted.height == 0:

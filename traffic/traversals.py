@@ -17,6 +17,7 @@ time a car stands at the point where its trace starts or ends.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -169,6 +170,32 @@ class TraversalExtractor:
     def open_count(self) -> int:
         """Runs held open (one per live trace that has moved at least once)."""
         return int(self._open[0].shape[0])
+
+    #: Names of the open-run arrays in :meth:`state_dict` (the order of ``_open``).
+    _OPEN_FIELDS = ("trace", "edge", "off0_m", "off1_m", "t0_s", "t1_s")
+    #: Version of :meth:`state_dict`'s contents.
+    STATE_VERSION = 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """The open runs (``open_<field>`` arrays) and counters, as a copy.
+
+        Version 1: ``version``, ``open_trace`` int64, ``open_edge`` int32, ``open_off0_m``,
+        ``open_off1_m`` (m), ``open_t0_s``, ``open_t1_s`` (s), ``dropped``, ``emitted``.
+        """
+        out: dict[str, Any] = {f"open_{name}": a.copy()
+                               for name, a in zip(self._OPEN_FIELDS, self._open, strict=True)}
+        out.update(version=self.STATE_VERSION, dropped=int(self.dropped), emitted=int(self.emitted))
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved; ``ValueError`` for another version."""
+        if state.get("version") != self.STATE_VERSION:
+            raise ValueError(f"traversal extractor state has version {state.get('version')!r}; "
+                             f"this code reads {self.STATE_VERSION}")
+        dtypes = (np.int64, np.int32, np.float64, np.float64, np.float64, np.float64)
+        self._open = tuple(np.array(state[f"open_{name}"], dtype=dt)  # type: ignore[assignment]
+                           for name, dt in zip(self._OPEN_FIELDS, dtypes, strict=True))
+        self.dropped, self.emitted = int(state["dropped"]), int(state["emitted"])
 
     def push(self, out: MatchOutput) -> Traversals:
         """Add a matcher output's pieces; return traversals that finished."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -165,3 +166,11 @@ def _range(t_from: float | None, t_to: float | None, now_s: float) -> tuple[floa
     if t_from > t_to:
         raise SnapshotQueryError(f"`from` ({t_from:g}) is after `to` ({t_to:g})")
     return t_from, t_to
+
+
+def congestion_queries(config: Any) -> CongestionQueries:
+    """The congestion queries of a service configured by ``config`` (a
+    ``workers.config.PipelineConfig``): over its snapshot store when it has a data dir."""
+    directory = snapshot_dir(config.data_dir)
+    return CongestionQueries(None if directory is None else SnapshotStore(
+        directory, retention_s=config.snapshot_retention_s))

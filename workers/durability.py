@@ -18,22 +18,19 @@ validation is deterministic given the per-vehicle state and ``_now_s``, so repla
 batch through validation again accepts exactly the rows it accepted the first time, and
 the 2xx count the client saw is the count replay reproduces.
 
-Checkpoints: exactly once. A checkpoint is taken only at a quiet point: new batches wait,
-in-flight ones finish, every matcher is flushed (held points decided, open traversal runs
-closed) and every traversal folded. At that point the whole pipeline state is the
-estimator's state, each partition's :class:`traffic.probes.VehicleLastSeen` (the dedupe
-memory) and the counters, and it reflects exactly the log up to its position ``P``: every
-batch <= P fully, none > P at all. The checkpoint stores that state with ``P``. Recovery
-loads the newest good checkpoint and replays the batches after ``P`` through the same path
-(validation against the restored dedupe memory, matching, folding), flushing at the same
-points the live run did (the trigger is a function of the logged ``_now_s`` and ``_wall_s``
-in log order).
-So a batch <= P is never applied again, a batch > P is applied exactly once, and a client
-re-post of an applied probe is rejected as ``duplicate`` by the restored dedupe memory.
-
-The price is that a checkpoint cuts each moving vehicle's trace once (its held points are
-decided with less look-ahead and its run on the current edge is closed), so checkpoints
-are spaced minutes apart by default (``checkpoint_every_s`` = 300 s of the service clock).
+Checkpoints: exactly once, without disturbing the stream. A checkpoint is taken at a quiet
+point (:mod:`workers.checkpointing`): new batches wait, in-flight ones finish and every
+traversal batch handed on is folded. The matchers are *not* flushed: each stage saves its
+state through its own ``state_dict`` (an ingest partition's includes its matcher's pending
+candidates and open traversal runs, and its :class:`traffic.probes.VehicleLastSeen`, the
+dedupe memory), so the state reflects exactly the log up to its position ``P``: every
+batch <= P fully (decided, or held exactly as the live matcher holds it), none > P at all.
+The checkpoint stores that state with ``P``. Recovery loads the newest good checkpoint and
+replays the batches after ``P`` through the same path (validation against the restored
+dedupe memory, matching from the restored pending state, folding). So a batch <= P is never
+applied again, a batch > P is applied exactly once, a client re-post of an applied probe is
+rejected as ``duplicate`` by the restored dedupe memory, and the estimates are the same
+whether checkpoints ran every 10 s, every 300 s or never.
 
 Cadence under fast replay. With ``--clock event`` the service clock is event time, which
 runs as fast as probes are posted: a replay at 150x real time crossed a 300-s boundary
@@ -41,8 +38,8 @@ every 2 wall seconds, and each checkpoint stalls the whole pipeline (quiet point
 copy, fsync). ``min_gap_wall_s`` adds a second condition: at least that many *wall*
 seconds since the last checkpoint. To keep the trigger a function of the log, the wall
 clock used for the decision is stamped into the batch (``_wall_s``, next to ``_now_s``)
-and replay decides from the stamps, so a crash-replay flushes at exactly the batches the
-live run flushed at. (A trigger by log position alone, e.g. "and N probes since the last",
+and replay decides from the stamps, so after a crash the next checkpoint falls where it
+would have without one. (A trigger by log position alone, e.g. "and N probes since the last",
 cannot tell fast replay from live ingest: probes per event second are a property of the
 fleet, not of the replay speed.) ``min_gap_wall_s = 0`` (the default) is the old,
 event-time-only cadence; batches logged without ``_wall_s`` are decided that way too.
@@ -59,19 +56,17 @@ import logging
 import math
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 from traffic.checkpoints import CheckpointStore
 from traffic.native_memory import release_free_heap
 from traffic.privacy import Pseudonymizer, load_or_create_key
-from traffic.probes import PROBE_SCHEMA, VehicleLastSeen, coerce_probes
+from traffic.probes import PROBE_SCHEMA, coerce_probes
 from traffic.wal import DEFAULT_RETENTION_S, LogPosition, ProbeLog
 
 __all__ = [
@@ -79,10 +74,6 @@ __all__ = [
     "Durability",
     "NOW_COLUMN",
     "WALL_COLUMN",
-    "ingest_state",
-    "load_ingest_state",
-    "estimator_state",
-    "load_estimator_state",
 ]
 
 logger = logging.getLogger(__name__)
@@ -296,134 +287,3 @@ class Durability:
     def close(self) -> None:
         """Close the log (appends then fail)."""
         self.log.close()
-
-
-# -- state of the stages, as checkpoint entries (host arrays and plain scalars) -----------
-def ingest_state(core: Any) -> dict[str, Any]:
-    """An ``IngestCore``'s durable state after a flush: dedupe memory and counters.
-
-    Raises ``RuntimeError`` when the core still holds points (flush it first).
-    """
-    if int(core.matcher.pending_count()) or int(core.extractor.open_count()):
-        raise RuntimeError(f"ingest partition {core.partition} holds points; flush before a checkpoint")
-    seen: VehicleLastSeen = core.last_seen
-    last = seen.last
-    pairs = seen.seen_pairs()
-    return {
-        "last_vid": np.asarray(last["vehicle_id"].fill_null("").to_list(), dtype=np.str_),
-        "last_t": last["last_t"].to_numpy().astype(np.float64),
-        "last_lat": last["last_lat"].to_numpy().astype(np.float64),
-        "last_lon": last["last_lon"].to_numpy().astype(np.float64),
-        "pair_vid": np.asarray(pairs["vehicle_id"].fill_null("").to_list(), dtype=np.str_),
-        "pair_t": pairs["t"].to_numpy().astype(np.float64),
-        "counts": {k: int(v) for k, v in core._counts.items()},
-        "rejected_by_reason": {k: int(v) for k, v in core._rejected_by_reason.items()},
-        "matcher_counts": {k: int(v) for k, v in core.matcher.counts.items()},
-        "watermark_t": core._watermark_t,
-    }
-
-
-def load_ingest_state(core: Any, state: dict[str, Any]) -> None:
-    """Restore what :func:`ingest_state` saved into a fresh ``IngestCore``."""
-    seen = VehicleLastSeen(horizon_s=core.config.validation.duplicate_horizon_s)
-    last = pl.DataFrame({"vehicle_id": pl.Series(np.asarray(state["last_vid"]).tolist(), dtype=pl.Utf8),
-                         "last_t": np.asarray(state["last_t"], dtype=np.float64),
-                         "last_lat": np.asarray(state["last_lat"], dtype=np.float64),
-                         "last_lon": np.asarray(state["last_lon"], dtype=np.float64)})
-    seen._last = last
-    pairs = pl.DataFrame({"vehicle_id": pl.Series(np.asarray(state["pair_vid"]).tolist(), dtype=pl.Utf8),
-                          "t": np.asarray(state["pair_t"], dtype=np.float64)})
-    if pairs.height:
-        max_t = float(pairs["t"].max())  # type: ignore[arg-type]
-        seen._recent_chunks = [(max_t, pairs)]
-        seen._recent_max_t = max_t
-    core.last_seen = seen
-    core._counts = Counter(state["counts"])
-    core._rejected_by_reason = Counter(state["rejected_by_reason"])
-    core.matcher.counts.update({k: int(v) for k, v in state["matcher_counts"].items()})
-    core._watermark_t = state["watermark_t"]
-
-
-def estimator_state(core: Any) -> dict[str, Any]:
-    """An ``EstimatorCore``'s durable state: the speed state and its counters."""
-    out = {f"speed.{k}": v for k, v in core.estimator.state_dict().items()}
-    out["covered"] = np.asarray(core._covered).copy()
-    out["counters"] = {"applied": int(core.applied), "folds": int(core.folds),
-                       "traversals": int(core.traversals)}
-    out["watermark_t"] = core.watermark_t
-    profile = getattr(core, "profile", None)
-    if profile is not None:
-        # The profile is the estimator's prior, so it is part of the state a replay must
-        # restore. Only bins holding data are stored (a run of hours touches a few of 672).
-        bins = np.flatnonzero(profile.weight.any(axis=1))
-        out["profile.bins"] = bins
-        out["profile.mean_pace"] = profile.mean_pace[bins].copy()
-        out["profile.weight"] = profile.weight[bins].copy()
-        out["profile.observed_t"] = core._profile_observed_t
-    return out
-
-
-def load_estimator_state(core: Any, state: dict[str, Any]) -> None:
-    """Restore what :func:`estimator_state` saved (same network: strict edge keys)."""
-    speed = {k[len("speed."):]: v for k, v in state.items() if k.startswith("speed.")}
-    profile = getattr(core, "profile", None)
-    if profile is not None and "profile.bins" in state:
-        # In place: the estimator holds this same object as its prior.
-        bins = np.asarray(state["profile.bins"], dtype=np.int64)
-        profile.mean_pace[:] = 0.0
-        profile.weight[:] = 0.0
-        profile.mean_pace[bins] = state["profile.mean_pace"]
-        profile.weight[bins] = state["profile.weight"]
-        profile.bin_revision += 1  # routers cached on the old contents must re-customize
-        core._profile_observed_t = state["profile.observed_t"]
-    core.estimator.load_state_dict(speed)
-    core._covered = np.asarray(state["covered"], dtype=bool).copy()
-    counters = state["counters"]
-    core.applied = int(counters["applied"])
-    core.folds = int(counters["folds"])
-    core.traversals = int(counters["traversals"])
-    core.watermark_t = state["watermark_t"]
-    core._dirty = True
-
-
-def prefixed(prefix: str, state: dict[str, Any]) -> dict[str, Any]:
-    """``state`` with every key prefixed ``prefix.`` (one checkpoint holds several stages)."""
-    return {f"{prefix}.{k}": v for k, v in state.items()}
-
-
-def unprefixed(prefix: str, state: dict[str, Any]) -> dict[str, Any]:
-    """The entries of ``state`` under ``prefix.``, prefix removed."""
-    p = prefix + "."
-    return {k[len(p):]: v for k, v in state.items() if k.startswith(p)}
-
-
-def reset_ingest(core: Any, state: dict[str, Any] | None) -> None:
-    """Empty an ``IngestCore`` (matcher, runs, dedupe memory, counters), then load ``state``.
-
-    Used when the estimator restarted: the whole pipeline goes back to the checkpoint and
-    the log after it is replayed, so no fold is lost and none is applied twice.
-    """
-    core._set_network(core.net, index=core.matcher.index, ubodt=core.matcher.ubodt)
-    core._counts, core._rejected_by_reason, core._watermark_t = Counter(), Counter(), None
-    if core.sink is not None:
-        core.sink._refs = []  # folds sent to the estimator that died: replay redoes them
-    if state:
-        load_ingest_state(core, state)
-
-
-def mark_boot(core: Any, token: str) -> None:
-    """Tag a live estimator actor; a restarted one comes back without the tag."""
-    core._durable_boot = token
-
-
-def boot_of(core: Any) -> str | None:
-    """The tag :func:`mark_boot` set (``None`` on a restarted actor)."""
-    return getattr(core, "_durable_boot", None)
-
-
-def estimator_state_if_booted(core: Any, token: str | None) -> dict[str, Any] | None:
-    """:func:`estimator_state` if the actor still carries ``token``, else ``None``.
-
-    A restarted estimator lost folds; its state must not go into a checkpoint.
-    """
-    return estimator_state(core) if boot_of(core) == token else None

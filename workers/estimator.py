@@ -107,13 +107,6 @@ class EstimatorCore:
         profile = prior if isinstance(prior, TimeOfWeekProfile) else None
         if profile is not None and not np.array_equal(profile.edge_key, net.edge_key):
             prior = profile = profile.remap_to(net.edge_key)  # one object: the estimator reads it
-        if profile is not None and not (profile.mean_pace.flags.writeable
-                                        and profile.weight.flags.writeable):
-            # Arrays that came through Ray's object store are read-only views of it; this
-            # worker learns into the profile, so it needs its own copy.
-            profile.mean_pace = profile.mean_pace.copy()
-            profile.weight = profile.weight.copy()
-            profile.bin_revision = profile.bin_revision.copy()
         self.prior = prior
         self.profile: TimeOfWeekProfile | None = profile
         self._profile_observed_t: float | None = None
@@ -134,6 +127,7 @@ class EstimatorCore:
         self._last_publish_wall = -np.inf
         self._dirty = False
         self._snapshots = _SnapshotWriter.from_config(self.config)
+        self._boot: str | None = None
 
     def fold(self, batch: Any, n_probes: int = 0, *, accepted_wall_s: float | None = None) -> int:
         """Fold one traversal batch; ``n_probes`` matched probes become ``applied``.
@@ -297,6 +291,75 @@ class EstimatorCore:
         covered[keep[(keep >= 0) & self._covered]] = True
         self.net, self._covered, self._last, self._dirty = net, covered, None, True
         return int(np.count_nonzero(keep >= 0))
+
+    # -- state (checkpoints: workers/state.py) ------------------------------------------
+    #: Version of :meth:`state_dict`'s contents.
+    STATE_VERSION = 2
+
+    def state_dict(self) -> dict[str, Any]:
+        """The durable state: speed state, counters, coverage and the learned profile.
+
+        Version 2: ``version``; ``speed.*`` (``SpeedEstimator.state_dict``); ``covered``
+        (bool per edge); ``counters`` (``applied``, ``folds``, ``traversals``);
+        ``watermark_t`` (s); with a profile, ``profile.*``
+        (``TimeOfWeekProfile.state_dict``) and ``profile_observed_t`` (s). The profile is the
+        estimator's prior, so it is part of what a replay must restore. Version 1 (the first
+        release) stored the profile as dense rows ``profile.bins``/``mean_pace``/``weight``
+        and ``profile.observed_t``; :meth:`load_state_dict` reads both.
+        """
+        from workers.state import prefixed
+
+        out: dict[str, Any] = {"version": self.STATE_VERSION}
+        out.update(prefixed("speed", self.estimator.state_dict()))
+        out["covered"] = np.asarray(self._covered).copy()
+        out["counters"] = {"applied": int(self.applied), "folds": int(self.folds),
+                           "traversals": int(self.traversals)}
+        out["watermark_t"] = self.watermark_t
+        if self.profile is not None:
+            out.update(prefixed("profile", self.profile.state_dict()))
+            out["profile_observed_t"] = self._profile_observed_t
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved (same network: strict edge keys).
+
+        Raises ``ValueError`` naming both versions for a version this code does not read.
+        """
+        from workers.state import unprefixed
+
+        version = state.get("version", 1)
+        if version not in (1, self.STATE_VERSION):
+            raise ValueError(f"estimator state version {version!r}; this code reads 1 and "
+                             f"{self.STATE_VERSION}")
+        profile = unprefixed("profile", state)
+        if self.profile is not None and profile:
+            observed_t = profile.pop("observed_t", None) if version == 1 \
+                else state.get("profile_observed_t")
+            # In place: the speed estimator holds this same object as its prior.
+            self.profile.load_state_dict(profile)
+            self._profile_observed_t = observed_t
+        self.estimator.load_state_dict(unprefixed("speed", state))
+        self._covered = np.asarray(state["covered"], dtype=bool).copy()
+        counters = state["counters"]
+        self.applied = int(counters["applied"])
+        self.folds = int(counters["folds"])
+        self.traversals = int(counters["traversals"])
+        self.watermark_t = state["watermark_t"]
+        self._dirty = True
+
+    def mark_boot(self, token: str) -> None:
+        """Tag this live estimator; a restarted actor comes back without the tag (its state
+        is then short of folds, and the pipeline restores it)."""
+        self._boot = token
+
+    def boot_token(self) -> str | None:
+        """The tag :meth:`mark_boot` set (``None`` on a fresh or restarted estimator)."""
+        return self._boot
+
+    def state_dict_if_booted(self, token: str | None) -> dict[str, Any] | None:
+        """:meth:`state_dict` if this estimator still carries ``token``, else ``None``: a
+        restarted estimator lost folds, and its state must not go into a checkpoint."""
+        return self.state_dict() if self._boot == token else None
 
     def stats(self) -> dict[str, Any]:
         """Counters: applied probes, folds, coverage, fold seconds, freshness percentiles."""

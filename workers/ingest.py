@@ -233,6 +233,69 @@ class IngestCore:
         self.last_seen = seen
         return reply
 
+    # -- state (checkpoints: workers/state.py) ------------------------------------------
+    #: Version of :meth:`state_dict`'s contents.
+    STATE_VERSION = 2
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything this partition must keep across a restart, as flat arrays and scalars.
+
+        Version 2: ``version``; ``counts`` and ``rejected_by_reason`` (probe fates);
+        ``watermark_t`` (s); ``last_seen.*`` (the dedupe memory,
+        ``traffic.probes.VehicleLastSeen.state_dict``); ``matcher.*`` (pending candidates of
+        every vehicle, ``traffic.matching.OnlineMatcher.state_dict``); ``extractor.*`` (open
+        traversal runs, ``traffic.traversals.TraversalExtractor.state_dict``). Taken without
+        a flush, so a checkpoint does not change what the matcher decides. (Version 1, the
+        first release's, was taken after a flush: dedupe arrays at the top level,
+        ``matcher_counts``, no pending state.)
+        """
+        from workers.state import prefixed
+
+        out: dict[str, Any] = {
+            "version": self.STATE_VERSION,
+            "counts": {k: int(v) for k, v in self._counts.items()},
+            "rejected_by_reason": {k: int(v) for k, v in self._rejected_by_reason.items()},
+            "watermark_t": self._watermark_t,
+        }
+        out.update(prefixed("last_seen", self.last_seen.state_dict()))
+        out.update(prefixed("matcher", self.matcher.state_dict()))
+        out.update(prefixed("extractor", self.extractor.state_dict()))
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved into this core (same network).
+
+        Raises ``ValueError`` naming both versions when ``state`` is of a version this code
+        does not read.
+        """
+        from workers.state import unprefixed
+
+        version = state.get("version", 1)
+        if version not in (1, self.STATE_VERSION):
+            raise ValueError(f"ingest partition {self.partition}: state version {version!r}; "
+                             f"this code reads 1 and {self.STATE_VERSION}")
+        self.reset()
+        if version == 1:
+            self.last_seen.load_state_dict({k: state[k] for k in (
+                "last_vid", "last_t", "last_lat", "last_lon", "pair_vid", "pair_t")})
+            self.matcher.counts.update({k: int(v) for k, v in state["matcher_counts"].items()})
+        else:
+            self.last_seen.load_state_dict(unprefixed("last_seen", state))
+            self.matcher.load_state_dict(unprefixed("matcher", state))
+            self.extractor.load_state_dict(unprefixed("extractor", state))
+        self._counts = Counter({k: int(v) for k, v in state["counts"].items()})
+        self._rejected_by_reason = Counter(
+            {k: int(v) for k, v in state["rejected_by_reason"].items()})
+        self._watermark_t = state["watermark_t"]
+
+    def reset(self) -> None:
+        """Forget everything: empty matcher, runs, dedupe memory and counters, and the
+        folds in flight to the estimator (the pipeline replays the log after a reset)."""
+        self._set_network(self.net, index=self.matcher.index, ubodt=self.matcher.ubodt)
+        self._counts, self._rejected_by_reason, self._watermark_t = Counter(), Counter(), None
+        if self.sink is not None:
+            self.sink.forget()
+
     def stats(self) -> dict[str, Any]:
         """Counters of this partition (probe fates, stage seconds, watermark)."""
         unmatched = self._unmatched_by_reason()

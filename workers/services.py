@@ -1,30 +1,39 @@
-"""What the API calls: the service facade over the pipeline, and its in-process variant.
+"""What the API calls: the service facade over the pipeline's stages.
 
-:class:`ServiceBase` holds what every deployment shares: the serving network, the clock,
-route/table over the newest router, probe partitioning and accounting, and network upload
-jobs (import in the background, prepare, swap; a bad file leaves the serving network).
-:class:`LocalServices` runs every stage as plain objects in this process (API tests, a
-single-process server); :class:`workers.pipeline.RayPipeline` runs them as Ray actors.
+:class:`Services` is the one facade: the serving network, the clock, probe ingest (queue
+bounds, the probe log, partitioning, accounting), publication to the routers, route and
+table queries, congestion queries, status, network swaps and housekeeping. It drives its
+stages through a runner (:mod:`workers.stages`): :class:`LocalServices` runs them as plain
+objects in this process (tests, a single-process server), :class:`workers.pipeline.RayPipeline`
+as Ray actors. The two differ only in the runner. Checkpoints and recovery are in
+:mod:`workers.checkpointing`, written once over the stages' ``state_dict`` interface.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import threading
 import time
-import uuid
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import polars as pl
 
-from graph.errors import NetworkError
 from graph.network import RoadNetwork
-from workers.estimator import EstimatorCore, EstimatorServiceConfig, Publication
-from workers.ingest import IngestConfig, IngestCore, partition_of
+from workers.config import PipelineConfig, load_profile, profile_path
+from workers.estimator import Publication
+from workers.ingest import partition_of
+from workers.network_jobs import NetworkJob, NetworkJobs, UnknownJob
 from workers.router import RouterCore
+from workers.stages import LocalStages
+from workers.status import merge_status
+
+__all__ = ["Services", "LocalServices", "PipelineConfig", "Overloaded", "NotReady",
+           "UnknownJob", "NetworkJob", "load_profile", "profile_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,167 +50,93 @@ class NotReady(RuntimeError):
     """The service has no routable network or weights yet."""
 
 
-class UnknownJob(LookupError):
-    """No network job has this id."""
+class Services:
+    """The service facade (see the module docstring).
 
-
-@dataclass(frozen=True, slots=True)
-class PipelineConfig:
-    """How the pipeline runs; built once by the entry point (``traffic serve``).
-
-    Attributes
+    Parameters
     ----------
-    clock
-        ``"wall"`` (live) or ``"event"`` (replay: time is the newest probe's ``t``).
-    n_ingest
-        Number of ingest partitions (actors).
-    refresh_s
-        Estimator publication interval (s of the clock).
-    tick_s
-        Wall seconds between housekeeping passes (idle flush, publication).
-    max_inflight_per_partition
-        Ingest calls a partition may have queued before the API answers 503.
-    max_fold_inflight
-        Traversal batches an ingest actor may have in flight to the estimator.
-    router_replicas
-        Router actors (Ray); 0 keeps one router in the API process.
-    use_gpu
-        ``"auto"``: the estimator takes a GPU when CuPy and a device are present.
-    cache_dir
-        Where prepared routing indexes and matcher tables are cached by network version.
-    data_dir
-        Where uploads and state are written (``None``: the system temporary directory).
+    net
+        The road network to serve.
+    config
+        Pipeline settings (partitions, refresh, queue bounds, replicas, durability).
+    stages
+        The runner: :class:`workers.stages.LocalStages` or :class:`workers.stages.RayStages`.
+    prior
+        A ``traffic.profiles.TimeOfWeekProfile`` for the estimator and future departures.
     """
 
-    clock: Literal["wall", "event"] = "wall"
-    n_ingest: int = 1
-    refresh_s: float = 1.0
-    tick_s: float = 0.2
-    max_inflight_per_partition: int = 4
-    max_fold_inflight: int = 8
-    router_replicas: int = 0
-    use_gpu: Literal["auto", "yes", "no"] = "auto"
-    cache_dir: str | None = None
-    data_dir: str | None = None
-    ingest: IngestConfig = field(default_factory=IngestConfig)
-    estimator: Any = None
-    retry_after_s: float = 1.0
-    #: Congestion snapshot period (event s) into ``<data_dir>/snapshots``; ``None``: off.
-    snapshot_every_s: float | None = 60.0
-    #: Snapshot retention (event s); ``None`` keeps every snapshot.
-    snapshot_retention_s: float | None = 7 * 86400.0
-    #: ``workers.durability.DurabilityConfig``: probe log + checkpoints; ``None``: off.
-    durability: Any = None
-    #: Wall seconds a network upload may take to import and prepare (a child process,
-    #: killed past it; the job fails with code ``timeout`` and the serving network stays).
-    upload_timeout_s: float = 300.0
-    #: Save the learned time-of-week profile into ``<data_dir>/profiles`` every this many
-    #: event seconds (and at shutdown); ``None``: only at shutdown.
-    profile_save_every_s: float | None = 300.0
+    def __init__(self, net: RoadNetwork, config: PipelineConfig, *, stages: Any,
+                 prior: Any = None) -> None:
+        from workers.congestion import congestion_queries
 
-    def estimator_service(self) -> EstimatorServiceConfig:
-        """The estimator stage's configuration derived from this one."""
-        from workers.congestion import snapshot_dir
-
-        snap_dir = snapshot_dir(self.data_dir)
-        return EstimatorServiceConfig(refresh_s=self.refresh_s, clock=self.clock,
-                                      estimator=self.estimator,
-                                      snapshot_dir=None if snap_dir is None else str(snap_dir),
-                                      snapshot_every_s=self.snapshot_every_s,
-                                      snapshot_retention_s=self.snapshot_retention_s,
-                                      profile_path=profile_path(self.data_dir),
-                                      profile_save_every_s=self.profile_save_every_s)
-
-    def ingest_config(self) -> IngestConfig:
-        """The ingest stage's configuration (with this pipeline's cache directory)."""
-        if self.ingest.cache_dir is None and self.cache_dir is not None:
-            return replace(self.ingest, cache_dir=str(Path(self.cache_dir)))
-        return self.ingest
-
-
-def profile_path(data_dir: str | Path | None) -> str | None:
-    """Where the service keeps its learned time-of-week profile (``None`` without a data dir)."""
-    return None if data_dir is None else str(Path(data_dir) / "profiles" / "profile.npz")
-
-
-def load_profile(net: RoadNetwork, data_dir: str | Path | None, *,
-                 timezone: str = "UTC") -> Any:
-    """The stored profile of ``data_dir`` remapped to ``net``'s edges, or an empty one.
-
-    A stored profile keeps the time zone it was learned in (its bins are local times there);
-    a different ``timezone`` is logged and ignored.
-    """
-    from traffic.profiles import ProfileConfig, TimeOfWeekProfile
-
-    path = profile_path(data_dir)
-    if path is not None and Path(path).exists():
-        profile = TimeOfWeekProfile.load(path, edge_key=net.edge_key)
-        if profile.config.timezone != timezone:
-            logger.warning("profile %s was learned in time zone %s; keeping it (asked for %s)",
-                           path, profile.config.timezone, timezone)
-        return profile
-    return TimeOfWeekProfile.for_network(net, ProfileConfig(timezone=timezone))
-
-
-@dataclass(slots=True)
-class NetworkJob:
-    """A network upload being imported; see :meth:`ServiceBase.submit_network`."""
-
-    id: str
-    path: str
-    state: str = "queued"
-    stage: str | None = None
-    error: dict[str, Any] | None = None
-    network_version: str | None = None
-    previous_version: str | None = None
-    edges_carried: int | None = None
-    submitted_at: float = field(default_factory=time.time)
-    finished_at: float | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """The job as the API returns it (the upload path is internal)."""
-        return {k: getattr(self, k) for k in (
-            "id", "state", "stage", "error", "network_version", "previous_version",
-            "edges_carried", "submitted_at", "finished_at")}
-
-
-class ServiceBase:
-    """Shared facade logic; subclasses provide the stages (in process or on Ray)."""
-
-    def __init__(self, net: RoadNetwork, config: PipelineConfig, *, prior: Any = None) -> None:
-        self.config = config
-        self.net = net
-        self.prior = prior
+        self.config, self.net, self.prior, self.stages = config, net, prior, stages
         self.loaded_at = time.time()
-        self.router: RouterCore | None = None
-        self._jobs: dict[str, NetworkJob] = {}
-        self._swap_lock = threading.RLock()
-        self._ready = False
-        self._closed = False
+        self._ready = self._closed = False
         self._ticker: threading.Thread | None = None
         self._stop = threading.Event()
         self._watermark: float | None = None
         self._profile_tt: dict[Any, np.ndarray] = {}  # profile weights by key (4 newest)
-        self._congestion = _congestion_queries(config)
+        self._congestion = congestion_queries(config)
         self._draining = False  # set by begin_shutdown: new writes get 503
+        self._cv = threading.Condition()
+        self._inflight = [0] * config.n_ingest
+        self._swapping = False
+        self._paused = False  # a quiet point: ticks wait (see quiet())
+        self._tick_refs: dict[int, Any] = {}
+        # One tick at a time: the housekeeping thread and a caller's tick would otherwise both
+        # see a restarted estimator and restore it twice, or publish out of order.
+        self._tick_lock = threading.Lock()
+        self._rr = itertools.count()
+        self.jobs = NetworkJobs(prepare=self._prepare, swap=self._swap,
+                                current_version=lambda: self.net.version,
+                                upload_timeout_s=config.upload_timeout_s,
+                                cache_dir=config.cache_dir, data_dir=config.data_dir)
         self.durability: Any = None
         if config.durability is not None:
             from workers.durability import Durability
 
             self.durability = Durability(config.durability)
+        # Held for the service's life: restarted actors re-read their arguments from it.
+        self._net_ref = stages.share(net)
+        self.estimator, self.estimator_on_gpu = stages.start_estimator(
+            self._net_ref, config.estimator_service(), prior=prior, use_gpu=config.use_gpu)
+        self.ingest_stages = stages.start_ingest(
+            self._net_ref, config.ingest_config(), config.n_ingest, self.estimator,
+            max_fold_inflight=config.max_fold_inflight)
+        self.router_actors = stages.start_routers(self._net_ref, config.router_replicas,
+                                                  cache_dir=config.cache_dir)
+        self.router: RouterCore | None = (None if self.router_actors
+                                          else RouterCore(net, cache_dir=config.cache_dir))
+        stages.get([stages.call(a, "stats") for a in self.ingest_stages])  # all started
+        self.boot: str | None = None
+        self.estimator_restores = 0
+        if self.durability is not None:
+            from workers.checkpointing import recover
+
+            recover(self)
+        self._publish(self.estimator_call("publish"), wait=True)
+        self._ready = True
+
+    @property
+    def ingest_actors(self) -> list[Any]:
+        """The ingest stages' handles (cores in process, actors on Ray)."""
+        return self.ingest_stages
 
     # -- clock --------------------------------------------------------------------------
     def now_s(self, batch_max_t: float | None = None) -> float:
         """The service clock: wall time, or in event mode the newest probe time seen."""
         if self.config.clock == "wall":
             return time.time()
-        w = self.watermark_t()
-        cands = [x for x in (w, batch_max_t) if x is not None and np.isfinite(x)]
+        cands = [x for x in (self._watermark, batch_max_t) if x is not None and np.isfinite(x)]
         return max(cands) if cands else time.time()
 
     def watermark_t(self) -> float | None:
         """Event time of the newest accepted probe (``None`` before any)."""
         return self._watermark
+
+    def set_watermark(self, watermark_t: float | None) -> None:
+        """Restore the newest accepted probe time (recovery)."""
+        self._watermark = watermark_t
 
     def _note_accepted(self, probes: pl.DataFrame, rejected: list[tuple[int, str]]) -> None:
         """Advance the watermark to the newest accepted probe of a batch."""
@@ -216,10 +151,49 @@ class ServiceBase:
             if self._watermark is None or tmax > self._watermark:
                 self._watermark = tmax
 
+    # -- stage calls --------------------------------------------------------------------
+    def estimator_call(self, name: str, *args: Any, timeout: float | None = None) -> Any:
+        """Call an ``EstimatorCore`` method and wait for its result."""
+        return self.stages.get(self.stages.call(self.estimator, name, *args), timeout=timeout)
+
+    def ingest_call_all(self, name: str, *args: Any) -> list[Any]:
+        """Call a method on every ingest stage and wait for the results, in partition order."""
+        s = self.stages
+        return s.get([s.call(a, name, *args) for a in self.ingest_stages])
+
+    @contextlib.contextmanager
+    def quiet(self) -> Iterator[None]:
+        """A quiet point: no ingest call and no idle-flush tick in flight, none started
+        until the block ends (checkpoints and restores read the stages' state in it).
+
+        The caller holds the durability order lock, which keeps new batches out.
+        """
+        with self._cv:
+            while sum(self._inflight):
+                self._cv.wait()
+            self._paused = True
+            ticks = list(self._tick_refs.values())
+        try:
+            for ref in ticks:
+                try:
+                    self.stages.get(ref)
+                except Exception:  # a tick on a restarting stage: nothing to wait for
+                    logger.debug("an idle-flush tick failed", exc_info=True)
+            yield
+        finally:
+            with self._cv:
+                self._paused = False
+
     # -- queries ------------------------------------------------------------------------
     def ready(self) -> bool:
         """Whether the service can answer route queries."""
-        return self._ready and self.router is not None
+        return self._ready and (self.router is not None or bool(self.router_actors))
+
+    def inline_router(self) -> RouterCore | None:
+        """The in-process router when live-weight routes may run on the caller's thread
+        (``route`` with no departure is exactly ``router.route`` then); ``None`` when the
+        routers are replicas elsewhere or none is loaded."""
+        return self.router if self._ready else None
 
     def route(
         self, from_latlon: tuple[float, float], to_latlon: tuple[float, float], *,
@@ -228,9 +202,9 @@ class ServiceBase:
     ) -> dict[str, Any]:
         """Route and ETA; live weights unless ``depart_at_s`` is beyond the horizon and a
         time-of-week profile exists (then ``basis`` is ``profile``)."""
-        router = self._current_router()
         profile = self._profile_for(depart_at_s, profile_horizon_s)
-        return router.route(from_latlon, to_latlon, max_snap_m=max_snap_m, profile=profile)
+        return self._on_router("route", from_latlon, to_latlon, max_snap_m=max_snap_m,
+                               profile=profile)
 
     def table(self, sources: list[tuple[float, float]],
               destinations: list[tuple[float, float]], *, max_snap_m: float = 200.0,
@@ -238,53 +212,50 @@ class ServiceBase:
               profile_horizon_s: float = 900.0) -> dict[str, Any]:
         """Duration matrix over the live weights, or the profile's as :meth:`route` decides."""
         profile = self._profile_for(depart_at_s, profile_horizon_s)
-        return self._current_router().table(sources, destinations, max_snap_m=max_snap_m,
-                                            profile=profile)
+        return self._on_router("table", sources, destinations, max_snap_m=max_snap_m,
+                               profile=profile)
+
+    def _on_router(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Run a query on the in-process router, or on the next replica; a replica that dies
+        under it is skipped and the query retried on the others (queries are read-only)."""
+        router = self.router
+        if router is not None:
+            return getattr(router, method)(*args, **kwargs)
+        actors = self.router_actors
+        if not actors:
+            raise NotReady("the service is still loading its network")
+        attempts = max(2, len(actors) + 1)
+        for attempt in range(attempts):
+            replica = actors[next(self._rr) % len(actors)]
+            try:
+                return self.stages.get(self.stages.call(replica, method, *args, **kwargs))
+            except Exception as exc:
+                if not self.stages.is_restart(exc) or attempt == attempts - 1:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def _profile_for(self, depart_at_s: float | None,
                      horizon_s: float) -> tuple[Any, np.ndarray] | None:
-        """Profile weights for a departure beyond the horizon where the profile has data."""
+        """``(key, travel_time_s)`` of the learned profile for a departure beyond the horizon
+        where its bin has data, else ``None``. The key names the network, the bin and the
+        bin's revision, so a router re-customizes only after the profile learned more."""
         if depart_at_s is None or self.prior is None or depart_at_s - self.now_s() <= horizon_s:
             return None
-        return self._profile_weights(depart_at_s)
-
-    def _current_router(self) -> RouterCore:
-        router = self.router
-        if router is None:
-            raise NotReady("the service is still loading its network")
-        return router
-
-    def _profile_weights(self, t_s: float) -> tuple[Any, np.ndarray] | None:
-        """``(key, travel_time_s)`` of the learned profile at ``t_s``; ``None`` where its bin
-        has no data. The key names the network, the bin and the bin's revision, so a router
-        re-customizes only after the profile learned more about that bin."""
-        rev = self._estimator_call("profile_revision", t_s)
+        rev = self.estimator_call("profile_revision", depart_at_s)
         if rev is None:
             return None
         key = (self.net.version, int(rev[1]), int(rev[0]))
         cache = self._profile_tt
         tt = cache.get(key)
         if tt is None:
-            tt = self._estimator_call("profile_travel_times", t_s)
+            tt = self.estimator_call("profile_travel_times", depart_at_s)
             if tt is None:
                 return None
             while len(cache) >= 4:
                 cache.pop(next(iter(cache)))
             cache[key] = tt
         return key, tt
-
-    def _estimator_call(self, name: str, *args: Any) -> Any:
-        """Call an ``EstimatorCore`` method in process, or on its Ray actor."""
-        core = self.estimator  # type: ignore[attr-defined]
-        if isinstance(core, EstimatorCore):
-            lock = getattr(self, "_lock", None)
-            if lock is None:
-                return getattr(core, name)(*args)
-            with lock:
-                return getattr(core, name)(*args)
-        import ray
-
-        return ray.get(getattr(core, name).remote(*args))
 
     def network_info(self) -> dict[str, Any]:
         """The serving network's identity and size."""
@@ -295,7 +266,7 @@ class ServiceBase:
     # -- congestion (analysts; see workers/congestion.py) --------------------------------
     def live_snapshot(self) -> tuple[float | None, pl.DataFrame]:
         """``(event time, per-edge table)`` of the estimator's live state."""
-        return self.estimator.live_snapshot()  # type: ignore[attr-defined]
+        return self.estimator_call("live_snapshot", timeout=30)
 
     def congestion(self, bbox: tuple[float, float, float, float], *, at_s: float | None = None,
                    road_class: list[str] | None = None, min_ratio: float | None = None,
@@ -325,19 +296,98 @@ class ServiceBase:
     def ingest(self, probes: pl.DataFrame) -> tuple[int, list[tuple[int, str]]]:
         """Validate and queue a probe batch; returns ``(accepted, [(row, reason), ...])``.
 
-        Raises :class:`Overloaded` (nothing taken) when ingest queues are full.
+        With durability the batch is logged (fsync'd) before any stage sees it. Raises
+        :class:`Overloaded` (nothing taken) when the batch's partitions are at their queue
+        bound, the service is shutting down, or a worker is restarting.
         """
-        raise NotImplementedError
+        from workers.checkpointing import checkpoint
+
+        accepted_wall = time.time()
+        self._refuse_if_draining()
+        stages = self.stages
+        order = (self.durability.order_lock if self.durability is not None
+                 else contextlib.nullcontext())
+        with order:  # log append and hand-off in one order, so partitions see log order
+            now = self.now_s(self._batch_max_t(probes))
+            if self.durability is not None and self.durability.checkpoint_due(now):
+                try:
+                    checkpoint(self, now)
+                except Exception as exc:
+                    if not stages.is_restart(exc):
+                        raise
+                    raise Overloaded(f"a worker is restarting ({exc.__class__.__name__}); "
+                                     f"retry", retry_after_s=self.config.retry_after_s) from exc
+            parts = self._reserve(self._split(probes))
+            try:
+                if self.durability is not None and probes.height:
+                    probes = self._log_batch(probes, now)  # fsync'd before any matcher sees it
+                    # Partitions by pseudonym: the same vehicles stay together, but a group's
+                    # partition number can change, so move the in-flight counts with them.
+                    new_parts = self._split(probes)
+                    with self._cv:
+                        for p, _, _ in parts:
+                            self._inflight[p] -= 1
+                        for p, _, _ in new_parts:
+                            self._inflight[p] += 1
+                        self._cv.notify_all()
+                    parts = new_parts
+                futures = [stages.call(self.ingest_stages[p], "ingest", part, now_s=now,
+                                       accepted_wall_s=accepted_wall) for p, part, _ in parts]
+            except BaseException:
+                self._release(parts)
+                raise
+        try:
+            replies = stages.get(futures)
+        except Exception as exc:
+            if not stages.is_restart(exc):
+                raise  # a bug in the worker, not a restart
+            # Logged already (when durable): the restore after the restart replays it.
+            raise Overloaded(f"an ingest worker is restarting ({exc.__class__.__name__}); "
+                             f"retry", retry_after_s=self.config.retry_after_s) from exc
+        finally:
+            self._release(parts)
+        accepted, rejected = 0, []
+        for (_, _, rows), reply in zip(parts, replies, strict=True):
+            accepted += reply.accepted
+            rejected += [(int(rows[r]), why) for r, why in reply.rejected]
+        rejected.sort()
+        self._note_accepted(probes, rejected)
+        if stages.inline_publish:
+            self._publish(self.estimator_call("maybe_publish"))
+        return accepted, rejected
+
+    def replay_batch(self, probes: pl.DataFrame, now_s: float) -> list[Any]:
+        """Start one logged batch through the ingest stages (recovery); returns futures."""
+        return [self.stages.call(self.ingest_stages[p], "ingest", part, now_s=now_s)
+                for p, part, _ in self._split(probes)]
+
+    def _reserve(self, parts: list[tuple[int, pl.DataFrame, np.ndarray]]) -> list[Any]:
+        """Take a queue place in each part's partition, or raise :class:`Overloaded`."""
+        bound = self.config.max_inflight_per_partition
+        with self._cv:
+            while self._swapping:
+                self._cv.wait()
+            full = [p for p, _, _ in parts if self._inflight[p] >= bound]
+            if full:
+                raise Overloaded(f"ingest partition(s) {full} are at their queue bound "
+                                 f"({bound} batches); retry",
+                                 retry_after_s=self.config.retry_after_s)
+            for p, _, _ in parts:
+                self._inflight[p] += 1
+        return parts
+
+    def _release(self, parts: list[tuple[int, Any, Any]]) -> None:
+        with self._cv:
+            for p, _, _ in parts:
+                self._inflight[p] -= 1
+            self._cv.notify_all()
 
     def _split(self, probes: pl.DataFrame) -> list[tuple[int, pl.DataFrame, np.ndarray]]:
         """Split a batch by partition; each part keeps its rows' positions in ``probes``."""
         n = self.config.n_ingest
-        if n == 1 or probes.height == 0:
+        if n == 1 or probes.height == 0 or "vehicle_id" not in probes.columns:
             return [(0, probes, np.arange(probes.height))]
-        vid = probes["vehicle_id"].cast(pl.Utf8) if "vehicle_id" in probes.columns else None
-        if vid is None:
-            return [(0, probes, np.arange(probes.height))]
-        part = partition_of(vid, n)
+        part = partition_of(probes["vehicle_id"].cast(pl.Utf8), n)
         out = []
         for p in np.unique(part).tolist():
             rows = np.flatnonzero(part == p)
@@ -350,31 +400,10 @@ class ServiceBase:
                              "successor", retry_after_s=self.config.retry_after_s)
 
     def _log_batch(self, probes: pl.DataFrame, now_s: float) -> pl.DataFrame:
-        """Append the batch to the probe log (fsync'd) and return it as the stages see it.
-
-        Without durability the batch is returned unchanged. The caller holds
-        ``durability.order_lock`` and has taken any due checkpoint.
-        """
-        if self.durability is None or probes.height == 0:
-            return probes
+        """Append the batch to the probe log (fsync'd); return it as the stages see it."""
         logged = self.durability.prepare(probes, now_s)
         self.durability.append(logged)
         return self.durability.split_logged(logged)[0]
-
-    def begin_shutdown(self) -> None:
-        """Stop taking probe batches (503), flush matchers and take a final checkpoint."""
-        self._draining = True
-        if self.durability is not None:
-            with self.durability.order_lock:
-                self.checkpoint_now()
-        else:
-            self.flush()
-        if self.prior is not None:
-            self._estimator_call("save_profile")
-
-    def checkpoint_now(self) -> None:
-        """Flush every matcher and save a checkpoint now (a quiet point)."""
-        raise NotImplementedError
 
     @staticmethod
     def _batch_max_t(probes: pl.DataFrame) -> float | None:
@@ -384,100 +413,38 @@ class ServiceBase:
         t = t.filter(t.is_finite())
         return None if t.len() == 0 else float(t.max())  # type: ignore[arg-type]
 
-    # -- status -------------------------------------------------------------------------
-    def status(self) -> dict[str, Any]:
-        """Accounting and freshness (see ``GET /v1/status``)."""
-        raise NotImplementedError
+    def begin_shutdown(self) -> None:
+        """Stop taking probe batches (503) and take a final checkpoint (or flush)."""
+        self._draining = True
+        if self.durability is not None:
+            self.checkpoint_now()
+        else:
+            self.flush()
+        if self.prior is not None:
+            self.estimator_call("save_profile")
 
-    @staticmethod
-    def _merge_status(parts: list[dict[str, Any]], est: dict[str, Any]) -> dict[str, Any]:
-        rejected: dict[str, int] = {}
-        unmatched: dict[str, int] = {}
-        for p in parts:
-            for k, v in p["rejected_by_reason"].items():
-                rejected[k] = rejected.get(k, 0) + int(v)
-            for k, v in p["unmatched_by_reason"].items():
-                unmatched[k] = unmatched.get(k, 0) + int(v)
-        matched = sum(p["matched"] for p in parts)
-        probes = {
-            "received": sum(p["received"] for p in parts),
-            "accepted": sum(p["accepted"] for p in parts),
-            "rejected": sum(rejected.values()),
-            "rejected_by_reason": rejected,
-            "applied": int(est["applied"]),
-            "pending": sum(p["pending"] for p in parts),
-            "unmatched": sum(unmatched.values()),
-            "unmatched_by_reason": unmatched,
-        }
-        marks = [p["watermark_t"] for p in parts if p["watermark_t"] is not None]
-        return {
-            "watermark_t": max(marks) if marks else None,
-            "probes": probes,
-            "fold_inflight": matched - int(est["applied"]),
-        }
+    def checkpoint_now(self) -> None:
+        """Save a checkpoint now (matchers keep their pending points)."""
+        from workers.checkpointing import checkpoint
 
-    # -- network jobs -------------------------------------------------------------------
-    def upload_dir(self) -> str:
-        """Directory for network uploads in progress (created when missing)."""
-        import tempfile
+        with self.durability.order_lock:
+            checkpoint(self, None)
 
-        root = Path(self.config.data_dir or tempfile.gettempdir()) / "uploads"
-        root.mkdir(parents=True, exist_ok=True)
-        return str(root)
+    # -- publication and housekeeping ---------------------------------------------------
+    def _publish(self, pub: Publication | None, *, wait: bool = False) -> None:
+        """Hand a publication to the routers (stale network versions are dropped)."""
+        if pub is None or pub.network_version != self.net.version:
+            return
+        if self.router is not None:
+            self.router.update(pub.version, pub.weights_t, pub.travel_time_s)
+        if self.router_actors:
+            s = self.stages
+            weights = s.router_weights(s.share(pub.travel_time_s))
+            futures = [s.call(r, "update", pub.version, pub.weights_t, weights)
+                       for r in self.router_actors]
+            if wait:
+                s.get(futures)
 
-    def submit_network(self, path: str | Path) -> NetworkJob:
-        """Start importing ``path`` in the background; the job swaps it in when ready."""
-        job = NetworkJob(id=uuid.uuid4().hex[:12], path=str(path))
-        self._jobs[job.id] = job
-        threading.Thread(target=self._run_job, args=(job,), name=f"network-job-{job.id}",
-                         daemon=True).start()
-        return job
-
-    def job(self, job_id: str) -> NetworkJob:
-        """The job with this id; raises :class:`UnknownJob`."""
-        try:
-            return self._jobs[job_id]
-        except KeyError:
-            raise UnknownJob(f"no network job with id {job_id!r}") from None
-
-    def _run_job(self, job: NetworkJob) -> None:
-        job.state, job.stage = "running", "import"
-        state = "failed"
-        try:
-            net = import_in_child(job.path, timeout_s=self.config.upload_timeout_s,
-                                  cache_dir=self.config.cache_dir)
-            job.stage = "prepare"
-            prepared = self._prepare(net)
-            job.stage = "swap"
-            with self._swap_lock:
-                job.previous_version = self.net.version
-                job.edges_carried = self._swap(net, prepared)
-            job.network_version = net.version
-            state, job.stage = "done", None
-        except ImportTimeout as exc:
-            job.error = {"code": "timeout", "message": str(exc),
-                         "details": {"timeout_s": self.config.upload_timeout_s}}
-        except (NetworkError, ValueError, OSError) as exc:
-            job.error = {"code": "invalid_network", "message": str(exc), "details": None}
-        except Exception as exc:  # an import bug must not kill the server; report it
-            logger.exception("network job %s failed", job.id)
-            job.error = {"code": "internal", "message": f"{type(exc).__name__}: {exc}",
-                         "details": None}
-        finally:
-            # The upload is gone before the job reads as finished, so a client that sees
-            # `done`/`failed` never finds the file still there.
-            Path(job.path).unlink(missing_ok=True)
-            job.finished_at = time.time()
-            job.state = state
-
-    def _prepare(self, net: RoadNetwork) -> Any:
-        """Build what serving ``net`` needs, while the old network keeps serving."""
-        return RouterCore(net, cache_dir=self.config.cache_dir)
-
-    def _swap(self, net: RoadNetwork, prepared: Any) -> int:
-        raise NotImplementedError
-
-    # -- housekeeping -------------------------------------------------------------------
     def start(self) -> None:
         """Run :meth:`tick` every ``tick_s`` wall seconds in a background thread."""
         if self._ticker is None:
@@ -493,279 +460,133 @@ class ServiceBase:
                 logger.exception("pipeline tick failed")
 
     def tick(self) -> None:
-        """Flush idle vehicles and publish new travel times when due."""
-        raise NotImplementedError
+        """Flush idle vehicles and publish new travel times when due; restore a restarted
+        estimator from the checkpoint and the log."""
+        from workers.checkpointing import restore_if_restarted
+
+        with self._tick_lock:
+            if self.durability is not None and restore_if_restarted(self):
+                self._publish(self.estimator_call("publish"))
+            now, s = self.now_s(), self.stages
+            with self._cv:  # not while a quiet point reads the stages' state
+                for p, stage in enumerate(self.ingest_stages):
+                    prev = self._tick_refs.get(p)
+                    if self._paused or (prev is not None and not s.done(prev)):
+                        continue
+                    if self._inflight[p] == 0:
+                        self._tick_refs[p] = s.call(stage, "tick", now)
+            self._publish(self.estimator_call("maybe_publish"))
 
     def flush(self) -> None:
-        """Decide every held probe now (end of a replay)."""
-        raise NotImplementedError
+        """Decide every held probe now (end of a replay) and publish."""
+        self.ingest_call_all("flush")
+        self.ingest_call_all("drain")
+        self._publish(self.estimator_call("publish"), wait=True)
+
+    def drain(self, *, timeout_s: float = 60.0) -> dict[str, Any]:
+        """Wait until no ingest call or fold is in flight; returns the status then."""
+        deadline = time.time() + timeout_s
+        while True:
+            st = self.status()
+            if st["queues"]["ingest_inflight"] == 0 and st["queues"]["fold_inflight"] == 0:
+                return st
+            if time.time() > deadline:
+                raise TimeoutError(f"queues did not drain in {timeout_s} s: {st['queues']}")
+            time.sleep(0.05)
+
+    # -- status -------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """Accounting and freshness (see ``GET /v1/status``)."""
+        s = self.stages
+        parts = s.get([s.call(a, "stats") for a in self.ingest_stages], timeout=30)
+        est = self.estimator_call("stats", timeout=30)
+        router = (self.router.stats() if self.router is not None
+                  else s.get(s.call(self.router_actors[0], "stats"), timeout=30))
+        if self.durability is not None:
+            est = {**est, "durability": self.durability.stats()}
+        return merge_status(parts, est, router, clock=self.config.clock,
+                            network_version=self.net.version, mode=s.kind,
+                            ingest_inflight=int(sum(self._inflight)),
+                            router_replicas=len(self.router_actors),
+                            estimator_on_gpu=self.estimator_on_gpu)
+
+    def placement(self) -> dict[str, list[str]]:
+        """Node id of every stage, by role (to check that a cluster spreads them)."""
+        s = self.stages
+        return {"ingest": s.placement(self.ingest_stages),
+                "estimator": s.placement([self.estimator]),
+                "router": s.placement(self.router_actors)}
+
+    # -- network jobs and swaps ---------------------------------------------------------
+    def upload_dir(self) -> str:
+        """Directory for network uploads in progress."""
+        return self.jobs.upload_dir()
+
+    def submit_network(self, path: str | Path) -> NetworkJob:
+        """Start importing ``path`` in the background; the job swaps it in when ready."""
+        return self.jobs.submit(path)
+
+    def job(self, job_id: str) -> NetworkJob:
+        """The job with this id; raises :class:`UnknownJob`."""
+        return self.jobs.get(job_id)
+
+    def _prepare(self, net: RoadNetwork) -> Any:
+        """Build the routers for ``net`` while the old network keeps serving."""
+        if self.router_actors:
+            actors = self.stages.start_routers(self.stages.share(net), len(self.router_actors),
+                                               cache_dir=self.config.cache_dir)
+            self.stages.get([self.stages.call(a, "stats") for a in actors])
+            return actors
+        return RouterCore(net, cache_dir=self.config.cache_dir)
+
+    def _swap(self, net: RoadNetwork, prepared: Any) -> int:
+        """Swap ``net`` in: ingest matches on it, the estimator carries state over by edge
+        key, the prepared routers take the first publication; returns edges carried."""
+        with self._cv:
+            self._swapping = True
+            while sum(self._inflight):
+                self._cv.wait()
+        try:
+            s = self.stages
+            net_ref = self._net_ref = s.share(net)
+            s.swap_network(self.ingest_stages, net_ref)
+            carried = self.estimator_call("remap_to", net_ref)
+            pub = self.estimator_call("publish")
+            if isinstance(prepared, list):
+                weights = s.router_weights(s.share(pub.travel_time_s))
+                s.get([s.call(r, "update", pub.version, pub.weights_t, weights)
+                       for r in prepared])
+                # The old replicas finish their queued queries, then go when their handles do.
+                self.router_actors = prepared
+            else:
+                prepared.update(pub.version, pub.weights_t, pub.travel_time_s)
+                # The replaced router stops its query threads when its last query ends.
+                self.router = prepared
+            self.net, self.loaded_at = net, time.time()
+        finally:
+            with self._cv:
+                self._swapping = False
+                self._cv.notify_all()
+        return int(carried)
 
     def close(self) -> None:
-        """Stop background work."""
+        """Stop background work and the stages."""
         self._stop.set()
         if self._ticker is not None:
             self._ticker.join(timeout=5)
         self._closed = True
         if self.durability is not None:
             self.durability.close()
+        self.stages.close([*self.ingest_stages, self.estimator, *self.router_actors])
 
 
-class ImportTimeout(RuntimeError):
-    """A network import ran past its time limit and was stopped."""
-
-
-def import_in_child(path: str | Path, *, timeout_s: float,
-                    cache_dir: str | None = None) -> RoadNetwork:
-    """Import a network file in a fresh child process, killed after ``timeout_s`` wall s.
-
-    The child parses ``path`` (:func:`graph.io.load_network`), prepares its routing index
-    into ``cache_dir`` (when given, so the caller's preparation then reads the cache) and
-    writes the network in the compiled format next to ``path``; the caller reads that back
-    (:func:`graph.io.load_compiled`, a plain read). A thread cannot be stopped; a process
-    can, so a hostile or huge file cannot hold the import forever.
-
-    Raises
-    ------
-    ImportTimeout
-        When the child did not finish within ``timeout_s`` (it is killed).
-    NetworkError, ValueError, OSError
-        What the import raised in the child (re-raised here with its message).
-    RuntimeError
-        When the child died without an answer (e.g. killed for memory).
-    """
-    import multiprocessing
-
-    from graph.io import load_compiled
-
-    src = Path(path)
-    out = src.with_name(src.name + ".compiled")
-    ctx = multiprocessing.get_context("spawn")  # fresh interpreter: no copied locks or threads
-    recv, send = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_import_child, args=(str(src), str(out), cache_dir, send),
-                        name="network-import", daemon=True)
-    try:
-        child.start()
-        send.close()  # ours; the child's copy closing signals its end
-        if not recv.poll(timeout_s):
-            child.kill()
-            raise ImportTimeout(f"{src}: the import took longer than the {timeout_s:g} s limit "
-                                f"(upload timeout) and was stopped; the serving network is "
-                                f"unchanged")
-        try:
-            kind, message = recv.recv()
-        except EOFError:
-            raise RuntimeError(f"{src}: the import process ended without an answer "
-                               f"(exit code {child.exitcode})") from None
-        if kind == "network":
-            raise NetworkError(message)
-        if kind == "value":
-            raise ValueError(message)
-        if kind == "os":
-            raise OSError(message)
-        if kind != "ok":
-            raise RuntimeError(message)
-        return load_compiled(out)
-    finally:
-        recv.close()
-        child.join(timeout=5)
-        if child.is_alive():
-            child.kill()
-            child.join()
-        out.unlink(missing_ok=True)
-
-
-def _import_child(src: str, out: str, cache_dir: str | None, send: Any) -> None:
-    """In the child: load, prepare (into the cache), save compiled; report ``(kind, message)``."""
-    try:
-        from graph.io import load_network, save_network
-
-        net = load_network(src)
-        if cache_dir is not None:
-            from graph.cch import prepare_cch
-
-            prepare_cch(net, cache_dir=cache_dir)
-        save_network(net, out)
-        reply = ("ok", "")
-    except NetworkError as exc:
-        reply = ("network", str(exc))
-    except ValueError as exc:
-        reply = ("value", str(exc))
-    except OSError as exc:
-        reply = ("os", str(exc))
-    except Exception as exc:  # reported to the job as an internal error
-        reply = ("internal", f"{type(exc).__name__}: {exc}")
-    send.send(reply)
-    send.close()
-
-
-def _congestion_queries(config: PipelineConfig) -> Any:
-    from traffic.snapshots import SnapshotStore
-    from workers.congestion import CongestionQueries, snapshot_dir
-
-    directory = snapshot_dir(config.data_dir)
-    return CongestionQueries(None if directory is None else SnapshotStore(
-        directory, retention_s=config.snapshot_retention_s))
-
-
-class LocalServices(ServiceBase):
-    """Every stage as a plain object in this process; calls are serialised by one lock.
+class LocalServices(Services):
+    """Every stage as a plain object in this process (:class:`workers.stages.LocalStages`).
 
     Good for tests and a small single-process server. Ingest runs synchronously, so its
-    queues are always empty when a call returns and the accounting holds exactly.
+    queues are empty when a call returns and the accounting holds exactly.
     """
 
     def __init__(self, net: RoadNetwork, config: PipelineConfig | None = None, *,
                  prior: Any = None) -> None:
-        config = config or PipelineConfig()
-        super().__init__(net, config, prior=prior)
-        self._lock = threading.RLock()
-        icfg = config.ingest_config()
-        first = IngestCore(net, icfg, partition=0)
-        self.ingest_cores = [first] + [
-            IngestCore(net, icfg, index=first.matcher.index, ubodt=first.matcher.ubodt,
-                       partition=p) for p in range(1, config.n_ingest)]
-        self.estimator = EstimatorCore(net, config.estimator_service(), prior=prior)
-        self.router = RouterCore(net, cache_dir=config.cache_dir)
-        if self.durability is not None:
-            self._recover()
-        self._publish(self.estimator.publish())
-        self._ready = True
-
-    def ingest(self, probes: pl.DataFrame) -> tuple[int, list[tuple[int, str]]]:
-        accepted_wall = time.time()
-        with self._lock:
-            self._refuse_if_draining()
-            now = self.now_s(self._batch_max_t(probes))
-            if self.durability is not None and self.durability.checkpoint_due(now):
-                self._checkpoint(now)
-            probes = self._log_batch(probes, now)
-            accepted, rejected = self._apply(probes, now, accepted_wall)
-            self._maybe_publish()
-        return accepted, rejected
-
-    def _apply(self, probes: pl.DataFrame, now: float,
-               accepted_wall: float | None) -> tuple[int, list[tuple[int, str]]]:
-        """Validate, match and fold one batch (live or replayed from the log)."""
-        accepted, rejected = 0, []
-        for p, part, rows in self._split(probes):
-            reply = self.ingest_cores[p].ingest(part, now_s=now, accepted_wall_s=accepted_wall)
-            accepted += reply.accepted
-            rejected += [(int(rows[r]), why) for r, why in reply.rejected]
-            self.estimator.fold(reply.batch, reply.n_matched, accepted_wall_s=accepted_wall)
-        rejected.sort()
-        self._note_accepted(probes, rejected)
-        return accepted, rejected
-
-    # -- durability (workers/durability.py) ---------------------------------------------
-    def checkpoint_now(self) -> None:
-        with self._lock:
-            self._checkpoint(None)
-
-    def _checkpoint(self, now: float | None) -> None:
-        """Flush matchers, fold, save a checkpoint covering the log so far (caller locks)."""
-        from workers.durability import estimator_state, ingest_state, prefixed
-
-        for core in self.ingest_cores:
-            reply = core.flush()
-            self.estimator.fold(reply.batch, reply.n_matched)
-        if now is not None:
-            self.durability.note_checkpoint(now)
-        state = prefixed("estimator", estimator_state(self.estimator))
-        for core in self.ingest_cores:
-            state.update(prefixed(f"ingest{core.partition}", ingest_state(core)))
-        state["facade.watermark_t"] = self._watermark
-        try:
-            self.durability.save(state, event_time_s=self.estimator.watermark_t)
-        except OSError:  # keep serving; the log is still there, just not compacted
-            logger.exception("checkpoint failed; the probe log keeps everything since the last one")
-
-    def _recover(self) -> None:
-        """Load the newest good checkpoint, then replay the log after it."""
-        from workers.durability import load_estimator_state, load_ingest_state, unprefixed
-
-        rec = self.durability.recover()
-        if rec.state is not None:
-            load_estimator_state(self.estimator, unprefixed("estimator", rec.state))
-            for core in self.ingest_cores:
-                part = unprefixed(f"ingest{core.partition}", rec.state)
-                if not part:
-                    raise RuntimeError(f"checkpoint has no state for ingest partition "
-                                       f"{core.partition}; restart with the same --ingest count")
-                load_ingest_state(core, part)
-            self._watermark = rec.state.get("facade.watermark_t")
-        n = 0
-        for _pos, logged in rec.tail:
-            probes, now = self.durability.split_logged(logged)
-            if self.durability.checkpoint_due(now, self.durability.logged_wall_s(logged),
-                                              replay=True):
-                self._checkpoint(now)
-            self._apply(probes, now, None)
-            n += 1
-        self.durability.replayed_batches = n
-        logger.info("replayed %d logged batches", n)
-
-    def live_snapshot(self) -> tuple[float | None, pl.DataFrame]:
-        with self._lock:  # not while a batch is being folded
-            return self.estimator.live_snapshot()
-
-    def _maybe_publish(self) -> None:
-        pub = self.estimator.maybe_publish()
-        if pub is not None:
-            self._publish(pub)
-
-    def _publish(self, pub: Publication) -> None:
-        router = self.router
-        if router is not None and pub.network_version == router.net.version:
-            router.update(pub.version, pub.weights_t, pub.travel_time_s)
-
-    def tick(self) -> None:
-        with self._lock:
-            now = self.now_s()
-            for core in self.ingest_cores:
-                reply = core.tick(now)
-                self.estimator.fold(reply.batch, reply.n_matched)
-            self._maybe_publish()
-
-    def flush(self) -> None:
-        with self._lock:
-            for core in self.ingest_cores:
-                reply = core.flush()
-                self.estimator.fold(reply.batch, reply.n_matched)
-            self._publish(self.estimator.publish())
-
-    def status(self) -> dict[str, Any]:
-        with self._lock:
-            parts = [c.stats() for c in self.ingest_cores]
-            est = self.estimator.stats()
-            if self.durability is not None:
-                est = {**est, "durability": self.durability.stats()}
-        merged = self._merge_status(parts, est)
-        router = self._current_router()
-        return {
-            "clock": self.config.clock,
-            "watermark_t": merged["watermark_t"],
-            "weights_version": router.router.weights_version,
-            "weights_t": router.weights_t,
-            "network_version": self.net.version,
-            "probes": merged["probes"],
-            "queues": {"ingest_inflight": 0, "fold_inflight": merged["fold_inflight"]},
-            "coverage": {"edges_observed": est["coverage_edges"]},
-            "workers": {"mode": "local", "ingest": parts, "estimator": est,
-                        "router": router.stats()},
-        }
-
-    def _swap(self, net: RoadNetwork, prepared: RouterCore) -> int:
-        with self._lock:
-            for core in self.ingest_cores:
-                reply = core.flush()
-                self.estimator.fold(reply.batch, reply.n_matched)
-            first = self.ingest_cores[0]
-            first.swap_network(net)
-            for core in self.ingest_cores[1:]:
-                core.swap_network(net, index=first.matcher.index, ubodt=first.matcher.ubodt)
-            carried = self.estimator.remap_to(net)
-            pub = self.estimator.publish()
-            prepared.update(pub.version, pub.weights_t, pub.travel_time_s)
-            # The replaced router stops its query threads when its last in-flight query ends.
-            self.net, self.router, self.loaded_at = net, prepared, time.time()
-        return carried
+        super().__init__(net, config or PipelineConfig(), stages=LocalStages(), prior=prior)

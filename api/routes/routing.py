@@ -23,7 +23,6 @@ from api.deps import ServicesDep, SettingsDep
 from api.errors import ApiError
 from api.routes.params import latlon_query, time_query
 from api.schemas import RouteOut, TableIn, TableOut
-from workers.router import RouterCore
 
 router = APIRouter(prefix="/v1", tags=["routing"])
 
@@ -39,15 +38,11 @@ def _departure(value: str | None) -> float | None:
     return None if value == "now" else time_query(value, name="depart_at")
 
 
-def inline_router(services: Any) -> RouterCore | None:
-    """The in-process router of ``services`` when live-weight routes may run on the caller.
-
-    ``services.route`` with no departure time is exactly ``services.router.route`` when the
-    facade keeps its router in this process (``LocalServices``; ``RayPipeline`` without router
-    replicas, whose ``router`` is then ``None``); ``None`` otherwise (not loaded yet, or Ray).
-    """
-    core = getattr(services, "router", None)
-    return core if isinstance(core, RouterCore) else None
+def inline_router(services: Any) -> Any:
+    """The facade's in-process router when live-weight routes may run on the caller
+    (``Services.inline_router``: ``route`` with no departure time is exactly its ``route``);
+    ``None`` when routers are replicas elsewhere or the network is still loading."""
+    return services.inline_router()
 
 
 @router.get("/route", response_model=RouteOut)

@@ -1,0 +1,111 @@
+"""Checkpoints and recovery, once, over the stages' ``state_dict`` interface.
+
+Used by every service (:class:`workers.services.Services`, in process or on Ray); the stages
+are reached only through the service's runner, and their state only through
+``state_dict`` / ``load_state_dict`` (contents documented on each stage; the composed
+checkpoint in :mod:`workers.state`; the log and files in :mod:`workers.durability`).
+
+A checkpoint is taken at a *quiet point*: new batches wait (the caller holds the log's order
+lock), in-flight ingest calls and idle-flush ticks finish, every traversal batch an ingest
+stage handed on is folded. It does not flush the matchers: each one's pending candidates
+and open traversal runs are saved as they are, so taking a checkpoint changes nothing in
+what the pipeline computes, and the estimates do not depend on how often checkpoints run.
+The state then reflects exactly the log up to its position: every batch up to it fully
+(decided or held), none after it. Recovery loads that state into fresh stages and replays
+the log after it through the same path, so a batch is never applied twice and none is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from workers.stages import StageRestarted
+from workers.state import compose, decompose
+
+logger = logging.getLogger(__name__)
+
+
+def checkpoint(svc: Any, now_s: float | None) -> None:
+    """Save the state of every stage of ``svc`` as covering the log so far.
+
+    ``now_s``: the service clock of the batch whose boundary triggered it (``None``: on
+    demand). The caller holds ``svc.durability.order_lock``. Raises
+    :class:`workers.stages.StageRestarted` when the estimator restarted since its last
+    restore (its state is short of folds and must not be saved); an I/O error saving the
+    file is logged and the service keeps serving (the log keeps everything since the last
+    checkpoint).
+    """
+    durability = svc.durability
+    with svc.quiet():
+        svc.ingest_call_all("drain")  # every batch handed on is folded
+        est = svc.estimator_call("state_dict_if_booted", svc.boot)
+        if est is None:
+            raise StageRestarted("the estimator restarted; no checkpoint until it is restored")
+        parts = svc.ingest_call_all("state_dict")
+    if now_s is not None:
+        durability.note_checkpoint(now_s)
+    try:
+        durability.save(compose(est, parts, svc.watermark_t()), event_time_s=est["watermark_t"])
+    except OSError:
+        logger.exception("checkpoint failed; the probe log keeps everything since the last one")
+
+
+def recover(svc: Any) -> int:
+    """Load the newest good checkpoint into ``svc``'s stages and replay the log after it.
+
+    The stages must be fresh (just started, or reset). Returns the batches replayed.
+
+    Raises
+    ------
+    ValueError
+        When the checkpoint is of a state version this code does not read, or was taken
+        with another number of ingest partitions (the message says which).
+    """
+    durability, stages = svc.durability, svc.stages
+    rec = durability.recover()
+    if rec.state is not None:
+        est, parts, watermark = decompose(rec.state, len(svc.ingest_stages))
+        svc.estimator_call("load_state_dict", est)
+        stages.get([stages.call(a, "load_state_dict", part)
+                    for a, part in zip(svc.ingest_stages, parts, strict=True)])
+        svc.set_watermark(watermark)
+    svc.boot = f"{time.time_ns()}"
+    svc.estimator_call("mark_boot", svc.boot)  # from here on the estimator's state is whole
+    n, futures = 0, []
+    for _pos, logged in rec.tail:
+        probes, now = durability.split_logged(logged)
+        wall = durability.logged_wall_s(logged)
+        # Keep the checkpoint cadence a function of the log: the next live checkpoint falls
+        # where it would have without the crash. No file is written while replaying.
+        if durability.checkpoint_due(now, wall, replay=True):
+            durability.note_checkpoint(now, wall)
+        futures += svc.replay_batch(probes, now)
+        n += 1
+        if len(futures) > 64:
+            stages.get(futures[:32])
+            futures = futures[32:]
+    stages.get(futures)
+    svc.ingest_call_all("drain")
+    marks = [s["watermark_t"] for s in svc.ingest_call_all("stats")]
+    marks = [m for m in [*marks, svc.watermark_t()] if m is not None]
+    if marks:
+        svc.set_watermark(max(marks))
+    durability.replayed_batches = n
+    logger.info("replayed %d logged batches", n)
+    return n
+
+
+def restore_if_restarted(svc: Any) -> bool:
+    """If the estimator restarted (fresh state, no boot token), bring the whole pipeline
+    back to the checkpoint and replay the log after it; routers keep the last published
+    weights meanwhile. Returns whether it restored."""
+    if svc.estimator_call("boot_token", timeout=30) == svc.boot:
+        return False
+    logger.warning("the estimator restarted; restoring from the checkpoint and replaying")
+    with svc.durability.order_lock, svc.quiet():
+        svc.ingest_call_all("reset")
+        recover(svc)
+    svc.estimator_restores += 1
+    return True

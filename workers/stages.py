@@ -1,0 +1,372 @@
+"""How the service calls its stages: a method call in this process, or a Ray actor handle.
+
+The stages are the plain cores of ``workers/`` (:class:`workers.ingest.IngestCore` per
+vehicle partition, one :class:`workers.estimator.EstimatorCore`, optional
+:class:`workers.router.RouterCore` replicas). :class:`workers.services.Services` drives them
+through one of two runners with the same small interface:
+
+- ``start_*`` builds the stages and returns their handles;
+- ``call(handle, method, *args)`` starts a call and returns a future, ``get(futures)``
+  waits for results (re-raising what the call raised), ``done(future)`` polls;
+- ``share(value)`` makes a large read-only value cheap to pass to many calls;
+- ``is_restart(exc)`` tells a stage that died or is restarting from a bug in it.
+
+:class:`LocalStages` runs each call at once, under one lock (the cores are not
+thread-safe; the lock gives them an actor's one-call-at-a-time). :class:`RayStages` applies
+``ray.remote`` to the same classes; ingest actors hand traversal batches straight to the
+estimator actor through a :class:`FoldSink` that bounds its in-flight folds.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from graph.network import RoadNetwork
+from workers.estimator import EstimatorCore, EstimatorServiceConfig
+from workers.ingest import IngestConfig, IngestCore
+from workers.router import RouterCore
+
+logger = logging.getLogger(__name__)
+
+
+class StageRestarted(RuntimeError):
+    """A stage restarted and is being restored; the call can be retried later."""
+
+
+class Done:
+    """A finished local call: its value, or the exception it raised."""
+
+    __slots__ = ("value", "error")
+
+    def __init__(self, value: Any = None, error: BaseException | None = None) -> None:
+        self.value, self.error = value, error
+
+
+class LocalSink:
+    """An in-process ingest core's link to the estimator: each batch is folded at once."""
+
+    fold_errors = 0
+
+    def __init__(self, estimator: EstimatorCore) -> None:
+        self.estimator = estimator
+
+    def send(self, batch: Any, n_matched: int, accepted_wall_s: float) -> None:
+        """Fold ``batch`` now (the caller holds the stages' lock)."""
+        self.estimator.fold(batch, n_matched, accepted_wall_s=accepted_wall_s)
+
+    def outstanding(self) -> int:
+        """Folds not yet done: none, they run inline."""
+        return 0
+
+    def drain(self) -> None:
+        """Nothing is in flight."""
+
+    def forget(self) -> None:
+        """Nothing is in flight."""
+
+
+class LocalStages:
+    """Every stage a plain object in this process; one call at a time (see the module doc)."""
+
+    kind = "local"
+    #: Publications run on the caller after each ingest call (there is no actor to wait on).
+    inline_publish = True
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+
+    def start_estimator(self, net: RoadNetwork, config: EstimatorServiceConfig, *,
+                        prior: Any, use_gpu: str) -> tuple[EstimatorCore, bool]:
+        """The estimator core (NumPy here; the GPU belongs to the Ray estimator actor)."""
+        return EstimatorCore(net, config, prior=prior), False
+
+    def start_ingest(self, net: RoadNetwork, config: IngestConfig, n: int, estimator: Any, *,
+                     max_fold_inflight: int) -> list[IngestCore]:
+        """``n`` ingest cores sharing one spatial index and route-distance oracle."""
+        first = IngestCore(net, config, partition=0, sink=LocalSink(estimator))
+        return [first] + [
+            IngestCore(net, config, index=first.matcher.index, ubodt=first.matcher.ubodt,
+                       partition=p, sink=LocalSink(estimator)) for p in range(1, n)]
+
+    def start_routers(self, net: RoadNetwork, n: int, *, cache_dir: str | None,
+                      first_node: int = 1) -> list[Any]:
+        """Router replicas are a Ray feature; in process the service keeps one router."""
+        if n:
+            raise ValueError("router replicas need the Ray pipeline (traffic serve without "
+                             "--local); the in-process services keep one router")
+        return []
+
+    def swap_network(self, handles: Sequence[IngestCore], net: RoadNetwork) -> None:
+        """Move every ingest core to ``net`` (held points are decided on the old one)."""
+        with self.lock:
+            first = handles[0]
+            first.swap_network(net)
+            for core in handles[1:]:
+                core.swap_network(net, index=first.matcher.index, ubodt=first.matcher.ubodt)
+
+    def call(self, handle: Any, method: str, *args: Any, **kwargs: Any) -> Done:
+        """Run ``handle.method(*args, **kwargs)`` now, under the stages' lock."""
+        with self.lock:
+            try:
+                return Done(getattr(handle, method)(*args, **kwargs))
+            except Exception as exc:  # re-raised by get(), as Ray re-raises a task's error
+                return Done(error=exc)
+
+    @staticmethod
+    def get(futures: Any, timeout: float | None = None) -> Any:
+        """The result(s) of :meth:`call`; re-raises what a call raised."""
+        if isinstance(futures, list):
+            return [LocalStages.get(f) for f in futures]
+        if futures.error is not None:
+            raise futures.error
+        return futures.value
+
+    @staticmethod
+    def done(future: Any) -> bool:
+        """Whether a call finished (always: local calls run at once)."""
+        return True
+
+    @staticmethod
+    def share(value: Any) -> Any:
+        """The value itself: in process there is nothing to copy."""
+        return value
+
+    @staticmethod
+    def router_weights(value: Any) -> Any:
+        """What a router's ``update`` takes for a shared travel-time vector."""
+        return value
+
+    @staticmethod
+    def is_restart(exc: BaseException) -> bool:
+        """Local stages do not restart: only :class:`StageRestarted` says so."""
+        return isinstance(exc, StageRestarted)
+
+    def placement(self, handles: Sequence[Any]) -> list[str]:
+        """Every stage runs in this process."""
+        return ["local"] * len(handles)
+
+    def close(self, handles: Sequence[Any]) -> None:
+        """Nothing to stop."""
+
+
+class FoldSink:
+    """An ingest actor's link to the estimator actor, with bounded in-flight folds.
+
+    A fold that raises in the estimator (a fault there, not bad input: batches were
+    validated and matched before) leaves the estimator's state short of that batch. The
+    sink then restarts the estimator actor (``ray.kill`` with restart), which the service
+    detects by its boot token and answers as it answers any estimator restart: the newest
+    checkpoint is loaded and the probe log replayed after it
+    (:func:`workers.checkpointing.restore_if_restarted`), so the batch is folded again and
+    no checkpoint is taken from the damaged state. Errors are logged and counted
+    (``fold_errors`` in the partition's stats) when they are seen: on every send, stats
+    call and drain.
+    """
+
+    def __init__(self, estimator: Any, *, max_inflight: int) -> None:
+        self.estimator = estimator
+        self.max_inflight = max(1, int(max_inflight))
+        self._refs: list[Any] = []
+        self.fold_errors = 0
+        self.last_fold_error: str | None = None
+
+    def send(self, batch: Any, n_matched: int, accepted_wall_s: float) -> None:
+        """Fold ``batch`` remotely; blocks while ``max_inflight`` folds are outstanding."""
+        self._refs.append(self.estimator.fold.remote(batch, n_matched,
+                                                     accepted_wall_s=accepted_wall_s))
+        self._reap(0)
+        if len(self._refs) > self.max_inflight:
+            self._reap(len(self._refs) - self.max_inflight)
+
+    def outstanding(self) -> int:
+        """Folds sent and not yet done."""
+        self._reap(0)
+        return len(self._refs)
+
+    def drain(self) -> None:
+        """Wait for every outstanding fold."""
+        self._reap(len(self._refs))
+
+    def forget(self) -> None:
+        """Drop the folds in flight to an estimator that died (the replay redoes them)."""
+        self._refs = []
+
+    def _reap(self, wait_for: int) -> None:
+        """Collect finished folds, blocking until at least ``wait_for`` have finished."""
+        import ray
+
+        if not self._refs:
+            return
+        if wait_for:
+            done, self._refs = ray.wait(self._refs, num_returns=wait_for)
+        else:
+            done, self._refs = ray.wait(self._refs, num_returns=len(self._refs), timeout=0)
+        failed = False
+        for ref in done:
+            try:
+                ray.get(ref)
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+                pass  # the estimator died or is restarting: the service restores it
+            except ray.exceptions.RayTaskError as exc:
+                if isinstance(exc.cause, (ray.exceptions.RayActorError,
+                                          ray.exceptions.ActorUnavailableError)):
+                    continue
+                self.fold_errors += 1
+                self.last_fold_error = f"{type(exc.cause).__name__}: {exc.cause}"[:500]
+                logger.error("a fold failed in the estimator (%s); restarting it so that it "
+                             "is restored from the checkpoint and the log", self.last_fold_error)
+                failed = True
+        if failed:
+            ray.kill(self.estimator, no_restart=False)
+
+
+def gpu_available() -> bool:
+    """Whether CuPy imports and sees a CUDA device here."""
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # CuPy missing, or CUDA runtime/driver unusable
+        return False
+
+
+class RayStages:
+    """Every stage a Ray actor (see the module doc); joins or starts a Ray cluster.
+
+    The network goes through the object store once (``share``); actors restart
+    (``max_restarts=-1``) and re-read their arguments from it.
+    """
+
+    kind = "ray"
+    #: Publications run on the service's housekeeping thread, not after each ingest call.
+    inline_publish = False
+
+    def __init__(self, ray_address: str | None = None) -> None:
+        import ray
+
+        from traffic.native_memory import malloc_env
+
+        if not ray.is_initialized():
+            ray.init(address=ray_address, include_dashboard=False, log_to_driver=False)
+        # Actor processes start with the allocator settings of traffic.native_memory (glibc
+        # reads them at process start, restarts included).
+        self._env = {"env_vars": malloc_env()}
+
+    def start_estimator(self, net: Any, config: EstimatorServiceConfig, *, prior: Any,
+                        use_gpu: str) -> tuple[Any, bool]:
+        """The estimator actor, on a GPU when asked or (``auto``) when one is at hand."""
+        import ray
+
+        on_gpu = use_gpu == "yes" or (use_gpu == "auto" and gpu_available()
+                                      and ray.cluster_resources().get("GPU", 0) >= 1)
+        actor = ray.remote(EstimatorCore).options(
+            num_gpus=1 if on_gpu else 0, num_cpus=0, max_restarts=-1, runtime_env=self._env)
+        return actor.remote(net, config, xp="cupy" if on_gpu else "numpy", prior=prior), on_gpu
+
+    def start_ingest(self, net: Any, config: IngestConfig, n: int, estimator: Any, *,
+                     max_fold_inflight: int) -> list[Any]:
+        """``n`` ingest actors spread over the nodes, each folding through a FoldSink."""
+        import ray
+
+        actor = ray.remote(IngestCore)
+        return [actor.options(num_cpus=0, max_restarts=-1, scheduling_strategy=_spread(p),
+                              runtime_env=self._env)
+                .remote(net, config, partition=p,
+                        sink=FoldSink(estimator, max_inflight=max_fold_inflight))
+                for p in range(n)]
+
+    def start_routers(self, net: Any, n: int, *, cache_dir: str | None,
+                      first_node: int = 1) -> list[Any]:
+        """``n`` threaded router replicas, one per node round robin."""
+        import ray
+
+        actor = ray.remote(RouterCore)
+        return [actor.options(num_cpus=0, max_restarts=-1, max_concurrency=8,
+                              scheduling_strategy=_spread(i + first_node),
+                              runtime_env=self._env)
+                .remote(net, cache_dir=cache_dir)
+                for i in range(n)]
+
+    def swap_network(self, handles: Sequence[Any], net: Any) -> None:
+        """Move every ingest actor to ``net`` (a shared ref)."""
+        self.get([self.call(a, "swap_network", net) for a in handles])
+
+    @staticmethod
+    def call(handle: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``handle.method.remote(*args, **kwargs)``: an object ref."""
+        return getattr(handle, method).remote(*args, **kwargs)
+
+    @staticmethod
+    def get(futures: Any, timeout: float | None = None) -> Any:
+        """``ray.get``."""
+        import ray
+
+        return ray.get(futures, timeout=timeout)
+
+    @staticmethod
+    def done(future: Any) -> bool:
+        """Whether the call behind ``future`` finished."""
+        import ray
+
+        return bool(ray.wait([future], timeout=0)[0])
+
+    @staticmethod
+    def share(value: Any) -> Any:
+        """``ray.put``: the value goes into the object store once."""
+        import ray
+
+        return ray.put(value)
+
+    @staticmethod
+    def router_weights(value: Any) -> Any:
+        """A ref inside a list: Ray does not resolve it on the call, so each replica fetches
+        it once from the object store (``RouterCore.update``)."""
+        return [value]
+
+    @staticmethod
+    def is_restart(exc: BaseException) -> bool:
+        """Whether ``exc`` says an actor died or is restarting (not a bug in it)."""
+        import ray
+
+        gone = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
+        if isinstance(exc, StageRestarted):
+            return True
+        if isinstance(exc, ray.exceptions.RayTaskError):
+            return isinstance(exc.cause, gone)
+        return isinstance(exc, gone)
+
+    def placement(self, handles: Sequence[Any]) -> list[str]:
+        """Node id of every actor in ``handles``."""
+        import ray
+
+        return ray.get([a.__ray_call__.remote(
+            lambda self: ray.get_runtime_context().get_node_id()) for a in handles])
+
+    @staticmethod
+    def close(handles: Sequence[Any]) -> None:
+        """Kill the actors."""
+        import ray
+
+        for a in handles:
+            try:
+                ray.kill(a)
+            except Exception:  # already gone
+                pass
+
+
+def _spread(i: int) -> Any:
+    """Place the i-th replica on the i-th alive node, round robin.
+
+    Ray's ``SPREAD`` only spreads by resource use, and these actors reserve no CPU (they
+    share the machine with the API), so placement is explicit. The affinity is hard: Ray
+    2.60 ignored the soft variant for zero-CPU actors in our two-node test; the catch is
+    that a replica whose node dies is not restarted elsewhere.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
+    return NodeAffinitySchedulingStrategy(node_id=nodes[i % len(nodes)], soft=False)
