@@ -28,6 +28,7 @@ from traffic.estimator import (
     fold_traversals,
 )
 from traffic.profiles import TimeOfWeekProfile
+from traffic.traversals import Traversals
 
 CONFIG = EstimatorConfig(prior_weight=1.0)  # hand-computed numbers below assume w0 = 1
 T0 = 1_700_000_000.0
@@ -53,12 +54,12 @@ def _fold(state, edge, pace, t, *, weight=None, config=CONFIG, t_obs=None):
                            config=config)
 
 
-def _batch(edge, pace, t_exit, weight=None) -> TraversalBatch:
+def _batch(edge, pace, t_exit, weight=None) -> Traversals:
     edge = np.asarray(edge, dtype=np.int32)
     t_exit = np.broadcast_to(np.asarray(t_exit, dtype=float), edge.shape).copy()
     pace = np.asarray(pace, dtype=float)
     w = np.ones(edge.shape) if weight is None else np.asarray(weight, dtype=float)
-    return TraversalBatch(edge, t_exit - 10.0, t_exit, pace, w)
+    return Traversals(edge, t_exit - 10.0, t_exit, pace, w)
 
 
 def test_fold_traversals_blend_with_prior():
@@ -391,7 +392,8 @@ def test_speed_estimator_static_prior_invalid():
 def test_traversal_batch_validate_cases():
     b = _batch([0, 1], [0.1, 0.2], T0)
     assert b.validate(3) is b
-    assert len(TraversalBatch.empty().validate(3)) == 0
+    assert len(Traversals.empty().validate(3)) == 0
+    assert TraversalBatch is Traversals  # the old name, kept as an alias
     cases = [
         (dict(edge=np.array([0, 5], np.int32)), "`edge` must be within 0..2; got 5 at index 1"),
         (dict(pace_s_per_m=np.array([0.1, np.nan])), "`pace_s_per_m` must be finite and > 0"),
@@ -404,7 +406,7 @@ def test_traversal_batch_validate_cases():
         fields = dict(edge=b.edge, t_enter_s=b.t_enter_s, t_exit_s=b.t_exit_s,
                       pace_s_per_m=b.pace_s_per_m, weight=b.weight) | change
         with pytest.raises(TraversalBatchError, match=message):
-            TraversalBatch(**fields).validate(3)
+            Traversals(**fields).validate(3)
 
 
 def test_estimator_config_invalid_value():
@@ -500,8 +502,9 @@ def test_fold_traversals_numba_matches_array_code(dtype):
     rng = np.random.default_rng(7)
     tol = dict(rtol=1e-10, atol=1e-14) if dtype == np.float64 else dict(rtol=1e-5, atol=1e-7)
     gated_total = 0
+    # (200000, 40): more cache windows (49) than traversals, the kernel's sort branch.
     for m, n, with_t in ((3, 50, True), (9000, 30000, True), (20000, 1500, True),
-                         (20000, 6000, False)):
+                         (20000, 6000, False), (200000, 40, True), (200000, 40, False)):
         state, (edge, pace, weight, t_obs) = _cpu_kernel_case(rng, m, n, dtype,
                                                               with_t_obs=with_t)
         a, b = (EstimatorState(**{k: getattr(state, k).copy() for k in
@@ -529,9 +532,168 @@ def test_kernels_cpu_fold_apply_invalid():
                 last=state.last_t_s, count=state.count, scratch={}, t_s=T0,
                 params=CONFIG.kernel_params())
     ones = np.ones(2)
-    with pytest.raises(TraversalBatchError, match="`edge` must be within 0..3; got 4 at index 1"):
+    with pytest.raises(TraversalBatchError, match="`edge` must be within 0..3 .*got 4 at index 1"):
         _kernels.cpu_fold_apply(np.array([0, 4], np.int32), ones, ones, None, **args)
     with pytest.raises(KernelInputError, match="`pace` must be a float64 array; got float32"):
         _kernels.cpu_fold_apply(np.zeros(2, np.int32), ones.astype(np.float32), ones, None,
                                 **args)
     assert state.count.sum() == 0 and state.c.sum() == 0  # nothing written
+
+
+def _copy_state(state: EstimatorState) -> EstimatorState:
+    return EstimatorState(**{k: getattr(state, k).copy() for k in
+                             ("mu", "c", "var", "prior", "last_t_s", "count")},
+                          t_s=state.t_s, version=state.version)
+
+
+def _paths(xp):
+    """(name, use_kernels) of every fold path on ``xp``: kernels and array code."""
+    if xp is np:
+        paths = [("array code", False)]
+        if _kernels.cpu_kernels() is not None:
+            paths.append(("numba kernel", True))
+        return paths
+    return [("CUDA kernels", True), ("array code", False)]
+
+
+@pytest.mark.parametrize("bad_edge", [7, -1, 2**31 - 1])
+def test_fold_traversals_out_of_range_edge_folds_nothing(xp, bad_edge):
+    """An edge id outside 0..m-1 raises, naming it, its index and the range, on every path
+    (the CUDA kernels are never launched), and leaves the state as it was."""
+    dtype = xp.float32 if xp is not np else np.float64
+    for name, kern in _paths(xp):
+        state = EstimatorState.initial(np.full(7, 0.1), xp=xp, dtype=dtype)
+        fold_traversals(state, xp.asarray(np.array([1, 2], np.int32)), xp.asarray([0.2, 0.2]),
+                        xp.ones(2), T0, config=CONFIG, use_kernels=kern)
+        before = {k: to_host(getattr(state, k)).copy() for k in ("mu", "c", "var", "count")}
+        edge = xp.asarray(np.array([0, 3, bad_edge, 1], np.int32))
+        with pytest.raises(TraversalBatchError,
+                           match=rf"`edge` must be within 0..6 .*got {bad_edge} at index 2"):
+            fold_traversals(state, edge, xp.full(4, 0.3), xp.ones(4), T0 + 60, config=CONFIG,
+                            use_kernels=kern)
+        for k, want in before.items():
+            assert np.array_equal(to_host(getattr(state, k)), want), (name, k)
+        assert state.version == 1 and state.t_s == T0, name
+
+
+def test_speed_estimator_apply_unvalidated_out_of_range_edge():
+    est = SpeedEstimator(_line_network(3), CONFIG)
+    with pytest.raises(TraversalBatchError, match=r"within 0..2 .*got 3 at index 1"):
+        est.apply(_batch([0, 3], [0.2, 0.2], T0), validate=False)
+    assert est.version == 0 and est.state.c.sum() == 0
+
+
+def _median_fold_s(state, edge, pace, weight, t_obs, kern, repeats: int = 7) -> float:
+    import time
+
+    times = []
+    for k in range(repeats):
+        t = time.perf_counter()
+        fold_traversals(state, edge, pace, weight, t_obs_s=t_obs + 60 * (k + 1), config=CONFIG,
+                        use_kernels=kern)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+@pytest.mark.slow
+def test_fold_traversals_cost_does_not_grow_with_network(xp):
+    """A probe batch costs O(batch): 1,000 traversals into 5 M segments take less than 10x
+    their time into 50 k (an O(segments) pass per fold would make it ~100x)."""
+    rng = np.random.default_rng(11)
+    n = 1_000
+    dtype = xp.float32 if xp is not np else np.float64
+    for name, kern in _paths(xp):
+        times = []
+        for m in (50_000, 5_000_000):
+            state = EstimatorState.initial(xp.full(m, 0.1, dtype=dtype), xp=xp, dtype=dtype)
+            edge = xp.asarray(rng.integers(0, m, n).astype(np.int32))
+            pace = xp.asarray((0.1 * rng.lognormal(0, 0.2, n)).astype(dtype))
+            weight, t_obs = xp.ones(n, dtype=dtype), xp.asarray(T0 + rng.uniform(0, 60, n))
+            fold_traversals(state, edge, pace, weight, t_obs_s=t_obs, config=CONFIG,
+                            use_kernels=kern)  # warm-up (numba load, CUDA compile)
+            if xp is not np:
+                xp.cuda.Device().synchronize()
+            times.append(_median_fold_s(state, edge, pace, weight, t_obs, kern))
+            del state
+        assert times[1] < 10 * times[0] + 2e-4, (
+            f"{name}: {times[1] * 1e3:.2f} ms into 5M vs {times[0] * 1e3:.2f} ms into 50k")
+
+
+def test_fold_traversals_array_code_allocates_nothing_network_sized():
+    """The NumPy array code's small-batch fold allocates O(batch) memory (traced by
+    tracemalloc, which sees NumPy's allocations): no array of the network's length."""
+    import tracemalloc
+
+    m, n = 2_000_000, 500
+    rng = np.random.default_rng(12)
+    state = EstimatorState.initial(np.full(m, 0.1))
+    edge = rng.integers(0, m, n).astype(np.int32)
+    pace, weight = 0.1 * rng.lognormal(0, 0.2, n), np.ones(n)
+    t_obs = T0 + rng.uniform(0, 60, n)
+    fold_traversals(state, edge, pace, weight, t_obs_s=t_obs, config=CONFIG, use_kernels=False)
+    tracemalloc.start()
+    try:
+        fold_traversals(state, edge, pace, weight, t_obs_s=t_obs + 60, config=CONFIG,
+                        use_kernels=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000 * n, f"peak {peak} B for {n} traversals (an m-long float64 is {8 * m} B)"
+
+
+def test_fold_traversals_small_batches_on_large_network_match_reference(xp):
+    """Sparse folds (batch << network: unique/compact sums, the sparse CUDA apply, the
+    numba sort branch) against the float64 NumPy reference with the dense large-batch fold
+    in between, on segments touched many times; CUDA sums are left zeroed after each fold."""
+    rng = np.random.default_rng(13)
+    m = 60_000
+    hot = rng.choice(m, 300, replace=False)
+    dtype = xp.float32 if xp is not np else np.float64
+    ref = _state(m)
+    states = {name: (EstimatorState.initial(np.full(m, 0.1), xp=xp, dtype=dtype), kern)
+              for name, kern in _paths(xp)}
+    for k in range(12):
+        n = 20_000 if k == 6 else 400  # one dense fold in the middle
+        edge = hot[rng.integers(0, hot.size, n)].astype(np.int32)
+        pace = 0.1 * rng.lognormal(0, 0.3, n)
+        pace[rng.random(n) < 0.05] *= 8
+        weight = rng.uniform(0.2, 1.0, n)
+        t_obs = T0 + 60 * k + rng.uniform(0, 60, n)
+        fold_traversals(ref, edge, pace, weight, t_obs_s=t_obs, config=CONFIG,
+                        use_kernels=False)
+        for state, kern in states.values():
+            fold_traversals(state, xp.asarray(edge), xp.asarray(pace), xp.asarray(weight),
+                            t_obs_s=xp.asarray(t_obs), config=CONFIG, use_kernels=kern)
+            for a in state.extra.get("gpu_fold_sums", ()):
+                assert int(xp.count_nonzero(a)) == 0
+    tol = dict(rtol=1e-9, atol=1e-12) if xp is np else dict(rtol=2e-3, atol=1e-5)
+    for name, (state, _) in states.items():
+        for f in (current_pace, confidence):
+            got, want = to_host(f(state, T0 + 800, config=CONFIG)), f(ref, T0 + 800, config=CONFIG)
+            bad = ~np.isclose(got, want, **tol)
+            assert not bad.any(), f"{name}: {f.__name__} differs at {int(np.argmax(bad))}"
+        diff = np.abs(to_host(state.count).astype(int) - ref.count).sum()
+        assert diff <= (0 if xp is np and dtype == np.float64 else 5), name
+        assert int((to_host(state.count) > 0).sum()) == hot.size
+
+
+def test_kernels_fold_pace_first_needs_hits():
+    m = np.zeros(4, np.float32)
+    args = dict(mu=m, c=m, var=m, prior=m, last=np.zeros(4), t_s=T0,
+                params=CONFIG.kernel_params())
+    f32, f64 = np.ones(2, np.float32), np.zeros(2)
+    out5 = (m.copy(), m.copy(), m.copy(), m.copy(), np.zeros(4, np.int32))
+    with pytest.raises(KernelInputError, match="sixth array, `hits`"):
+        _kernels.fold_pace(np.zeros(2, np.int32), f32, f32, f64, out=out5,
+                           first=np.zeros(2, np.int32), **args)
+    with pytest.raises(KernelInputError, match="`first` must have length 2; got 3"):
+        _kernels.fold_pace(np.zeros(2, np.int32), f32, f32, f64,
+                           out=(*out5, np.zeros(4, np.int32)), first=np.zeros(3, np.int32),
+                           **args)
+
+
+def test_kernels_check_edge_range():
+    _kernels.check_edge_range(np.array([0, 4], np.int32), 5)
+    _kernels.check_edge_range(np.zeros(0, np.int32), 0)
+    with pytest.raises(TraversalBatchError, match=r"within 0..4 .*got 5 at index 1"):
+        _kernels.check_edge_range(np.array([0, 5, -3], np.int32), 5)

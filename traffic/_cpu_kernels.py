@@ -47,8 +47,8 @@ def fold_apply(edge, pace, weight, t_obs, mu, c, var, prior, last, count, order_
     sort of the window numbers replaces the counting sort, so the cost is O(n log n) and
     nothing scales with ``m``. A window with many traversals (``4 n_b >= 2**shift``) gets
     its gate terms computed in one sequential sweep; a sparse one computes them at first
-    touch. Sums of a segment accumulate in the traversals' original order. ``t_obs`` of length 0 means
-    "observed at ``t_s``". Edges must be in range (the caller checks).
+    touch. Sums of a segment accumulate in the traversals' original order. ``t_obs`` of
+    length 0 means "observed at ``t_s``". Edges must be in range (the caller checks).
     """
     n = edge.shape[0]
     m = mu.shape[0]

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from traffic.errors import KernelInputError
+from traffic.errors import KernelInputError, TraversalBatchError
 
 _PREAMBLE = r"""
 // Shared device helpers of the traffic estimator kernels.
@@ -202,8 +202,6 @@ def check_edge_range(edge: Any, m: int) -> None:
     the device; the offending index is looked up only when there is one). The message names
     the first offending edge id, its index and the valid range.
     """
-    from traffic.errors import TraversalBatchError
-
     n = int(edge.shape[0])
     if n == 0:
         return
@@ -216,9 +214,13 @@ def check_edge_range(edge: Any, m: int) -> None:
         return
     bad = (edge < 0) | (edge >= m)
     i = int(bad.argmax())
-    raise TraversalBatchError(
-        f"`edge` must be within 0..{m - 1} (the network's segments); got {int(edge[i])} "
-        f"at index {i}; nothing was folded")
+    raise _edge_range_error(int(edge[i]), i, m)
+
+
+def _edge_range_error(value: int, index: int, m: int) -> TraversalBatchError:
+    return TraversalBatchError(
+        f"`edge` must be within 0..{m - 1} (the network's segments); got {value} at index "
+        f"{index}; nothing was folded")
 
 
 def _check(name: str, a: Any, dtype: Any, n: int | None) -> None:
@@ -381,8 +383,6 @@ def cpu_fold_apply(
     traffic.errors.TraversalBatchError
         When an edge id is outside ``0..m-1`` (checked before anything is written).
     """
-    from traffic.errors import TraversalBatchError
-
     kernels = cpu_kernels()
     if kernels is None:
         raise KernelInputError("the fused CPU kernel needs numba (pip install numba)")
@@ -402,8 +402,7 @@ def cpu_fold_apply(
     _check("count", count, np.int32, m)
     bad = int(kernels.first_out_of_range(edge, m))
     if bad >= 0:
-        raise TraversalBatchError(
-            f"`edge` must be within 0..{m - 1}; got {int(edge[bad])} at index {bad}")
+        raise _edge_range_error(int(edge[bad]), bad, m)
     buf = scratch.get(_SCRATCH)
     if buf is None or buf[0].shape[0] < n:
         # Reused between calls: fresh n-long buffers would page-fault on every update.
