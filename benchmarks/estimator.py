@@ -2,11 +2,15 @@
 
 NumPy (default): batches of 1 M and 100 k traversals into 1 M segments, ``fold_traversals``
 (numba kernel and NumPy array code) vs one
-``np.bincount`` of the same edges and paces, interleaved so both see the same machine load.
-``--xp cupy`` (GPU): 10 M traversals into 10 M segments vs ``cupyx.scatter_add``, and a full
-update of 50 M segments (the apply pass, and a fold of 1 M traversals) vs one copy of the
-state arrays; timed with CUDA events after a warm-up. Prints a table of medians and p99s and
-appends it to BENCHMARKS.md (unless ``--no-append``).
+``np.bincount`` of the same edges and paces, interleaved so both see the same machine load;
+then scaling rows: 1 k traversals into 50 k, 5 M and 26.4 M segments (a fold must cost
+O(batch), so these should not grow with the network).
+``--xp cupy`` (GPU): 10 M traversals into 10 M segments vs ``cupyx.scatter_add``; then the
+K=6 network size (``--m-gpu``, 26.4 M segments): the device memory per segment (state and
+the kernels' persistent sums, from CuPy's pool), folds of 10 k to 10 M traversals, and one
+copy of the state arrays as the peer of an O(segments) pass. Timed with CUDA events after a
+warm-up. Prints a table of medians and p99s and appends it to BENCHMARKS.md (unless
+``--no-append``; ``--output`` may name several files).
 """
 
 from __future__ import annotations
@@ -132,7 +136,7 @@ def _time_gpu(cp, fn, repeats: int) -> list[float]:
     return out
 
 
-def bench_cupy(repeats: int) -> list[tuple[str, float, float, str]]:
+def bench_cupy(repeats: int, m_big: int) -> list[tuple[str, float, float, str]]:
     import cupy as cp
     import cupyx
 
@@ -152,28 +156,39 @@ def bench_cupy(repeats: int) -> list[tuple[str, float, float, str]]:
         rows.append((name, med, p99, f"{n / (med / 1e3) / 1e9:.2f} G traversals/s"))
     rows.append(("ratio fold / scatter_add", _stats(fold)[0] / _stats(peer)[0], 0.0, "target <= 2"))
     del edge, pace, weight, t_obs, state, out
-    m = 50_000_000
+    pool = cp.get_default_memory_pool()
+    pool.free_all_blocks()
+    base = pool.used_bytes()
+    m = m_big
     state = _state(cp, m, cp.float32)
-    sums = (cp.zeros(m, cp.float32), cp.zeros(m, cp.float32), cp.zeros(m, cp.float32),
-            cp.zeros(m, cp.float32), cp.zeros(m, cp.int32))
-    sums[0][...] = 0.5
-    params = config.kernel_params()
-    apply = _time_gpu(cp, lambda: _kernels.apply_pace(
-        sums, mu=state.mu, c=state.c, var=state.var, last=state.last_t_s, count=state.count,
-        t_s=T0, inv_tau=params["inv_tau"], log_erosion=params["log_erosion"]), repeats)
-    edge, pace, weight, t_obs = _inputs(cp, rng, 1_000_000, m, np.float32)
-    small = _time_gpu(cp, lambda: fold_traversals(state, edge, pace, weight, T0 + 60,
-                                                  t_obs_s=t_obs, config=config), repeats)
+    state_bytes = pool.used_bytes() - base
+    edge, pace, weight, t_obs = _inputs(cp, rng, 1_000, m, np.float32)
+    fold_traversals(state, edge, pace, weight, T0 + 60, t_obs_s=t_obs, config=config)
+    cp.cuda.Device().synchronize()
+    del edge, pace, weight, t_obs
+    held = pool.used_bytes() - base  # state + the kernels' persistent sums
+    rows.append((f"device memory per segment at {m:,} segments", held / m, 0.0,
+                 f"state {state_bytes / m:.1f} B + kernel sums {(held - state_bytes) / m:.1f} B;"
+                 f" {held / 2**30:.2f} GiB in all"))
+    times = {}
+    for n in (10_000, 100_000, 1_000_000, 10_000_000):
+        edge, pace, weight, t_obs = _inputs(cp, rng, n, m, np.float32)
+        times[n] = _time_gpu(cp, lambda: fold_traversals(  # noqa: B023 (called at once)
+            state, edge, pace, weight, T0 + 60, t_obs_s=t_obs, config=config), repeats)
+        med, p99 = _stats(times[n])
+        rows.append((f"fold {n:,} traversals into {m:,} segments", med, p99,
+                     f"{n / (med / 1e3) / 1e6:.0f} M traversals/s"
+                     + (" (sparse apply)" if 4 * n < m else " (dense apply)")))
+        del edge, pace, weight, t_obs
     arrays = (state.mu, state.c, state.var, state.last_t_s, state.count)
     copy = _time_gpu(cp, lambda: [a.copy() for a in arrays], repeats)
-    for name, s in (("apply pass over 50M segments", apply),
-                    ("fold 1M traversals into 50M segments", small),
-                    ("peer: copy of the 50M state arrays", copy)):
-        med, p99 = _stats(s)
-        rows.append((name, med, p99, ""))
-    rows.append(("ratio apply / state copy", _stats(apply)[0] / _stats(copy)[0], 0.0, "target <= 2"))
-    rows.append(("ratio fold(1M into 50M) / state copy", _stats(small)[0] / _stats(copy)[0],
-                 0.0, "target <= 2"))
+    med, p99 = _stats(copy)
+    rows.append((f"peer: copy of the {m:,}-segment state arrays (one O(segments) pass)", med,
+                 p99, ""))
+    rows.append(("ratio fold(10k) / state copy", _stats(times[10_000])[0] / med, 0.0,
+                 "O(batch): far below 1"))
+    rows.append(("ratio fold(1M) / state copy", _stats(times[1_000_000])[0] / med, 0.0,
+                 "target <= 2"))
     return rows
 
 
@@ -203,10 +218,13 @@ def main() -> None:
                         default=[50_000, 5_000_000, 26_400_000],
                         help="segment counts of the scaling rows (NumPy run; none: skip)")
     parser.add_argument("--no-append", action="store_true")
-    parser.add_argument("--output", default="BENCHMARKS.md")
+    parser.add_argument("--m-gpu", type=int, default=26_400_000,
+                        help="segments of the large GPU rows (26.4 M: the K=6 network)")
+    parser.add_argument("--output", nargs="+", default=["BENCHMARKS.md"],
+                        help="files the section is appended to")
     args = parser.parse_args()
     if args.xp == "cupy":
-        rows = bench_cupy(args.repeats)
+        rows = bench_cupy(args.repeats, args.m_gpu)
     else:
         rows = [r for n in args.n for r in bench_numpy(n, args.m, args.repeats)]
         if args.scaling_m:
@@ -219,12 +237,15 @@ def main() -> None:
     for name, med, p99, note in rows:
         if name.startswith("ratio"):
             lines.append(f"| {name} | {med:.2f}x | | {note} |")
+        elif name.startswith("device memory"):
+            lines.append(f"| {name} | {med:.1f} B/segment | | {note} |")
         else:
             lines.append(f"| {name} | {med:.2f} | {p99:.2f} | {note} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_append:
-        append_section(text, path=Path(args.output))
+        for out in args.output:
+            append_section(text, path=Path(out))
 
 
 if __name__ == "__main__":

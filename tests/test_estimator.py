@@ -586,11 +586,14 @@ def test_speed_estimator_apply_unvalidated_out_of_range_edge():
 def _median_fold_s(state, edge, pace, weight, t_obs, kern, repeats: int = 7) -> float:
     import time
 
+    xp = type(state.mu).__module__.split(".")[0]
+    sync = (lambda: state.mu.device.synchronize()) if xp == "cupy" else (lambda: None)
     times = []
     for k in range(repeats):
         t = time.perf_counter()
         fold_traversals(state, edge, pace, weight, t_obs_s=t_obs + 60 * (k + 1), config=CONFIG,
                         use_kernels=kern)
+        sync()
         times.append(time.perf_counter() - t)
     return float(np.median(times))
 

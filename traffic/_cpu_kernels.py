@@ -68,10 +68,16 @@ def fold_apply(edge, pace, weight, t_obs, mu, c, var, prior, last, count, order_
             start[b + 1] += start[b]
         pos = start[:nb].copy()
         for i in range(n):
-            j = pos[edge[i] >> shift]
-            pos[edge[i] >> shift] = j + 1
-            _put(i, j, edge, pace, weight, t_obs, has_t, order_edge, order_pace, order_weight,
-                 t_s, inv_tau, min_pace, max_pace)
+            e = edge[i]
+            b = e >> shift
+            j = pos[b]
+            pos[b] = j + 1
+            order_edge[j] = e
+            order_pace[j] = min(max(np.float64(pace[i]), min_pace), max_pace)
+            w = np.float64(weight[i])
+            if has_t:
+                w *= math.exp(min(t_obs[i] - t_s, 0.0) * inv_tau)
+            order_weight[j] = w
         for b in range(nb):
             if start[b + 1] > start[b]:
                 run_b[n_runs] = b
