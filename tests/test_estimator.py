@@ -502,9 +502,9 @@ def test_fold_traversals_numba_matches_array_code(dtype):
     rng = np.random.default_rng(7)
     tol = dict(rtol=1e-10, atol=1e-14) if dtype == np.float64 else dict(rtol=1e-5, atol=1e-7)
     gated_total = 0
-    # (200000, 40): more cache windows (49) than traversals, the kernel's sort branch.
+    # (2000000, 25): over 16 cache windows (489) per traversal, the kernel's sort branch.
     for m, n, with_t in ((3, 50, True), (9000, 30000, True), (20000, 1500, True),
-                         (20000, 6000, False), (200000, 40, True), (200000, 40, False)):
+                         (20000, 6000, False), (2000000, 25, True), (2000000, 25, False)):
         state, (edge, pace, weight, t_obs) = _cpu_kernel_case(rng, m, n, dtype,
                                                               with_t_obs=with_t)
         a, b = (EstimatorState(**{k: getattr(state, k).copy() for k in

@@ -43,9 +43,9 @@ def fold_apply(edge, pace, weight, t_obs, mu, c, var, prior, last, count, order_
     first bucketed by ``edge >> shift`` (a stable counting sort into ``order_*``, buffers
     of at least ``n`` entries; the pace clipped and the weight decayed on the way) and
     each window of ``2**shift`` segments is then folded and blended while its state is in
-    cache. With more windows than traversals (a small batch on a large network) a stable
-    sort of the window numbers replaces the counting sort, so the cost is O(n log n) and
-    nothing scales with ``m``. A window with many traversals (``4 n_b >= 2**shift``) gets
+    cache. With more than 16 windows per traversal (a small batch on a large network) a
+    stable sort of the window numbers replaces the counting sort, so the cost is
+    O(n log n) and nothing scales with ``m``. A window with many traversals (``4 n_b >= 2**shift``) gets
     its gate terms computed in one sequential sweep; a sparse one computes them at first
     touch. Sums of a segment accumulate in the traversals' original order. ``t_obs`` of
     length 0 means "observed at ``t_s``". Edges must be in range (the caller checks).
@@ -60,7 +60,7 @@ def fold_apply(edge, pace, weight, t_obs, mu, c, var, prior, last, count, order_
     run_b = np.empty(min(nb, n), np.int64)
     run_lo = np.empty(min(nb, n) + 1, np.int64)
     n_runs = 0
-    if nb <= n:
+    if nb <= 16 * n:  # O(n) either way; a counting sort beats a comparison sort here
         start = np.zeros(nb + 1, np.int64)
         for i in range(n):
             start[(edge[i] >> shift) + 1] += 1
