@@ -31,7 +31,7 @@ from scipy.sparse.csgraph import dijkstra
 
 from graph.osm import load_osm
 from graph.spatial import build_spatial_index, nearest_edges
-from graph.ubodt import build_ubodt
+from graph.route_distances import build_route_distances
 from traffic.estimator import EstimatorConfig, SpeedEstimator, TraversalBatch
 from traffic.matching import MatcherConfig, OnlineMatcher
 from traffic.probes import ProbeValidationConfig, VehicleLastSeen, validate_probes
@@ -186,7 +186,7 @@ def main() -> None:
     sc = Scenario.open(a.scenario)
     d, t0 = sc.root, sc.t0_s
     net = load_osm(d / "network.osm.pbf")
-    index, ubodt = build_spatial_index(net), build_ubodt(net)
+    index, route_distances = build_spatial_index(net), build_route_distances(net)
     probes = pl.read_parquet(d / "probes.parquet")
     trips = pl.read_csv(d / "trips_truth.csv").filter(
         (pl.col("teleported") == 0) & (pl.col("duration_s") >= 120)).sort("depart_t")
@@ -204,7 +204,7 @@ def main() -> None:
                               ("gate_sigma", a.gate_sigma)) if v is not None}
     cfg = EstimatorConfig(**over)
     est = SpeedEstimator(net, cfg)
-    m, ex = OnlineMatcher(net, index, ubodt, MatcherConfig()), TraversalExtractor(net)
+    m, ex = OnlineMatcher(net, index, route_distances, MatcherConfig()), TraversalExtractor(net)
     last, vcfg = VehicleLastSeen(), ProbeValidationConfig()
     eta_router, eta_true = np.full(len(trips), np.nan), np.full(len(trips), np.nan)
     t_end = float(max(probes["t"].max(), depart.max())) + a.tick_s

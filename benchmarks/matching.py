@@ -5,6 +5,11 @@ Each run builds its own route distances (graph.route_distances: bounded searches
 cached), so every rate includes filling that cache from cold.
 
     .venv/bin/python benchmarks/matching.py [--scenario DIR] [--tick-s 10] [--repeat 3] [--note TEXT]
+    .venv/bin/python benchmarks/matching.py --dimacs ../shared/data/graphs/USA-road-d.NY.gr.gz \
+        [--sim-vehicles 2000] [--sim-duration-s 600] [--probes-cache FILE.parquet]
+
+With ``--dimacs`` the network is a DIMACS graph and the probes come from traffic/simulate.py
+(simulation time is reported apart; ``--probes-cache`` keeps them for the next run).
 """
 
 from __future__ import annotations
@@ -63,15 +68,45 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-append", action="store_true")
     ap.add_argument("--note", default="", help="a line added under the table (e.g. a baseline run)")
+    ap.add_argument("--dimacs", default=None, help="a DIMACS .gr[.gz] network; probes simulated")
+    ap.add_argument("--sim-vehicles", type=int, default=2000)
+    ap.add_argument("--sim-duration-s", type=float, default=600.0)
+    ap.add_argument("--probes-cache", default=None,
+                    help="with --dimacs: parquet of the simulated probes, read if present, else written")
     a = ap.parse_args()
-    d = Path(a.scenario)
     t0 = time.perf_counter()
-    net = load_osm(d / "network.osm.pbf")
+    sim_note = ""
+    if a.dimacs:
+        from graph.dimacs import find_coordinates, load_dimacs
+
+        net = load_dimacs(a.dimacs, find_coordinates(a.dimacs))
+        name = Path(a.dimacs).name.split(".gr")[0]
+    else:
+        d = Path(a.scenario)
+        net = load_osm(d / "network.osm.pbf")
+        name = d.name
     index = build_spatial_index(net)
     t1 = time.perf_counter()
     build_route_distances(net).lookup([0], [0])  # load (or compile) the numba kernels
     t2 = time.perf_counter()
-    probes = pl.read_parquet(d / "probes.parquet")
+    tb0 = time.perf_counter()
+    build_route_distances(net)
+    t_build = time.perf_counter() - tb0
+    if not a.dimacs:
+        probes = pl.read_parquet(d / "probes.parquet")
+    elif a.probes_cache and Path(a.probes_cache).exists():
+        probes = pl.read_parquet(a.probes_cache)
+        sim_note = f" Probes: {a.probes_cache} (traffic/simulate.py, earlier run)."
+    else:
+        from traffic.simulate import SimConfig, simulate_probes
+
+        ts = time.perf_counter()
+        probes = pl.concat(list(simulate_probes(net, SimConfig(
+            n_vehicles=a.sim_vehicles, duration_s=a.sim_duration_s))))
+        sim_note = (f" Probes simulated by traffic/simulate.py ({a.sim_vehicles} cars, "
+                    f"{a.sim_duration_s:g} s, one every 5 s) in {time.perf_counter() - ts:.0f} s.")
+        if a.probes_cache:
+            probes.write_parquet(a.probes_cache)
     batches = _ticks(probes, a.tick_s)
     rows = []
     for name, validate in (("matching only", False), ("validate+match+traversals", True)):
@@ -82,16 +117,20 @@ def main() -> None:
         rows.append((name, n, np.median(rates), np.min(rates), n_tr))
     st = routes.stats
     lines = [
-        f"## Map matching throughput ({d.name})\n",
-        f"`.venv/bin/python benchmarks/matching.py --tick-s {a.tick_s:g} --repeat {a.repeat}` — "
+        f"## Map matching throughput ({name})\n",
+        f"`.venv/bin/python benchmarks/matching.py"
+        + (f" --dimacs {a.dimacs} --sim-vehicles {a.sim_vehicles} --sim-duration-s "
+           f"{a.sim_duration_s:g}" if a.dimacs else "")
+        + f" --tick-s {a.tick_s:g} --repeat {a.repeat}` — "
         f"{utc_now()}, {machine_description(note='one used')} "
         "(other work may be running on the machine, so rates are lower bounds).\n",
         f"Network {net.n_nodes} nodes / {net.n_edges} edges; spatial index {t1 - t0:.2f} s with load, "
         f"{index.nbytes / 1e6:.1f} MB; "
-        f"route distances on demand (bound {routes.bound_m:g} m; kernels loaded in {t2 - t1:.2f} s): "
+        f"route distances on demand (bound {routes.bound_m:g} m; built in {t_build * 1e6:.0f} us, "
+        f"kernels loaded in {t2 - t1:.2f} s): "
         f"per run {st['searches']} searches settling {st['reached']} nodes for "
         f"{st['lookups']} pair lookups, cache at the end {routes.cached_entries} entries, "
-        f"{routes.nbytes / 1e6:.1f} MB.\n",
+        f"{routes.nbytes / 1e6:.1f} MB.{sim_note}\n",
         "| pipeline | probes | median probes/s | worst probes/s | traversals |",
         "|---|---:|---:|---:|---:|",
         *[f"| {r[0]} | {r[1]} | {r[2]:,.0f} | {r[3]:,.0f} | {r[4]} |" for r in rows],
