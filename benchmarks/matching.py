@@ -87,7 +87,9 @@ def main() -> None:
         name = d.name
     index = build_spatial_index(net)
     t1 = time.perf_counter()
-    build_route_distances(net).lookup([0], [0])  # load (or compile) the numba kernels
+    warm = build_route_distances(net)  # load (or compile) the numba kernels
+    warm.lookup([0], [0])
+    warm.path_edges(net.edge_src, [0], [0])
     t2 = time.perf_counter()
     tb0 = time.perf_counter()
     build_route_distances(net)

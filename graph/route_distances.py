@@ -189,9 +189,10 @@ class RouteDistances:
         if src.size and (min(src.min(), dst.min()) < 0
                          or max(src.max(), dst.max()) >= self.n_nodes):
             raise ValueError(f"node ids must be in 0..{self.n_nodes - 1}")
-        lim = np.full(src.shape, self.bound_m) if max_m is None else np.minimum(
-            np.broadcast_to(np.asarray(max_m, dtype=np.float64), src.shape), self.bound_m)
-        lim = np.ascontiguousarray(np.where(np.isnan(lim), -np.inf, lim))
+        # Limits go to the kernels as given: NaN or negative answers inf, and a limit above
+        # the bound needs no clipping (no cached search reaches beyond the bound).
+        lim = np.full(src.shape, self.bound_m) if max_m is None else np.ascontiguousarray(
+            np.broadcast_to(np.asarray(max_m, dtype=np.float64), src.shape))
         self.stats["lookups"] += int(src.size)
         return src, dst, lim
 
@@ -205,10 +206,10 @@ class RouteDistances:
         slot = np.empty(src.shape, np.int32)
         short = np.empty(src.shape, np.bool_)
         if _slots_of(self._node_slot, self._slot_radius, self._slot_stamp, src, lim,
-                     self._tick, slot, short):
+                     self.bound_m, self._tick, slot, short):
             nodes, inv = np.unique(src[short], return_inverse=True)
             need = np.zeros(nodes.size)
-            np.maximum.at(need, inv, lim[short])
+            np.maximum.at(need, inv, np.minimum(lim[short], self.bound_m))
             have = self._node_slot[nodes]
             cached = have >= 0
             need[cached] = np.maximum(need[cached], self._slot_radius[have[cached]])
@@ -444,17 +445,19 @@ def _find(pool_dst, lo, hi, t):  # pragma: no cover - jitted
 
 
 @njit(cache=True, nogil=True)
-def _slots_of(node_slot, slot_radius, slot_stamp, src, lim, tick, slot, short):  # pragma: no cover
+def _slots_of(node_slot, slot_radius, slot_stamp, src, lim, bound, tick, slot,
+              short):  # pragma: no cover - jitted
     """Each pair's cache slot (``-1``: none) and whether its source must be searched (not
-    cached, or cached with a radius below the pair's limit; a negative limit needs nothing).
-    Stamps the slots used with ``tick``. Returns the number of pairs to search for."""
+    cached, or cached with a radius below the pair's limit capped at ``bound``; a negative
+    or NaN limit needs nothing). Stamps the slots used with ``tick``. Returns the number of
+    pairs to search for."""
     n_short = 0
     for i in range(src.shape[0]):
         s = node_slot[src[i]]
         slot[i] = s
-        if lim[i] < 0:
+        if not lim[i] >= 0:
             short[i] = False
-        elif s < 0 or slot_radius[s] < lim[i]:
+        elif s < 0 or slot_radius[s] < min(lim[i], bound):
             short[i] = True
             n_short += 1
         else:
@@ -467,7 +470,7 @@ def _slots_of(node_slot, slot_radius, slot_stamp, src, lim, tick, slot, short): 
 def _lookup_pairs(slot_start, slot_len, slot, dst, lim, pool_dst, pool_dist, out):  # pragma: no cover
     for i in range(dst.shape[0]):
         out[i] = np.inf
-        if lim[i] < 0:
+        if not lim[i] >= 0:
             continue
         s = slot[i]
         lo = slot_start[s]
@@ -484,7 +487,7 @@ def _walk_paths(slot_start, slot_len, slot, src, dst, lim, pool_dst, pool_dist, 
     n = src.shape[0]
     count = np.zeros(n, np.int64)
     for i in range(n):
-        if lim[i] < 0 or src[i] == dst[i]:
+        if not lim[i] >= 0 or src[i] == dst[i]:
             continue
         s = slot[i]
         lo = slot_start[s]
