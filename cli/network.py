@@ -3,6 +3,7 @@
     traffic network import SRC -o OUT [--largest-scc] [--co COORDS]
     traffic network info NET [--json]
     traffic network export NET --geojson OUT
+    traffic network prepare NET [--data-dir DIR] [--force]
 
 SRC and NET may be any format :func:`graph.io.load_network` reads (compiled, OSM PBF/XML,
 GeoJSON, DIMACS). Errors reach the frame in :mod:`cli`, which prints one line.
@@ -46,6 +47,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     exp.add_argument("--geojson", required=True, help="GeoJSON file to write")
     exp.set_defaults(func=_export)
 
+    prep = actions.add_parser(
+        "prepare", help="write the artifacts serving derives from a network (CCH order, "
+                        "spatial index) so `traffic serve` starts without building them")
+    prep.add_argument("net", help="the network (best compiled: `traffic network import`)")
+    prep.add_argument("--data-dir", default="data/run",
+                      help="where the artifacts go when NET's folder is not writable "
+                           "(DATA_DIR/prepared/<file name>; default data/run, as serve)")
+    prep.add_argument("--force", action="store_true", help="rebuild every artifact")
+    prep.set_defaults(func=_prepare)
+
 
 def _import(args: argparse.Namespace) -> int:
     from graph.connectivity import keep_largest_scc, network_summary
@@ -84,6 +95,26 @@ def _export(args: argparse.Namespace) -> int:
     net = load_network(args.net)
     out = export_geojson(net, args.geojson)
     print(f"{out}: {net.n_edges} features (one per directed edge), version {net.version}")
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    import logging
+    import time
+
+    from graph.artifacts import artifacts_dir, prepare_artifacts
+    from graph.io import load_network
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    t0 = time.perf_counter()
+    net = load_network(args.net, mmap=True)
+    directory = artifacts_dir(args.net, args.data_dir)
+    with _progress_bar(f"prepare {Path(args.net).name}") as progress:
+        spent = prepare_artifacts(net, directory, force=args.force, progress=progress)
+    built = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in spent.items())
+    print(f"{directory}: network {net.version} ({net.n_edges} edges) "
+          + (f"prepared ({built}; {time.perf_counter() - t0:.1f} s in all)" if spent
+             else "already prepared (nothing to do)"))
     return 0
 
 

@@ -37,6 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ray-address", default=None, help="join this Ray cluster")
     p.add_argument("--no-ray", action="store_true", help="run every stage in this process")
     p.add_argument("--data-dir", default="data/run", help="state, caches and uploads (created)")
+    p.add_argument("--max-memory-gb", type=float, default=None, metavar="GB",
+                   help="refuse a network whose estimated serving footprint (all processes) "
+                        "exceeds GB (default: 80%% of the memory available to this process, "
+                        "cgroup limits included)")
     p.add_argument("--ingest", type=int, default=1, help="ingest partitions (actors)")
     p.add_argument("--router-replicas", type=int, default=0,
                    help="router actors (0: one router in the API process)")
@@ -130,7 +134,8 @@ def build_services(args: argparse.Namespace, net: Any, clock: str) -> Any:
     cfg = PipelineConfig(
         clock=clock, n_ingest=args.ingest, refresh_s=args.refresh_s,
         router_replicas=0 if args.no_ray else args.router_replicas,
-        cache_dir=str(data_dir / "cache"), data_dir=str(data_dir),
+        cache_dir=str(getattr(args, "artifacts_dir", None) or data_dir / "cache"),
+        data_dir=str(data_dir),
         ingest=replace(IngestConfig(), idle_flush_s=args.idle_flush_s),
         snapshot_every_s=getattr(args, "snapshot_every", 60.0) or None,
         snapshot_retention_s=getattr(args, "snapshot_retention", 7 * 86400.0) or None,
@@ -220,6 +225,54 @@ def listen_socket(host: str, port: int) -> socket.socket:
                          "server using it? Choose another --port or --host") from None
 
 
+def check_memory(args: argparse.Namespace, net: Any = None) -> None:
+    """Refuse (``ValueError``, one line) a network whose estimated serving footprint exceeds
+    ``--max-memory-gb`` (default 80% of the memory available, cgroup limits included).
+
+    Without ``net`` the sizes come from a compiled file's header (nothing is loaded); for
+    other formats this returns and is called again once the network is parsed.
+    """
+    from workers.footprint import available_memory_bytes, estimate_footprint, network_sizes
+
+    if net is None:
+        sizes = network_sizes(args.network)
+        if sizes is None:
+            return
+    else:
+        sizes = (net.n_nodes, net.n_edges, int(net.geom_lat.size))
+    estimate = estimate_footprint(*sizes, router_processes=max(1, args.router_replicas),
+                                  ingest_processes=args.ingest, ray=not args.no_ray)
+    if args.max_memory_gb is not None:
+        if not args.max_memory_gb > 0:
+            raise ValueError(f"--max-memory-gb must be > 0; got {args.max_memory_gb}")
+        limit, why = args.max_memory_gb * 1e9, "--max-memory-gb"
+    else:
+        limit, why = 0.8 * available_memory_bytes(), "80% of the memory available"
+    if estimate.total_bytes > limit:
+        raise ValueError(
+            f"{args.network}: serving it needs an estimated {estimate.total_bytes / 1e9:.3g} GB "
+            f"({sizes[1]} edges: {estimate.summary()}), more than the limit of {limit / 1e9:.3g} GB "
+            f"({why}); raise --max-memory-gb or serve a smaller network")
+    if net is not None:
+        logger.info("estimated serving footprint %.2f GB (limit %.1f GB, %s): %s",
+                    estimate.total_bytes / 1e9, limit / 1e9, why, estimate.summary())
+
+
+def use_prepared_artifacts(args: argparse.Namespace, net: Any) -> Path:
+    """The network's artifact directory, with every artifact present: those missing or
+    stale are built and saved now (with a warning), so later starts only load them."""
+    from graph.artifacts import artifacts_dir, prepare_artifacts
+
+    directory = artifacts_dir(args.network, args.data_dir)
+    t0 = time.perf_counter()
+    spent = prepare_artifacts(net, directory)
+    if spent:
+        logger.warning("network %s was not prepared: built %s in %.1f s into %s (run `traffic "
+                       "network prepare %s` beforehand to start faster)", net.version,
+                       ", ".join(spent), time.perf_counter() - t0, directory, args.network)
+    return directory
+
+
 def _started(thread: Any) -> Any:
     thread.start()
     return thread
@@ -242,10 +295,13 @@ def run(args: argparse.Namespace) -> int:
     # Bound now, before Ray starts: its components take free ports and could take ours.
     listener = listen_socket(args.host, args.port)
     t0 = time.perf_counter()
-    net = load_network(args.network)
+    check_memory(args)  # from the compiled header, before anything big is loaded
+    net = load_network(args.network, mmap=True)
     print(f"traffic serve: network {net.name or args.network} ({net.n_nodes} nodes, "
           f"{net.n_edges} edges, version {net.version}) loaded in {time.perf_counter() - t0:.1f} s",
           file=sys.stderr)
+    check_memory(args, net)  # other formats are only sized once parsed
+    args.artifacts_dir = use_prepared_artifacts(args, net)
     services = build_services(args, net, clock)
     # Not closed by the app: the `finally` below flushes and checkpoints through the workers
     # first, then closes them (closing in the app's shutdown killed the Ray actors too early).

@@ -32,11 +32,12 @@ from typing import Any
 
 import numpy as np
 
+from graph.artifacts import spatial_index_for
 from graph.cch import CCHIndex, Metric, PathResult, customize, prepare_cch
 from graph.errors import NoCandidateError, NoRouteError
 from graph.network import RoadNetwork
 from graph.query_threads import CallerQueries, QueryThreads
-from graph.spatial import DEFAULT_SNAP_RADIUS_M, SpatialIndex, build_spatial_index, candidates
+from graph.spatial import DEFAULT_SNAP_RADIUS_M, SpatialIndex, candidates
 
 #: Weights version of the metric a router starts with (free-flow travel times).
 FREEFLOW_VERSION = "freeflow"
@@ -93,7 +94,8 @@ class Router:
         A prepared hierarchy for ``net`` (built, or its order read from ``cache_dir``, if not
         given).
     cache_dir
-        Where :func:`graph.cch.prepare_cch` caches the node order per network version.
+        Prepared artifacts (graph.artifacts): the CCH node order and the spatial index per
+        network version, read (the index mapped) when present, else built and saved there.
     spatial
         A spatial index of ``net`` (built if not given).
     query_threads
@@ -117,7 +119,8 @@ class Router:
             )
         self.net = net
         self.index = index if index is not None else prepare_cch(net, cache_dir=cache_dir)
-        self.spatial = spatial if spatial is not None else build_spatial_index(net)
+        # Mapped from the prepared artifacts in cache_dir (graph.artifacts) when given.
+        self.spatial = spatial if spatial is not None else spatial_index_for(net, cache_dir)
         self._freeflow_s = net.edge_freeflow_time_s
         self._pt_cum_m = _point_positions_m(net, self.spatial)
         self._swap_lock = threading.Lock()

@@ -14,7 +14,10 @@ position along the edge. Positions are scaled so that an edge's end lies at exac
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
 
 import numpy as np
 
@@ -85,6 +88,72 @@ class SpatialIndex:
     def unproject(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Inverse of :meth:`project`: metres in the local plane back to ``(lat, lon)``."""
         return np.asarray(y) / self.ky_m_per_deg + self.lat0, np.asarray(x) / self.kx_m_per_deg + self.lon0
+
+
+#: Name written into, and required in, a saved spatial index's header.
+SPATIAL_FORMAT = "traffic-spatial-index"
+#: Version of the saved layout; bump when fields, dtypes or their meaning change.
+SPATIAL_FORMAT_VERSION = 1
+_SPATIAL_ARRAYS = ("seg_edge", "seg_x0", "seg_y0", "seg_x1", "seg_y1", "seg_start_m", "seg_scale",
+                   "cell_start", "cell_seg")
+
+
+def save_spatial_index(index: SpatialIndex, path: str | os.PathLike[str]) -> Path:
+    """Write ``index`` to ``path`` atomically: an uncompressed ZIP whose ``header.json``
+    holds the format, its version, the network version and the scalar fields, and whose
+    ``.npy`` members (64-byte aligned) hold the arrays, so :func:`load_spatial_index` can
+    map them. Returns the path written."""
+    from graph.io import write_array_archive
+    from storage import write_atomic
+
+    path = Path(path)
+    scalars = {f.name: getattr(index, f.name) for f in fields(SpatialIndex)
+               if f.name not in _SPATIAL_ARRAYS}
+    header = {"format": SPATIAL_FORMAT, "format_version": SPATIAL_FORMAT_VERSION, **scalars}
+    arrays = {k: getattr(index, k) for k in _SPATIAL_ARRAYS}
+    write_atomic(path, lambda fh: write_array_archive(fh, header, arrays))
+    return path
+
+
+def load_spatial_index(path: str | os.PathLike[str], *, mmap: bool = True) -> SpatialIndex:
+    """Read an index written by :func:`save_spatial_index`; with ``mmap`` (default) its
+    arrays are read-only views of a shared mapping of the file (no copy, O(1) to load).
+
+    Raises
+    ------
+    ValueError
+        The file is not a saved spatial index, is of another format version, or is cut
+        short; the message names the file and both versions where they differ.
+    """
+    import zipfile
+
+    from graph.io import map_array_archive
+
+    path = Path(path)
+    try:
+        if mmap:
+            zf, arrays = map_array_archive(path)
+            with zf:
+                header = json.loads(zf.read("header.json"))
+        else:
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in _SPATIAL_ARRAYS}
+            with zipfile.ZipFile(path) as zf:
+                header = json.loads(zf.read("header.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path}: not a readable spatial index: {exc}") from exc
+    if not isinstance(header, dict) or header.get("format") != SPATIAL_FORMAT:
+        raise ValueError(f"{path}: not a saved spatial index")
+    if header.get("format_version") != SPATIAL_FORMAT_VERSION:
+        raise ValueError(f"{path}: spatial index format version {header.get('format_version')!r}; "
+                         f"this program reads version {SPATIAL_FORMAT_VERSION}")
+    missing = [k for k in _SPATIAL_ARRAYS if k not in arrays]
+    if missing:
+        raise ValueError(f"{path}: spatial index lacks arrays {missing}")
+    scalars = {f.name: header[f.name] for f in fields(SpatialIndex) if f.name not in _SPATIAL_ARRAYS}
+    for a in arrays.values():
+        a.setflags(write=False)
+    return SpatialIndex(**scalars, **{k: arrays[k] for k in _SPATIAL_ARRAYS})
 
 
 def build_spatial_index(

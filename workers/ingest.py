@@ -146,13 +146,14 @@ class IngestCore:
         self._set_network(net, index=index, ubodt=ubodt)
 
     def _set_network(self, net: RoadNetwork, *, index: Any = None, ubodt: Any = None) -> None:
-        from graph.spatial import build_spatial_index
+        from graph.artifacts import spatial_index_for
         from graph.ubodt import build_ubodt, load_or_build_ubodt
         from traffic.matching import MatcherConfig, OnlineMatcher
         from traffic.traversals import TraversalExtractor
 
         self.net = net
-        index = index if index is not None else build_spatial_index(net)
+        # Mapped from the prepared artifacts in cache_dir (shared by every process), when set.
+        index = index if index is not None else spatial_index_for(net, self.config.cache_dir)
         if ubodt is None:
             bound = self.config.ubodt_bound_m
             ubodt = (build_ubodt(net, bound_m=bound) if self.config.cache_dir is None
