@@ -8,8 +8,17 @@ a metric (:meth:`Metric.route_positions`, :meth:`Metric.route_nodes`, :meth:`Met
 
 Threads: a :class:`Metric` may be shared by any threads, but RoutingKit's query objects may
 only be used and dropped by the thread that made them; query methods therefore take that
-thread's :class:`QueryCache` (or build and drop their own per call). RoutingKit holds the GIL
-while it customizes (about 55 ms on NY), so other Python threads wait meanwhile.
+thread's :class:`QueryCache` (or build and drop their own per call). A new metric
+(:func:`customize`) holds the GIL while RoutingKit customizes it (about 0.2 s on NY, 4.5 s at
+26M edges), and so does a partial update; a full re-customization of an existing metric in
+place (``CCHMetric.reset``) releases it. :func:`recustomize` updates a metric in place (the
+idle one of a double buffer, see :class:`graph.router.Router`): partially, in chunks of
+:data:`PARTIAL_CHUNK_ARCS` arcs so that no chunk holds the GIL long, when at most
+:data:`FULL_CUSTOMIZE_FRACTION` of the edges changed, else fully (GIL released). RoutingKit
+refuses either while any query object exists on the metric, so a metric counts its users:
+the query objects that :class:`QueryCache` holds (``holders``, each with a ``wake`` that asks
+its owning thread to drop them) and the queries running on it (``leases``, taken by the
+router).
 
 Turn restrictions: when the network has any, the hierarchy is built on the *turn-expanded*
 graph, whose nodes are the network's directed edges ("standing at the head of edge ``e``,
@@ -27,8 +36,11 @@ from __future__ import annotations
 
 import array
 import logging
+import math
 import os
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +54,14 @@ log = logging.getLogger(__name__)
 #: RoutingKit's infinity: weights and path lengths at or above it mean "unreachable".
 INF_WEIGHT_MS = 2**31 - 1
 MS_PER_S = 1000.0
+#: Changed share of the edges above which :func:`recustomize` re-customizes the whole metric
+#: (``CCHMetric.reset``, GIL released) instead of updating it partially (chunked, GIL held per
+#: chunk). Measured on DIMACS NY (730k edges; benchmarks/publish.py, BENCHMARKS.md): the
+#: chunked partial update costs as much as a full re-customization at about this fraction.
+FULL_CUSTOMIZE_FRACTION = 0.005
+#: Arcs per call of RoutingKit's partial updater: each call holds the GIL, about 5-10 ms for
+#: 256 random arcs on NY, so an event loop waiting for the GIL waits at most that long.
+PARTIAL_CHUNK_ARCS = 256
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -189,37 +209,68 @@ class QueryCache:
     debugger) may outlive the entry and drop the query object on the wrong thread.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, wake: Callable[[Metric], None] | None = None) -> None:
         self._entries: dict[int, tuple[Metric, rk.CCHQuery]] = {}
+        self._owner = threading.get_ident()
+        #: Called (from any thread) by a writer waiting to update a metric this cache holds:
+        #: it must make the owning thread call :meth:`drop` soon. ``None``: no way to ask.
+        self.wake = wake
 
     def query(self, metric: Metric) -> rk.CCHQuery:
         """The query object for ``metric``, built on first use."""
         entry = self._entries.get(id(metric))
         if entry is None or entry[0] is not metric:
+            if entry is not None:
+                self._drop_key(id(metric))
             entry = (metric, rk.CCHQuery(metric._metric))
             self._entries[id(metric)] = entry
+            metric._add_holder(self)
         return entry[1]
 
     def keep_only(self, metrics: tuple[Metric, ...]) -> None:
         """Drop the query objects of every metric not in ``metrics``."""
         keep = {id(m) for m in metrics}
         for key in [k for k in self._entries if k not in keep]:
-            del self._entries[key]
+            self._drop_key(key)
+
+    def drop(self, metric: Metric) -> None:
+        """Drop the query object of ``metric`` (if any); on the owning thread."""
+        entry = self._entries.get(id(metric))
+        if entry is not None and entry[0] is metric:
+            self._drop_key(id(metric))
 
     def clear(self) -> None:
         """Drop every query object."""
-        self._entries.clear()
+        for key in list(self._entries):
+            self._drop_key(key)
+
+    def ask_drop(self, metric: Metric) -> None:
+        """Ask the owner to drop ``metric``'s query object: at once on the owning thread, else
+        through :attr:`wake` (nothing without one)."""
+        if threading.get_ident() == self._owner:
+            self.drop(metric)
+        elif self.wake is not None:
+            self.wake(metric)
+
+    def _drop_key(self, key: int) -> None:
+        metric, q = self._entries.pop(key)
+        del q  # the query object goes here, on this (the owning) thread
+        metric._remove_holder(self)
 
     def __len__(self) -> int:
         return len(self._entries)
 
 
 class Metric:
-    """A customized hierarchy: one travel-time vector on one :class:`CCHIndex`. Immutable.
+    """A customized hierarchy: one travel-time vector on one :class:`CCHIndex`.
 
+    Immutable to its users: only :func:`recustomize` changes it, in place, and only while
+    nobody uses it (no query running on it, no query object on it; see the module docstring).
     Query methods take ``queries`` (the calling thread's :class:`QueryCache`) to reuse query
     objects; without it each call builds and drops its own (about 0.07 ms more on NY).
-    ``customize_s`` is the time RoutingKit took; ``convert_s`` the float-to-weights conversion.
+    ``customize_s`` is the time RoutingKit took; ``convert_s`` the float-to-weights conversion;
+    ``mode`` how the last (re)customization ran: ``"new"``, ``"full"``, ``"partial"``,
+    ``"none"`` (nothing changed).
     """
 
     def __init__(self, index: CCHIndex, travel_time_s: np.ndarray, version: str) -> None:
@@ -229,7 +280,6 @@ class Metric:
             raise ValueError(f"travel_time_s must have one entry per edge ({m}); got shape {t.shape}")
         t0 = time.perf_counter()
         edge_ms = travel_times_to_ms(t)
-        t.setflags(write=False)
         g = index.graph
         weights = _weights_arg(edge_ms[g.arc_edge] if g.turn_expanded else edge_ms)
         t1 = time.perf_counter()
@@ -237,9 +287,69 @@ class Metric:
         self.customize_s = time.perf_counter() - t1
         self.convert_s = t1 - t0
         self.index = index
-        self.travel_time_s = t
+        self._set_times(t)
         self.version = version
         self._edge_ms = edge_ms  # what RoutingKit holds, per edge (for partial updates)
+        self.mode = "new"
+        self.changed_edges = m
+        self._init_usage()
+
+    def _set_times(self, t: np.ndarray) -> None:
+        """Own ``t`` (writable, for :func:`recustomize`) and expose a read-only view of it."""
+        self._tt = t
+        view = t.view()
+        view.setflags(write=False)
+        self.travel_time_s = view
+
+    # -- users (see the module docstring) ---------------------------------------------------
+    def _init_usage(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._leases = 0
+        self._holders: dict[int, QueryCache] = {}
+
+    def _add_holder(self, cache: QueryCache) -> None:
+        with self._cond:
+            self._holders[id(cache)] = cache
+
+    def _remove_holder(self, cache: QueryCache) -> None:
+        with self._cond:
+            self._holders.pop(id(cache), None)
+            self._cond.notify_all()
+
+    def lease(self) -> None:
+        """Count a query running on this metric (pair with :meth:`release`)."""
+        with self._cond:
+            self._leases += 1
+
+    def release(self) -> None:
+        """End a query counted by :meth:`lease`."""
+        with self._cond:
+            self._leases -= 1
+            if not self._leases:
+                self._cond.notify_all()
+
+    def in_use(self) -> bool:
+        """Whether a query runs on this metric or a query object exists on it (that we know of)."""
+        with self._cond:
+            return bool(self._leases or self._holders)
+
+    def wait_unused(self, timeout_s: float, *, poll_s: float = 0.02) -> bool:
+        """Wait until :meth:`in_use` is false, asking the holders' threads to drop their query
+        objects (every ``poll_s``); whether it became unused within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self._cond:
+                if not (self._leases or self._holders):
+                    return True
+                holders = list(self._holders.values())
+            for cache in holders:
+                cache.ask_drop(self)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return not self.in_use()
+            with self._cond:
+                if self._leases or self._holders:
+                    self._cond.wait(min(poll_s, left))
 
     # -- positions -------------------------------------------------------------------------
     def route_positions(
@@ -499,39 +609,99 @@ def customize(index: CCHIndex, travel_time_s: np.ndarray, version: str) -> Metri
 def customize_partial(metric: Metric, travel_time_s: np.ndarray, version: str) -> Metric:
     """Re-customize ``metric`` **in place** for the edges whose weight changed; a new :class:`Metric`.
 
-    RoutingKit's partial updater recomputes only the shortcuts above the changed arcs: about
-    3 ms for 100 changed edges on NY, but slower than a full :func:`customize` beyond a few
-    thousand. The old ``metric`` is consumed (its queries raise afterwards) and **no query
-    object may be alive on it** in any thread (RoutingKit refuses with a panic), so this suits
-    a single owner; :class:`graph.router.Router` customizes into a new metric and swaps instead.
+    RoutingKit's partial updater recomputes only the shortcuts above the changed arcs (see
+    :func:`recustomize`; here always partial). The old ``metric`` is consumed (its queries
+    raise afterwards) and **no query object may be alive on it** in any thread (RoutingKit
+    refuses with a panic), so this suits a single owner; :class:`graph.router.Router`
+    double-buffers with :func:`recustomize` instead.
     """
-    index, rk_metric = metric.index, metric._metric
-    if rk_metric is None:
+    if metric._metric is None:
         raise ValueError(f"metric {metric.version!r} was already consumed by a partial update")
-    m = index.edge_src.shape[0]
-    t = np.array(travel_time_s, dtype=np.float64)
+    m = metric.index.edge_src.shape[0]
+    t = np.asarray(travel_time_s, dtype=np.float64)
     if t.shape != (m,):
         raise ValueError(f"travel_time_s must have one entry per edge ({m}); got shape {t.shape}")
-    t0 = time.perf_counter()
-    edge_ms = travel_times_to_ms(t)
-    t.setflags(write=False)
-    edges = np.flatnonzero(edge_ms != metric._edge_ms)
-    g = index.graph
-    if g.turn_expanded:  # arc a carries the time of its head edge: the arcs entering routing node e
-        counts = g.in_first[edges + 1] - g.in_first[edges]
-        start = np.repeat(g.in_first[edges] - np.cumsum(counts) + counts, counts)
-        arcs = g.in_arc[start + np.arange(int(counts.sum()))]
-    else:
-        arcs = edges
-    updates = dict(zip(arcs.tolist(), edge_ms[g.arc_edge[arcs]].tolist()))
-    t1 = time.perf_counter()
-    if updates:
-        rk.CCHMetricPartialUpdater(index.cch).apply(rk_metric, updates)
+    edges = np.flatnonzero(travel_times_to_ms(t) != metric._edge_ms).astype(np.int32)
     new = Metric.__new__(Metric)
-    new._metric, new.index, new.travel_time_s, new.version = rk_metric, index, t, version
-    new._edge_ms, new.convert_s, new.customize_s = edge_ms, t1 - t0, time.perf_counter() - t1
+    new._metric, new.index, new.version = metric._metric, metric.index, metric.version
+    new._edge_ms = metric._edge_ms
+    new._set_times(np.array(t, dtype=np.float64))  # the float values of unchanged-ms edges too
+    new._init_usage()
+    recustomize(new, edges, t[edges], version, full_fraction=math.inf)
     metric._metric = None
     return new
+
+
+def recustomize(
+    metric: Metric, edges: np.ndarray, travel_time_s: np.ndarray, version: str, *,
+    full_fraction: float = FULL_CUSTOMIZE_FRACTION, chunk_arcs: int = PARTIAL_CHUNK_ARCS,
+) -> str:
+    """Set the travel times of ``edges`` to ``travel_time_s`` and re-customize ``metric`` in place.
+
+    ``edges`` (int, distinct) and ``travel_time_s`` (s, one per edge listed) say what changed;
+    the rest keeps its times. When the edges whose **millisecond weight** changed are at most
+    ``full_fraction`` of all, RoutingKit's partial updater runs on their arcs in calls of
+    ``chunk_arcs`` (each holds the GIL); above it the whole metric is re-customized with
+    ``CCHMetric.reset`` (GIL released, buffers reused). Both give the same metric as a new
+    :func:`customize` of the resulting vector. Returns the mode (``"partial"``, ``"full"`` or
+    ``"none"``) and sets ``metric.mode``, ``metric.changed_edges``, ``metric.customize_s``
+    and ``metric.convert_s``.
+
+    Raises ``RuntimeError`` when the metric is in use (:meth:`Metric.in_use`; RoutingKit would
+    panic) and ``ValueError`` for bad input (checked before anything changes).
+    """
+    if metric._metric is None:
+        raise ValueError(f"metric {metric.version!r} was already consumed by a partial update")
+    if metric.in_use():
+        raise RuntimeError(f"metric {metric.version!r} is in use by queries; it cannot be "
+                           f"re-customized in place")
+    index = metric.index
+    m = index.edge_src.shape[0]
+    edges = np.asarray(edges)
+    values = np.asarray(travel_time_s, dtype=np.float64)
+    if edges.ndim != 1 or values.shape != edges.shape:
+        raise ValueError(f"edges and travel_time_s must be 1-D of equal length; got shapes "
+                         f"{edges.shape} and {values.shape}")
+    if edges.size and (edges.dtype.kind not in "iu" or edges.min() < 0 or edges.max() >= m):
+        raise ValueError(f"edges must be edge ids in [0, {m}); got dtype {edges.dtype}, range "
+                         f"[{edges.min()}, {edges.max()}]")
+    t0 = time.perf_counter()
+    new_ms = travel_times_to_ms(values)  # validates the values too
+    metric._tt[edges] = values
+    changed = new_ms != metric._edge_ms[edges]
+    edges, new_ms = edges[changed], new_ms[changed]
+    metric._edge_ms[edges] = new_ms
+    metric.version = version
+    metric.changed_edges = int(edges.size)
+    g = index.graph
+    if edges.size == 0:
+        metric.mode, metric.convert_s, metric.customize_s = "none", time.perf_counter() - t0, 0.0
+        return metric.mode
+    if edges.size > full_fraction * m:
+        weights = _weights_arg(metric._edge_ms[g.arc_edge] if g.turn_expanded else metric._edge_ms)
+        t1 = time.perf_counter()
+        metric._metric.reset(weights)  # releases the GIL while it customizes
+        metric.mode = "full"
+    else:
+        if g.turn_expanded:  # arc a carries the time of its head edge: the arcs entering node e
+            counts = g.in_first[edges + 1] - g.in_first[edges]
+            start = np.repeat(g.in_first[edges] - np.cumsum(counts) + counts, counts)
+            arcs = g.in_arc[start + np.arange(int(counts.sum()))]
+        else:
+            arcs = edges
+        arc_ms = metric._edge_ms[g.arc_edge[arcs]]
+        arcs_l, ms_l = arcs.tolist(), arc_ms.tolist()
+        t1 = time.perf_counter()
+        updater = rk.CCHMetricPartialUpdater(index.cch)  # unsendable: made and used here
+        step = max(1, int(chunk_arcs))
+        for a in range(0, len(arcs_l), step):
+            updater.apply(metric._metric, dict(zip(arcs_l[a:a + step], ms_l[a:a + step])))
+            if a + step < len(arcs_l):
+                time.sleep(0)  # let a thread waiting for the GIL (an event loop) run
+        del updater
+        metric.mode = "partial"
+    metric.convert_s, metric.customize_s = t1 - t0, time.perf_counter() - t1
+    return metric.mode
 
 
 def _read_order(path: Path, n: int) -> np.ndarray | None:

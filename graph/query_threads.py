@@ -9,18 +9,23 @@ hand-over here), so creation, use and drop all happen on the owning thread.
 
 Retirement: the owner says which metrics are current with :meth:`QueryThreads.retain`; each
 thread drops the query objects of other metrics before its next task, or within
-``idle_check_s`` when idle, so a replaced metric's memory goes back promptly.
+``idle_check_s`` when idle, so a replaced metric's memory goes back promptly. A writer that
+needs a metric free at once (the router's idle buffer, :func:`graph.cch.recustomize`) wakes
+the threads through their caches' ``wake`` (:meth:`graph.cch.Metric.wait_unused`).
 :meth:`QueryThreads.close` (also run when the owner is garbage-collected, from any thread)
 makes every thread drop its query objects and exit.
 
 A long-lived calling thread (an event loop's) may skip the hand-over and search itself: a
 :class:`CallerQueries` made on that thread keeps its query objects, drops those of retired
 metrics lazily on its next use (when the router's retained tuple has changed), and must be
-closed on that same thread (the API does so in its lifespan, on the loop thread).
+closed on that same thread (the API does so in its lifespan, on the loop thread). Made inside
+a running asyncio loop, it can be woken to drop a retired metric's query object at once
+(``loop.call_soon_threadsafe``), between two requests.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import queue
 import threading
@@ -125,8 +130,12 @@ class _Shared:
 
 
 def _serve(tasks: queue.SimpleQueue[Any], state: _Shared, idle_check_s: float) -> None:
-    """A pool thread: take a task, run it with this thread's query objects, hand back."""
-    cache = QueryCache()
+    """A pool thread: take a task, run it with this thread's query objects, hand back.
+
+    Woken (an ``_IDLE`` item, from a writer waiting on a metric this thread holds), it drops
+    the query objects of metrics no longer retained.
+    """
+    cache = QueryCache(wake=lambda _metric: tasks.put(_IDLE))
     me = threading.get_ident()
     state.caches[me] = cache
     seen = -1
@@ -136,7 +145,7 @@ def _serve(tasks: queue.SimpleQueue[Any], state: _Shared, idle_check_s: float) -
                 item = tasks.get(timeout=idle_check_s)
             except queue.Empty:
                 item = _IDLE
-            if state.generation != seen:
+            if state.generation != seen or item is _IDLE:
                 seen = state.generation
                 cache.keep_only(state.live)
             if item is None:
@@ -171,9 +180,27 @@ class CallerQueries:
 
     def __init__(self) -> None:
         self._owner = threading.get_ident()
-        self._cache = QueryCache()
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        self._cache = QueryCache(wake=None if loop is None else self._waker(loop))
         self._live: tuple[Metric, ...] | None = None
         self._closed = False
+
+    def _waker(self, loop: asyncio.AbstractEventLoop) -> Callable[[Metric], None]:
+        def wake(metric: Metric) -> None:
+            try:
+                loop.call_soon_threadsafe(self._drop, metric)
+            except RuntimeError:  # the loop is closed: nothing will use the cache again
+                pass
+        return wake
+
+    def _drop(self, metric: Metric) -> None:
+        """On the loop thread, between requests: drop ``metric``'s query object (a writer
+        waits to update it; should it be current again, the next use makes a new one)."""
+        if not self._closed:
+            self._cache.drop(metric)
 
     def for_metrics(self, live: tuple[Metric, ...]) -> QueryCache | None:
         """This thread's cache, keeping only the query objects of ``live`` (the router's

@@ -1,10 +1,17 @@
 """The router: snapping, CCH queries on the current metric, route geometry and duration tables.
 
-A :class:`Router` owns a prepared :class:`graph.cch.CCHIndex`, a spatial index and the
-current :class:`graph.cch.Metric`. :meth:`Router.customize` builds a new metric from a
-travel-time vector and swaps it in (one attribute store, under a lock that only orders
-concurrent swaps); a query reads the attribute once and works on that metric to the end, so it
-never sees a half-customized one and never waits for a customization in progress.
+A :class:`Router` owns a prepared :class:`graph.cch.CCHIndex`, a spatial index and two
+:class:`graph.cch.Metric` buffers: the live one, which queries use, and an idle one.
+:meth:`Router.customize` (a whole travel-time vector) and :meth:`Router.update_edges` (the
+edges that changed) bring the idle metric up to date in place (:func:`graph.cch.recustomize`:
+partially, or fully above :data:`graph.cch.FULL_CUSTOMIZE_FRACTION` of the edges) and swap it
+in (one attribute store); the previous live metric becomes the idle one. A query leases the
+live metric (:meth:`graph.cch.Metric.lease`) and works on it to the end, so it never sees a
+half-customized one and never waits for a customization in progress. Before touching the idle
+metric the writer waits until no query runs on it and every thread has dropped its query
+objects on it (RoutingKit refuses otherwise); a thread that does not drop them within
+``idle_wait_s`` (an event loop with no request since the swap and no way to be woken) makes
+the writer customize a new metric instead (``Router.fallbacks`` counts these).
 
 Threads: RoutingKit's query objects belong to the thread that made them, so the router runs
 its CCH searches on a small pool of its own threads (:class:`graph.query_threads.QueryThreads`)
@@ -24,6 +31,7 @@ time-of-week bin) and routes on it with ``route(..., profile=key)``. The router 
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Hashable
@@ -32,12 +40,13 @@ from typing import Any
 
 import numpy as np
 
-from graph.artifacts import spatial_index_for
-from graph.cch import CCHIndex, Metric, PathResult, customize, prepare_cch
+from graph.cch import (
+    FULL_CUSTOMIZE_FRACTION, CCHIndex, Metric, PathResult, customize, prepare_cch, recustomize,
+)
 from graph.errors import NoCandidateError, NoRouteError
 from graph.network import RoadNetwork
 from graph.query_threads import CallerQueries, QueryThreads
-from graph.spatial import DEFAULT_SNAP_RADIUS_M, SpatialIndex, candidates
+from graph.spatial import DEFAULT_SNAP_RADIUS_M, SpatialIndex, build_spatial_index, candidates
 
 #: Weights version of the metric a router starts with (free-flow travel times).
 FREEFLOW_VERSION = "freeflow"
@@ -94,23 +103,30 @@ class Router:
         A prepared hierarchy for ``net`` (built, or its order read from ``cache_dir``, if not
         given).
     cache_dir
-        Prepared artifacts (graph.artifacts): the CCH node order and the spatial index per
-        network version, read (the index mapped) when present, else built and saved there.
+        Where :func:`graph.cch.prepare_cch` caches the node order per network version.
     spatial
         A spatial index of ``net`` (built if not given).
     query_threads
         Threads that own the RoutingKit query objects and run the searches.
     profile_cache
         How many profile metrics (:meth:`customize_profile`) to keep, least recently used out.
+    full_fraction
+        Changed share of the edges above which an update re-customizes the idle metric fully
+        rather than partially (default :data:`graph.cch.FULL_CUSTOMIZE_FRACTION`).
+    idle_wait_s
+        How long an update waits for the idle metric's users to let it go before it
+        customizes a new metric instead.
 
     The router starts on free-flow travel times (weights version ``"freeflow"``). Call
-    :meth:`close` (or drop the router) to stop its threads.
+    :meth:`close` (or drop the router) to stop its threads. It holds two live-weight metrics
+    (live and idle, the second from the first update on) plus up to ``profile_cache`` profiles.
     """
 
     def __init__(
         self, net: RoadNetwork, *, index: CCHIndex | None = None,
         cache_dir: str | None = None, spatial: SpatialIndex | None = None,
         query_threads: int = 2, profile_cache: int = 4,
+        full_fraction: float = FULL_CUSTOMIZE_FRACTION, idle_wait_s: float = 1.0,
     ) -> None:
         if index is not None and index.network_version != net.version:
             raise ValueError(
@@ -119,12 +135,24 @@ class Router:
             )
         self.net = net
         self.index = index if index is not None else prepare_cch(net, cache_dir=cache_dir)
-        # Mapped from the prepared artifacts in cache_dir (graph.artifacts) when given.
-        self.spatial = spatial if spatial is not None else spatial_index_for(net, cache_dir)
+        self.spatial = spatial if spatial is not None else build_spatial_index(net)
         self._freeflow_s = net.edge_freeflow_time_s
         self._pt_cum_m = _point_positions_m(net, self.spatial)
         self._swap_lock = threading.Lock()
         self._metric: Metric = customize(self.index, self._freeflow_s, FREEFLOW_VERSION)
+        # Double buffer: the idle metric and the edges where its times differ from the live
+        # metric's (None: not known, compare whole vectors).
+        self._idle: Metric | None = None
+        self._idle_stale: np.ndarray | None = None
+        self._write_lock = threading.Lock()
+        self.full_fraction = float(full_fraction)
+        self.idle_wait_s = float(idle_wait_s)
+        #: Updates that found the idle metric still in use and customized a new one.
+        self.fallbacks = 0
+        #: The last update: ``mode`` (new/full/partial/none), ``changed_edges``, seconds.
+        self.last_update: dict[str, Any] = {"mode": "new", "changed_edges": net.n_edges,
+                                             "customize_s": self._metric.customize_s,
+                                             "wait_s": 0.0}
         self._profiles: OrderedDict[Hashable, Metric] = OrderedDict()
         self._profile_cache = int(profile_cache)
         self._threads = QueryThreads(query_threads)
@@ -142,15 +170,91 @@ class Router:
         return self._metric.version
 
     def customize(self, travel_time_s: np.ndarray, version: str) -> None:
-        """Customize with a new travel-time vector (s per edge) and swap it in atomically.
+        """Take a whole new travel-time vector (s per edge) and swap it in atomically.
 
-        Runs in the calling thread (about 60-80 ms on DIMACS NY); queries meanwhile keep
-        using the previous metric.
+        The idle metric is brought to it in place (partially where few edges differ from it,
+        else fully; on NY about 0.1 s with the GIL released) in the calling thread; queries
+        meanwhile keep using the live metric.
         """
-        metric = customize(self.index, travel_time_s, version)
+        t = np.asarray(travel_time_s, dtype=np.float64)
+        m = self.net.n_edges
+        if t.shape != (m,):
+            raise ValueError(f"travel_time_s must have one entry per edge ({m}); got shape {t.shape}")
+        with self._write_lock:
+            t0 = time.perf_counter()
+            idle = self._take_idle()
+            wait_s = time.perf_counter() - t0
+            if idle is None:
+                metric = customize(self.index, t, version)
+            else:
+                changed = np.flatnonzero(t != idle._tt)
+                recustomize(idle, changed, t[changed], version, full_fraction=self.full_fraction)
+                metric = idle
+            old = self._swap_in(metric, wait_s)
+            self._idle_stale = np.flatnonzero(old._tt != metric._tt)
+
+    def update_edges(self, edges: np.ndarray, travel_time_s: np.ndarray, version: str) -> None:
+        """Change the travel times (s) of ``edges`` (distinct ids) on the live weights; swap in.
+
+        Costs O(edges changed since the idle metric's version) plus RoutingKit's partial
+        update (or a full re-customization above ``full_fraction``); queries meanwhile keep
+        using the live metric.
+        """
+        e = np.asarray(edges)
+        v = np.asarray(travel_time_s, dtype=np.float64)
+        m = self.net.n_edges
+        if e.ndim != 1 or v.shape != e.shape:
+            raise ValueError(f"edges and travel_time_s must be 1-D of equal length; got shapes "
+                             f"{e.shape} and {v.shape}")
+        if e.size and (e.dtype.kind not in "iu" or e.min() < 0 or e.max() >= m):
+            raise ValueError(f"edges must be edge ids in [0, {m})")
+        order = np.argsort(e, kind="stable")
+        e, v = e[order].astype(np.int64), v[order]
+        if e.size > 1 and np.any(e[1:] == e[:-1]):
+            raise ValueError("edges must be distinct")
+        with self._write_lock:
+            live = self._metric
+            t0 = time.perf_counter()
+            idle = self._take_idle()
+            wait_s = time.perf_counter() - t0
+            if idle is None:
+                t = np.array(live._tt)
+                t[e] = v
+                metric = customize(self.index, t, version)
+            else:
+                stale = (np.flatnonzero(idle._tt != live._tt) if self._idle_stale is None
+                         else self._idle_stale)
+                both = np.union1d(stale, e)
+                vals = live._tt[both]  # a copy (fancy indexing)
+                vals[np.searchsorted(both, e)] = v
+                recustomize(idle, both, vals, version, full_fraction=self.full_fraction)
+                metric = idle
+            self._swap_in(metric, wait_s)
+            self._idle_stale = e
+
+    def _take_idle(self) -> Metric | None:
+        """The idle metric once nobody uses it; ``None`` (build a new one) when there is none
+        or its users did not let it go within ``idle_wait_s``."""
+        idle = self._idle
+        if idle is None:
+            return None
+        if idle.wait_unused(self.idle_wait_s):
+            return idle
+        # A thread still holds a query object on it and could not be asked to drop it: leave
+        # the metric to it (it goes when that thread drops it) and customize a new one.
+        self._idle, self._idle_stale = None, None
+        self.fallbacks += 1
+        return None
+
+    def _swap_in(self, metric: Metric, wait_s: float) -> Metric:
+        """Make ``metric`` live; the previous live metric becomes the idle one (returned)."""
         with self._swap_lock:
-            self._metric = metric
+            old, self._metric = self._metric, metric
             self._retain()
+        self._idle = old
+        self.last_update = {"mode": metric.mode, "changed_edges": metric.changed_edges,
+                            "customize_s": metric.customize_s, "wait_s": wait_s}
+        return old
 
     def customize_profile(self, key: Hashable, travel_time_s: np.ndarray, version: str) -> None:
         """Customize travel times for a profile (e.g. a time-of-week bin) kept under ``key``.
@@ -172,6 +276,20 @@ class Router:
 
     def _retain(self) -> None:
         self._threads.retain((self._metric, *self._profiles.values()))
+
+    def _lease(self, profile: Hashable | None = None) -> Metric:
+        """The metric a query uses, leased (release it with ``metric.release()``).
+
+        The live metric may become the idle one between reading and leasing it; then the
+        lease is returned and taken again on the new live metric, so the writer, which swaps
+        first and then waits for the old metric's leases to end, never updates a leased one.
+        """
+        while True:
+            metric = self._metric_for(profile)
+            metric.lease()
+            if profile is not None or metric is self._metric:
+                return metric
+            metric.release()
 
     def _metric_for(self, profile: Hashable | None) -> Metric:
         if profile is None:
@@ -208,24 +326,29 @@ class Router:
         NoRouteError
             When the destination cannot be reached.
         """
-        metric = self._metric_for(profile)
         lat = np.array([from_latlon[0], to_latlon[0]], dtype=np.float64)
         lon = np.array([from_latlon[1], to_latlon[1]], dtype=np.float64)
         point, edge, offset = self._snap(lat, lon, max_snap_m, labels=("origin", "destination"))
         s, d = point == 0, point == 1
         frac = _fractions(offset, self.net.edge_length_m[edge])
-        if on_caller:
-            queries = None if caller_queries is None else caller_queries.for_metrics(
-                self._threads.retained)
-            res = metric.route_positions(edge[s], frac[s], edge[d], frac[d], queries=queries)
-        else:
-            res = self._threads.call(metric.route_positions, edge[s], frac[s], edge[d], frac[d])
+        metric = self._lease(profile)
+        try:
+            if on_caller:
+                queries = None if caller_queries is None else caller_queries.for_metrics(
+                    self._threads.retained)
+                res = metric.route_positions(edge[s], frac[s], edge[d], frac[d], queries=queries)
+            else:
+                res = self._threads.call(metric.route_positions, edge[s], frac[s], edge[d],
+                                         frac[d])
+            version = metric.version  # read under the lease: an idle metric changes
+        finally:
+            metric.release()
         if res is None:
             raise NoRouteError(
                 f"no route from (lat={lat[0]:.6f}, lon={lon[0]:.6f}) to "
                 f"(lat={lat[1]:.6f}, lon={lon[1]:.6f}) on network {self.net.version}"
             )
-        return self._build_route(metric, res, offset[s][res.src], offset[d][res.dst],
+        return self._build_route(version, res, offset[s][res.src], offset[d][res.dst],
                                  frac[s][res.src], frac[d][res.dst])
 
     def route_nodes(self, source_node: int, target_node: int) -> Route:
@@ -240,8 +363,12 @@ class Router:
         for name, v in (("source_node", source_node), ("target_node", target_node)):
             if not 0 <= v < n:
                 raise ValueError(f"{name} {v} is not a node of this network (0..{n - 1})")
-        metric = self._metric
-        res = self._threads.call(metric.route_nodes, int(source_node), int(target_node))
+        metric = self._lease()
+        try:
+            res = self._threads.call(metric.route_nodes, int(source_node), int(target_node))
+            version = metric.version  # read under the lease: an idle metric changes
+        finally:
+            metric.release()
         if res is None:
             raise NoRouteError(f"no route from node {source_node} to node {target_node}")
         edges = res.edges
@@ -254,7 +381,7 @@ class Router:
             distance_m=float(self.net.edge_length_m[edges].sum()),
             freeflow_duration_s=float(self._freeflow_s[edges].sum()),
             edge_ids=edges, edge_keys=self.net.edge_key[edges], lat=la, lon=lo,
-            network_version=self.net.version, weights_version=metric.version,
+            network_version=self.net.version, weights_version=version,
         )
 
     def table(
@@ -272,7 +399,6 @@ class Router:
         NoCandidateError
             When a point has no road within ``max_snap_m``.
         """
-        metric = self._metric_for(profile)
         src = _as_points(sources_latlon, "sources_latlon")
         dst = _as_points(destinations_latlon, "destinations_latlon")
         both = np.concatenate([src, dst])
@@ -282,8 +408,12 @@ class Router:
         frac = _fractions(off, self.net.edge_length_m[edge])
         s = pt < len(src)
         d = ~s
-        return self._threads.call(metric.table, pt[s], edge[s], frac[s], len(src),
-                                  pt[d] - len(src), edge[d], frac[d], len(dst))
+        metric = self._lease(profile)
+        try:
+            return self._threads.call(metric.table, pt[s], edge[s], frac[s], len(src),
+                                      pt[d] - len(src), edge[d], frac[d], len(dst))
+        finally:
+            metric.release()
 
     # -- internals -------------------------------------------------------------------------
     def _snap(
@@ -326,7 +456,7 @@ class Router:
         return pi[keep], ei[keep], off[keep]
 
     def _build_route(
-        self, metric: Metric, res: PathResult, off_s: float, off_t: float,
+        self, weights_version: str, res: PathResult, off_s: float, off_t: float,
         frac_s: float, frac_t: float,
     ) -> Route:
         net = self.net
@@ -345,7 +475,7 @@ class Router:
         return Route(
             duration_s=float(res.duration_s), distance_m=float(distance),
             freeflow_duration_s=float(freeflow), edge_ids=edges, edge_keys=net.edge_key[edges],
-            lat=la, lon=lo, network_version=net.version, weights_version=metric.version,
+            lat=la, lon=lo, network_version=net.version, weights_version=weights_version,
         )
 
     def _full_geometry(self, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
