@@ -111,8 +111,10 @@ def _final_state(data_dir: Path):
     assert ck is not None
     s = ck.state
     counts = s["ingest0.counts"]
-    unmatched = sum(v for k, v in s["ingest0.matcher_counts"].items() if k not in ("pushed", "matched"))
-    return counts, unmatched, s["estimator.counters"]["applied"], np.asarray(s["estimator.speed.count"])
+    unmatched = sum(v for k, v in s["ingest0.matcher.counts"].items() if k not in ("pushed", "matched"))
+    pending = int(np.asarray(s["ingest0.matcher.n_pend"]).sum())  # held, not flushed
+    return (counts, unmatched, pending, s["estimator.counters"]["applied"],
+            np.asarray(s["estimator.speed.count"]))
 
 
 def test_faults_kill9_server_loses_nothing_applies_nothing_twice(network_path, batches, tmp_path):
@@ -149,13 +151,15 @@ def test_faults_kill9_server_loses_nothing_applies_nothing_twice(network_path, b
         acked += r.json()["accepted"]
     assert srv.stop(signal.SIGTERM) == 0
     ref_acc, ref_st, ref_count = _reference(network_path, batches, tmp_path / "ref")
-    counts, unmatched, applied, count = _final_state(data_dir)
+    counts, unmatched, pending, applied, count = _final_state(data_dir)
     # Each probe was acknowledged at most once; only the batch in flight at the kill may
     # have been logged (so applied) without its 202 reaching the client (its re-post then
     # reads `duplicate`).
     assert sum(ref_acc) - acked in (0, ref_acc[n_first])
     assert counts["accepted"] == sum(ref_acc)
-    assert counts["accepted"] == applied + unmatched  # pending is 0 after the final flush
+    # The final checkpoint keeps held points (no flush): they are pending, as in the reference.
+    assert counts["accepted"] == applied + unmatched + pending
+    assert pending == ref_st["pending"]
     assert applied == ref_st["applied"]
     np.testing.assert_array_equal(count, ref_count)
 
@@ -175,10 +179,11 @@ def test_faults_sigterm_with_ray_flushes_and_checkpoints(network_path, batches, 
     log_path = Path(srv.log.name)
     assert srv.stop(signal.SIGTERM) == 0
     log = log_path.read_text(errors="replace")
-    assert "final flush/checkpoint failed" not in log, log[-3000:]
-    counts, unmatched, applied, _ = _final_state(data_dir)
+    assert "final checkpoint failed" not in log, log[-3000:]
+    counts, unmatched, pending, applied, _ = _final_state(data_dir)
     assert counts["accepted"] == acked > 0
-    assert counts["accepted"] == applied + unmatched  # the final flush left nothing pending
+    # The final checkpoint keeps the matchers' held points instead of flushing them.
+    assert counts["accepted"] == applied + unmatched + pending
     # A restart (Ray again) resumes from that checkpoint: counts carry on, re-posts are duplicates.
     srv = Server(network_path, data_dir, ray=True)
     assert srv.status()["probes"]["accepted"] == acked
@@ -189,9 +194,9 @@ def test_faults_sigterm_with_ray_flushes_and_checkpoints(network_path, batches, 
         assert r.status_code == 202, r.text
         acked += r.json()["accepted"]
     assert srv.stop(signal.SIGTERM) == 0
-    counts, unmatched, applied, _ = _final_state(data_dir)
+    counts, unmatched, pending, applied, _ = _final_state(data_dir)
     assert counts["accepted"] == acked
-    assert counts["accepted"] == applied + unmatched
+    assert counts["accepted"] == applied + unmatched + pending
 
 
 def _swallow(fn, *args):
@@ -201,15 +206,17 @@ def _swallow(fn, *args):
         pass
 
 
-def test_faults_sigterm_refuses_flushes_checkpoints_exits_0(network_path, batches, tmp_path):
+def test_faults_sigterm_refuses_checkpoints_exits_0(network_path, batches, tmp_path):
     data_dir = tmp_path / "run"
     srv = Server(network_path, data_dir)
     acked = sum(srv.post(b).json()["accepted"] for b in batches[:20])
     st = srv.status()["probes"]
     assert st["pending"] > 0
     assert srv.stop(signal.SIGTERM) == 0
-    counts, unmatched, applied, _ = _final_state(data_dir)
-    assert counts["accepted"] == acked == applied + unmatched
+    counts, unmatched, pending, applied, _ = _final_state(data_dir)
+    # Held points stay held in the final checkpoint, exactly as many as before the signal.
+    assert pending == st["pending"]
+    assert counts["accepted"] == acked == applied + unmatched + pending
     text = srv.log_path.read_text()
     assert "traffic serve: stopped" in text
 
@@ -330,7 +337,7 @@ def test_faults_estimator_killed_restores_from_checkpoint(network_path, batches,
     assert svc.estimator_restores >= 1
     assert load.failed == 0, load.errors[:3]
     assert load.ok > 0
-    fold_errors = sum(p["fold_errors"] for p in svc.status()["workers"]["ingest"])
+    fold_errors = svc.status()["workers"]["estimator"]["fold_errors"]
     if fault == "failing_folds":
         assert fold_errors >= 1  # the injected fault was seen and counted
     else:

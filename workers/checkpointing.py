@@ -38,8 +38,7 @@ def checkpoint(svc: Any, now_s: float | None) -> None:
     checkpoint).
     """
     durability = svc.durability
-    with svc.quiet():
-        svc.ingest_call_all("drain")  # every batch handed on is folded
+    with svc.quiet():  # every batch handed on is folded
         est = svc.estimator_call("state_dict_if_booted", svc.boot)
         if est is None:
             raise StageRestarted("the estimator restarted; no checkpoint until it is restored")
@@ -73,7 +72,7 @@ def recover(svc: Any) -> int:
         svc.set_watermark(watermark)
     svc.boot = f"{time.time_ns()}"
     svc.estimator_call("mark_boot", svc.boot)  # from here on the estimator's state is whole
-    n, futures = 0, []
+    n, window = 0, []  # each batch's futures, oldest first: folded in log order
     for _pos, logged in rec.tail:
         probes, now = durability.split_logged(logged)
         wall = durability.logged_wall_s(logged)
@@ -81,13 +80,13 @@ def recover(svc: Any) -> int:
         # where it would have without the crash. No file is written while replaying.
         if durability.checkpoint_due(now, wall, replay=True):
             durability.note_checkpoint(now, wall)
-        futures += svc.replay_batch(probes, now)
+        window.append(svc.replay_batch(probes, now))
         n += 1
-        if len(futures) > 64:
-            stages.get(futures[:32])
-            futures = futures[32:]
-    stages.get(futures)
-    svc.ingest_call_all("drain")
+        while len(window) > 32:
+            svc.fold_replies(stages.get(window.pop(0)))
+    for futures in window:
+        svc.fold_replies(stages.get(futures))
+    svc.folds.drain()
     marks = [s["watermark_t"] for s in svc.ingest_call_all("stats")]
     marks = [m for m in [*marks, svc.watermark_t()] if m is not None]
     if marks:
@@ -105,6 +104,7 @@ def restore_if_restarted(svc: Any) -> bool:
         return False
     logger.warning("the estimator restarted; restoring from the checkpoint and replaying")
     with svc.durability.order_lock, svc.quiet():
+        svc.folds.forget()  # folds sent to the estimator that died: the replay redoes them
         svc.ingest_call_all("reset")
         recover(svc)
     svc.estimator_restores += 1

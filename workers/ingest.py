@@ -104,6 +104,8 @@ class IngestReply:
     batch: Any
     n_matched: int
     stage_s: dict[str, float]
+    #: Wall time (unix s) the batch was accepted by the API (``None``: a tick or flush).
+    accepted_wall_s: float | None = None
 
 
 class IngestCore:
@@ -120,10 +122,10 @@ class IngestCore:
         several cores run in one process; built here when ``None``.
     partition
         This core's partition number (reported in :meth:`stats`).
-    sink
-        Where traversal batches go instead of the reply: an object with
-        ``send(batch, n_matched, accepted_wall_s)``, ``outstanding()`` and ``drain()``
-        (the pipeline's link to the estimator actor). ``None``: batches are returned.
+
+    Traversal batches go back in each reply; the service folds them into the estimator in
+    the order of its calls (``workers.services.Services``), so the fold order, and with it
+    the estimates, do not depend on which partition answered first.
     """
 
     def __init__(
@@ -134,11 +136,9 @@ class IngestCore:
         index: Any = None,
         ubodt: Any = None,
         partition: int = 0,
-        sink: Any = None,
     ) -> None:
         self.config = config or IngestConfig()
         self.partition = partition
-        self.sink = sink
         self._counts: Counter[str] = Counter()
         self._rejected_by_reason: Counter[str] = Counter()
         self._stage_s: Counter[str] = Counter()
@@ -212,23 +212,14 @@ class IngestCore:
         batch, n = self._traversals([self.matcher.flush()])
         return self._reply(IngestReply(0, [], batch, n, {}), None)
 
-    def _reply(self, reply: IngestReply, accepted_wall_s: float | None) -> IngestReply:
-        if self.sink is not None and (reply.batch is not None or reply.n_matched):
-            self.sink.send(reply.batch, reply.n_matched,
-                           time.time() if accepted_wall_s is None else accepted_wall_s)
-            reply.batch = None
+    @staticmethod
+    def _reply(reply: IngestReply, accepted_wall_s: float | None) -> IngestReply:
+        reply.accepted_wall_s = accepted_wall_s
         return reply
-
-    def drain(self) -> None:
-        """Wait until every batch handed to the sink has been folded."""
-        if self.sink is not None:
-            self.sink.drain()
 
     def swap_network(self, net: RoadNetwork, *, index: Any = None, ubodt: Any = None) -> IngestReply:
         """Flush held points on the old network, then match on ``net`` from now on."""
         reply = self.flush()
-        if self.sink is not None:
-            self.sink.drain()
         seen = self.last_seen
         self._set_network(net, index=index, ubodt=ubodt)
         self.last_seen = seen
@@ -290,12 +281,10 @@ class IngestCore:
         self._watermark_t = state["watermark_t"]
 
     def reset(self) -> None:
-        """Forget everything: empty matcher, runs, dedupe memory and counters, and the
-        folds in flight to the estimator (the pipeline replays the log after a reset)."""
+        """Forget everything: empty matcher, runs, dedupe memory and counters (the pipeline
+        replays the log after a reset)."""
         self._set_network(self.net, index=self.matcher.index, ubodt=self.matcher.ubodt)
         self._counts, self._rejected_by_reason, self._watermark_t = Counter(), Counter(), None
-        if self.sink is not None:
-            self.sink.forget()
 
     def stats(self) -> dict[str, Any]:
         """Counters of this partition (probe fates, stage seconds, watermark)."""
@@ -313,8 +302,6 @@ class IngestCore:
             "watermark_t": self._watermark_t,
             "stage_s": dict(self._stage_s),
             "network_version": self.net.version,
-            "fold_outstanding": 0 if self.sink is None else int(self.sink.outstanding()),
-            "fold_errors": int(getattr(self.sink, "fold_errors", 0)),
         }
 
     # -- adapters over traffic.matching / traffic.traversals ----------------------------

@@ -4,9 +4,9 @@
 :class:`workers.stages.RayStages`: the same facade, checkpoints and recovery as the
 in-process service; the stages are the same plain cores with ``ray.remote`` applied at the
 construction site. The network goes through the object store once; each publication's
-travel-time vector is put once and router replicas pull that ref. Ingest actors hand
-traversal batches straight to the estimator through a :class:`workers.stages.FoldSink`
-that bounds its in-flight calls; the facade bounds in-flight ingest calls per partition and
+travel-time vector is put once and router replicas pull that ref. Ingest replies carry
+their traversal batches, which the facade hands to the estimator actor in log order
+(:class:`workers.stages.FoldQueue`, bounded in flight); the facade bounds in-flight ingest calls per partition and
 answers :class:`workers.services.Overloaded` (HTTP 503) when they are full, before taking
 anything.
 """
@@ -18,9 +18,9 @@ from typing import Any
 from graph.network import RoadNetwork
 from workers.config import PipelineConfig
 from workers.services import Services
-from workers.stages import FoldSink, RayStages, gpu_available
+from workers.stages import RayStages, gpu_available
 
-__all__ = ["RayPipeline", "FoldSink", "gpu_available"]
+__all__ = ["RayPipeline", "gpu_available"]
 
 
 class RayPipeline(Services):

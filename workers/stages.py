@@ -13,18 +13,21 @@ through one of two runners with the same small interface:
 
 :class:`LocalStages` runs each call at once, under one lock (the cores are not
 thread-safe; the lock gives them an actor's one-call-at-a-time). :class:`RayStages` applies
-``ray.remote`` to the same classes; ingest actors hand traversal batches straight to the
-estimator actor through a :class:`FoldSink` that bounds its in-flight folds.
+``ray.remote`` to the same classes. Ingest replies carry their traversal batches; the
+service folds them into the estimator through a :class:`FoldQueue`, in the order of its
+calls, with a bound on the folds in flight.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from graph.network import RoadNetwork
+from traffic._xp import gpu_available
 from workers.estimator import EstimatorCore, EstimatorServiceConfig
 from workers.ingest import IngestConfig, IngestCore
 from workers.router import RouterCore
@@ -45,29 +48,6 @@ class Done:
         self.value, self.error = value, error
 
 
-class LocalSink:
-    """An in-process ingest core's link to the estimator: each batch is folded at once."""
-
-    fold_errors = 0
-
-    def __init__(self, estimator: EstimatorCore) -> None:
-        self.estimator = estimator
-
-    def send(self, batch: Any, n_matched: int, accepted_wall_s: float) -> None:
-        """Fold ``batch`` now (the caller holds the stages' lock)."""
-        self.estimator.fold(batch, n_matched, accepted_wall_s=accepted_wall_s)
-
-    def outstanding(self) -> int:
-        """Folds not yet done: none, they run inline."""
-        return 0
-
-    def drain(self) -> None:
-        """Nothing is in flight."""
-
-    def forget(self) -> None:
-        """Nothing is in flight."""
-
-
 class LocalStages:
     """Every stage a plain object in this process; one call at a time (see the module doc)."""
 
@@ -83,29 +63,29 @@ class LocalStages:
         """The estimator core (NumPy here; the GPU belongs to the Ray estimator actor)."""
         return EstimatorCore(net, config, prior=prior), False
 
-    def start_ingest(self, net: RoadNetwork, config: IngestConfig, n: int, estimator: Any, *,
-                     max_fold_inflight: int) -> list[IngestCore]:
+    def start_ingest(self, net: RoadNetwork, config: IngestConfig, n: int) -> list[IngestCore]:
         """``n`` ingest cores sharing one spatial index and route-distance oracle."""
-        first = IngestCore(net, config, partition=0, sink=LocalSink(estimator))
+        first = IngestCore(net, config, partition=0)
         return [first] + [
             IngestCore(net, config, index=first.matcher.index, ubodt=first.matcher.ubodt,
-                       partition=p, sink=LocalSink(estimator)) for p in range(1, n)]
+                       partition=p) for p in range(1, n)]
 
     def start_routers(self, net: RoadNetwork, n: int, *, cache_dir: str | None,
                       first_node: int = 1) -> list[Any]:
-        """Router replicas are a Ray feature; in process the service keeps one router."""
-        if n:
-            raise ValueError("router replicas need the Ray pipeline (traffic serve without "
-                             "--local); the in-process services keep one router")
+        """None: replicas are a Ray feature; in process the service keeps one router (so a
+        configuration asking for replicas runs unchanged, on one)."""
         return []
 
-    def swap_network(self, handles: Sequence[IngestCore], net: RoadNetwork) -> None:
-        """Move every ingest core to ``net`` (held points are decided on the old one)."""
+    def swap_network(self, handles: Sequence[IngestCore], net: RoadNetwork) -> list[Any]:
+        """Move every ingest core to ``net``; returns their replies (held points decided
+        on the old network), in partition order."""
         with self.lock:
             first = handles[0]
-            first.swap_network(net)
+            replies = [first.swap_network(net)]
             for core in handles[1:]:
-                core.swap_network(net, index=first.matcher.index, ubodt=first.matcher.ubodt)
+                replies.append(core.swap_network(net, index=first.matcher.index,
+                                                 ubodt=first.matcher.ubodt))
+        return replies
 
     def call(self, handle: Any, method: str, *args: Any, **kwargs: Any) -> Done:
         """Run ``handle.method(*args, **kwargs)`` now, under the stages' lock."""
@@ -144,6 +124,11 @@ class LocalStages:
         """Local stages do not restart: only :class:`StageRestarted` says so."""
         return isinstance(exc, StageRestarted)
 
+    @staticmethod
+    def restart(handle: Any, error: BaseException) -> None:
+        """A stage in this process cannot restart: its error goes to the caller."""
+        raise error
+
     def placement(self, handles: Sequence[Any]) -> list[str]:
         """Every stage runs in this process."""
         return ["local"] * len(handles)
@@ -152,34 +137,45 @@ class LocalStages:
         """Nothing to stop."""
 
 
-class FoldSink:
-    """An ingest actor's link to the estimator actor, with bounded in-flight folds.
+class FoldQueue:
+    """The service's link to the estimator: folds traversal batches in the order given,
+    with a bound on those in flight.
+
+    The service hands every ingest reply's batch here in the order of its calls, so the
+    estimator folds the partitions' batches in one deterministic order whatever the runner
+    (a fold's decay and outlier gate depend on what was folded before it). Thread-safe.
 
     A fold that raises in the estimator (a fault there, not bad input: batches were
     validated and matched before) leaves the estimator's state short of that batch. The
-    sink then restarts the estimator actor (``ray.kill`` with restart), which the service
-    detects by its boot token and answers as it answers any estimator restart: the newest
-    checkpoint is loaded and the probe log replayed after it
-    (:func:`workers.checkpointing.restore_if_restarted`), so the batch is folded again and
-    no checkpoint is taken from the damaged state. Errors are logged and counted
-    (``fold_errors`` in the partition's stats) when they are seen: on every send, stats
-    call and drain.
+    queue then restarts the estimator (``stages.restart``: a Ray actor restarts; in process
+    the error is raised to the caller), which the service detects by its boot token and
+    answers as it answers any estimator restart: the newest checkpoint is loaded and the
+    probe log replayed after it (:func:`workers.checkpointing.restore_if_restarted`), so the
+    batch is folded again and no checkpoint is taken from the damaged state. Errors are
+    logged and counted (``fold_errors``).
     """
 
-    def __init__(self, estimator: Any, *, max_inflight: int) -> None:
-        self.estimator = estimator
+    def __init__(self, stages: Any, estimator: Any, *, max_inflight: int) -> None:
+        self.stages, self.estimator = stages, estimator
         self.max_inflight = max(1, int(max_inflight))
+        self._lock = threading.Lock()
         self._refs: list[Any] = []
         self.fold_errors = 0
         self.last_fold_error: str | None = None
 
-    def send(self, batch: Any, n_matched: int, accepted_wall_s: float) -> None:
-        """Fold ``batch`` remotely; blocks while ``max_inflight`` folds are outstanding."""
-        self._refs.append(self.estimator.fold.remote(batch, n_matched,
-                                                     accepted_wall_s=accepted_wall_s))
+    def send(self, batch: Any, n_matched: int, accepted_wall_s: float | None) -> None:
+        """Fold ``batch`` (``n_matched`` probes become applied); blocks while
+        ``max_inflight`` folds are outstanding. Nothing to fold: no call."""
+        if batch is None and not n_matched:
+            return
+        wall = time.time() if accepted_wall_s is None else accepted_wall_s
+        with self._lock:  # the call order is the fold order
+            self._refs.append(self.stages.call(self.estimator, "fold", batch, n_matched,
+                                               accepted_wall_s=wall))
         self._reap(0)
-        if len(self._refs) > self.max_inflight:
-            self._reap(len(self._refs) - self.max_inflight)
+        excess = len(self._refs) - self.max_inflight
+        if excess > 0:
+            self._reap(excess)
 
     def outstanding(self) -> int:
         """Folds sent and not yet done."""
@@ -192,45 +188,40 @@ class FoldSink:
 
     def forget(self) -> None:
         """Drop the folds in flight to an estimator that died (the replay redoes them)."""
-        self._refs = []
+        with self._lock:
+            self._refs = []
 
     def _reap(self, wait_for: int) -> None:
-        """Collect finished folds, blocking until at least ``wait_for`` have finished."""
-        import ray
+        """Collect finished folds, oldest first, waiting for at least ``wait_for``.
 
-        if not self._refs:
-            return
-        if wait_for:
-            done, self._refs = ray.wait(self._refs, num_returns=wait_for)
-        else:
-            done, self._refs = ray.wait(self._refs, num_returns=len(self._refs), timeout=0)
-        failed = False
+        Holds the lock throughout, so a :meth:`drain` never returns while another thread
+        is still collecting folds it took off the list.
+        """
+        failed = None
+        with self._lock:
+            n = 0
+            while n < len(self._refs) and (n < wait_for or self.stages.done(self._refs[n])):
+                n += 1
+            done, self._refs = self._refs[:n], self._refs[n:]
+            failed = self._collect(done)
+        if failed is not None:
+            self.stages.restart(self.estimator, failed)
+
+    def _collect(self, done: list[Any]) -> BaseException | None:
+        """Wait for ``done``'s folds; count and return the last error that is not a restart."""
+        failed = None
         for ref in done:
             try:
-                ray.get(ref)
-            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
-                pass  # the estimator died or is restarting: the service restores it
-            except ray.exceptions.RayTaskError as exc:
-                if isinstance(exc.cause, (ray.exceptions.RayActorError,
-                                          ray.exceptions.ActorUnavailableError)):
-                    continue
+                self.stages.get(ref)
+            except Exception as exc:
+                if self.stages.is_restart(exc):
+                    continue  # the estimator died or is restarting: the service restores it
                 self.fold_errors += 1
-                self.last_fold_error = f"{type(exc.cause).__name__}: {exc.cause}"[:500]
+                self.last_fold_error = f"{type(exc).__name__}: {exc}"[:500]
                 logger.error("a fold failed in the estimator (%s); restarting it so that it "
                              "is restored from the checkpoint and the log", self.last_fold_error)
-                failed = True
-        if failed:
-            ray.kill(self.estimator, no_restart=False)
-
-
-def gpu_available() -> bool:
-    """Whether CuPy imports and sees a CUDA device here."""
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # CuPy missing, or CUDA runtime/driver unusable
-        return False
+                failed = exc
+        return failed
 
 
 class RayStages:
@@ -266,16 +257,14 @@ class RayStages:
             num_gpus=1 if on_gpu else 0, num_cpus=0, max_restarts=-1, runtime_env=self._env)
         return actor.remote(net, config, xp="cupy" if on_gpu else "numpy", prior=prior), on_gpu
 
-    def start_ingest(self, net: Any, config: IngestConfig, n: int, estimator: Any, *,
-                     max_fold_inflight: int) -> list[Any]:
-        """``n`` ingest actors spread over the nodes, each folding through a FoldSink."""
+    def start_ingest(self, net: Any, config: IngestConfig, n: int) -> list[Any]:
+        """``n`` ingest actors spread over the nodes."""
         import ray
 
         actor = ray.remote(IngestCore)
         return [actor.options(num_cpus=0, max_restarts=-1, scheduling_strategy=_spread(p),
                               runtime_env=self._env)
-                .remote(net, config, partition=p,
-                        sink=FoldSink(estimator, max_inflight=max_fold_inflight))
+                .remote(net, config, partition=p)
                 for p in range(n)]
 
     def start_routers(self, net: Any, n: int, *, cache_dir: str | None,
@@ -290,9 +279,9 @@ class RayStages:
                 .remote(net, cache_dir=cache_dir)
                 for i in range(n)]
 
-    def swap_network(self, handles: Sequence[Any], net: Any) -> None:
-        """Move every ingest actor to ``net`` (a shared ref)."""
-        self.get([self.call(a, "swap_network", net) for a in handles])
+    def swap_network(self, handles: Sequence[Any], net: Any) -> list[Any]:
+        """Move every ingest actor to ``net`` (a shared ref); returns their replies."""
+        return self.get([self.call(a, "swap_network", net) for a in handles])
 
     @staticmethod
     def call(handle: Any, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -337,6 +326,13 @@ class RayStages:
         if isinstance(exc, ray.exceptions.RayTaskError):
             return isinstance(exc.cause, gone)
         return isinstance(exc, gone)
+
+    @staticmethod
+    def restart(handle: Any, error: BaseException) -> None:
+        """Kill the actor with restart (the service restores its state)."""
+        import ray
+
+        ray.kill(handle, no_restart=False)
 
     def placement(self, handles: Sequence[Any]) -> list[str]:
         """Node id of every actor in ``handles``."""

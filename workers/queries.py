@@ -1,0 +1,134 @@
+"""Route, table and congestion queries of the service facade.
+
+:class:`Queries` is a part of :class:`workers.services.Services` (a mixin): it answers on the
+in-process router or on a router replica (retried on another when one dies), picks the
+time-of-week profile's weights for departures beyond the profile horizon, and passes
+congestion questions to :mod:`workers.congestion`. It reads the facade's ``router``,
+``router_actors``, ``stages``, ``net``, ``prior`` and ``_congestion``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from workers.router import RouterCore
+
+
+class NotReady(RuntimeError):
+    """The service has no routable network or weights yet."""
+
+
+class Queries:
+    """Query methods of :class:`workers.services.Services` (see the module docstring)."""
+
+    # -- queries ------------------------------------------------------------------------
+    def ready(self) -> bool:
+        """Whether the service can answer route queries."""
+        return self._ready and (self.router is not None or bool(self.router_actors))
+
+    def inline_router(self) -> RouterCore | None:
+        """The in-process router when live-weight routes may run on the caller's thread
+        (``route`` with no departure is exactly ``router.route`` then); ``None`` when the
+        routers are replicas elsewhere or none is loaded."""
+        return self.router if self._ready else None
+
+    def route(
+        self, from_latlon: tuple[float, float], to_latlon: tuple[float, float], *,
+        depart_at_s: float | None = None, max_snap_m: float = 200.0,
+        profile_horizon_s: float = 900.0,
+    ) -> dict[str, Any]:
+        """Route and ETA; live weights unless ``depart_at_s`` is beyond the horizon and a
+        time-of-week profile exists (then ``basis`` is ``profile``)."""
+        profile = self._profile_for(depart_at_s, profile_horizon_s)
+        return self._on_router("route", from_latlon, to_latlon, max_snap_m=max_snap_m,
+                               profile=profile)
+
+    def table(self, sources: list[tuple[float, float]],
+              destinations: list[tuple[float, float]], *, max_snap_m: float = 200.0,
+              depart_at_s: float | None = None,
+              profile_horizon_s: float = 900.0) -> dict[str, Any]:
+        """Duration matrix over the live weights, or the profile's as :meth:`route` decides."""
+        profile = self._profile_for(depart_at_s, profile_horizon_s)
+        return self._on_router("table", sources, destinations, max_snap_m=max_snap_m,
+                               profile=profile)
+
+    def _on_router(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Run a query on the in-process router, or on the next replica; a replica that dies
+        under it is skipped and the query retried on the others (queries are read-only)."""
+        router = self.router
+        if router is not None:
+            return getattr(router, method)(*args, **kwargs)
+        actors = self.router_actors
+        if not actors:
+            raise NotReady("the service is still loading its network")
+        attempts = max(2, len(actors) + 1)
+        for attempt in range(attempts):
+            replica = actors[next(self._rr) % len(actors)]
+            try:
+                return self.stages.get(self.stages.call(replica, method, *args, **kwargs))
+            except Exception as exc:
+                if not self.stages.is_restart(exc) or attempt == attempts - 1:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def _profile_for(self, depart_at_s: float | None,
+                     horizon_s: float) -> tuple[Any, np.ndarray] | None:
+        """``(key, travel_time_s)`` of the learned profile for a departure beyond the horizon
+        where its bin has data, else ``None``. The key names the network, the bin and the
+        bin's revision, so a router re-customizes only after the profile learned more."""
+        if depart_at_s is None or self.prior is None or depart_at_s - self.now_s() <= horizon_s:
+            return None
+        rev = self.estimator_call("profile_revision", depart_at_s)
+        if rev is None:
+            return None
+        key = (self.net.version, int(rev[1]), int(rev[0]))
+        cache = self._profile_tt
+        tt = cache.get(key)
+        if tt is None:
+            tt = self.estimator_call("profile_travel_times", depart_at_s)
+            if tt is None:
+                return None
+            while len(cache) >= 4:
+                cache.pop(next(iter(cache)))
+            cache[key] = tt
+        return key, tt
+
+    def network_info(self) -> dict[str, Any]:
+        """The serving network's identity and size."""
+        net = self.net
+        return {"version": net.version, "name": net.name, "n_nodes": net.n_nodes,
+                "n_edges": net.n_edges, "bbox": net.bbox, "loaded_at": self.loaded_at}
+
+    # -- congestion (analysts; see workers/congestion.py) --------------------------------
+    def live_snapshot(self) -> tuple[float | None, pl.DataFrame]:
+        """``(event time, per-edge table)`` of the estimator's live state."""
+        return self.estimator_call("live_snapshot", timeout=30)
+
+    def congestion(self, bbox: tuple[float, float, float, float], *, at_s: float | None = None,
+                   road_class: list[str] | None = None, min_ratio: float | None = None,
+                   max_ratio: float | None = None) -> Any:
+        """Per-edge congestion in ``bbox``, live or at a snapshot (``CongestionAnswer``)."""
+        return self._congestion.congestion(self.net, bbox, live=self.live_snapshot, at_s=at_s,
+                                           road_class=road_class, min_ratio=min_ratio,
+                                           max_ratio=max_ratio)
+
+    def edge_history(self, key: int, t_from: float | None = None,
+                     t_to: float | None = None) -> pl.DataFrame:
+        """One edge's stored snapshots over time (default: the last 6 h)."""
+        return self._congestion.edge_history(key, t_from, t_to, now_s=self.now_s())
+
+    def aggregate(self, bbox: tuple[float, float, float, float], t_from: float | None = None,
+                  t_to: float | None = None, *, interval_s: float = 300.0,
+                  road_class: list[str] | None = None) -> pl.DataFrame:
+        """Mean congestion ratio over ``bbox`` per interval of snapshot time."""
+        return self._congestion.aggregate(self.net, bbox, t_from, t_to, interval_s=interval_s,
+                                          now_s=self.now_s(), road_class=road_class)
+
+    def snapshot_times(self, t_from: float | None = None, t_to: float | None = None) -> np.ndarray:
+        """Stored snapshot times (unix s, ascending)."""
+        return self._congestion.snapshot_times(t_from, t_to)
