@@ -1,9 +1,16 @@
 """The routing stage: a router replica over the newest published travel times.
 
-:class:`RouterCore` owns a :class:`graph.router.Router`. :meth:`RouterCore.update` re-customizes
-with a new travel-time vector; the router swaps the customized metric atomically, so a query
+:class:`RouterCore` owns a :class:`graph.router.Router`. :meth:`RouterCore.apply_publication`
+takes the estimator's publications (``workers.estimator.Publication``): a full vector, or a
+delta that applies only on the publication it was computed from; :meth:`RouterCore.update`
+takes a bare vector. The router updates its idle metric and swaps it in atomically, so a query
 running meanwhile finishes on the previous weights and never waits for a customization.
 ``workers/pipeline.py`` runs replicas as threaded Ray actors or in the API process.
+
+A replica that missed a publication (restarted, or calls that overtook each other on a
+threaded actor) cannot apply the next delta. So the facade hands every replica the chain
+(:class:`PublicationChain`): the last full publication and every delta since, newest last, as
+Ray object refs that a replica fetches only when it needs them; it catches up from there.
 """
 
 from __future__ import annotations
@@ -52,6 +59,10 @@ class RouterCore:
         self.updated_wall_s = time.time()
         self.customize_s = 0.0
         self._lock = threading.Lock()
+        self._key: tuple[int, float] | None = None  # the publication held (None: free-flow)
+        #: How publications were taken: full, delta, caught_up (from the chain), stale
+        #: (a delta not on our weights and no chain to catch up from), ignored (not newer).
+        self.applied = {"full": 0, "delta": 0, "caught_up": 0, "stale": 0, "ignored": 0}
 
     @property
     def index(self) -> Any:
@@ -76,10 +87,69 @@ class RouterCore:
             if int(version) <= self.weights_version and self.weights_version:
                 return False
             self.router.customize(tt, str(int(version)))
-            self.weights_version, self.weights_t = int(version), weights_t
-            self.updated_wall_s = time.time()
-        self.customize_s = time.perf_counter() - t0
+            self._took(int(version), weights_t, t0)
         return True
+
+    def apply_publication(self, pubs: Any) -> str:
+        """Take a publication; returns how: ``full``, ``delta``, ``caught_up``, ``stale``,
+        ``ignored``.
+
+        ``pubs`` is a ``Publication`` or a chain ``[full, delta, ..., newest]`` of them or of
+        Ray object refs to them (:class:`PublicationChain`). The newest is taken when it is
+        newer than the held weights (by ``(version, weights_t)``): a full one as is, a delta
+        when it applies on exactly the held publication. Otherwise the replica catches up
+        along the chain: the deltas after the publication it holds, merged into one update,
+        or the full vector with every delta applied. A delta that cannot be placed is
+        refused (``stale``): the weights stay as they were, exact for their version.
+        """
+        chain = list(pubs) if isinstance(pubs, (list, tuple)) else [pubs]
+        newest = _resolve_pub(chain[-1])
+        if newest.travel_time_s.shape[0] != self.net.n_edges and newest.full:
+            raise ValueError(f"a full publication must hold one value per edge "
+                             f"({self.net.n_edges}); got {newest.travel_time_s.shape}")
+        t0 = time.perf_counter()
+        with self._lock:
+            if self._key is not None and newest.key <= self._key:
+                how = "ignored"
+            elif newest.full:
+                self.router.customize(newest.travel_time_s, str(newest.version))
+                how = "full"
+            elif self._key is not None and newest.base_key == self._key:
+                self.router.update_edges(newest.edges, newest.travel_time_s,
+                                         str(newest.version))
+                how = "delta"
+            else:
+                how = self._catch_up([_resolve_pub(r) for r in chain[:-1]] + [newest])
+            self.applied[how] += 1
+            if how not in ("ignored", "stale"):
+                self._took(newest.version, newest.weights_t, t0)
+                self._key = newest.key
+        return how
+
+    def _catch_up(self, pubs: list[Any]) -> str:
+        """Reach ``pubs[-1]`` along a chain ``[full, delta, ...]``; ``stale`` if it is broken."""
+        if not pubs[0].full or any(b.base_key != a.key for a, b in zip(pubs, pubs[1:])):
+            return "stale"
+        held = [i for i, p in enumerate(pubs) if p.key == self._key]
+        newest = pubs[-1]
+        if held:  # we hold one of them: the deltas after it, merged (later values win)
+            after = pubs[held[-1] + 1:]
+            edges = np.concatenate([p.edges for p in after])
+            vals = np.concatenate([p.travel_time_s for p in after])
+            last = len(edges) - 1 - np.unique(edges[::-1], return_index=True)[1]
+            self.router.update_edges(edges[last], vals[last], str(newest.version))
+        else:
+            vec = pubs[0].apply_to(None)
+            for p in pubs[1:]:
+                vec[p.edges] = p.travel_time_s
+            self.router.customize(vec, str(newest.version))
+        return "caught_up"
+
+    def _took(self, version: int, weights_t: float | None, t0: float) -> None:
+        self.weights_version, self.weights_t = int(version), weights_t
+        self._key = (int(version), -np.inf if weights_t is None else float(weights_t))
+        self.updated_wall_s = time.time()
+        self.customize_s = time.perf_counter() - t0
 
     def route(
         self,
@@ -136,10 +206,54 @@ class RouterCore:
                 "weights_t": self.weights_t if basis == "live" else None, "basis": basis}
 
     def stats(self) -> dict[str, Any]:
-        """Versions and the last customization's cost."""
+        """Versions, the last customization's cost and how publications were taken."""
         return {"weights_version": self.router.weights_version, "weights_t": self.weights_t,
                 "network_version": self.net.version, "customize_s": self.customize_s,
-                "updated_wall_s": self.updated_wall_s}
+                "updated_wall_s": self.updated_wall_s,
+                "publications": dict(self.applied),
+                "last_update": dict(getattr(self.router, "last_update", {})),
+                "metric_fallbacks": int(getattr(self.router, "fallbacks", 0))}
+
+
+class PublicationChain:
+    """What the facade hands the routers: the last full publication and the deltas since.
+
+    :meth:`add` takes each publication with its shared form (itself in process, a Ray object
+    ref on Ray) and returns the chain to send, newest last; ``None`` for a publication older
+    than the chain's newest (a late one: drop it); :data:`BROKEN` for a delta that does not
+    follow the newest (one was missed: publish a full vector). Thread-safe. Holds at most one
+    full vector and the deltas of one ``full_every_s``.
+    """
+
+    BROKEN = "broken"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: list[tuple[tuple[int, float], Any]] = []
+
+    def add(self, pub: Any, shared: Any) -> list[Any] | str | None:
+        with self._lock:
+            newest = self._items[-1][0] if self._items else None
+            if pub.full:
+                if newest is not None and pub.key < newest:
+                    return None
+                self._items = [(pub.key, shared)]
+            else:
+                if newest is not None and pub.key <= newest:
+                    return None
+                if newest is None or pub.base_key != newest:
+                    return self.BROKEN
+                self._items.append((pub.key, shared))
+            return [x for _, x in self._items]
+
+
+def _resolve_pub(item: Any) -> Any:
+    """A publication, fetched from Ray's object store when ``item`` is a ref to one."""
+    if hasattr(item, "travel_time_s"):
+        return item
+    import ray
+
+    return ray.get(item)
 
 
 def _resolve(travel_time_s: Any) -> np.ndarray:

@@ -202,16 +202,34 @@ class Services(Intake, Queries):
 
     # -- publication and housekeeping ---------------------------------------------------
     def _publish(self, pub: Publication | None, *, wait: bool = False) -> None:
-        """Hand a publication to the routers (stale network versions are dropped)."""
+        """Hand a publication to the routers (stale network versions are dropped).
+
+        Full vectors and deltas alike go out as the chain since the last full publication
+        (``workers.router.PublicationChain``; on Ray, object refs a replica fetches only when
+        it missed one and must catch up). A delta that does not follow the last publication
+        sent (one was lost or overtaken) is replaced by a full publication.
+        """
+        from workers.router import PublicationChain
+
         if pub is None or pub.network_version != self.net.version:
             return
+        s = self.stages
+        # (network version, chain): a new network starts a new chain.
+        held = self.__dict__.setdefault("_pub_chain", (pub.network_version, PublicationChain()))
+        if held[0] != pub.network_version:
+            held = self._pub_chain = (pub.network_version, PublicationChain())
+        sent = held[1].add(pub, s.share(pub) if self.router_actors else pub)
+        if sent is PublicationChain.BROKEN:
+            pub = self.estimator_call("publish")  # a full vector
+            if pub.network_version != held[0]:
+                return
+            sent = held[1].add(pub, s.share(pub) if self.router_actors else pub)
+        if not isinstance(sent, list):
+            return  # older than what the routers were sent already
         if self.router is not None:
-            self.router.update(pub.version, pub.weights_t, pub.travel_time_s)
+            self.router.apply_publication(sent)
         if self.router_actors:
-            s = self.stages
-            weights = s.router_weights(s.share(pub.travel_time_s))
-            futures = [s.call(r, "update", pub.version, pub.weights_t, weights)
-                       for r in self.router_actors]
+            futures = [s.call(r, "apply_publication", sent) for r in self.router_actors]
             if wait:
                 s.get(futures)
 
