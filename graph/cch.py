@@ -59,9 +59,14 @@ MS_PER_S = 1000.0
 #: chunk). Measured on DIMACS NY (730k edges; benchmarks/publish.py, BENCHMARKS.md): the
 #: chunked partial update costs as much as a full re-customization at about this fraction.
 FULL_CUSTOMIZE_FRACTION = 0.005
-#: Arcs per call of RoutingKit's partial updater: each call holds the GIL, about 5-10 ms for
-#: 256 random arcs on NY, so an event loop waiting for the GIL waits at most that long.
-PARTIAL_CHUNK_ARCS = 256
+#: Arcs per call of RoutingKit's partial updater: each call holds the GIL, 5-25 ms for 256
+#: random arcs on NY on a loaded 2-core machine, so an event loop waiting for the GIL waits
+#: about that long at most.
+PARTIAL_CHUNK_ARCS = 128
+#: After each partial-update call, sleep this many times as long as the call took, so the
+#: updater holds the GIL at most ``1 / (1 + PARTIAL_PAUSE)`` of the time and a busy event loop
+#: in the same process keeps up (0: no pause, for a router alone in its process).
+PARTIAL_PAUSE = 1.0
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -635,13 +640,15 @@ def customize_partial(metric: Metric, travel_time_s: np.ndarray, version: str) -
 def recustomize(
     metric: Metric, edges: np.ndarray, travel_time_s: np.ndarray, version: str, *,
     full_fraction: float = FULL_CUSTOMIZE_FRACTION, chunk_arcs: int = PARTIAL_CHUNK_ARCS,
+    pause: float = PARTIAL_PAUSE,
 ) -> str:
     """Set the travel times of ``edges`` to ``travel_time_s`` and re-customize ``metric`` in place.
 
     ``edges`` (int, distinct) and ``travel_time_s`` (s, one per edge listed) say what changed;
     the rest keeps its times. When the edges whose **millisecond weight** changed are at most
     ``full_fraction`` of all, RoutingKit's partial updater runs on their arcs in calls of
-    ``chunk_arcs`` (each holds the GIL); above it the whole metric is re-customized with
+    ``chunk_arcs`` (each holds the GIL; after each the thread sleeps ``pause`` times as long
+    as the call took, letting other threads run); above it the whole metric is re-customized with
     ``CCHMetric.reset`` (GIL released, buffers reused). Both give the same metric as a new
     :func:`customize` of the resulting vector. Returns the mode (``"partial"``, ``"full"`` or
     ``"none"``) and sets ``metric.mode``, ``metric.changed_edges``, ``metric.customize_s``
@@ -694,12 +701,18 @@ def recustomize(
         t1 = time.perf_counter()
         updater = rk.CCHMetricPartialUpdater(index.cch)  # unsendable: made and used here
         step = max(1, int(chunk_arcs))
+        busy = 0.0
         for a in range(0, len(arcs_l), step):
+            c0 = time.perf_counter()
             updater.apply(metric._metric, dict(zip(arcs_l[a:a + step], ms_l[a:a + step])))
+            took = time.perf_counter() - c0
+            busy += took
             if a + step < len(arcs_l):
-                time.sleep(0)  # let a thread waiting for the GIL (an event loop) run
+                time.sleep(took * pause)  # let a thread waiting for the GIL (an event loop) run
         del updater
         metric.mode = "partial"
+        metric.convert_s, metric.customize_s = t1 - t0, busy  # compute time, pauses excluded
+        return metric.mode
     metric.convert_s, metric.customize_s = t1 - t0, time.perf_counter() - t1
     return metric.mode
 
