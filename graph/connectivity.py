@@ -13,7 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
-from graph.network import ROAD_CLASSES, RoadNetwork, build_network
+from graph.network import ROAD_CLASSES, RoadNetwork, build_network, network_strings
 
 
 def strong_components(net: RoadNetwork) -> tuple[int, np.ndarray]:
@@ -91,6 +91,10 @@ def keep_largest_scc(net: RoadNetwork) -> RoadNetwork:
         turn_via_node=new_node[net.turn_via_node[keep_turn]],
         turn_to_edge=new_edge[net.turn_to_edge[keep_turn]],
         turn_kind=net.turn_kind[keep_turn],
+        edge_name=net.edge_name[edges],
+        edge_ref=net.edge_ref[edges],
+        edge_flags=net.edge_flags[edges],
+        strings=network_strings(net),
         name=net.name,
         source=f"largest SCC of {net.name or 'network'}",
     )

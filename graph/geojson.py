@@ -28,11 +28,16 @@ import numpy as np
 from graph.errors import NetworkFileNotFoundError, NetworkFormatError, NoDrivableRoadError
 from graph.network import (
     DEFAULT_SPEED_KPH,
+    EDGE_FERRY,
+    EDGE_ROUNDABOUT,
+    EDGE_TOLL,
     ROAD_CLASS_INDEX,
     ROAD_CLASSES,
     RoadNetwork,
     _splitmix64,
     build_network,
+    index_strings,
+    network_strings,
     stable_edge_keys,
 )
 from storage import write_atomic
@@ -101,11 +106,15 @@ def export_geojson(net: RoadNetwork, path: str | os.PathLike[str]) -> Path:
     coords = np.column_stack([net.geom_lon, net.geom_lat]).tolist()
     off = net.geom_offsets.tolist()
     cls = [ROAD_CLASSES[c] for c in net.edge_road_class.tolist()]
+    table = network_strings(net) + [None]  # index -1 reads the trailing None
+    names = [table[i] for i in net.edge_name.tolist()]
+    refs = [table[i] for i in net.edge_ref.tolist()]
+    flags = net.edge_flags.tolist()
     cols = zip(
         net.edge_key.tolist(), cls, net.edge_oneway.tolist(), net.edge_speed_kph.tolist(),
         net.edge_length_m.tolist(), net.edge_osm_way.tolist(), net.edge_osm_from.tolist(),
         net.edge_osm_to.tolist(), net.edge_reversed.tolist(), net.edge_src.tolist(),
-        net.edge_dst.tolist(),
+        net.edge_dst.tolist(), names, refs, flags,
     )
     features = [
         {
@@ -114,10 +123,12 @@ def export_geojson(net: RoadNetwork, path: str | os.PathLike[str]) -> Path:
             "properties": {
                 "key": key, "highway": hw, "oneway": ow, "maxspeed_kph": kph,
                 "length_m": length, "osm_way_id": way, "osm_from": a, "osm_to": b,
-                "reversed": rev, "from_node": u, "to_node": v, "directed": True,
+                "reversed": rev, "from_node": u, "to_node": v, "name": nm, "ref": rf,
+                "roundabout": bool(fl & EDGE_ROUNDABOUT), "toll": bool(fl & EDGE_TOLL),
+                "ferry": bool(fl & EDGE_FERRY), "directed": True,
             },
         }
-        for i, (key, hw, ow, kph, length, way, a, b, rev, u, v) in enumerate(cols)
+        for i, (key, hw, ow, kph, length, way, a, b, rev, u, v, nm, rf, fl) in enumerate(cols)
     ]
     member = {
         "format": EXPORT_FORMAT,
@@ -248,6 +259,7 @@ def _load_exported(
             edge_reversed=np.array(col["reversed"], dtype=bool),
             edge_key=keys,
         )
+        arrays.update(_name_columns(props))
         kept = (turn_from >= 0) & (turn_to >= 0)
         turns = dict(
             turn_from_edge=turn_from[kept],
@@ -287,6 +299,7 @@ def _load_lines(path: Path, features: list[Any], name: str) -> RoadNetwork:
     """Generic GeoJSON: split lines at junctions into edges (see the module docstring)."""
     lines: list[np.ndarray] = []
     line_attr: list[tuple[int, float, int, int, int, bool, int]] = []
+    line_props: list[dict[str, Any]] = []
     for i, feature in enumerate(features):
         props = _props(feature)
         road_class = _road_class(props.get("highway"))
@@ -300,6 +313,7 @@ def _load_lines(path: Path, features: list[Any], name: str) -> RoadNetwork:
         way, key = _int_or(props.get("osm_way_id"), -1), _int_or(props.get("key"), -1)
         for part in parts:
             lines.append(part)
+            line_props.append(props)
             line_attr.append(
                 (road_class, speed, direction, way, key if len(parts) == 1 else -1,
                  road_direction != _BOTH, i)
@@ -309,11 +323,41 @@ def _load_lines(path: Path, features: list[Any], name: str) -> RoadNetwork:
             f"{path}: no drivable road: none of its {len(features)} features is a LineString "
             f"with a car highway class ({', '.join(ROAD_CLASSES[:9])}, ...)"
         )
-    return _split_and_build(path, lines, line_attr, name)
+    return _split_and_build(path, lines, line_attr, name, _name_columns(line_props))
+
+
+def _name_columns(props: list[dict[str, Any]]) -> dict[str, Any]:
+    """``edge_name``, ``edge_ref``, ``edge_flags`` and ``strings`` for build_network, one
+    entry per item of ``props``: ``name``/``ref`` strings; ``roundabout``, ``toll``, ``ferry``
+    booleans as export writes them, or OSM-style ``junction``, ``toll``, ``route``."""
+    idx, strings = index_strings([_text(p.get("name")) for p in props]
+                                 + [_text(p.get("ref")) for p in props])
+    flags = np.fromiter((_flags(p) for p in props), dtype=np.uint8, count=len(props))
+    return dict(edge_name=idx[:len(props)], edge_ref=idx[len(props):], edge_flags=flags,
+                strings=strings)
+
+
+def _text(value: Any) -> str | None:
+    if value is None or isinstance(value, (dict, list, bool)):
+        return None
+    return str(value) or None
+
+
+def _flags(props: dict[str, Any]) -> int:
+    yes = (True, "yes", "true", "1")
+    flags = 0
+    if props.get("roundabout") is True or props.get("junction") in ("roundabout", "circular"):
+        flags |= EDGE_ROUNDABOUT
+    if props.get("toll") in yes:
+        flags |= EDGE_TOLL
+    if props.get("ferry") is True or props.get("route") == "ferry":
+        flags |= EDGE_FERRY
+    return flags
 
 
 def _split_and_build(
-    path: Path, lines: list[np.ndarray], attr: list[tuple], name: str
+    path: Path, lines: list[np.ndarray], attr: list[tuple], name: str,
+    names: dict[str, Any],
 ) -> RoadNetwork:
     sizes = np.array([ln.shape[0] for ln in lines], dtype=np.int64)
     xy = np.concatenate(lines)
@@ -388,6 +432,10 @@ def _split_and_build(
         edge_osm_way=edge_way[e_keep],
         edge_reversed=rev[e_keep],
         edge_key=keys[e_keep],
+        edge_name=names["edge_name"][line][e_keep],
+        edge_ref=names["edge_ref"][line][e_keep],
+        edge_flags=names["edge_flags"][line][e_keep],
+        strings=names["strings"],
         geom_offsets=geom_idx_off,
         geom_lat=xy[geom_vertex, 1], geom_lon=xy[geom_vertex, 0],
         name=name, source=str(path),

@@ -28,13 +28,17 @@ from typing import BinaryIO
 import numpy as np
 
 from graph.errors import NetworkFileNotFoundError, NetworkFormatError
-from graph.network import RoadNetwork, assemble_network
+from graph.network import NAME_ARRAYS, RoadNetwork, assemble_network, empty_name_arrays
 from storage import write_atomic
 
 #: Name written into, and required in, a compiled file's header.
 COMPILED_FORMAT = "traffic-road-network"
 #: Version of the compiled layout; bump when array names, dtypes or meanings change.
-COMPILED_FORMAT_VERSION = 1
+#: 2 added the name table (``edge_name``, ``edge_ref``, ``edge_flags``, ``name_bytes``,
+#: ``name_offsets``); version-1 files still load, without names (same version as before).
+COMPILED_FORMAT_VERSION = 2
+#: Older layouts this program still reads.
+_READABLE_FORMAT_VERSIONS = (1, 2)
 _HEADER = "header.json"
 
 #: ``progress(stage, fraction)``: a loader reports its stage name and 0..1 progress.
@@ -56,6 +60,8 @@ _ARRAY_DTYPES: dict[str, str] = {
     "geom_offsets": "i8", "geom_lat": "f8", "geom_lon": "f8",
     "out_first": "i4", "out_edge": "i4", "in_first": "i4", "in_edge": "i4",
     "turn_from_edge": "i4", "turn_via_node": "i4", "turn_to_edge": "i4", "turn_kind": "i1",
+    "edge_name": "i4", "edge_ref": "i4", "edge_flags": "u1", "name_bytes": "u1",
+    "name_offsets": "i8",
 }
 
 
@@ -199,12 +205,16 @@ def load_compiled(path: str | os.PathLike[str], *, verify: bool = False,
             zf, mapped = map_array_archive(path)
             with zf:
                 header = _read_header(zf, path)
-            arrays = {key: mapped[key] for key in _ARRAY_DTYPES}
+            arrays = {key: mapped[key] for key in _ARRAY_DTYPES if key in mapped
+                      or not _optional(key, header)}
         else:
             with zipfile.ZipFile(path) as zf:
                 header = _read_header(zf, path)
                 arrays = {}
+                members = set(zf.namelist())
                 for key in _ARRAY_DTYPES:
+                    if f"{key}.npy" not in members and _optional(key, header):
+                        continue
                     with zf.open(f"{key}.npy") as member:
                         arrays[key] = np.lib.format.read_array(member, allow_pickle=False)
     except NetworkFormatError:
@@ -214,6 +224,8 @@ def load_compiled(path: str | os.PathLike[str], *, verify: bool = False,
         raise NetworkFormatError(
             f"{path}: not a readable compiled network (truncated or corrupt?): {exc}"
         ) from exc
+    if any(key not in arrays for key in NAME_ARRAYS):  # a version-1 file: no names
+        arrays.update(empty_name_arrays(arrays["edge_src"].size))
     _check_arrays(arrays, path)
     recorded = header.get("version")
     if not isinstance(recorded, str) or not recorded:
@@ -357,7 +369,7 @@ def _read_header(zf: zipfile.ZipFile, path: Path) -> dict:
         raise NetworkFormatError(f"{path}: the compiled header is not valid JSON") from exc
     if not isinstance(header, dict) or header.get("format") != COMPILED_FORMAT:
         raise NetworkFormatError(f"{path}: a ZIP archive but not a compiled network")
-    if header.get("format_version") != COMPILED_FORMAT_VERSION:
+    if header.get("format_version") not in _READABLE_FORMAT_VERSIONS:
         raise NetworkFormatError(
             f"{path}: compiled format version {header.get('format_version')!r} is not "
             f"supported (this program reads version {COMPILED_FORMAT_VERSION}); re-import it"
@@ -374,22 +386,32 @@ def _check_arrays(arrays: dict[str, np.ndarray], path: Path) -> None:
     n, m = arrays["node_lat"].size, arrays["edge_src"].size
     offsets = arrays["geom_offsets"]
     r, g = arrays["turn_from_edge"].size, int(offsets[-1]) if offsets.size else 0
+    name_off = arrays["name_offsets"]
+    k, s = name_off.size - 1, int(name_off[-1]) if name_off.size else 0
     sizes = (
         (n, ("node_lon", "node_osm_id")),
         (m, ("edge_dst", "edge_length_m", "edge_speed_kph", "edge_road_class", "edge_oneway",
             "edge_osm_way", "edge_osm_from", "edge_osm_to", "edge_reversed", "edge_key",
-            "out_edge", "in_edge")),
+            "out_edge", "in_edge", "edge_name", "edge_ref", "edge_flags")),
         (n + 1, ("out_first", "in_first")),
         (m + 1, ("geom_offsets",)),
         (g, ("geom_lat", "geom_lon")),
         (r, ("turn_via_node", "turn_to_edge", "turn_kind")),
+        (s, ("name_bytes",)),
     )
+    if k < 0:
+        raise NetworkFormatError(f"{path}: array name_offsets is empty (needs k + 1 entries)")
     for size, keys in sizes:
         for key in keys:
             if arrays[key].size != size:
                 raise NetworkFormatError(
                     f"{path}: array {key} has {arrays[key].size} entries, expected {size}"
                 )
+
+
+def _optional(key: str, header: dict) -> bool:
+    """Whether array ``key`` may be absent: the name arrays, in a version-1 file."""
+    return key in NAME_ARRAYS and header.get("format_version") == 1
 
 
 def _require_file(path: Path) -> None:

@@ -9,6 +9,7 @@ and its direction, so speed history survives a re-import where the road did not 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -62,6 +63,19 @@ DEFAULT_SPEED_KPH: dict[str, float] = {
 TURN_NO = 0
 TURN_ONLY = 1
 
+#: Bits of ``RoadNetwork.edge_flags``: the edge is part of a roundabout
+#: (``junction=roundabout|circular``), a toll road (``toll=yes``), a ferry (``route=ferry``).
+EDGE_ROUNDABOUT = 1
+EDGE_TOLL = 2
+EDGE_FERRY = 4
+#: ``edge_name`` / ``edge_ref`` value of an edge without one.
+NO_NAME = -1
+
+#: The name-table arrays: optional in the input (all "no name"), and left out of the content
+#: hash while a network has no names and no flags, so networks without them (DIMACS, files
+#: written before names existed) keep the version they always had.
+NAME_ARRAYS: tuple[str, ...] = ("edge_name", "edge_ref", "edge_flags", "name_bytes", "name_offsets")
+
 _INT32 = np.int32
 _INT64 = np.int64
 _F64 = np.float64
@@ -82,6 +96,14 @@ class RoadNetwork:
     ``TURN_NO`` (the turn ``turn_from_edge[i] -> turn_to_edge[i]`` is forbidden) or
     ``TURN_ONLY`` (from that edge, only that turn is allowed). Use
     :func:`graph.network.banned_turns` for the expanded list of forbidden pairs.
+
+    Street names and route numbers live in one string table for the whole network (each
+    distinct string once, sorted): string ``i`` is the UTF-8 bytes
+    ``name_bytes[name_offsets[i]:name_offsets[i + 1]]``. ``edge_name`` / ``edge_ref`` index
+    it (:data:`NO_NAME` where the road has none); ``edge_flags`` holds :data:`EDGE_ROUNDABOUT`,
+    :data:`EDGE_TOLL` and :data:`EDGE_FERRY` bits. That is 9 bytes per edge plus the distinct
+    strings (a country has ~10^5 of them for ~10^7 edges). Read them with :meth:`string` /
+    :meth:`edge_name_str` / :meth:`edge_ref_str`.
 
     Build one with :func:`build_network`, which validates the arrays, derives the indexes,
     the stable edge keys and the content hash ``version``; the arrays are read-only.
@@ -112,6 +134,11 @@ class RoadNetwork:
     turn_via_node: np.ndarray  # int32[r]
     turn_to_edge: np.ndarray  # int32[r]
     turn_kind: np.ndarray  # int8[r]
+    edge_name: np.ndarray  # int32[m], index into the string table; NO_NAME where none
+    edge_ref: np.ndarray  # int32[m], index into the string table; NO_NAME where none
+    edge_flags: np.ndarray  # uint8[m], EDGE_ROUNDABOUT | EDGE_TOLL | EDGE_FERRY
+    name_bytes: np.ndarray  # uint8[s], the UTF-8 strings of the table, concatenated
+    name_offsets: np.ndarray  # int64[k + 1], string i is name_bytes[off[i]:off[i + 1]]
     name: str = ""
     version: str = field(default="")
 
@@ -163,6 +190,26 @@ class RoadNetwork:
             return np.full(keys.shape, -1, dtype=_INT64)
         found = sorted_keys[pos] == keys
         return np.where(found, order[pos], -1).astype(_INT64)
+
+    @property
+    def n_strings(self) -> int:
+        """Number of distinct strings (names and refs) in the string table."""
+        return int(self.name_offsets.shape[0]) - 1
+
+    def string(self, index: int) -> str | None:
+        """String ``index`` of the table; ``None`` for :data:`NO_NAME` (or any negative)."""
+        if index < 0:
+            return None
+        a, b = self.name_offsets[index], self.name_offsets[index + 1]
+        return self.name_bytes[a:b].tobytes().decode("utf-8")
+
+    def edge_name_str(self, edge: int) -> str | None:
+        """The street name of ``edge`` (OSM ``name``), or ``None``."""
+        return self.string(int(self.edge_name[edge]))
+
+    def edge_ref_str(self, edge: int) -> str | None:
+        """The route number of ``edge`` (OSM ``ref``, e.g. ``"E 45"``), or ``None``."""
+        return self.string(int(self.edge_ref[edge]))
 
     def arrays(self) -> dict[str, np.ndarray]:
         """All array fields by name (for serialisation)."""
@@ -248,6 +295,10 @@ def build_network(
     turn_via_node: np.ndarray | None = None,
     turn_to_edge: np.ndarray | None = None,
     turn_kind: np.ndarray | None = None,
+    edge_name: np.ndarray | None = None,
+    edge_ref: np.ndarray | None = None,
+    edge_flags: np.ndarray | None = None,
+    strings: Sequence[str] | None = None,
     name: str = "",
     source: str = "<arrays>",
 ) -> RoadNetwork:
@@ -255,8 +306,11 @@ def build_network(
 
     Missing optional arrays get defaults: straight-line geometry between the end nodes,
     length from the geometry (sum of great-circle segment lengths, m), road class
-    ``unknown``, node OSM ids ``0..n-1``, way ids ``-1``, no turn restrictions. Edge keys
-    are derived from OSM ids unless given (DIMACS and GeoJSON loaders pass their own).
+    ``unknown``, node OSM ids ``0..n-1``, way ids ``-1``, no turn restrictions, no names
+    and no flags. Edge keys are derived from OSM ids unless given (DIMACS and GeoJSON loaders
+    pass their own). ``edge_name``/``edge_ref`` index ``strings`` (``-1``: none); the
+    network's string table keeps the strings used, once each, sorted, so the same names give
+    the same arrays (and version) whatever order a loader met them in.
 
     Raises
     ------
@@ -329,6 +383,7 @@ def build_network(
                f"edge key {int(uniq[np.argmax(counts)])} is not unique (duplicate road pieces)")
 
     turns = _turn_arrays(turn_from_edge, turn_via_node, turn_to_edge, turn_kind, n, m, source)
+    names = _name_arrays(edge_name, edge_ref, edge_flags, strings, m, source)
 
     out_first, out_edge = csr_index(n, edge_src)
     in_first, in_edge = csr_index(n, edge_dst)
@@ -340,7 +395,7 @@ def build_network(
         edge_osm_to=np.ascontiguousarray(osm_to), edge_reversed=reversed_, edge_key=edge_key,
         geom_offsets=geom_offsets, geom_lat=geom_lat, geom_lon=geom_lon,
         out_first=out_first, out_edge=out_edge, in_first=in_first, in_edge=in_edge,
-        **turns,
+        **turns, **names,
     )
     return assemble_network(arrays, name=name)
 
@@ -355,6 +410,8 @@ def assemble_network(
     as the content hash instead of recomputing it (about 0.1 s per 90 MB); only pass one
     that was computed from these very arrays (the compiled loader's CRC-checked header).
     """
+    for key, a in empty_name_arrays(arrays["edge_src"].shape[0]).items():
+        arrays.setdefault(key, a)
     for a in arrays.values():
         a.setflags(write=False)
     if version is None:
@@ -363,13 +420,87 @@ def assemble_network(
 
 
 def content_version(arrays: dict[str, np.ndarray]) -> str:
-    """Hash of every array's name, dtype, shape and bytes: the network's version (16 hex)."""
+    """Hash of every array's name, dtype, shape and bytes: the network's version (16 hex).
+
+    The :data:`NAME_ARRAYS` are left out while they hold nothing (no string, no flag), so a
+    network without names has the version it had before names were part of the model.
+    """
     h = hashlib.blake2b(digest_size=8)
+    skip = () if has_names(arrays) else NAME_ARRAYS
     for key in sorted(arrays):
+        if key in skip:
+            continue
         a = np.ascontiguousarray(arrays[key])
         h.update(f"{key}:{a.dtype.str}:{a.shape};".encode())
         h.update(memoryview(a).cast("B"))
     return h.hexdigest()
+
+
+def has_names(arrays: dict[str, np.ndarray]) -> bool:
+    """Whether network arrays hold any string or edge flag (see :data:`NAME_ARRAYS`)."""
+    offsets = arrays.get("name_offsets")
+    flags = arrays.get("edge_flags")
+    return bool((offsets is not None and offsets.shape[0] > 1)
+                or (flags is not None and flags.any()))
+
+
+def empty_name_arrays(m: int) -> dict[str, np.ndarray]:
+    """The :data:`NAME_ARRAYS` of ``m`` edges without names or flags."""
+    return dict(
+        edge_name=np.full(m, NO_NAME, dtype=_INT32), edge_ref=np.full(m, NO_NAME, dtype=_INT32),
+        edge_flags=np.zeros(m, dtype=np.uint8), name_bytes=np.zeros(0, dtype=np.uint8),
+        name_offsets=np.zeros(1, dtype=_INT64),
+    )
+
+
+def network_strings(net: RoadNetwork) -> list[str]:
+    """The string table of ``net`` as Python strings (index ``i`` is ``net.string(i)``)."""
+    data = net.name_bytes.tobytes()
+    off = net.name_offsets.tolist()
+    return [data[a:b].decode("utf-8") for a, b in zip(off[:-1], off[1:])]
+
+
+def index_strings(values: Sequence[str | None]) -> tuple[np.ndarray, list[str]]:
+    """``(index int32[len(values)], table)``: each value's position in ``table`` (-1: None
+    or empty). For loaders: pass the index as ``edge_name``/``edge_ref`` and the table as
+    ``strings`` to :func:`build_network`."""
+    table: dict[str, int] = {}
+    index = np.fromiter(
+        (table.setdefault(v, len(table)) if v else NO_NAME for v in values),
+        dtype=_INT32, count=len(values))
+    return index, list(table)
+
+
+def _name_arrays(
+    edge_name: np.ndarray | None, edge_ref: np.ndarray | None, edge_flags: np.ndarray | None,
+    strings: Sequence[str] | None, m: int, source: str,
+) -> dict[str, np.ndarray]:
+    """Validate per-edge string indices and flags; build the canonical (sorted) table."""
+    name = _default(edge_name, m, NO_NAME, _INT32)
+    ref = _default(edge_ref, m, NO_NAME, _INT32)
+    flags = _default(edge_flags, m, 0, np.uint8)
+    table = list(strings or ())
+    k = len(table)
+    _check(name.shape == ref.shape == flags.shape == (m,), source,
+           "edge_name, edge_ref and edge_flags must have one entry per edge")
+    for label, a in (("edge_name", name), ("edge_ref", ref)):
+        _check(bool(np.all((a >= NO_NAME) & (a < k))), source,
+               f"{label} refers to a string outside the table of {k}")
+    _check(bool(np.all(flags < 8)), source, "edge_flags holds unknown bits (known: 1, 2, 4)")
+    used = np.unique(np.concatenate([name[name >= 0], ref[ref >= 0]]))
+    used_strs = [str(table[i]) for i in used.tolist()]
+    uniq = sorted(set(used_strs))
+    pos = {s: i for i, s in enumerate(uniq)}
+    remap = np.full(k + 1, NO_NAME, dtype=_INT32)  # the last slot maps NO_NAME to itself
+    remap[used] = np.fromiter((pos[s] for s in used_strs), dtype=_INT32, count=len(used_strs))
+    encoded = [s.encode("utf-8") for s in uniq]
+    offsets = np.zeros(len(encoded) + 1, dtype=_INT64)
+    np.cumsum([len(b) for b in encoded], out=offsets[1:])
+    return dict(
+        edge_name=remap[name], edge_ref=remap[ref], edge_flags=flags,
+        name_bytes=np.frombuffer(b"".join(encoded), dtype=np.uint8).copy(),
+        name_offsets=offsets,
+    )
 
 
 def banned_turns(net: RoadNetwork) -> tuple[np.ndarray, np.ndarray]:

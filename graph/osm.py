@@ -4,6 +4,9 @@ The file is read once through pyosmium (libosmium's reader; node locations are c
 and attached to the ways), keeping only the raw arrays of the ways the car profile in
 :mod:`graph.osm_profile` accepts. Splitting ways at junctions, building edge geometry and
 mapping turn restrictions to edge pairs are then array operations over all ways at once.
+Each edge keeps its way's ``name`` and ``ref`` (indices into the network's string table) and
+flags (``junction=roundabout|circular``, ``toll``, ``route=ferry``); car ferries are imported
+as ways of class ``unknown`` with the ferry flag and a speed from their ``duration``.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ import numpy as np
 import osmium
 
 from graph.errors import NetworkFileNotFoundError, NetworkFormatError, NoDrivableRoadError
-from graph.network import TURN_NO, TURN_ONLY, RoadNetwork, build_network
-from graph.osm_profile import CarProfile, WayAttributes
+from graph.network import (
+    TURN_NO, TURN_ONLY, RoadNetwork, build_network, haversine_m, index_strings,
+)
+from graph.osm_profile import CarProfile, WayAttributes, ferry_speed_kph
 
 __all__ = ["OsmImportStats", "load_osm", "load_osm_with_stats", "split_ways"]
 
@@ -65,6 +70,11 @@ class _Raw:
     way_id: list[int] = field(default_factory=list)
     way_len: list[int] = field(default_factory=list)
     way_attr: list[tuple[int, bool, bool, float, float]] = field(default_factory=list)
+    way_name: list[str | None] = field(default_factory=list)  # OSM name, per kept way
+    way_ref: list[str | None] = field(default_factory=list)  # OSM ref, per kept way
+    way_flags: list[int] = field(default_factory=list)  # EDGE_* bits, per kept way
+    # Kept ferries whose speed comes from their duration: (way index, duration s)
+    ferry_duration: list[tuple[int, float]] = field(default_factory=list)
     ref: list[int] = field(default_factory=list)
     x: list[int] = field(default_factory=list)
     y: list[int] = field(default_factory=list)
@@ -237,7 +247,7 @@ def _read(osm_file: osmium.io.File, profile: CarProfile, source: str) -> _Raw:
         osmium.FileProcessor(osm_file)
         .with_locations()
         .with_filter(osmium.filter.EntityFilter(osmium.osm.WAY | osmium.osm.RELATION))
-        .with_filter(osmium.filter.KeyFilter("highway", "type"))
+        .with_filter(osmium.filter.KeyFilter("highway", "type", "route"))
     )
     attributes = profile.way_attributes
     try:
@@ -245,8 +255,10 @@ def _read(osm_file: osmium.io.File, profile: CarProfile, source: str) -> _Raw:
             if obj.is_way():
                 tags = obj.tags
                 if "highway" not in tags:
-                    continue
-                raw.highway_ways += 1
+                    if tags.get("route") != "ferry":
+                        continue
+                else:
+                    raw.highway_ways += 1
                 attr = attributes(tags)
                 if attr is None:
                     continue
@@ -271,6 +283,12 @@ def _add_way(raw: _Raw, way: osmium.osm.Way, attr: WayAttributes) -> None:
         x.append(loc.x)
         y.append(loc.y)
         count += 1
+    tags = way.tags
+    if attr.duration_s is not None:
+        raw.ferry_duration.append((len(raw.way_id), attr.duration_s))
+    raw.way_name.append(tags.get("name"))
+    raw.way_ref.append(tags.get("ref"))
+    raw.way_flags.append(attr.flags)
     raw.way_id.append(way.id)
     raw.way_len.append(count)
     raw.way_attr.append(
@@ -349,6 +367,10 @@ def _assemble(
     bwd = np.fromiter((a[2] for a in attr), dtype=bool, count=len(attr))
     speed_fwd = np.fromiter((a[3] for a in attr), dtype=np.float64, count=len(attr))
     speed_bwd = np.fromiter((a[4] for a in attr), dtype=np.float64, count=len(attr))
+    _set_ferry_speeds(raw, way_first, x, y, valid, speed_fwd, speed_bwd)
+    way_name, strings = index_strings(raw.way_name + raw.way_ref)
+    way_name, way_ref = way_name[:len(raw.way_name)], way_name[len(raw.way_name):]
+    way_flags = np.asarray(raw.way_flags, dtype=np.uint8)
 
     # Two candidate edges per piece (forward, backward), kept where the way allows them.
     n_pieces = piece_way.size
@@ -392,6 +414,10 @@ def _assemble(
         edge_osm_way=way_ids[e_way],
         edge_reversed=e_rev,
         **turns,
+        edge_name=way_name[e_way],
+        edge_ref=way_ref[e_way],
+        edge_flags=way_flags[e_way],
+        strings=strings,
         name=_stem(path),
         source=source,
     )
@@ -408,6 +434,19 @@ def _assemble(
         restrictions_skipped=dict(sorted(raw.skipped.items())),
     )
     return net, stats
+
+
+def _set_ferry_speeds(
+    raw: _Raw, way_first: np.ndarray, x: np.ndarray, y: np.ndarray, valid: np.ndarray,
+    speed_fwd: np.ndarray, speed_bwd: np.ndarray,
+) -> None:
+    """Ferries with a ``duration``: speed = the way's length (located nodes) / duration."""
+    for w, duration_s in raw.ferry_duration:
+        a, b = int(way_first[w]), int(way_first[w + 1])
+        ok = valid[a:b]
+        lat, lon = y[a:b][ok] * _COORD_SCALE, x[a:b][ok] * _COORD_SCALE
+        length = float(haversine_m(lat[:-1], lon[:-1], lat[1:], lon[1:]).sum())
+        speed_fwd[w] = speed_bwd[w] = ferry_speed_kph(length, duration_s)
 
 
 def _check_ranges(

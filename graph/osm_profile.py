@@ -12,7 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from graph.network import DEFAULT_SPEED_KPH, ROAD_CLASS_INDEX, ROAD_CLASSES
+from graph.network import (
+    DEFAULT_SPEED_KPH, EDGE_FERRY, EDGE_ROUNDABOUT, EDGE_TOLL, ROAD_CLASS_INDEX, ROAD_CLASSES,
+)
 
 KPH_PER_MPH = 1.609344
 KPH_PER_KNOT = 1.852
@@ -47,6 +49,16 @@ NO_LIMIT_SPEED_KPH = 130.0
 WALK_SPEED_KPH = 7.0
 #: Parsed numeric limits outside (0, MAX_PLAUSIBLE_KPH] are treated as tagging errors.
 MAX_PLAUSIBLE_KPH = 200.0
+
+#: Speed (km/h) of a ferry without a usable ``duration`` tag. OSRM's car profile uses the
+#: same 5 km/h: a crossing's time is mostly boarding and waiting, not sailing, and a low
+#: speed keeps routes from taking a ferry to save a short drive.
+FERRY_DEFAULT_SPEED_KPH = 5.0
+#: Speeds computed from a ferry's ``duration`` are clipped to this range (km/h).
+FERRY_SPEED_RANGE_KPH = (1.0, 60.0)
+_TOLL_VALUES = frozenset({"yes", "true", "1"})
+_DURATION_ISO = re.compile(r"^P(?:(\d+(?:\.\d+)?)D)?(?:T(?:(\d+(?:\.\d+)?)H)?"
+                           r"(?:(\d+(?:\.\d+)?)M)?(?:(\d+(?:\.\d+)?)S)?)?$")
 
 
 def _mph(v: float) -> float:
@@ -116,7 +128,10 @@ class WayAttributes:
     """What the car profile says about one kept way.
 
     ``forward``/``backward`` are the directions a car may drive relative to the way's node
-    order; at least one is True. Speeds are free-flow km/h per direction.
+    order; at least one is True. Speeds are free-flow km/h per direction. ``flags`` holds
+    :data:`graph.network.EDGE_ROUNDABOUT` / ``EDGE_TOLL`` / ``EDGE_FERRY`` bits. A ferry's
+    ``duration_s`` (from its ``duration`` tag; ``None`` when absent or unparsable) sets its
+    speed once the way's length is known (:func:`ferry_speed_kph`).
     """
 
     road_class: int
@@ -124,6 +139,8 @@ class WayAttributes:
     backward: bool
     speed_forward_kph: float
     speed_backward_kph: float
+    flags: int = 0
+    duration_s: float | None = None
 
 
 class CarProfile:
@@ -144,8 +161,14 @@ class CarProfile:
         self._speed_cache: dict[tuple[str, str], float] = {}
 
     def way_attributes(self, tags: TagLookup) -> WayAttributes | None:
-        """Return the car attributes of a way, or ``None`` when a car may not use it."""
+        """Return the car attributes of a way, or ``None`` when a car may not use it.
+
+        Ferries (``route=ferry``, without a ``highway`` tag) are kept as OSRM's car profile
+        keeps them: unless the access tags shut cars out (:func:`ferry_attributes`).
+        """
         highway = tags.get("highway")
+        if highway is None and tags.get("route") == "ferry":
+            return ferry_attributes(tags)
         if highway not in DRIVABLE_HIGHWAYS or tags.get("area") == "yes":
             return None
         if not is_car_accessible(tags):
@@ -162,6 +185,7 @@ class CarProfile:
             backward=directions[1],
             speed_forward_kph=self.speed_kph(fwd, highway),
             speed_backward_kph=self.speed_kph(bwd, highway),
+            flags=way_flags(tags),
         )
 
     def speed_kph(self, maxspeed: str | None, highway: str) -> float:
@@ -249,3 +273,81 @@ def oneway_directions(
     if highway in _IMPLIED_ONEWAY_HIGHWAYS or junction in _IMPLIED_ONEWAY_JUNCTIONS:
         return (True, False)
     return (True, True)
+
+
+def way_flags(tags: TagLookup) -> int:
+    """``EDGE_ROUNDABOUT`` for ``junction=roundabout|circular``, ``EDGE_TOLL`` for
+    ``toll=yes`` (or ``toll:motorcar=yes``), ``EDGE_FERRY`` for ``route=ferry``, or'd."""
+    flags = 0
+    if tags.get("junction") in _IMPLIED_ONEWAY_JUNCTIONS:
+        flags |= EDGE_ROUNDABOUT
+    toll = tags.get("toll:motorcar") or tags.get("toll")
+    if toll is not None and toll.strip().lower() in _TOLL_VALUES:
+        flags |= EDGE_TOLL
+    if tags.get("route") == "ferry":
+        flags |= EDGE_FERRY
+    return flags
+
+
+def ferry_attributes(tags: TagLookup) -> WayAttributes | None:
+    """Car attributes of a ``route=ferry`` way, or ``None`` when cars may not board.
+
+    Access as for roads (``motorcar=no``, ``motor_vehicle=no``, ``access=no`` close it); a
+    ferry with no ``motorcar``/``motor_vehicle``/``vehicle`` tag but ``foot=yes`` or
+    ``bicycle=yes`` is taken for a passenger ferry and left out; an untagged ferry is kept, as
+    OSRM keeps it; both directions unless ``oneway`` says otherwise; road class ``unknown`` with the
+    ``EDGE_FERRY`` flag; speed :data:`FERRY_DEFAULT_SPEED_KPH` until the loader sets it from
+    ``duration`` and the way's length (:func:`ferry_speed_kph`).
+    """
+    if not is_car_accessible(tags):
+        return None
+    # No motor-vehicle access tag but open to walkers or cyclists: a passenger ferry.
+    if not any(tags.get(k) for k in ACCESS_KEYS[:3]) and (
+            tags.get("foot") == "yes" or tags.get("bicycle") == "yes"):
+        return None
+    directions = oneway_directions("ferry", tags.get("oneway"), None)
+    if directions is None:
+        return None
+    return WayAttributes(
+        road_class=ROAD_CLASS_INDEX["unknown"],
+        forward=directions[0],
+        backward=directions[1],
+        speed_forward_kph=FERRY_DEFAULT_SPEED_KPH,
+        speed_backward_kph=FERRY_DEFAULT_SPEED_KPH,
+        flags=way_flags(tags) | EDGE_FERRY,
+        duration_s=parse_duration_s(tags.get("duration")),
+    )
+
+
+def parse_duration_s(value: str | None) -> float | None:
+    """Seconds from an OSM ``duration``: ``mm``, ``hh:mm``, ``hh:mm:ss`` or ISO 8601
+    (``PT1H30M``); ``None`` when absent, unparsable or not positive."""
+    if not value:
+        return None
+    text = value.strip()
+    iso = _DURATION_ISO.match(text.upper())
+    if iso and text.upper() not in ("P", "PT"):
+        d, h, m, sec = (float(g) if g else 0.0 for g in iso.groups())
+        total = ((d * 24 + h) * 60 + m) * 60 + sec
+        return total if total > 0 else None
+    parts = text.split(":")
+    if not 1 <= len(parts) <= 3:
+        return None
+    try:
+        numbers = [float(p) for p in parts]
+    except ValueError:
+        return None
+    if any(n < 0 for n in numbers):
+        return None
+    scale = {1: (60.0,), 2: (3600.0, 60.0), 3: (3600.0, 60.0, 1.0)}[len(parts)]
+    total = sum(n * f for n, f in zip(numbers, scale))
+    return total if total > 0 else None
+
+
+def ferry_speed_kph(length_m: float, duration_s: float | None) -> float:
+    """A ferry's speed: its length over its ``duration``, clipped to
+    :data:`FERRY_SPEED_RANGE_KPH`; :data:`FERRY_DEFAULT_SPEED_KPH` without a duration."""
+    if duration_s is None or not duration_s > 0 or not length_m > 0:
+        return FERRY_DEFAULT_SPEED_KPH
+    lo, hi = FERRY_SPEED_RANGE_KPH
+    return min(max(length_m / duration_s * 3.6, lo), hi)

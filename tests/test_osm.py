@@ -18,7 +18,7 @@ import pytest
 from conftest import TEST_DATA, shared_file
 
 from graph.errors import NetworkFileNotFoundError, NetworkFormatError, NoDrivableRoadError
-from graph.network import ROAD_CLASS_INDEX, TURN_NO, TURN_ONLY, RoadNetwork, banned_turns
+from graph.network import EDGE_FERRY, ROAD_CLASS_INDEX, TURN_NO, TURN_ONLY, RoadNetwork, banned_turns
 from graph.osm import load_osm, load_osm_with_stats, split_ways
 from graph.osm_profile import (
     DRIVABLE_HIGHWAYS,
@@ -608,7 +608,10 @@ def test_load_osm_real_lengths_match_geometry(real: tuple[str, Path, RoadNetwork
 def test_load_osm_real_only_car_highways(real: tuple[str, Path, RoadNetwork]) -> None:
     _, path, net = real
     highway = _highway_tags(path)
-    tags = {highway[int(w)] for w in np.unique(net.edge_osm_way)}
+    # Ferries (route=ferry, EDGE_FERRY) are the car ways without a highway tag.
+    road = (net.edge_flags & EDGE_FERRY) == 0
+    assert not {int(w) for w in np.unique(net.edge_osm_way[~road])} & set(highway)
+    tags = {highway[int(w)] for w in np.unique(net.edge_osm_way[road])}
     assert tags <= DRIVABLE_HIGHWAYS
     assert not tags & {"footway", "cycleway", "path", "steps", "pedestrian", "track"}
     # Every drivable highway way type of the file that is plain (no access/oneway tags) is used.
