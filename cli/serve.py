@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    metavar="DURATION", help="delete snapshots older than DURATION of event time "
                                             "(0 keeps all; default 7d)")
     p.add_argument("--checkpoint-every", type=parse_duration, default=300.0, metavar="DURATION",
-                   help="checkpoint every stage (matchers keep held points) when the clock crosses a "
+                   help="checkpoint the estimator (matchers flushed) when the clock crosses a "
                         "multiple of DURATION (default 5m); the probe log is replayed after it")
     p.add_argument("--checkpoint-min-gap", type=parse_duration, default=0.0, metavar="DURATION",
                    help="... and at least DURATION of wall time has passed since the last one "
@@ -296,7 +296,10 @@ def run(args: argparse.Namespace) -> int:
     listener = listen_socket(args.host, args.port)
     t0 = time.perf_counter()
     check_memory(args)  # from the compiled header, before anything big is loaded
-    net = load_network(args.network, mmap=True)
+    # Mapped read-only; Ray actors started here (same machine) map the same file instead of
+    # receiving the arrays through the object store (graph.io.MappedRoadNetwork).
+    net = load_network(args.network, mmap=True,
+                       pickle_by_path=not args.no_ray and args.ray_address is None)
     print(f"traffic serve: network {net.name or args.network} ({net.n_nodes} nodes, "
           f"{net.n_edges} edges, version {net.version}) loaded in {time.perf_counter() - t0:.1f} s",
           file=sys.stderr)
@@ -322,9 +325,9 @@ def run(args: argparse.Namespace) -> int:
         if source is not None:
             source.stop()
         try:
-            services.begin_shutdown()  # final checkpoint (held points kept), or a flush
+            services.begin_shutdown()  # flush matchers, final checkpoint
         except Exception:  # still close the workers
-            logger.exception("final checkpoint failed")
+            logger.exception("final flush/checkpoint failed")
         services.close()
         if not args.no_ray:
             import ray

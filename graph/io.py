@@ -22,6 +22,7 @@ import os
 import struct
 import zipfile
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import BinaryIO
 
@@ -174,8 +175,39 @@ def _mapped_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, fh: BinaryIO,
         return np.lib.format.read_array(member, allow_pickle=False)
 
 
+class MappedRoadNetwork(RoadNetwork):
+    """A :class:`RoadNetwork` whose arrays map a compiled file, and which pickles as that
+    file's path and version instead of its arrays.
+
+    Made by :func:`load_compiled` with ``mmap=True, pickle_by_path=True``. Unpickling maps
+    the same file again (:func:`open_mapped`), so a network handed to Ray actors on the same
+    machine costs one page-cache copy for all of them rather than an object-store copy.
+    Only for processes that see the same file system: unpickling raises
+    :class:`NetworkFormatError` when the file is gone or now holds another version.
+    """
+
+    __slots__ = ("source",)
+
+    def __reduce_ex__(self, protocol):  # type: ignore[no-untyped-def]
+        source = getattr(self, "source", None)
+        if source is None:  # e.g. made by dataclasses.replace: pickle the arrays
+            return super().__reduce_ex__(protocol)
+        return (open_mapped, (source, self.version))
+
+
+def open_mapped(path: str, version: str) -> MappedRoadNetwork:
+    """Map the compiled network at ``path`` (what a pickled :class:`MappedRoadNetwork`
+    becomes); raises :class:`NetworkFormatError` unless it still holds ``version``."""
+    net = load_compiled(path, mmap=True, pickle_by_path=True)
+    if net.version != version:
+        raise NetworkFormatError(
+            f"{path}: now holds network version {net.version}, not {version} as when it was "
+            "shared; replace a served network through PUT /v1/network, not on disk")
+    return net  # type: ignore[return-value]
+
+
 def load_compiled(path: str | os.PathLike[str], *, verify: bool = False,
-                  mmap: bool = False) -> RoadNetwork:
+                  mmap: bool = False, pickle_by_path: bool = False) -> RoadNetwork:
     """Read a network written by :func:`save_network`.
 
     Checks the header (format name and version, the array list, dtypes and consistent
@@ -188,7 +220,9 @@ def load_compiled(path: str | os.PathLike[str], *, verify: bool = False,
     are shared by every process that maps the same file. CRC-32s of mapped members are not
     checked then (use ``verify=True`` to check the content hash). Replace the file only by
     renaming a new one over it (as :func:`save_network` does), never by rewriting it in
-    place, while a process maps it. Arrays pickle as copies (a Ray argument carries the data).
+    place, while a process maps it. Arrays pickle as copies (a Ray argument carries the
+    data) unless ``pickle_by_path`` is also set: then the result is a
+    :class:`MappedRoadNetwork`, which pickles as the file's path (same machine only).
 
     Raises
     ------
@@ -237,6 +271,10 @@ def load_compiled(path: str | os.PathLike[str], *, verify: bool = False,
             f"{path}: content does not match its recorded version {header.get('version')!r} "
             f"(got {net.version}): the file is corrupt"
         )
+    if mmap and pickle_by_path:
+        mapped = MappedRoadNetwork(**{f.name: getattr(net, f.name) for f in fields(net)})
+        object.__setattr__(mapped, "source", str(Path(path).resolve()))
+        return mapped
     return net
 
 
@@ -258,6 +296,7 @@ def load_network(
     progress: ProgressCallback | None = None,
     co_path: str | os.PathLike[str] | None = None,
     mmap: bool = False,
+    pickle_by_path: bool = False,
 ) -> RoadNetwork:
     """Load a network from any supported file, recognising the format by its content.
 
@@ -277,6 +316,8 @@ def load_network(
     mmap
         Map a compiled network's arrays read-only instead of reading them
         (:func:`load_compiled`); other formats are parsed into memory regardless.
+    pickle_by_path
+        With ``mmap``, a compiled network pickles as its path (:class:`MappedRoadNetwork`).
 
     Raises
     ------
@@ -292,7 +333,7 @@ def load_network(
     if progress is not None and kind != "osm":
         progress(f"read {kind}", 0.0)
     if kind == "compiled":
-        net = load_compiled(path, mmap=mmap)
+        net = load_compiled(path, mmap=mmap, pickle_by_path=pickle_by_path)
     elif kind == "osm":
         from graph.osm import load_osm
 

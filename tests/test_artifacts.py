@@ -156,3 +156,29 @@ def test_cli_network_prepare(tmp_path):
     assert second.returncode == 0 and "already prepared" in second.stdout
     forced = traffic("network", "prepare", str(path), "--force", cwd=tmp_path)
     assert forced.returncode == 0 and "cch order" in forced.stdout
+
+
+def test_mapped_network_pickles_by_path(tmp_path):
+    import dataclasses
+    import pickle
+
+    from graph.errors import NetworkFormatError
+    from graph.io import MappedRoadNetwork
+
+    net = square_network()
+    path = save_network(net, tmp_path / "sq.net")
+    mapped = load_compiled(path, mmap=True, pickle_by_path=True)
+    assert isinstance(mapped, MappedRoadNetwork)
+    blob = pickle.dumps(mapped, protocol=5)
+    assert len(blob) < 500  # the path and version, not the arrays
+    back = pickle.loads(blob)
+    assert_same_network(net, back)
+    assert not back.edge_src.flags.writeable
+    # A copy made by dataclasses.replace has no source: it pickles its arrays.
+    renamed = dataclasses.replace(mapped, name="other")
+    assert pickle.loads(pickle.dumps(renamed)).name == "other"
+    # The file replaced by another network: unpickling refuses, naming both versions.
+    save_network(three_edges_with_detour(), path)
+    with pytest.raises(NetworkFormatError, match=net.version):
+        pickle.loads(blob)
+    assert type(load_compiled(path, mmap=True)) is not MappedRoadNetwork

@@ -121,10 +121,10 @@ def _import_child(src: str, out: str, cache_dir: str | None, send: Any) -> None:
         from graph.io import load_network, save_network
 
         net = load_network(src)
-        if cache_dir is not None:
-            from graph.cch import prepare_cch
+        if cache_dir is not None:  # CCH order and spatial index (graph.artifacts)
+            from graph.artifacts import prepare_artifacts
 
-            prepare_cch(net, cache_dir=cache_dir)
+            prepare_artifacts(net, cache_dir)
         save_network(net, out)
         reply = ("ok", "")
     except NetworkError as exc:

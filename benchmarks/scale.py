@@ -1,0 +1,369 @@
+"""Cost per road edge at country scale (issue 10): import, prepare, time to ready, memory.
+
+    python benchmarks/scale.py --k 1          # DIMACS New York as is (730k directed edges)
+    python benchmarks/scale.py --k 2          # 2x2 tiling by ../shared/tools/tile_network.py
+
+For K > 1 the input is generated into the work directory (default a temporary one; never
+commit it). Steps, each timed:
+
+1. ``traffic network import`` of the DIMACS files into a compiled ``.net``;
+2. ``traffic network prepare`` (CCH order + spatial index beside it);
+3. components in a fresh process, one at a time, as resident-memory growth (anonymous
+   memory, so C++ allocations count): the mapped network and spatial index (their bytes),
+   the CCH contraction from the saved order, one customized metric, the estimator, the
+   matcher (an ingest core before and after simulated probes), the empty time-of-week
+   profile;
+4. ``traffic serve --port 0`` started as a subprocess (Ray, the defaults): seconds until
+   ``/readyz`` answers 200; then simulated probes are posted and a route across the tiles
+   asked for, and after a settling pause the PSS of every process of the server's tree
+   (``/proc/PID/smaps_rollup``; Ray's GCS, raylet, agents and actors included) is summed,
+   per role.
+
+Prints a Markdown table and appends it to BENCHMARKS.md (``--no-append`` to skip). Timings
+on the shared 2-core machine are noisy (other engineers' jobs run beside it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+SHARED = ROOT.parent / "shared"
+NY_GR = SHARED / "data" / "graphs" / "USA-road-d.NY.gr.gz"
+NY_CO = SHARED / "data" / "graphs" / "USA-road-d.NY.co.gz"
+TILER = SHARED / "tools" / "tile_network.py"
+#: Nodes of one New York tile (tile t holds nodes t * NY_NODES ... in tile_network.py's output).
+NY_NODES = 264_346
+
+
+def traffic_cmd() -> list[str]:
+    """The ``traffic`` console script beside this interpreter, or ``python -m cli``."""
+    script = Path(sys.executable).with_name("traffic")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "cli"]
+
+
+def _timed(cmd: list[str], **kw: Any) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=ROOT, **kw)
+    return time.perf_counter() - t0
+
+
+def make_input(k: int, work: Path) -> tuple[Path, Path, float]:
+    """DIMACS ``.gr.gz``/``.co.gz`` for K (New York itself for K=1) and generation seconds."""
+    if k == 1:
+        return NY_GR, NY_CO, 0.0
+    prefix = work / f"k{k}"
+    gr, co = Path(f"{prefix}.gr.gz"), Path(f"{prefix}.co.gz")
+    if gr.exists() and co.exists():
+        return gr, co, float("nan")
+    return gr, co, _timed([sys.executable, str(TILER), "--k", str(k), "-o", str(prefix)],
+                          stdout=subprocess.DEVNULL)
+
+
+# -- memory of processes ------------------------------------------------------------------
+def process_tree(root: int) -> list[int]:
+    """``root`` and every descendant (from /proc/*/stat parent ids)."""
+    children: dict[int, list[int]] = {}
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(p.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def pss_bytes(pid: int) -> int | None:
+    """Proportional set size of ``pid`` (bytes), from /proc/PID/smaps_rollup."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def role_of(pid: int, server_pid: int) -> str:
+    """Which part of the service a process is: API, an actor class, or Ray itself."""
+    if pid == server_pid:
+        return "API process"
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "gone"
+    for actor in ("IngestCore", "EstimatorCore", "RouterCore"):
+        if f"ray::{actor}" in cmd:
+            return f"actor {actor}"
+    return "Ray system"
+
+
+def pss_by_role(server_pid: int) -> dict[str, int]:
+    """Sum of PSS per role over the server's process tree."""
+    out: dict[str, int] = {}
+    for pid in process_tree(server_pid):
+        pss = pss_bytes(pid)
+        if pss:
+            role = role_of(pid, server_pid)
+            out[role] = out.get(role, 0) + pss
+    return out
+
+
+def _anon_rss() -> int:
+    """Anonymous resident bytes of this process (mapped files excluded)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+# -- components in one process ------------------------------------------------------------
+def measure_components(net_path: str, artifacts: str) -> dict[str, float]:
+    """Bytes per component, built one after the other in this (fresh) process."""
+    import gc
+
+    import numpy as np
+
+    from traffic.native_memory import tune_malloc
+
+    tune_malloc()
+    from graph.artifacts import cch_index_for, spatial_index_for
+    from graph.cch import customize
+    from graph.io import load_network
+    from traffic.profiles import ProfileConfig, TimeOfWeekProfile
+    from traffic.simulate import SimConfig, simulate_probes
+    from workers.estimator import EstimatorCore
+    from workers.ingest import IngestConfig, IngestCore
+
+    out: dict[str, float] = {}
+    keep: list[Any] = []
+
+    def grew(name: str, build: Any) -> Any:
+        gc.collect()
+        before = _anon_rss()
+        t0 = time.perf_counter()
+        value = build()
+        out[f"{name}_s"] = time.perf_counter() - t0
+        gc.collect()
+        out[name] = _anon_rss() - before
+        keep.append(value)
+        return value
+
+    net = grew("network_anon", lambda: load_network(net_path, mmap=True))
+    out["network"] = sum(a.nbytes for a in net.arrays().values())
+    spatial = grew("spatial_anon", lambda: spatial_index_for(net, artifacts))
+    out["spatial"] = spatial.nbytes
+    index = grew("cch", lambda: cch_index_for(net, artifacts))
+    grew("metric", lambda: customize(index, net.edge_freeflow_time_s, "m1"))
+    grew("estimator", lambda: EstimatorCore(net))
+    grew("profile", lambda: TimeOfWeekProfile.for_network(net, ProfileConfig()))
+    core = grew("matcher", lambda: IngestCore(net, IngestConfig(cache_dir=artifacts)))
+    cfg = SimConfig(n_vehicles=500, duration_s=300.0, t0_s=1_767_225_600.0, batch_s=10.0, seed=1)
+    gc.collect()
+    before = _anon_rss()
+    n = 0
+    t0 = time.perf_counter()
+    for batch in simulate_probes(net, cfg):
+        core.ingest(batch, now_s=float(batch["t"].max()))
+        n += batch.height
+    out["matcher_probes"] = n
+    out["matcher_probes_s"] = time.perf_counter() - t0
+    gc.collect()
+    out["matcher_after_probes"] = _anon_rss() - before
+    out["n_edges"] = net.n_edges
+    del np
+    return out
+
+
+# -- serving --------------------------------------------------------------------------------
+_SERVING = re.compile(rb"serving on (http://\S+)")
+
+
+def serve_and_measure(net_path: Path, work: Path, *, settle_s: float, k: int) -> dict[str, Any]:
+    """Start ``traffic serve``, time /readyz, load it a little, then sum PSS per role."""
+    import httpx
+    import numpy as np
+
+    from graph.io import load_network
+    from traffic.simulate import SimConfig, simulate_probes
+
+    run_dir = work / f"run-k{k}"
+    log_path = work / f"serve-k{k}.log"
+    out: dict[str, Any] = {}
+    with open(log_path, "wb") as log:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(traffic_cmd() + ["serve", "--network", str(net_path), "--port", "0",
+                                                 "--data-dir", str(run_dir)],
+                                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        url = None
+        while url is None:
+            found = _SERVING.search(log_path.read_bytes())
+            if found:
+                url = found.group(1).decode()
+            elif proc.poll() is not None:
+                raise RuntimeError(f"traffic serve exited {proc.returncode}: see {log_path}")
+            else:
+                time.sleep(0.05)
+        client = httpx.Client(base_url=url, timeout=60)
+        while True:
+            try:
+                if client.get("/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        out["ready_s"] = time.perf_counter() - t0
+        out["pss_ready"] = pss_by_role(proc.pid)
+        net = load_network(net_path, mmap=True)
+        cfg = SimConfig(n_vehicles=300, duration_s=120.0, t0_s=time.time() - 120.0, batch_s=10.0,
+                        seed=2)
+        posted = accepted = 0
+        for batch in simulate_probes(net, cfg):
+            body = {"probes": batch.select("vehicle_id", "t", "lat", "lon").to_dicts()}
+            r = client.post("/v1/probes", json=body)
+            posted += batch.height
+            accepted += int(r.json().get("accepted", 0)) if r.status_code == 202 else 0
+        out["probes_posted"], out["probes_accepted"] = posted, accepted
+        tiles = max(net.n_nodes // NY_NODES, 1)
+        a, b = 1000, (tiles - 1) * NY_NODES + 200_000
+        t1 = time.perf_counter()
+        r = client.get("/v1/route", params={
+            "from": f"{net.node_lat[a]:.6f},{net.node_lon[a]:.6f}",
+            "to": f"{net.node_lat[b]:.6f},{net.node_lon[b]:.6f}"})
+        out["route_ms"] = (time.perf_counter() - t1) * 1000
+        out["route_status"] = r.status_code
+        out["route_km"] = r.json().get("distance_m", float("nan")) / 1000 if r.status_code == 200 else None
+        del net, np
+        time.sleep(settle_s)
+        out["pss"] = pss_by_role(proc.pid)
+        out["processes"] = len(process_tree(proc.pid))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return out
+
+
+def _fmt_b(x: float) -> str:
+    return f"{x / 2**20:,.0f} MiB"
+
+
+def report(k: int, r: dict[str, Any], command: str) -> str:
+    """The Markdown section for one run."""
+    from _report import machine_description, utc_now
+
+    c, s = r["components"], r["serve"]
+    m = c["n_edges"]
+    total = sum(s["pss"].values())
+    rows = [
+        ("input generation (tile_network.py)", f"{r['gen_s']:.1f} s", ""),
+        ("`traffic network import`", f"{r['import_s']:.1f} s", f"compiled file {_fmt_b(r['net_file_b'])}"),
+        ("`traffic network prepare` (CCH order + spatial index)", f"{r['prepare_s']:.1f} s",
+         f"artifacts {_fmt_b(r['artifacts_b'])}"),
+        ("`traffic serve` to /readyz 200 (prepared)", f"{s['ready_s']:.1f} s", ""),
+    ]
+    lines = [f"### scale K={k}: {m:,} directed edges", "",
+             f"`{command}`, {utc_now()}, {machine_description()}", "",
+             "| step | time | size |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c_} |" for a, b, c_ in rows]
+    lines += ["", "Components, built one by one in one process (anonymous resident growth; "
+              "mapped files count their bytes):", "",
+              "| component | bytes | B per edge | build/load time |", "|---|---|---|---|"]
+    comp = [
+        ("network (mapped file)", c["network"], f"{c['network_anon_s']:.2f} s"),
+        ("spatial index (mapped file)", c["spatial"], f"{c['spatial_anon_s']:.2f} s"),
+        ("CCH contraction from saved order (per router process)", c["cch"], f"{c['cch_s']:.2f} s"),
+        ("one customized metric (a router holds live + spare + profiles)", c["metric"],
+         f"{c['metric_s']:.2f} s"),
+        ("estimator core", c["estimator"], f"{c['estimator_s']:.2f} s"),
+        ("time-of-week profile (empty, sparse)", c["profile"], f"{c['profile_s']:.2f} s"),
+        ("matcher: ingest core at start", c["matcher"], f"{c['matcher_s']:.2f} s"),
+        (f"matcher: growth after {c['matcher_probes']:,.0f} simulated probes", c["matcher_after_probes"],
+         f"{c['matcher_probes_s']:.1f} s"),
+    ]
+    lines += [f"| {a} | {_fmt_b(b)} | {b / m:.0f} | {t} |" for a, b, t in comp]
+    lines += ["", f"`traffic serve` after {s['probes_accepted']:,} of {s['probes_posted']:,} probes "
+              f"accepted and a route across the tiles (HTTP {s['route_status']}, "
+              f"{s['route_ms']:.0f} ms, {s['route_km'] or float('nan'):.0f} km), "
+              f"PSS summed over {s['processes']} processes:", "",
+              "| process role | PSS at ready | PSS steady | B per edge (steady) |", "|---|---|---|---|"]
+    for role in sorted(s["pss"], key=lambda x: -s["pss"][x]):
+        lines.append(f"| {role} | {_fmt_b(s['pss_ready'].get(role, 0))} | {_fmt_b(s['pss'][role])} "
+                     f"| {s['pss'][role] / m:.0f} |")
+    lines.append(f"| **all processes** | {_fmt_b(sum(s['pss_ready'].values()))} | **{_fmt_b(total)}** "
+                 f"| **{total / m:.0f}** |")
+    ray_fixed = s["pss"].get("Ray system", 0)
+    lines += ["", f"Without Ray's own processes (fixed cost, not per edge): "
+              f"{(total - ray_fixed) / m:.0f} B per edge. Target at K=6: at most 500 B per edge in "
+              "total. Snapshots are written to disk (not resident); the API's share is inside "
+              "its process row.", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--k", type=int, default=1, help="K x K tiles of New York (1: New York as is)")
+    ap.add_argument("--work-dir", default=None, help="where inputs and outputs go (default: temporary)")
+    ap.add_argument("--settle-s", type=float, default=10.0, help="pause before the steady PSS")
+    ap.add_argument("--no-append", action="store_true", help="print only; do not append to BENCHMARKS.md")
+    ap.add_argument("--components", nargs=2, metavar=("NET", "ARTIFACTS"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.components:
+        print(json.dumps(measure_components(*args.components)))
+        return
+    if not TILER.exists() or not NY_GR.exists():
+        sys.exit(f"needs {TILER} and {NY_GR} (../shared beside the checkout)")
+    tmp = tempfile.TemporaryDirectory(prefix="scale-") if args.work_dir is None else None
+    work = Path(tmp.name if tmp is not None else args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    r: dict[str, Any] = {}
+    gr, co, r["gen_s"] = make_input(args.k, work)
+    net_path = work / f"k{args.k}.net"
+    r["import_s"] = _timed(traffic_cmd() + ["network", "import", str(gr), "--co", str(co), "-o", str(net_path)],
+                           stdout=subprocess.DEVNULL)
+    r["net_file_b"] = net_path.stat().st_size
+    r["prepare_s"] = _timed(traffic_cmd() + ["network", "prepare", str(net_path), "--force"],
+                            stdout=subprocess.DEVNULL)
+    prepared = Path(f"{net_path}.prepared")
+    r["artifacts_b"] = sum(p.stat().st_size for p in prepared.iterdir())
+    comp = subprocess.run([sys.executable, __file__, "--components", str(net_path), str(prepared)],
+                          check=True, capture_output=True, text=True, cwd=ROOT)
+    r["components"] = json.loads(comp.stdout.strip().splitlines()[-1])
+    r["serve"] = serve_and_measure(net_path, work, settle_s=args.settle_s, k=args.k)
+    text = report(args.k, r, f"python benchmarks/scale.py --k {args.k}")
+    print(text)
+    (work / f"scale-k{args.k}.json").write_text(json.dumps(r, indent=1, default=str))
+    if not args.no_append:
+        from _report import append_section
+
+        append_section(text)
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
