@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    metavar="DURATION", help="delete snapshots older than DURATION of event time "
                                             "(0 keeps all; default 7d)")
     p.add_argument("--checkpoint-every", type=parse_duration, default=300.0, metavar="DURATION",
-                   help="checkpoint the estimator (matchers flushed) when the clock crosses a "
+                   help="checkpoint every stage (matchers keep held points) when the clock crosses a "
                         "multiple of DURATION (default 5m); the probe log is replayed after it")
     p.add_argument("--checkpoint-min-gap", type=parse_duration, default=0.0, metavar="DURATION",
                    help="... and at least DURATION of wall time has passed since the last one "
@@ -325,9 +325,9 @@ def run(args: argparse.Namespace) -> int:
         if source is not None:
             source.stop()
         try:
-            services.begin_shutdown()  # flush matchers, final checkpoint
+            services.begin_shutdown()  # final checkpoint (held points kept), or a flush
         except Exception:  # still close the workers
-            logger.exception("final flush/checkpoint failed")
+            logger.exception("final checkpoint failed")
         services.close()
         if not args.no_ray:
             import ray
