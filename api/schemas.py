@@ -51,8 +51,49 @@ class GeometryOut(BaseModel):
     coordinates: list[list[float]]
 
 
+StepType = Literal["depart", "turn", "continue", "new name", "merge", "on ramp", "off ramp",
+                   "fork", "end of road", "roundabout", "arrive"]
+StepModifier = Literal["uturn", "sharp right", "right", "slight right", "straight",
+                       "slight left", "left", "sharp left"]
+
+
+class ManeuverOut(BaseModel):
+    """What the driver does where a step starts (types and modifiers as OSRM's; the angle
+    thresholds are in :mod:`graph.steps`)."""
+
+    type: StepType
+    modifier: StepModifier | None = Field(description="null on depart and arrive")
+    bearing_before: int = Field(ge=0, lt=360, description="degrees clockwise from north")
+    bearing_after: int = Field(ge=0, lt=360, description="degrees clockwise from north")
+    location: list[float] = Field(min_length=2, max_length=2, description="[lon, lat]")
+    exit: int | None = Field(
+        description="roundabout: the exit taken, counting every exit a car may take from "
+                    "the entry on, this one included; null otherwise")
+
+
+class StepOut(BaseModel):
+    """One step: a manoeuvre and the road driven after it up to the next one."""
+
+    maneuver: ManeuverOut
+    name: str | None = Field(description="street name (OSM name); null when unnamed")
+    ref: str | None = Field(description="route number (OSM ref); null when none")
+    distance_m: float
+    duration_s: float
+    geometry: GeometryOut
+    instruction: str = Field(description="English, e.g. 'Turn left onto Mannerheimintie'")
+
+
+class LegOut(BaseModel):
+    """The route between two waypoints (one leg without via points)."""
+
+    distance_m: float
+    duration_s: float
+    steps: list[StepOut]
+
+
 class RouteOut(BaseModel):
-    """A route and its ETA over the travel times named by ``weights_version``."""
+    """A route and its ETA over the travel times named by ``weights_version``; ``legs``
+    with turn-by-turn steps only when asked for (``steps=true``)."""
 
     duration_s: float
     distance_m: float
@@ -63,6 +104,8 @@ class RouteOut(BaseModel):
     weights_version: str
     weights_t: float | None = Field(description="event time (unix s) the travel times cover")
     basis: Literal["live", "profile"]
+    legs: list[LegOut] | None = Field(default=None, description="with steps=true: one leg "
+                                      "per stretch between waypoints, each with its steps")
 
 
 class LatLonIn(BaseModel):

@@ -39,13 +39,15 @@ class Queries:
     def route(
         self, from_latlon: tuple[float, float], to_latlon: tuple[float, float], *,
         depart_at_s: float | None = None, max_snap_m: float = 200.0,
-        profile_horizon_s: float = 900.0,
+        profile_horizon_s: float = 900.0, steps: bool = False,
     ) -> dict[str, Any]:
         """Route and ETA; live weights unless ``depart_at_s`` is beyond the horizon and a
-        time-of-week profile exists (then ``basis`` is ``profile``)."""
+        time-of-week profile exists (then ``basis`` is ``profile``). ``steps`` adds ``legs``
+        with turn-by-turn steps (built by the router replica, :mod:`graph.steps`)."""
         profile = self._profile_for(depart_at_s, profile_horizon_s)
+        extra = {"steps": True} if steps else {}
         return self._on_router("route", from_latlon, to_latlon, max_snap_m=max_snap_m,
-                               profile=profile)
+                               profile=profile, **extra)
 
     def table(self, sources: list[tuple[float, float]],
               destinations: list[tuple[float, float]], *, max_snap_m: float = 200.0,

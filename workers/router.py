@@ -158,13 +158,15 @@ class RouterCore:
         *,
         max_snap_m: float = 200.0,
         profile: tuple[Any, np.ndarray] | None = None,
-        on_caller: bool = False, caller_queries: Any = None,
+        on_caller: bool = False, caller_queries: Any = None, steps: bool = False,
     ) -> dict[str, Any]:
         """Route between two points; the JSON-ready answer with versions and ``basis``.
 
         With ``profile=(key, travel_time_s)`` the route uses those (time-of-week) travel
         times, customized once per ``key`` and cached. ``on_caller``/``caller_queries``: run
-        the search on the calling thread (see :meth:`graph.router.Router.route`).
+        the search on the calling thread (see :meth:`graph.router.Router.route`). With
+        ``steps`` the answer has ``legs`` with turn-by-turn steps (:mod:`graph.steps`), built
+        here in the replica, which holds the network's names.
         """
         basis, key = self._profile_key(profile)
         res = self.router.route(tuple(from_latlon), tuple(to_latlon), max_snap_m=max_snap_m,
@@ -172,7 +174,20 @@ class RouterCore:
         out = dict(res.to_json())
         out["weights_t"] = self.weights_t if basis == "live" else None
         out["basis"] = basis
+        if steps:
+            from graph.steps import route_legs
+
+            out["legs"] = route_legs(self.net, res, travel_time_s=self._travel_times(key))
         return out
+
+    def _travel_times(self, key: Any) -> np.ndarray | None:
+        """The travel times (s per edge) of the metric routes on ``key`` use (None: live),
+        to split a route's duration over its steps. Read without a lease: a swap in between
+        only shifts the split (step durations still sum to the route's duration)."""
+        try:
+            return self.router._metric_for(key).travel_time_s
+        except (AttributeError, KeyError):
+            return None
 
     def _profile_key(self, profile: tuple[Any, np.ndarray] | None) -> tuple[str, Any]:
         """``(basis, router profile key)``; customizes the profile once per key."""

@@ -58,14 +58,21 @@ async def get_route(
                              json_schema_extra={"pattern": LATLON_PATTERN})],
     depart_at: Annotated[str | None, Query(description="unix seconds or ISO 8601; default now")] = None,
     max_snap_m: Annotated[float | None, Query(gt=0, le=5000)] = None,
+    steps: Annotated[bool, Query(description="add `legs` with turn-by-turn steps")] = False,
 ) -> Response:
-    """Fastest route and ETA from ``from`` to ``to``, leaving at ``depart_at``."""
+    """Fastest route and ETA from ``from`` to ``to``, leaving at ``depart_at``; with
+    ``steps=true`` also ``legs: [{steps: [...]}]`` (manoeuvres, names, instructions)."""
     a = latlon_query(from_, name="from")
     b = latlon_query(to, name="to")
     t = _departure(depart_at)
     snap_m = max_snap_m if max_snap_m is not None else settings.max_snap_m
-    core = inline_router(services) if t is None else None
-    if core is not None:
+    # Steps cost O(route edges) in Python: built in the threadpool, never on the event loop.
+    core = inline_router(services) if t is None and not steps else None
+    if steps:
+        out = await run_in_threadpool(partial(
+            services.route, a, b, depart_at_s=t, max_snap_m=snap_m,
+            profile_horizon_s=settings.profile_horizon_s, steps=True))
+    elif core is not None:
         out = core.route(a, b, max_snap_m=snap_m, on_caller=True,
                          caller_queries=getattr(request.app.state, "route_queries", None))
     else:
