@@ -57,8 +57,9 @@ MS_PER_S = 1000.0
 #: Changed share of the edges above which :func:`recustomize` re-customizes the whole metric
 #: (``CCHMetric.reset``, GIL released) instead of updating it partially (chunked, GIL held per
 #: chunk). Measured on DIMACS NY (730k edges; benchmarks/publish.py, BENCHMARKS.md): the
-#: chunked partial update costs as much as a full re-customization at about this fraction.
-FULL_CUSTOMIZE_FRACTION = 0.005
+#: chunked partial update costs as much compute as a full re-customization at 0.39 % and
+#: 0.48 % of the edges in two runs on a loaded 2-core machine (about 60-65 ms each).
+FULL_CUSTOMIZE_FRACTION = 0.004
 #: Arcs per call of RoutingKit's partial updater: each call holds the GIL, 5-25 ms for 256
 #: random arcs on NY on a loaded 2-core machine, so an event loop waiting for the GIL waits
 #: about that long at most.
