@@ -126,7 +126,8 @@ class RouteDistances:
         Parameters
         ----------
         edge_src
-            ``net.edge_src`` of the network served (kept for the older table's signature).
+            ``net.edge_src`` of the network served (kept for the older table's signature;
+            only its length is checked).
         src, dst
             Node pairs; pairs beyond the limit (see :meth:`lookup`) or with ``src == dst``
             yield no edges.
@@ -146,8 +147,7 @@ class RouteDistances:
             return np.zeros(0, np.int64), np.zeros(0, np.int32)
         slot = self._ensure(src, lim)
         return _walk_paths(self._slot_start, self._slot_len, slot, src, dst, lim,
-                           self._pool_dst, self._pool_dist, self._pool_last,
-                           np.ascontiguousarray(edge_src))
+                           self._pool_dst, self._pool_dist, self._pool_last, self._edge_src)
 
     def clear(self) -> None:
         """Drop every cached search (answers stay the same; the next lookups search again)."""
