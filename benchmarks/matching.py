@@ -80,11 +80,11 @@ def main() -> None:
         from graph.dimacs import find_coordinates, load_dimacs
 
         net = load_dimacs(a.dimacs, find_coordinates(a.dimacs))
-        name = Path(a.dimacs).name.split(".gr")[0]
+        label = Path(a.dimacs).name.split(".gr")[0]
     else:
         d = Path(a.scenario)
         net = load_osm(d / "network.osm.pbf")
-        name = d.name
+        label = d.name
     index = build_spatial_index(net)
     t1 = time.perf_counter()
     warm = build_route_distances(net)  # load (or compile) the numba kernels
@@ -119,7 +119,7 @@ def main() -> None:
         rows.append((name, n, np.median(rates), np.min(rates), n_tr))
     st = routes.stats
     lines = [
-        f"## Map matching throughput ({name})\n",
+        f"## Map matching throughput ({label})\n",
         f"`.venv/bin/python benchmarks/matching.py"
         + (f" --dimacs {a.dimacs} --sim-vehicles {a.sim_vehicles} --sim-duration-s "
            f"{a.sim_duration_s:g}" if a.dimacs else "")
