@@ -22,8 +22,11 @@ along ``p`` excluded; ``delta`` is the turn angle below) is:
 * ``merge`` from a link (or a motorway/trunk) onto a motorway/trunk where another
   motorway/trunk edge also enters the junction; the modifier (``slight left``/``slight right``)
   is the side the main road lies on;
-* ``fork`` when two or more options (``q`` one of them) lie within ``FORK_MAX_DEG`` of
-  straight on and ``q`` is not the only one continuing ``p``'s road; ``slight left`` for the
+* ``fork`` when two or more options of ``q``'s rank (motorway/trunk; their links; primary to
+  tertiary; other local roads; service and living streets), ``q`` one of them, lie within
+  ``FORK_MAX_DEG`` of straight on and ``q`` is not the only one continuing ``p``'s road (same
+  road, and a ``*_link`` exactly when ``p`` is one: a slip lane that keeps the street's name
+  does not make the street fork); ``slight left`` for the
   leftmost, ``slight right`` for the rightmost, ``straight`` between;
 * ``end of road`` when there are options on both sides, none within ``END_OF_ROAD_DEG`` of
   straight on, and ``q`` is one of them;
@@ -97,7 +100,7 @@ from typing import Any
 import numpy as np
 
 from graph.network import (
-    EDGE_ROUNDABOUT, ROAD_CLASS_INDEX, RoadNetwork, haversine_m,
+    EDGE_ROUNDABOUT, ROAD_CLASS_INDEX, ROAD_CLASSES, RoadNetwork, haversine_m,
 )
 
 __all__ = [
@@ -128,6 +131,12 @@ MODIFIERS: tuple[str, ...] = (
 
 _MOTORWAY = frozenset(ROAD_CLASS_INDEX[c] for c in ("motorway", "trunk"))
 _LINK = frozenset(ROAD_CLASS_INDEX[c] for c in ("motorway_link", "trunk_link"))
+# Road ranks for forks: motorway/trunk 0, their links 1, main roads 2, local roads 3 (the
+# default), service roads and living streets 4.
+_RANK_OF = {"motorway": 0, "trunk": 0, "motorway_link": 1, "trunk_link": 1, "primary": 2,
+            "secondary": 2, "tertiary": 2, "primary_link": 2, "secondary_link": 2,
+            "tertiary_link": 2, "service": 4, "living_street": 4}
+_RANK = np.array([_RANK_OF.get(c, 3) for c in ROAD_CLASS_INDEX], dtype=np.int8)
 _DIRECTIONS = ("north", "northeast", "east", "southeast", "south", "southwest", "west",
                "northwest")
 
@@ -263,6 +272,9 @@ class _Edges:
     def named(self, e: int) -> bool:
         return bool(self.net.edge_name[e] >= 0 or self.net.edge_ref[e] >= 0)
 
+    def link(self, e: int) -> bool:
+        return ROAD_CLASSES[int(self.net.edge_road_class[e])].endswith("_link")
+
     def roundabout(self, e: int) -> bool:
         return bool(self.net.edge_flags[e] & EDGE_ROUNDABOUT)
 
@@ -290,9 +302,14 @@ def _classify(h: _Edges, p: int, q: int) -> tuple[str, str] | None:
             side = _delta(before, h.in_bearing(others[0]))
             return ("merge", "slight left" if side < 0 else "slight right")
     same = h.road(p) == h.road(q)
-    near = sorted((o for o in options if abs(deltas[o]) <= FORK_MAX_DEG), key=lambda o: deltas[o])
+    # Only roads of one rank fork: a service road leaving a primary at a slight angle is a
+    # turn off it (or nothing), not a fork.
+    rank = _RANK[cq]
+    near = sorted((o for o in options if abs(deltas[o]) <= FORK_MAX_DEG
+                   and _RANK[int(net.edge_road_class[o])] == rank), key=lambda o: deltas[o])
     if len(near) >= 2 and q in near:
-        continuing = [o for o in near if h.road(o) == h.road(p)]
+        # The road continues on the option with its name that is a link exactly when it is.
+        continuing = [o for o in near if h.road(o) == h.road(p) and h.link(o) == h.link(p)]
         if not (same and continuing == [q]):
             fork_mod = ("slight left" if q == near[0] else
                         "slight right" if q == near[-1] else "straight")
