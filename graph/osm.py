@@ -26,7 +26,12 @@ import osmium
 
 from graph.errors import NetworkFileNotFoundError, NetworkFormatError, NoDrivableRoadError
 from graph.network import (
-    TURN_NO, TURN_ONLY, RoadNetwork, build_network, haversine_m, index_strings,
+    TURN_NO,
+    TURN_ONLY,
+    RoadNetwork,
+    build_network,
+    haversine_m,
+    index_strings,
 )
 from graph.osm_profile import CarProfile, WayAttributes, ferry_speed_kph
 

@@ -13,7 +13,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from graph.network import (
-    DEFAULT_SPEED_KPH, EDGE_FERRY, EDGE_ROUNDABOUT, EDGE_TOLL, ROAD_CLASS_INDEX, ROAD_CLASSES,
+    DEFAULT_SPEED_KPH,
+    EDGE_FERRY,
+    EDGE_ROUNDABOUT,
+    EDGE_TOLL,
+    ROAD_CLASS_INDEX,
+    ROAD_CLASSES,
 )
 
 KPH_PER_MPH = 1.609344

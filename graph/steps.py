@@ -100,7 +100,11 @@ from typing import Any
 import numpy as np
 
 from graph.network import (
-    EDGE_ROUNDABOUT, ROAD_CLASS_INDEX, ROAD_CLASSES, RoadNetwork, haversine_m,
+    EDGE_ROUNDABOUT,
+    ROAD_CLASS_INDEX,
+    ROAD_CLASSES,
+    RoadNetwork,
+    haversine_m,
 )
 
 __all__ = [

@@ -14,12 +14,22 @@ from graph.errors import NetworkFormatError
 from graph.geojson import export_geojson, load_geojson
 from graph.io import load_compiled, save_network
 from graph.network import (
-    EDGE_FERRY, EDGE_ROUNDABOUT, EDGE_TOLL, NAME_ARRAYS, NO_NAME, RoadNetwork, build_network,
+    EDGE_FERRY,
+    EDGE_ROUNDABOUT,
+    EDGE_TOLL,
+    NAME_ARRAYS,
+    NO_NAME,
+    RoadNetwork,
+    build_network,
     content_version,
 )
 from graph.osm import load_osm
 from graph.osm_profile import (
-    FERRY_DEFAULT_SPEED_KPH, CarProfile, ferry_speed_kph, parse_duration_s, way_flags,
+    FERRY_DEFAULT_SPEED_KPH,
+    CarProfile,
+    ferry_speed_kph,
+    parse_duration_s,
+    way_flags,
 )
 from tests.common import three_edges_with_detour
 
