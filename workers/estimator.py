@@ -5,42 +5,22 @@ publish: every ``refresh_s`` of event time (replay) or wall time (live). ``worke
 runs it as one Ray actor (with the GPU when CuPy and a device are present); tests use it
 directly.
 
-Publications are deltas with a full vector at a bounded cadence. A full
-:class:`Publication` carries one travel time per edge. A delta carries only the edges whose
-state a fold changed since the previous publication (``edges``, their ``travel_time_s`` at the
-new watermark) and names the publication it applies on (``base_version``,
-``base_weights_t``); it costs O(edges touched), not O(edges). :meth:`EstimatorCore.maybe_publish`
-publishes a full vector when ``full_every_s`` of the clock has passed since the last full
-one, when the prior changed under every edge (a new time-of-week bin), after the state was
-replaced (restore, network swap) and on the first publication; :meth:`EstimatorCore.publish`
-is full unless asked otherwise.
-
-What a delta leaves out, on purpose: the decay of edges it does not list. An edge's
-published time blends its evidence with the prior, and the evidence weight decays with time
-``T = decay_tau_s``, so an edge not folded since it was last published at ``t_e`` keeps the
-time it had then, while a full vector at ``t`` would give it the time at ``t``. So after a full
-publication and any deltas, every edge holds exactly the time a full publication would give
-it at ``t_e`` (the last publication that listed it, or the full one), with ``t - t_e <
-full_every_s`` (plus one refresh), and (without min/max pace clipping, which only narrows it)
-
-    |held - exact(t)| <= (1 - exp(-(t - t_e) / T)) * |held - prior_time|,
-
-the exact time lying between the held one and the prior's. Edges never observed (no evidence)
-and edges folded since the last publication are exact. With the defaults (``T`` = 600 s, a
-full vector every 60 s) the deferred drift is at most 9.5 % of an edge's distance from its
-prior.
+Publications are deltas with a full vector at a bounded cadence
+(:mod:`workers.publication`, where the bound on what a delta defers is stated).
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
 from graph.network import RoadNetwork
+from workers.publication import Publication
+from workers.snapshot_writer import SnapshotWriter
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,66 +63,6 @@ class EstimatorServiceConfig:
     #: publications in between are deltas (``None``: every publication is full). It bounds
     #: the decay drift deltas leave out (module docstring).
     full_every_s: float | None = 60.0
-
-
-@dataclass(frozen=True, slots=True)
-class Publication:
-    """Published travel times: ``version`` (the estimator's state version), the event time
-    ``weights_t`` they stand at, and values.
-
-    Full (``edges is None``): ``travel_time_s`` holds one time (s, float64) per edge. Delta:
-    ``edges`` (int32, sorted, distinct) and their ``travel_time_s``; it applies only on the
-    publication ``(base_version, base_weights_t)`` (:attr:`base_key`), see
-    :meth:`apply_to`. The other edges keep the times they had there.
-    """
-
-    version: int
-    weights_t: float | None
-    travel_time_s: np.ndarray
-    network_version: str
-    published_wall_s: float = field(default=0.0)
-    edges: np.ndarray | None = None
-    base_version: int | None = None
-    base_weights_t: float | None = None
-
-    @property
-    def full(self) -> bool:
-        """Whether this is a whole vector (else a delta on :attr:`base_key`)."""
-        return self.edges is None
-
-    @property
-    def key(self) -> tuple[int, float]:
-        """``(version, weights_t)``: publications are ordered by it (``None`` time first)."""
-        return _pub_key(self.version, self.weights_t)
-
-    @property
-    def base_key(self) -> tuple[int, float] | None:
-        """The :attr:`key` of the publication a delta applies on (``None`` when full)."""
-        return None if self.full else _pub_key(self.base_version, self.base_weights_t)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the arrays it carries."""
-        return int(self.travel_time_s.nbytes + (0 if self.edges is None else self.edges.nbytes))
-
-    def apply_to(self, base: np.ndarray | None) -> np.ndarray:
-        """The whole vector after this publication, given the whole vector of its base.
-
-        A full publication returns (a copy of) its own vector and ignores ``base``; a delta
-        returns a copy of ``base`` with its edges replaced.
-        """
-        if self.full:
-            return np.array(self.travel_time_s, dtype=np.float64)
-        if base is None:
-            raise ValueError("a delta publication needs the vector of its base publication")
-        out = np.array(base, dtype=np.float64)
-        out[self.edges] = self.travel_time_s
-        return out
-
-
-def _pub_key(version: int | None, weights_t: float | None) -> tuple[int, float]:
-    return (-1 if version is None else int(version),
-            -np.inf if weights_t is None else float(weights_t))
 
 
 class EstimatorCore:
@@ -213,7 +133,7 @@ class EstimatorCore:
         self._seen_version: int | None = None  # state version after our last fold/publication
         self.publications = {"full": 0, "delta": 0}
         self.last_publication: dict[str, Any] = {}
-        self._snapshots = _SnapshotWriter.from_config(self.config)
+        self._snapshots = SnapshotWriter.from_config(self.config)
         self._boot: str | None = None
 
     def fold(self, batch: Any, n_probes: int = 0, *, accepted_wall_s: float | None = None) -> int:
@@ -548,45 +468,3 @@ class EstimatorCore:
                 "profile_save_errors": self.profile_save_errors}),
             **({} if self._snapshots is None else self._snapshots.stats()),
         }
-
-
-class _SnapshotWriter:
-    """Write the estimator's state into a snapshot store every ``snapshot_every_s`` of event time."""
-
-    def __init__(self, directory: str, every_s: float, retention_s: float | None) -> None:
-        from traffic.snapshots import SnapshotScheduler, SnapshotStore
-
-        self.store = SnapshotStore(directory, retention_s=retention_s)
-        self.scheduler = SnapshotScheduler(every_s)
-        self.written = 0
-        self.errors = 0
-        self.last_t: float | None = None
-
-    @classmethod
-    def from_config(cls, config: EstimatorServiceConfig) -> _SnapshotWriter | None:
-        if config.snapshot_dir is None or config.snapshot_every_s is None:
-            return None
-        return cls(config.snapshot_dir, config.snapshot_every_s, config.snapshot_retention_s)
-
-    def maybe_write(self, core: EstimatorCore, t_s: float) -> None:
-        """Write a snapshot when events at ``t_s`` cross a boundary; never raises on I/O."""
-        import logging
-
-        boundary = self.scheduler.due(t_s)
-        if boundary is None:
-            return
-        try:
-            self.store.write(core.snapshot(boundary), t_s=boundary,
-                             network_version=core.net.version)
-            self.store.prune(boundary)
-        except OSError:
-            # A full or failing disk must not stop estimation; the count shows in stats.
-            self.errors += 1
-            logging.getLogger(__name__).exception("snapshot at %s failed", boundary)
-            return
-        self.written += 1
-        self.last_t = boundary
-
-    def stats(self) -> dict[str, Any]:
-        return {"snapshots_written": self.written, "snapshot_errors": self.errors,
-                "last_snapshot_t": self.last_t}

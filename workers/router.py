@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from graph.network import RoadNetwork
+from workers.publication import PublicationChain  # noqa: F401  (its old home)
 
 
 class RouterCore:
@@ -228,38 +229,6 @@ class RouterCore:
                 "publications": dict(self.applied),
                 "last_update": dict(getattr(self.router, "last_update", {})),
                 "metric_fallbacks": int(getattr(self.router, "fallbacks", 0))}
-
-
-class PublicationChain:
-    """What the facade hands the routers: the last full publication and the deltas since.
-
-    :meth:`add` takes each publication with its shared form (itself in process, a Ray object
-    ref on Ray) and returns the chain to send, newest last; ``None`` for a publication older
-    than the chain's newest (a late one: drop it); :data:`BROKEN` for a delta that does not
-    follow the newest (one was missed: publish a full vector). Thread-safe. Holds at most one
-    full vector and the deltas of one ``full_every_s``.
-    """
-
-    BROKEN = "broken"
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._items: list[tuple[tuple[int, float], Any]] = []
-
-    def add(self, pub: Any, shared: Any) -> list[Any] | str | None:
-        with self._lock:
-            newest = self._items[-1][0] if self._items else None
-            if pub.full:
-                if newest is not None and pub.key < newest:
-                    return None
-                self._items = [(pub.key, shared)]
-            else:
-                if newest is not None and pub.key <= newest:
-                    return None
-                if newest is None or pub.base_key != newest:
-                    return self.BROKEN
-                self._items.append((pub.key, shared))
-            return [x for _, x in self._items]
 
 
 def _resolve_pub(item: Any) -> Any:

@@ -25,7 +25,7 @@ import polars as pl
 
 from graph.network import RoadNetwork
 from workers.config import PipelineConfig, load_profile, profile_path
-from workers.estimator import Publication
+from workers.publication import Publication, PublicationChain
 from workers.intake import Intake, Overloaded
 from workers.network_jobs import NetworkJob, NetworkJobs, UnknownJob
 from workers.queries import NotReady, Queries
@@ -65,6 +65,8 @@ class Services(Intake, Queries):
         self._stop = threading.Event()
         self._watermark: float | None = None
         self._profile_tt: dict[Any, np.ndarray] = {}  # profile weights by key (4 newest)
+        # (network version, what the routers were sent since the last full publication)
+        self._pub_chain: tuple[str, PublicationChain] = (net.version, PublicationChain())
         self._congestion = congestion_queries(config)
         self._draining = False  # set by begin_shutdown: new writes get 503
         self._cv = threading.Condition()
@@ -209,14 +211,11 @@ class Services(Intake, Queries):
         it missed one and must catch up). A delta that does not follow the last publication
         sent (one was lost or overtaken) is replaced by a full publication.
         """
-        from workers.router import PublicationChain
-
         if pub is None or pub.network_version != self.net.version:
             return
         s = self.stages
-        # (network version, chain): a new network starts a new chain.
-        held = self.__dict__.setdefault("_pub_chain", (pub.network_version, PublicationChain()))
-        if held[0] != pub.network_version:
+        held = self._pub_chain
+        if held[0] != pub.network_version:  # a new network starts a new chain
             held = self._pub_chain = (pub.network_version, PublicationChain())
         sent = held[1].add(pub, s.share(pub) if self.router_actors else pub)
         if sent is PublicationChain.BROKEN:
@@ -363,17 +362,18 @@ class Services(Intake, Queries):
             self.fold_replies(s.swap_network(self.ingest_stages, net_ref))
             self.folds.drain()
             carried = self.estimator_call("remap_to", net_ref)
-            pub = self.estimator_call("publish")
+            pub = self.estimator_call("publish")  # a full vector: a new chain starts at it
+            chain = PublicationChain()
+            sent = chain.add(pub, s.share(pub) if isinstance(prepared, list) else pub)
             if isinstance(prepared, list):
-                weights = s.router_weights(s.share(pub.travel_time_s))
-                s.get([s.call(r, "update", pub.version, pub.weights_t, weights)
-                       for r in prepared])
+                s.get([s.call(r, "apply_publication", sent) for r in prepared])
                 # The old replicas finish their queued queries, then go when their handles do.
                 self.router_actors = prepared
             else:
-                prepared.update(pub.version, pub.weights_t, pub.travel_time_s)
+                prepared.apply_publication(sent)
                 # The replaced router stops its query threads when its last query ends.
                 self.router = prepared
+            self._pub_chain = (net.version, chain)
             self.net, self.loaded_at = net, time.time()
         finally:
             with self._cv:
