@@ -73,6 +73,33 @@ def make_input(k: int, work: Path) -> tuple[Path, Path, float]:
                           stdout=subprocess.DEVNULL)
 
 
+def walk_probes(net: Any, *, n_vehicles: int, n_steps: int, t0_s: float, seed: int,
+                step_s: float = 5.0) -> Any:
+    """Probes of vehicles driving random walks (no immediate U-turn) from random nodes, one
+    fix per node passed every ``step_s``, with 3 m of GPS noise: cheap at any network size
+    (``traffic.simulate`` routes its vehicles, which takes minutes and GBs from K=2 on)."""
+    import numpy as np
+    import polars as pl
+
+    rng = np.random.default_rng(seed)
+    node = rng.integers(0, net.n_nodes, n_vehicles)
+    prev = np.full(n_vehicles, -1)
+    rows: list[tuple[np.ndarray, ...]] = []
+    for step in range(n_steps):
+        rows.append((np.arange(n_vehicles), np.full(n_vehicles, t0_s + step * step_s),
+                     net.node_lat[node] + rng.normal(0, 3 / 111_000, n_vehicles),
+                     net.node_lon[node] + rng.normal(0, 4 / 111_000, n_vehicles)))
+        first, deg = net.out_first[node], np.diff(net.out_first)[node]
+        pick = first + rng.integers(0, np.maximum(deg, 1))
+        nxt = np.where(deg > 0, net.edge_dst[net.out_edge[np.minimum(pick, net.n_edges - 1)]], node)
+        back = (nxt == prev) & (deg > 1)
+        alt = first + (pick - first + 1) % np.maximum(deg, 1)
+        nxt = np.where(back, net.edge_dst[net.out_edge[np.minimum(alt, net.n_edges - 1)]], nxt)
+        prev, node = node, nxt
+    vid, t, lat, lon = (np.concatenate(c) for c in zip(*rows))
+    return pl.DataFrame({"vehicle_id": [f"v{i}" for i in vid], "t": t, "lat": lat, "lon": lon})
+
+
 # -- memory of processes ------------------------------------------------------------------
 def process_tree(root: int) -> list[int]:
     """``root`` and every descendant (from /proc/*/stat parent ids)."""
@@ -150,7 +177,6 @@ def measure_components(net_path: str, artifacts: str) -> dict[str, float]:
     from graph.cch import customize
     from graph.io import load_network
     from traffic.profiles import ProfileConfig, TimeOfWeekProfile
-    from traffic.simulate import SimConfig, simulate_probes
     from workers.estimator import EstimatorCore
     from workers.ingest import IngestConfig, IngestCore
 
@@ -177,12 +203,12 @@ def measure_components(net_path: str, artifacts: str) -> dict[str, float]:
     grew("estimator", lambda: EstimatorCore(net))
     grew("profile", lambda: TimeOfWeekProfile.for_network(net, ProfileConfig()))
     core = grew("matcher", lambda: IngestCore(net, IngestConfig(cache_dir=artifacts)))
-    cfg = SimConfig(n_vehicles=500, duration_s=300.0, t0_s=1_767_225_600.0, batch_s=10.0, seed=1)
+    probes = walk_probes(net, n_vehicles=1000, n_steps=30, t0_s=1_767_225_600.0, seed=1)
     gc.collect()
     before = _anon_rss()
     n = 0
     t0 = time.perf_counter()
-    for batch in simulate_probes(net, cfg):
+    for _, batch in probes.sort("t").group_by((probes["t"] // 10).alias("w"), maintain_order=True):
         core.ingest(batch, now_s=float(batch["t"].max()))
         n += batch.height
     out["matcher_probes"] = n
@@ -204,7 +230,6 @@ def serve_and_measure(net_path: Path, work: Path, *, settle_s: float, k: int) ->
     import numpy as np
 
     from graph.io import load_network
-    from traffic.simulate import SimConfig, simulate_probes
 
     run_dir = work / f"run-k{k}"
     log_path = work / f"serve-k{k}.log"
@@ -235,10 +260,9 @@ def serve_and_measure(net_path: Path, work: Path, *, settle_s: float, k: int) ->
         out["ready_s"] = time.perf_counter() - t0
         out["pss_ready"] = pss_by_role(proc.pid)
         net = load_network(net_path, mmap=True)
-        cfg = SimConfig(n_vehicles=300, duration_s=120.0, t0_s=time.time() - 120.0, batch_s=10.0,
-                        seed=2)
+        probes = walk_probes(net, n_vehicles=500, n_steps=24, t0_s=time.time() - 120.0, seed=2)
         posted = accepted = 0
-        for batch in simulate_probes(net, cfg):
+        for _, batch in probes.group_by((probes["t"] // 10).alias("w"), maintain_order=True):
             body = {"probes": batch.select("vehicle_id", "t", "lat", "lon").to_dicts()}
             r = client.post("/v1/probes", json=body)
             posted += batch.height
@@ -301,7 +325,7 @@ def report(k: int, r: dict[str, Any], command: str) -> str:
         ("estimator core", c["estimator"], f"{c['estimator_s']:.2f} s"),
         ("time-of-week profile (empty, sparse)", c["profile"], f"{c['profile_s']:.2f} s"),
         ("matcher: ingest core at start", c["matcher"], f"{c['matcher_s']:.2f} s"),
-        (f"matcher: growth after {c['matcher_probes']:,.0f} simulated probes", c["matcher_after_probes"],
+        (f"matcher: growth after {c['matcher_probes']:,.0f} probes (random drives)", c["matcher_after_probes"],
          f"{c['matcher_probes_s']:.1f} s"),
     ]
     lines += [f"| {a} | {_fmt_b(b)} | {b / m:.0f} | {t} |" for a, b, t in comp]

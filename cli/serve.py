@@ -240,8 +240,9 @@ def check_memory(args: argparse.Namespace, net: Any = None) -> None:
             return
     else:
         sizes = (net.n_nodes, net.n_edges, int(net.geom_lat.size))
-    estimate = estimate_footprint(*sizes, router_processes=max(1, args.router_replicas),
-                                  ingest_processes=args.ingest, ray=not args.no_ray)
+    estimate = estimate_footprint(
+        *sizes, router_processes=max(1, args.router_replicas), ingest_processes=args.ingest,
+        ray=not args.no_ray, network_copies=2 if getattr(args, "ray_address", None) else 1)
     if args.max_memory_gb is not None:
         if not args.max_memory_gb > 0:
             raise ValueError(f"--max-memory-gb must be > 0; got {args.max_memory_gb}")

@@ -19,7 +19,7 @@ def test_estimate_footprint_grows_with_edges_and_routers():
     big = estimate_footprint(1_000_000, 3_000_000, 6_000_000)
     assert big.total_bytes > small.total_bytes + 3_000_000 * 100
     two = estimate_footprint(1_000_000, 3_000_000, 6_000_000, router_processes=2)
-    assert two.parts["CCH and metrics"] == 2 * big.parts["CCH and metrics"]
+    assert two.parts["routers (CCH, metrics)"] == 2 * big.parts["routers (CCH, metrics)"]
     local = estimate_footprint(1_000_000, 3_000_000, 6_000_000, ray=False)
     assert local.total_bytes < big.total_bytes
     assert "network" in big.summary() and "GB" in big.summary()

@@ -5,8 +5,10 @@ and how much memory this process may use (cgroup limits included).
 of :func:`available_memory_bytes`) instead of being killed for memory mid-serve. The
 constants are bytes per directed edge (or node, geometry point) per component, measured by
 ``benchmarks/scale.py`` on tiled New York (K=1 and K=2, 2-core machine; see BENCHMARKS.md,
-"scale"); fixed costs are per process. They are estimates of the steady state with an
-empty profile: a profile learned over weeks adds up to 10 B per observed (edge, bin).
+"scale"); fixed costs are per process. The estimate is an upper bound of the steady state
+with an empty profile (K=1: 1.5 GB estimated, 1.37 GB measured; K=2: 2.7 GB estimated,
+2.23 GB measured, the difference mostly profile metrics not yet held); a profile learned
+over weeks adds up to 10 B per observed (edge, bin).
 """
 
 from __future__ import annotations
@@ -22,33 +24,42 @@ NETWORK_B_PER_NODE = 32
 NETWORK_B_PER_EDGE = 83
 #: Compiled network and spatial index: per geometry point (lat, lon; segment arrays).
 NETWORK_B_PER_POINT = 16
-#: Spatial index: per segment (7 arrays, 52 B) plus grid registrations (4 B each, about 1.4
-#: per segment at the 25 m default cell) and the router's per-point positions (8 B).
+#: Spatial index: per segment (7 arrays, 52 B) plus grid registrations (4 B each, about 3
+#: per segment at the 25 m default cell): measured 61-76 B per segment.
 SPATIAL_B_PER_SEGMENT = 66
 
-# -- per directed edge (bytes), measured (benchmarks/scale.py) -------------------------------
-#: One router process's CCH contraction from the saved order (RoutingKit; node-based).
-CCH_B_PER_EDGE = 120
+# -- per directed edge (bytes), measured (benchmarks/scale.py, K=1 and K=2) ----------------
+#: One router process's CCH contraction from the saved order (RoutingKit, node-based):
+#: measured 63-64 B per edge.
+CCH_B_PER_EDGE = 65
 #: One customized metric (RoutingKit weights on the CCH arcs, our float64 times and uint32
-#: ms per edge); each router holds :data:`METRICS_PER_ROUTER` of them.
-METRIC_B_PER_EDGE = 40
-#: Live metric, the one being customized (double buffer), one profile metric.
-METRICS_PER_ROUTER = 3
-#: Estimator state and publication buffers (CPU, float32/64 per edge).
-ESTIMATOR_B_PER_EDGE = 60
-#: Matcher: traversal extractor and per-node search arrays of the route distances (the
-#: cache of bounded searches grows with the probes, bounded by its own limit).
-MATCHER_B_PER_EDGE = 30
-#: Snapshots and congestion queries in the API process (tile index, last vector).
-API_B_PER_EDGE = 20
+#: ms per edge): measured 28 B per edge.
+METRIC_B_PER_EDGE = 30
+#: Metrics a router holds at most: the live one and the one being customized, plus its
+#: profile metrics (``graph.router.Router(profile_cache=4)``, filled by departure-time
+#: queries). An upper bound: a router without profile queries holds 1-2.
+METRICS_PER_ROUTER = 2 + 4
+#: Router arrays besides the hierarchy: free-flow times (8 B per edge) and positions along
+#: edges per geometry point (8 B per point, :data:`ROUTER_B_PER_POINT`).
+ROUTER_B_PER_EDGE = 8
+ROUTER_B_PER_POINT = 8
+#: Estimator state and publication buffers (CPU): measured 29-49 B per edge.
+ESTIMATOR_B_PER_EDGE = 50
+#: Matcher: traversal extractor and ingest arrays (measured 20-21 B per edge at start),
+#: the route distances' node-wide scratch (16 B per node) and their cache, bounded at
+#: ``graph.route_distances.DEFAULT_MAX_ENTRIES`` x 12 B (48 MB) per ingest process.
+MATCHER_B_PER_EDGE = 20
+MATCHER_B_PER_NODE = 16
+MATCHER_CACHE_B = 48_000_000
 
-# -- fixed per process (bytes) -----------------------------------------------------------------
-#: A Python process with our imports (NumPy, Polars, RoutingKit, FastAPI/uvicorn).
+# -- fixed per process (bytes), measured ------------------------------------------------------
+#: The API process with our imports (NumPy, Polars, RoutingKit, FastAPI/uvicorn, Ray client).
 PROCESS_FIXED_B = 250 * 2**20
-#: A Ray actor process beyond the interpreter (core worker).
-RAY_ACTOR_FIXED_B = 40 * 2**20
-#: Ray's own processes (GCS, raylet, dashboard and runtime-env agents, idle workers).
-RAY_BASE_B = 450 * 2**20
+#: One Ray actor process (interpreter, imports, core worker): 130-160 MiB measured.
+RAY_ACTOR_FIXED_B = 150 * 2**20
+#: Ray's own processes (GCS, raylet, dashboard and runtime-env agents, two idle workers):
+#: 460-470 MiB measured, whatever the network.
+RAY_BASE_B = 470 * 2**20
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,14 +81,13 @@ class Footprint:
 
 def estimate_footprint(
     n_nodes: int, n_edges: int, n_points: int, *, router_processes: int = 1,
-    ingest_processes: int = 1, ray: bool = True,
+    ingest_processes: int = 1, ray: bool = True, network_copies: int = 1,
 ) -> Footprint:
-    """Estimate the serving footprint of a network of this size.
+    """Estimate the serving footprint of a network of this size (an upper bound).
 
-    Read-only arrays (network, spatial index) are counted once per machine: they are mapped
-    from files (or shared through Ray's object store, once more for the network). The CCH
-    contraction and its metrics are counted once per router process (RoutingKit cannot
-    share them); the matcher once per ingest process.
+    Read-only arrays (network, spatial index) are counted once per machine: every process
+    maps the same files. The CCH contraction and its metrics are counted once per router
+    process (RoutingKit cannot share them), the matcher once per ingest process.
 
     Parameters
     ----------
@@ -88,32 +98,35 @@ def estimate_footprint(
     ingest_processes
         Ingest partitions.
     ray
-        Whether the stages run as Ray actors (else in one process).
+        Whether the stages run as Ray actors (else all in one process).
+    network_copies
+        Copies of the network's arrays per machine: 1 when every process maps the file,
+        2 when Ray actors get it through the object store (``--ray-address``).
 
     Examples
     --------
     >>> f = estimate_footprint(264_346, 730_100, 1_460_200)
-    >>> 0.5e9 < f.total_bytes < 5e9
+    >>> 1.0e9 < f.total_bytes < 2.0e9
     True
     """
     for name, v in (("n_nodes", n_nodes), ("n_edges", n_edges), ("n_points", n_points),
-                    ("router_processes", router_processes), ("ingest_processes", ingest_processes)):
+                    ("router_processes", router_processes), ("ingest_processes", ingest_processes),
+                    ("network_copies", network_copies)):
         if v < 0:
             raise ValueError(f"`{name}` must be >= 0; got {v}")
     segments = max(n_points - n_edges, 0)
     network = NETWORK_B_PER_NODE * n_nodes + NETWORK_B_PER_EDGE * n_edges + NETWORK_B_PER_POINT * n_points
-    processes = 1 + (1 + ingest_processes + max(router_processes - 1, 0) if ray else 0)
+    actors = 1 + ingest_processes + max(router_processes - 1, 0) if ray else 0
+    router = (CCH_B_PER_EDGE + METRICS_PER_ROUTER * METRIC_B_PER_EDGE + ROUTER_B_PER_EDGE) * n_edges \
+        + ROUTER_B_PER_POINT * n_points
+    matcher = MATCHER_B_PER_EDGE * n_edges + MATCHER_B_PER_NODE * n_nodes + MATCHER_CACHE_B
     parts = {
-        # Mapped once; with Ray one more copy in the object store for the actors.
-        "network": network * (2 if ray else 1),
+        "network": network * max(network_copies, 1),
         "spatial index": SPATIAL_B_PER_SEGMENT * segments,
-        "CCH and metrics": router_processes * n_edges * (CCH_B_PER_EDGE
-                                                          + METRICS_PER_ROUTER * METRIC_B_PER_EDGE),
+        "routers (CCH, metrics)": router_processes * router,
         "estimator": ESTIMATOR_B_PER_EDGE * n_edges,
-        "matcher": ingest_processes * MATCHER_B_PER_EDGE * n_edges,
-        "API": API_B_PER_EDGE * n_edges,
-        "processes": processes * PROCESS_FIXED_B + ((processes - 1) * RAY_ACTOR_FIXED_B
-                                                    + RAY_BASE_B if ray else 0),
+        "matcher": ingest_processes * matcher,
+        "processes": PROCESS_FIXED_B + (actors * RAY_ACTOR_FIXED_B + RAY_BASE_B if ray else 0),
     }
     return Footprint({k: int(v) for k, v in parts.items()})
 
