@@ -100,6 +100,15 @@ class Queries:
             cache[key] = tt
         return key, tt
 
+    def isochrone(self, from_latlon: tuple[float, float], minutes: list[float], *,
+                  reverse: bool = False, depart_at_s: float | None = None,
+                  max_snap_m: float = 200.0, profile_horizon_s: float = 900.0) -> dict[str, Any]:
+        """Reachable areas within each of ``minutes`` (GeoJSON), on the weights
+        :meth:`route` would use for ``depart_at_s``."""
+        profile = self._profile_for(depart_at_s, profile_horizon_s)
+        return self._on_router("isochrone", from_latlon, minutes, reverse=reverse,
+                               max_snap_m=max_snap_m, profile=profile)
+
     def network_info(self) -> dict[str, Any]:
         """The serving network's identity and size."""
         net = self.net

@@ -60,6 +60,7 @@ class RouterCore:
         self.updated_wall_s = time.time()
         self.customize_s = 0.0
         self._lock = threading.Lock()
+        self._geometry: Any = None  # graph.isochrone.EdgeGeometry, built on first use
         self._key: tuple[int, float] | None = None  # the publication held (None: free-flow)
         #: How publications were taken: full, delta, caught_up (from the chain), stale
         #: (a delta not on our weights and no chain to catch up from), ignored (not newer).
@@ -220,6 +221,41 @@ class RouterCore:
         return {"durations_s": rows, "network_version": self.net.version,
                 "weights_version": self.router.weights_version,
                 "weights_t": self.weights_t if basis == "live" else None, "basis": basis}
+
+    def isochrone(self, from_latlon: tuple[float, float], minutes: list[float], *,
+                  reverse: bool = False, max_snap_m: float = 200.0,
+                  profile: tuple[Any, np.ndarray] | None = None) -> dict[str, Any]:
+        """Reachable areas from (``reverse``: to) a point within each of ``minutes``, on the
+        live weights or ``profile``'s: a GeoJSON FeatureCollection, one (Multi)Polygon per
+        contour with ``minutes`` and ``area_km2`` (see :mod:`graph.isochrone`)."""
+        import shapely
+
+        from graph.errors import NoCandidateError
+        from graph.isochrone import EdgeGeometry, isochrones
+        from graph.spatial import candidates
+
+        basis, key = self._profile_key(profile)
+        tt = self._travel_times(key)
+        if tt is None:
+            tt = np.asarray(self.net.edge_length_m) / np.asarray(self.net.edge_freeflow_mps)
+        lat, lon = float(from_latlon[0]), float(from_latlon[1])
+        _, edge, dist, off = candidates(self.router.spatial, np.array([lat]), np.array([lon]),
+                                        radius_m=max_snap_m, k=8)
+        if edge.size == 0:
+            raise NoCandidateError(f"no drivable road within {max_snap_m:g} m of `from` "
+                                   f"(lat={lat:.6f}, lon={lon:.6f})")
+        near = dist <= dist[0] + 1.0  # the nearest road, both directions where two-way
+        if self._geometry is None:
+            self._geometry = EdgeGeometry(self.net)
+        contours = isochrones(self.net, tt, edge[near], off[near], minutes, reverse=reverse,
+                              geometry=self._geometry)
+        return {"type": "FeatureCollection", "features": [
+            {"type": "Feature", "geometry": shapely.geometry.mapping(c.polygon),
+             "properties": {"minutes": c.minutes, "area_km2": round(c.area_km2, 4)}}
+            for c in contours],
+            "network_version": self.net.version, "weights_version": self.weights_version,
+            "weights_t": self.weights_t if basis == "live" else None, "basis": basis,
+            "reverse": bool(reverse)}
 
     def stats(self) -> dict[str, Any]:
         """Versions, the last customization's cost and how publications were taken."""
