@@ -44,6 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ingest", type=int, default=1, help="ingest partitions (actors)")
     p.add_argument("--router-replicas", type=int, default=0,
                    help="router actors (0: one router in the API process)")
+    p.add_argument("--estimator-shards", type=int, default=1, metavar="N",
+                   help="split the estimator and its profiles by segment over N actors "
+                        "(default 1: one estimator)")
     p.add_argument("--refresh-s", type=float, default=1.0, help="estimator publication interval")
     p.add_argument("--idle-flush-s", type=float, default=60.0,
                    help="flush a vehicle silent for this long (event s)")
@@ -142,6 +145,7 @@ def build_services(args: argparse.Namespace, net: Any, clock: str) -> Any:
         durability=durability_config(args),
         upload_timeout_s=getattr(args, "upload_timeout", 300.0) or 300.0,
         profile_save_every_s=getattr(args, "profile_save_every", 300.0) or None,
+        estimator_shards=getattr(args, "estimator_shards", 1),
     )
     prior = load_profile(net, data_dir, timezone=getattr(args, "timezone", "UTC"))
     if args.no_ray:

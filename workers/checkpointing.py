@@ -21,6 +21,7 @@ import logging
 import time
 from typing import Any
 
+from workers.shards import FoldJournal
 from workers.stages import StageRestarted
 from workers.state import compose, decompose
 
@@ -38,17 +39,25 @@ def checkpoint(svc: Any, now_s: float | None) -> None:
     checkpoint).
     """
     durability = svc.durability
+    journal = None if svc.shards is None else svc.shards.journal
     with svc.quiet():  # every batch handed on is folded
         est = svc.estimator_call("state_dict_if_booted", svc.boot)
         if est is None:
             raise StageRestarted("the estimator restarted; no checkpoint until it is restored")
         parts = svc.ingest_call_all("state_dict")
+        mark = None if journal is None else journal.mark()
     if now_s is not None:
         durability.note_checkpoint(now_s)
+    marks = [e["watermark_t"] for e in (est if isinstance(est, list) else [est])
+             if e["watermark_t"] is not None]
     try:
-        durability.save(compose(est, parts, svc.watermark_t()), event_time_s=est["watermark_t"])
+        durability.save(compose(est, parts, svc.watermark_t()),
+                        event_time_s=max(marks) if marks else None)
     except OSError:
         logger.exception("checkpoint failed; the probe log keeps everything since the last one")
+        return
+    if journal is not None:
+        journal.saved(mark, durability.log.position)
 
 
 def recover(svc: Any) -> int:
@@ -64,8 +73,14 @@ def recover(svc: Any) -> int:
     """
     durability, stages = svc.durability, svc.stages
     rec = durability.recover()
+    n_shards = 1 if svc.shards is None else len(svc.shards.handles)
+    if svc.shards is not None:
+        # The folds replayed below are journaled; the journal starts at this checkpoint.
+        svc.shards.journal = svc.shards.journal or FoldJournal(
+            n_shards, max_bytes=svc.shards.JOURNAL_MAX_BYTES)
+        svc.shards.journal.reset(rec.position if rec.state is not None else None)
     if rec.state is not None:
-        est, parts, watermark = decompose(rec.state, len(svc.ingest_stages))
+        est, parts, watermark = decompose(rec.state, len(svc.ingest_stages), n_shards)
         svc.estimator_call("load_state_dict", est)
         stages.get([stages.call(a, "load_state_dict", part)
                     for a, part in zip(svc.ingest_stages, parts, strict=True)])
@@ -93,14 +108,30 @@ def recover(svc: Any) -> int:
         svc.set_watermark(max(marks))
     durability.replayed_batches = n
     logger.info("replayed %d logged batches", n)
+    if svc.shards is not None and rec.state is None:
+        # A shard restores from its part of a checkpoint and the journal after it: take one
+        # now that there is none yet (it changes nothing in what the pipeline computes).
+        checkpoint(svc, None)
     return n
 
 
 def restore_if_restarted(svc: Any) -> bool:
     """If the estimator restarted (fresh state, no boot token), bring the whole pipeline
     back to the checkpoint and replay the log after it; routers keep the last published
-    weights meanwhile. Returns whether it restored."""
-    if svc.estimator_call("boot_token", timeout=30) == svc.boot:
+    weights meanwhile. With estimator shards, only the shards that restarted are restored
+    (:func:`restore_shards`) when the fold journal covers the newest checkpoint. Returns
+    whether it restored."""
+    if svc.shards is not None:
+        dead = [s for s, t in enumerate(svc.shards.boot_tokens()) if t != svc.boot]
+        if not dead:
+            return False
+        with svc.durability.order_lock, svc.quiet():
+            if restore_shards(svc, dead):
+                svc.estimator_restores += 1
+                return True
+        logger.warning("estimator shard(s) %s restarted and the fold journal does not cover "
+                       "the newest checkpoint; restoring the whole pipeline", dead)
+    elif svc.estimator_call("boot_token", timeout=30) == svc.boot:
         return False
     logger.warning("the estimator restarted; restoring from the checkpoint and replaying")
     with svc.durability.order_lock, svc.quiet():
@@ -108,4 +139,39 @@ def restore_if_restarted(svc: Any) -> bool:
         svc.ingest_call_all("reset")
         recover(svc)
     svc.estimator_restores += 1
+    return True
+
+
+def restore_shards(svc: Any, dead: list[int]) -> bool:
+    """Restore the estimator shards ``dead`` alone: each loads its part of the newest
+    checkpoint and refolds its journaled parts of the batches folded since, in fold order;
+    the ingest stages and the other shards keep their state. The caller holds the order lock
+    at a quiet point. Returns ``False`` (nothing done) when the journal does not start at the
+    newest checkpoint (it overflowed, or that checkpoint is not the one it started at)."""
+    shards, stages = svc.shards, svc.stages
+    journal = shards.journal
+    loaded = svc.durability.store.load_latest()
+    if journal is None or loaded is None or journal.base is None \
+            or loaded.log_position != journal.base:
+        return False
+    logger.warning("estimator shard(s) %s restarted; restoring them from the checkpoint and "
+                   "the fold journal", dead)
+    state = {k: v for k, v in loaded.state.items() if not k.startswith("durability.")}
+    est, _, _ = decompose(state, len(svc.ingest_stages), len(shards.handles))
+    for s in dead:
+        h = shards.handles[s]
+        if isinstance(est, dict):  # an unsharded checkpoint, split by key
+            stages.get(stages.call(h, "load_state_by_key", est, keep_applied=(s == 0)))
+        else:
+            stages.get(stages.call(h, "load_state_dict", est[s]))
+        stages.get(stages.call(h, "forget_publications"))
+        window = []
+        for batch, n, wall, t_batch in journal.calls_of(s):
+            window.append(stages.call(h, "fold", batch, n, accepted_wall_s=wall,
+                                      batch_t_s=t_batch))
+            if len(window) > 64:
+                stages.get(window.pop(0))
+        stages.get(window)
+        stages.get(stages.call(h, "mark_boot", svc.boot))
+        shards.restores[s] += 1
     return True

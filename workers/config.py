@@ -68,6 +68,14 @@ class PipelineConfig:
     #: Save the learned time-of-week profile into ``<data_dir>/profiles`` every this many
     #: event seconds (and at shutdown); ``None``: only at shutdown.
     profile_save_every_s: float | None = 300.0
+    #: Estimator shards (``workers.shards``): the speed state and its profile split by
+    #: segment over this many stages; 1: one estimator, as before.
+    estimator_shards: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.estimator_shards, int) or self.estimator_shards < 1:
+            raise ValueError(f"`estimator_shards` must be an integer >= 1; got "
+                             f"{self.estimator_shards!r}")
 
     def estimator_service(self) -> EstimatorServiceConfig:
         """The estimator stage's configuration derived from this one."""

@@ -136,22 +136,33 @@ class EstimatorCore:
         self._snapshots = SnapshotWriter.from_config(self.config)
         self._boot: str | None = None
 
-    def fold(self, batch: Any, n_probes: int = 0, *, accepted_wall_s: float | None = None) -> int:
+    def fold(self, batch: Any, n_probes: int = 0, *, accepted_wall_s: float | None = None,
+             batch_t_s: float | None = None) -> int:
         """Fold one traversal batch; ``n_probes`` matched probes become ``applied``.
+
+        ``batch_t_s``: the event time of the batch this one is a part of (an estimator shard
+        folds its segments' part of every batch, :mod:`workers.shards`, possibly empty, at the
+        whole batch's newest exit time, so that every shard's clock, watermark, profile and
+        snapshot boundaries move as one estimator's would). ``None``: the newest exit time of
+        ``batch`` (none when it is empty).
 
         Returns the estimator's state version after the fold.
         """
         t0 = time.perf_counter()
-        if self._snapshots is not None and batch is not None and len(batch.edge):
+        t_batch = batch_t_s
+        if t_batch is None and batch is not None and len(batch.edge):
+            t_batch = float(np.max(np.asarray(batch.t_exit_s)))
+        if self._snapshots is not None and t_batch is not None:
             # Snapshot the state as it stood at a crossed boundary, before this batch.
-            self._snapshots.maybe_write(self, float(np.max(np.asarray(batch.t_exit_s))))
-        if self.profile is not None and batch is not None and len(batch.edge):
+            self._snapshots.maybe_write(self, t_batch)
+        if self.profile is not None and t_batch is not None:
             # Like snapshots: the state at a crossed event-time boundary, before this batch, so
             # what the profile learns depends on event time and fold order only (a replay at any
             # speed, or a crash-replay from a checkpoint, learns the same).
-            self._learn_profile(float(np.max(np.asarray(batch.t_exit_s))))
+            self._learn_profile(t_batch)
         before = self.estimator.version
-        version = self.estimator.version if batch is None else self.estimator.apply(batch)
+        version = (self.estimator.version if batch is None
+                   else self.estimator.apply(batch, t_s=t_batch))
         if self._seen_version == before:
             self._seen_version = int(version)  # the state moved by this fold only
         if batch is not None and len(batch.edge):
@@ -159,8 +170,9 @@ class EstimatorCore:
             self._touched.append(edge)  # O(batch): the next delta lists these edges
             self._covered[edge] = True
             self.traversals += int(edge.shape[0])
-            t_exit = float(np.max(np.asarray(batch.t_exit_s)))
-            self.watermark_t = t_exit if self.watermark_t is None else max(self.watermark_t, t_exit)
+        if t_batch is not None:
+            self.watermark_t = t_batch if self.watermark_t is None else max(self.watermark_t,
+                                                                            t_batch)
         self.applied += int(n_probes)
         self.folds += 1
         self.fold_s += time.perf_counter() - t0
@@ -213,6 +225,37 @@ class EstimatorCore:
             return self.watermark_t
         return time.time() if now_wall_s is None else now_wall_s
 
+    def publish_plan(self, now_wall_s: float) -> dict[str, Any]:
+        """What :meth:`maybe_publish` would decide at ``now_wall_s``, without publishing:
+        ``due``, ``full_due``, ``touched`` (edges folded since the last publication) and
+        ``possible`` (a delta can be made). Estimator shards (:mod:`workers.shards`) are
+        asked for it so that they all publish the same kind at once."""
+        touched = self._touched_edges()
+        return {"due": self.due(now_wall_s), "full_due": self.full_due(now_wall_s),
+                "touched": int(touched.size),
+                "possible": self._last is not None and self._published is not None
+                and self._seen_version == self.estimator.version}
+
+    def publish_if_booted(self, token: str | None, now_wall_s: float, *,
+                          full: bool) -> Publication | None:
+        """:meth:`publish` if this estimator still carries the boot ``token``, else ``None``
+        (a restarted shard's state is short of folds and must not be published)."""
+        return self.publish(now_wall_s, full=full) if self._boot == token else None
+
+    def forget_publications(self) -> None:
+        """Forget what was published (a restored shard): the next publication is full."""
+        self._last, self._published, self._touched = None, None, []
+        self._unpublished.clear()
+        self._dirty = True
+
+    def _touched_edges(self) -> np.ndarray:
+        """The distinct edges folded since the last publication (kept merged)."""
+        if not self._touched:
+            return np.zeros(0, dtype=np.int32)
+        if len(self._touched) > 1:
+            self._touched = [np.unique(np.concatenate(self._touched)).astype(np.int32)]
+        return np.unique(self._touched[0]).astype(np.int32)
+
     def publish(self, now_wall_s: float | None = None, *, full: bool | None = True) -> Publication:
         """Stamp a new publication of the travel times at the watermark.
 
@@ -222,8 +265,7 @@ class EstimatorCore:
         """
         now = time.time() if now_wall_s is None else now_wall_s
         t0 = time.perf_counter()
-        touched = (np.unique(np.concatenate(self._touched)).astype(np.int32) if self._touched
-                   else np.zeros(0, dtype=np.int32))
+        touched = self._touched_edges()
         possible = self._last is not None and self._published is not None and \
             self._seen_version == self.estimator.version
         if full is None:
@@ -428,6 +470,47 @@ class EstimatorCore:
         self.applied = int(counters["applied"])
         self.folds = int(counters["folds"])
         self.traversals = int(counters["traversals"])
+        self.watermark_t = state["watermark_t"]
+        self._dirty = True
+
+    def load_state_by_key(self, state: dict[str, Any], *, keep_applied: bool = True) -> None:
+        """Restore this estimator's segments from a state saved over a superset of them,
+        matching by edge key (an estimator shard starting from an unsharded checkpoint).
+
+        Every key of this estimator must be in the saved state (same network). The counters
+        ``applied`` and ``traversals`` are kept only with ``keep_applied`` (one shard counts
+        them, :mod:`workers.shards`); the others start at 0.
+
+        Raises ``ValueError`` when the saved state lacks some of this estimator's keys.
+        """
+        from traffic.profiles import TimeOfWeekProfile, index_of_keys
+        from workers.state import unprefixed
+
+        version = state.get("version", 1)
+        if version not in (1, self.STATE_VERSION):
+            raise ValueError(f"estimator state version {version!r}; this code reads 1 and "
+                             f"{self.STATE_VERSION}")
+        speed = unprefixed("speed", state)
+        saved_keys = np.asarray(speed["edge_key"], dtype=np.int64)
+        src = index_of_keys(saved_keys, np.asarray(self.net.edge_key, dtype=np.int64))
+        if np.any(src < 0):
+            raise ValueError(f"the saved estimator state lacks {int(np.sum(src < 0))} of this "
+                             f"shard's {src.size} edge keys (a checkpoint of another network)")
+        profile = unprefixed("profile", state)
+        if self.profile is not None and profile:
+            observed_t = profile.pop("observed_t", None) if version == 1 \
+                else state.get("profile_observed_t")
+            whole = TimeOfWeekProfile(saved_keys, self.profile.config)
+            whole.load_state_dict(profile)
+            self.profile = self.prior = whole.remap_to(self.net.edge_key)
+            self.estimator._profile = self.profile  # the estimator's prior is this profile
+            self._profile_observed_t = observed_t
+        self.estimator.load_state_dict(speed, strict=False)
+        self._covered = np.asarray(state["covered"], dtype=bool)[src].copy()
+        counters = state["counters"]
+        self.applied = int(counters["applied"]) if keep_applied else 0
+        self.traversals = int(counters["traversals"]) if keep_applied else 0
+        self.folds = int(counters["folds"])
         self.watermark_t = state["watermark_t"]
         self._dirty = True
 

@@ -96,11 +96,23 @@ class Services(Intake, Queries):
             self._order_lock = self.durability.order_lock
         # Held for the service's life: restarted actors re-read their arguments from it.
         self._net_ref = stages.share(net)
-        self.estimator, self.estimator_on_gpu = stages.start_estimator(
-            self._net_ref, config.estimator_service(), prior=prior, use_gpu=config.use_gpu)
+        #: With ``estimator_shards > 1``: the sharded estimator (``workers.shards``), which
+        #: then also stands as ``estimator`` (its calls fan out to the shards and merge).
+        self.shards: Any = None
+        if config.estimator_shards > 1:
+            from workers.shards import ShardedEstimator
+
+            self.shards, self.estimator_on_gpu = ShardedEstimator.start(
+                stages, net, config.estimator_service(), n_shards=config.estimator_shards,
+                prior=prior, data_dir=config.data_dir, use_gpu=config.use_gpu)
+            self.estimator = self.shards
+        else:
+            self.estimator, self.estimator_on_gpu = stages.start_estimator(
+                self._net_ref, config.estimator_service(), prior=prior, use_gpu=config.use_gpu)
         self.ingest_stages = stages.start_ingest(self._net_ref, config.ingest_config(),
                                                  config.n_ingest)
-        self.folds = FoldQueue(stages, self.estimator, max_inflight=config.max_fold_inflight)
+        self.folds = FoldQueue(stages, self.estimator, max_inflight=config.max_fold_inflight,
+                               shards=self.shards)
         self.router_actors = stages.start_routers(self._net_ref, config.router_replicas,
                                                   cache_dir=config.cache_dir)
         self.router: RouterCore | None = (None if self.router_actors
@@ -151,8 +163,15 @@ class Services(Intake, Queries):
 
     # -- stage calls --------------------------------------------------------------------
     def estimator_call(self, name: str, *args: Any, timeout: float | None = None) -> Any:
-        """Call an ``EstimatorCore`` method and wait for its result."""
+        """Call an ``EstimatorCore`` method and wait for its result (sharded: the
+        ``ShardedEstimator`` method, which fans out to the shards and merges)."""
+        if self.shards is not None:
+            return getattr(self.shards, name)(*args)
         return self.stages.get(self.stages.call(self.estimator, name, *args), timeout=timeout)
+
+    def estimator_handles(self) -> list[Any]:
+        """The estimator stages: the one estimator, or every shard."""
+        return [self.estimator] if self.shards is None else list(self.shards.handles)
 
     def ingest_call_all(self, name: str, *args: Any) -> list[Any]:
         """Call a method on every ingest stage and wait for the results, in partition order."""
@@ -220,7 +239,7 @@ class Services(Intake, Queries):
         sent = held[1].add(pub, s.share(pub) if self.router_actors else pub)
         if sent is PublicationChain.BROKEN:
             pub = self.estimator_call("publish")  # a full vector
-            if pub.network_version != held[0]:
+            if pub is None or pub.network_version != held[0]:
                 return
             sent = held[1].add(pub, s.share(pub) if self.router_actors else pub)
         if not isinstance(sent, list):
@@ -324,7 +343,7 @@ class Services(Intake, Queries):
         """Node id of every stage, by role (to check that a cluster spreads them)."""
         s = self.stages
         return {"ingest": s.placement(self.ingest_stages),
-                "estimator": s.placement([self.estimator]),
+                "estimator": s.placement(self.estimator_handles()),
                 "router": s.placement(self.router_actors)}
 
     # -- network jobs and swaps ---------------------------------------------------------
@@ -361,7 +380,8 @@ class Services(Intake, Queries):
             net_ref = self._net_ref = s.share(net)
             self.fold_replies(s.swap_network(self.ingest_stages, net_ref))
             self.folds.drain()
-            carried = self.estimator_call("remap_to", net_ref)
+            carried = self.estimator_call("remap_to", net if self.shards is not None
+                                          else net_ref)
             pub = self.estimator_call("publish")  # a full vector: a new chain starts at it
             chain = PublicationChain()
             sent = chain.add(pub, s.share(pub) if isinstance(prepared, list) else pub)
@@ -389,7 +409,8 @@ class Services(Intake, Queries):
         self._closed = True
         if self.durability is not None:
             self.durability.close()
-        self.stages.close([*self.ingest_stages, self.estimator, *self.router_actors])
+        self.stages.close([*self.ingest_stages, *self.estimator_handles(),
+                           *self.router_actors])
 
 
 class LocalServices(Services):

@@ -63,6 +63,13 @@ class LocalStages:
         """The estimator core (NumPy here; the GPU belongs to the Ray estimator actor)."""
         return EstimatorCore(net, config, prior=prior), False
 
+    def start_estimator_shards(self, views: Sequence[Any], configs: Sequence[Any], *,
+                               priors: Sequence[Any], use_gpu: str
+                               ) -> tuple[list[EstimatorCore], bool]:
+        """One estimator core per shard (``workers.shards``), NumPy."""
+        return [EstimatorCore(v, c, prior=p)
+                for v, c, p in zip(views, configs, priors, strict=True)], False
+
     def start_ingest(self, net: RoadNetwork, config: IngestConfig, n: int) -> list[IngestCore]:
         """``n`` ingest cores sharing one spatial index and route-distance oracle."""
         first = IngestCore(net, config, partition=0)
@@ -155,9 +162,13 @@ class FoldQueue:
     logged and counted (``fold_errors``).
     """
 
-    def __init__(self, stages: Any, estimator: Any, *, max_inflight: int) -> None:
-        self.stages, self.estimator = stages, estimator
-        self.max_inflight = max(1, int(max_inflight))
+    def __init__(self, stages: Any, estimator: Any, *, max_inflight: int,
+                 shards: Any = None) -> None:
+        self.stages, self.estimator, self.shards = stages, estimator, shards
+        # With estimator shards (``workers.shards.ShardedEstimator``) every batch is one fold
+        # per shard, each of the batch's part for that shard, sent in the same order.
+        n = 1 if shards is None else len(shards.handles)
+        self.max_inflight = max(1, int(max_inflight)) * n
         self._lock = threading.Lock()
         self._refs: list[Any] = []
         self.fold_errors = 0
@@ -170,8 +181,13 @@ class FoldQueue:
             return
         wall = time.time() if accepted_wall_s is None else accepted_wall_s
         with self._lock:  # the call order is the fold order
-            self._refs.append(self.stages.call(self.estimator, "fold", batch, n_matched,
-                                               accepted_wall_s=wall))
+            if self.shards is None:
+                self._refs.append((self.estimator, self.stages.call(
+                    self.estimator, "fold", batch, n_matched, accepted_wall_s=wall)))
+            else:
+                for handle, args, kwargs in self.shards.fold_calls(batch, n_matched, wall):
+                    self._refs.append((handle, self.stages.call(handle, "fold", *args,
+                                                                **kwargs)))
         self._reap(0)
         excess = len(self._refs) - self.max_inflight
         if excess > 0:
@@ -200,17 +216,18 @@ class FoldQueue:
         failed = None
         with self._lock:
             n = 0
-            while n < len(self._refs) and (n < wait_for or self.stages.done(self._refs[n])):
+            while n < len(self._refs) and (n < wait_for or self.stages.done(self._refs[n][1])):
                 n += 1
             done, self._refs = self._refs[:n], self._refs[n:]
             failed = self._collect(done)
         if failed is not None:
-            self.stages.restart(self.estimator, failed)
+            self.stages.restart(failed[0], failed[1])
 
-    def _collect(self, done: list[Any]) -> BaseException | None:
-        """Wait for ``done``'s folds; count and return the last error that is not a restart."""
+    def _collect(self, done: list[Any]) -> tuple[Any, BaseException] | None:
+        """Wait for ``done``'s folds; count and return the last error that is not a restart
+        (with the stage that raised it)."""
         failed = None
-        for ref in done:
+        for handle, ref in done:
             try:
                 self.stages.get(ref)
             except Exception as exc:
@@ -220,7 +237,7 @@ class FoldQueue:
                 self.last_fold_error = f"{type(exc).__name__}: {exc}"[:500]
                 logger.error("a fold failed in the estimator (%s); restarting it so that it "
                              "is restored from the checkpoint and the log", self.last_fold_error)
-                failed = exc
+                failed = (handle, exc)
         return failed
 
 
@@ -256,6 +273,28 @@ class RayStages:
         actor = ray.remote(EstimatorCore).options(
             num_gpus=1 if on_gpu else 0, num_cpus=0, max_restarts=-1, runtime_env=self._env)
         return actor.remote(net, config, xp="cupy" if on_gpu else "numpy", prior=prior), on_gpu
+
+    def start_estimator_shards(self, views: Sequence[Any], configs: Sequence[Any], *,
+                               priors: Sequence[Any], use_gpu: str) -> tuple[list[Any], bool]:
+        """One estimator actor per shard (``workers.shards``), shard ``s`` on the ``s``-th
+        node round robin; each on a GPU when asked or (``auto``) when every shard can have
+        one."""
+        import ray
+
+        n = len(views)
+        on_gpu = use_gpu == "yes" or (use_gpu == "auto" and gpu_available()
+                                      and ray.cluster_resources().get("GPU", 0) >= n)
+        actor = ray.remote(EstimatorCore)
+        handles = []
+        for s, (view, cfg, prior) in enumerate(zip(views, configs, priors, strict=True)):
+            opts: dict[str, Any] = {"num_gpus": 1 if on_gpu else 0, "num_cpus": 0,
+                                    "max_restarts": -1, "runtime_env": self._env}
+            if not on_gpu:  # GPU shards go where the GPUs are
+                opts["scheduling_strategy"] = _spread(s)
+            handles.append(actor.options(**opts).remote(
+                ray.put(view), cfg, xp="cupy" if on_gpu else "numpy",
+                prior=None if prior is None else ray.put(prior)))
+        return handles, on_gpu
 
     def start_ingest(self, net: Any, config: IngestConfig, n: int) -> list[Any]:
         """``n`` ingest actors spread over the nodes."""

@@ -13,16 +13,21 @@ Versions of the whole pipeline state (the ``version`` entry):
    point: the matchers held no points, so the ingest parts carry no matcher state.
 2. Ingest parts carry each matcher's pending candidates and open traversal runs, so a
    checkpoint no longer flushes the matchers (it does not cut any vehicle's look-ahead).
+3. A sharded estimator (``--estimator-shards N``, :mod:`workers.shards`): ``estimator_shards``
+   (N) and each shard's state under ``estimator<s>.`` instead of ``estimator.``. A service
+   with one estimator still writes version 2 (unchanged, so a release before shards can
+   still read it). Read into N shards, a version 1 or 2 state is split by edge key; a
+   version 3 state must have as many shards as the service (the message names both counts).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-#: Version of the pipeline state this code writes.
-STATE_VERSION = 2
+#: Version of the pipeline state this code writes (one estimator: 2, see the docstring).
+STATE_VERSION = 3
 #: Versions this code reads.
-READABLE_VERSIONS = (1, 2)
+READABLE_VERSIONS = (1, 2, 3)
 
 
 def prefixed(prefix: str, state: dict[str, Any]) -> dict[str, Any]:
@@ -36,25 +41,37 @@ def unprefixed(prefix: str, state: dict[str, Any]) -> dict[str, Any]:
     return {k[len(p):]: v for k, v in state.items() if k.startswith(p)}
 
 
-def compose(estimator: dict[str, Any], ingest: list[dict[str, Any]],
+def compose(estimator: dict[str, Any] | list[dict[str, Any]], ingest: list[dict[str, Any]],
             watermark_t: float | None) -> dict[str, Any]:
-    """One checkpoint state from the estimator's and every ingest partition's state."""
-    state: dict[str, Any] = {"version": STATE_VERSION, "facade.watermark_t": watermark_t}
-    state.update(prefixed("estimator", estimator))
+    """One checkpoint state from the estimator's (or every estimator shard's, a list) and
+    every ingest partition's state."""
+    state: dict[str, Any] = {"facade.watermark_t": watermark_t}
+    if isinstance(estimator, dict):
+        state["version"] = 2
+        state.update(prefixed("estimator", estimator))
+    else:
+        state["version"] = STATE_VERSION
+        state["estimator_shards"] = len(estimator)
+        for s, part in enumerate(estimator):
+            state.update(prefixed(f"estimator{s}", part))
     for p, part in enumerate(ingest):
         state.update(prefixed(f"ingest{p}", part))
     return state
 
 
-def decompose(state: dict[str, Any], n_ingest: int
-              ) -> tuple[dict[str, Any], list[dict[str, Any]], float | None]:
+def decompose(state: dict[str, Any], n_ingest: int, n_shards: int = 1
+              ) -> tuple[Any, list[dict[str, Any]], float | None]:
     """``(estimator, [ingest part per partition], facade watermark)`` of a checkpoint state.
+
+    ``estimator`` is one state (a dict: versions 1 and 2, which N shards split by key) or,
+    for a version 3 state, a list of the ``n_shards`` shards' states.
 
     Raises
     ------
     ValueError
         When the state is of a version this code does not read (the message names both),
-        or lacks a partition (the service was restarted with another ``--ingest`` count).
+        lacks a partition (the service was restarted with another ``--ingest`` count), or
+        holds another number of estimator shards than ``n_shards`` (both counts named).
     """
     version = state.get("version", 1)
     if version not in READABLE_VERSIONS:
@@ -68,6 +85,14 @@ def decompose(state: dict[str, Any], n_ingest: int
     if missing or extra:
         raise ValueError(f"the checkpoint was taken with another number of ingest partitions "
                          f"(this service has {n_ingest}); restart with the same --ingest count")
+    if version == 3:
+        stored = int(state["estimator_shards"])
+        if stored != n_shards:
+            raise ValueError(f"the checkpoint was taken with {stored} estimator shards and this "
+                             f"service has {n_shards}; restart with --estimator-shards {stored} "
+                             f"(only an unsharded checkpoint is split into shards)")
+        shards = [unprefixed(f"estimator{s}", state) for s in range(stored)]
+        return shards, parts, state.get("facade.watermark_t")
     if version == 1:  # stage states of the first release carry no version of their own
         parts = [{**part, "version": 1} for part in parts]
         est = {**unprefixed("estimator", state), "version": 1}
