@@ -40,13 +40,14 @@ from typing import Any
 
 import numpy as np
 
+from graph.artifacts import spatial_index_for
 from graph.cch import (
     FULL_CUSTOMIZE_FRACTION, CCHIndex, Metric, PathResult, customize, prepare_cch, recustomize,
 )
 from graph.errors import NoCandidateError, NoRouteError
 from graph.network import RoadNetwork
 from graph.query_threads import CallerQueries, QueryThreads
-from graph.spatial import DEFAULT_SNAP_RADIUS_M, SpatialIndex, build_spatial_index, candidates
+from graph.spatial import DEFAULT_SNAP_RADIUS_M, SpatialIndex, candidates
 
 #: Weights version of the metric a router starts with (free-flow travel times).
 FREEFLOW_VERSION = "freeflow"
@@ -103,7 +104,8 @@ class Router:
         A prepared hierarchy for ``net`` (built, or its order read from ``cache_dir``, if not
         given).
     cache_dir
-        Where :func:`graph.cch.prepare_cch` caches the node order per network version.
+        Prepared artifacts (graph.artifacts): the CCH node order and the spatial index per
+        network version, read (the index mapped) when present, else built and saved there.
     spatial
         A spatial index of ``net`` (built if not given).
     query_threads
@@ -135,7 +137,8 @@ class Router:
             )
         self.net = net
         self.index = index if index is not None else prepare_cch(net, cache_dir=cache_dir)
-        self.spatial = spatial if spatial is not None else build_spatial_index(net)
+        # Mapped from the prepared artifacts in cache_dir (graph.artifacts) when given.
+        self.spatial = spatial if spatial is not None else spatial_index_for(net, cache_dir)
         self._freeflow_s = net.edge_freeflow_time_s
         self._pt_cum_m = _point_positions_m(net, self.spatial)
         self._swap_lock = threading.Lock()
@@ -418,24 +421,24 @@ class Router:
     # -- internals -------------------------------------------------------------------------
     def _snap(
         self, lat: np.ndarray, lon: np.ndarray, max_snap_m: float, *,
-        labels: tuple[str, ...] | None = None,
+        labels: tuple[str, ...] | None = None, allowed: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Equally-near candidate edges per point: ``(point, edge, offset_m)``, sorted by point.
 
         Searches within :data:`FIRST_SNAP_M` first (most points lie near a road, and a small
         radius finds far fewer segments to project on), then within ``max_snap_m`` for the
         points whose nearest road (with its ties) is not surely inside the first radius.
+        ``allowed`` (bool per edge) restricts snapping to those edges (:mod:`graph.avoid`).
         """
         r1 = min(max_snap_m, FIRST_SNAP_M)
-        pi, ei, dist, off = candidates(self.spatial, lat, lon, radius_m=r1, k=_MAX_SNAP_CANDIDATES)
+        pi, ei, dist, off = self._candidates(lat, lon, r1, allowed)
         if r1 < max_snap_m:
             nearest = np.full(lat.shape[0], np.inf)
             has, first = np.unique(pi, return_index=True)
             nearest[has] = dist[first]  # the first candidate of each point is its nearest
             again = np.flatnonzero(~(nearest <= r1 - SNAP_TIE_M))
             if again.size:
-                pj, ej, dj, oj = candidates(self.spatial, lat[again], lon[again],
-                                            radius_m=max_snap_m, k=_MAX_SNAP_CANDIDATES)
+                pj, ej, dj, oj = self._candidates(lat[again], lon[again], max_snap_m, allowed)
                 keep = nearest[pi] <= r1 - SNAP_TIE_M
                 pi = np.concatenate([pi[keep], again[pj]])
                 ei, dist, off = (np.concatenate([a[keep], b]) for a, b in ((ei, ej), (dist, dj), (off, oj)))
@@ -454,6 +457,18 @@ class Router:
         first = np.searchsorted(pi, pi)
         keep = dist <= dist[first] + SNAP_TIE_M
         return pi[keep], ei[keep], off[keep]
+
+    def _candidates(
+        self, lat: np.ndarray, lon: np.ndarray, radius_m: float, allowed: np.ndarray | None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """:func:`graph.spatial.candidates`, keeping only ``allowed`` edges (when given; then
+        more candidates are searched, as the nearest ones may all be excluded)."""
+        if allowed is None:
+            return candidates(self.spatial, lat, lon, radius_m=radius_m, k=_MAX_SNAP_CANDIDATES)
+        pi, ei, dist, off = candidates(self.spatial, lat, lon, radius_m=radius_m,
+                                       k=_MAX_SNAP_CANDIDATES * 8)
+        keep = allowed[ei]
+        return pi[keep], ei[keep], dist[keep], off[keep]
 
     def _build_route(
         self, weights_version: str, res: PathResult, off_s: float, off_t: float,

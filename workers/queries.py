@@ -40,23 +40,33 @@ class Queries:
         self, from_latlon: tuple[float, float], to_latlon: tuple[float, float], *,
         depart_at_s: float | None = None, max_snap_m: float = 200.0,
         profile_horizon_s: float = 900.0, steps: bool = False,
+        exclude: tuple[str, ...] | list[str] = (), avoid: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Route and ETA; live weights unless ``depart_at_s`` is beyond the horizon and a
         time-of-week profile exists (then ``basis`` is ``profile``). ``steps`` adds ``legs``
-        with turn-by-turn steps (built by the router replica, :mod:`graph.steps`)."""
+        with turn-by-turn steps (built by the router replica, :mod:`graph.steps`).
+        ``exclude`` (tag classes) and ``avoid`` (GeoJSON polygon) close edges for this route
+        only (:mod:`graph.avoid`, in the replica)."""
         profile = self._profile_for(depart_at_s, profile_horizon_s)
-        extra = {"steps": True} if steps else {}
+        extra: dict[str, Any] = {"steps": True} if steps else {}
+        if exclude:
+            extra["exclude"] = tuple(exclude)
+        if avoid is not None:
+            extra["avoid"] = avoid
         return self._on_router("route", from_latlon, to_latlon, max_snap_m=max_snap_m,
                                profile=profile, **extra)
 
     def table(self, sources: list[tuple[float, float]],
               destinations: list[tuple[float, float]], *, max_snap_m: float = 200.0,
               depart_at_s: float | None = None,
-              profile_horizon_s: float = 900.0) -> dict[str, Any]:
-        """Duration matrix over the live weights, or the profile's as :meth:`route` decides."""
+              profile_horizon_s: float = 900.0,
+              exclude: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
+        """Duration matrix over the live weights, or the profile's as :meth:`route` decides;
+        ``exclude`` as in :meth:`route`."""
         profile = self._profile_for(depart_at_s, profile_horizon_s)
+        extra = {"exclude": tuple(exclude)} if exclude else {}
         return self._on_router("table", sources, destinations, max_snap_m=max_snap_m,
-                               profile=profile)
+                               profile=profile, **extra)
 
     def _on_router(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Run a query on the in-process router, or on the next replica; a replica that dies

@@ -161,6 +161,7 @@ class RouterCore:
         max_snap_m: float = 200.0,
         profile: tuple[Any, np.ndarray] | None = None,
         on_caller: bool = False, caller_queries: Any = None, steps: bool = False,
+        exclude: tuple[str, ...] | list[str] = (), avoid: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Route between two points; the JSON-ready answer with versions and ``basis``.
 
@@ -168,11 +169,19 @@ class RouterCore:
         times, customized once per ``key`` and cached. ``on_caller``/``caller_queries``: run
         the search on the calling thread (see :meth:`graph.router.Router.route`). With
         ``steps`` the answer has ``legs`` with turn-by-turn steps (:mod:`graph.steps`), built
-        here in the replica, which holds the network's names.
+        here in the replica, which holds the network's names. ``exclude`` (tag classes) and
+        ``avoid`` (a GeoJSON Polygon or MultiPolygon) close edges for this request only
+        (:mod:`graph.avoid`; the search then runs on the calling thread).
         """
         basis, key = self._profile_key(profile)
-        res = self.router.route(tuple(from_latlon), tuple(to_latlon), max_snap_m=max_snap_m,
-                                profile=key, on_caller=on_caller, caller_queries=caller_queries)
+        if exclude or avoid is not None:
+            res = self.avoid_router().route(tuple(from_latlon), tuple(to_latlon),
+                                            exclude=exclude, avoid=avoid,
+                                            max_snap_m=max_snap_m, profile=key)
+        else:
+            res = self.router.route(tuple(from_latlon), tuple(to_latlon), max_snap_m=max_snap_m,
+                                    profile=key, on_caller=on_caller,
+                                    caller_queries=caller_queries)
         out = dict(res.to_json())
         out["weights_t"] = self.weights_t if basis == "live" else None
         out["basis"] = basis
@@ -181,6 +190,18 @@ class RouterCore:
 
             out["legs"] = route_legs(self.net, res, travel_time_s=self._travel_times(key))
         return out
+
+    def avoid_router(self) -> Any:
+        """The :class:`graph.avoid.AvoidRouter` over this replica's router (made on first use)."""
+        avoid = self.__dict__.get("_avoid")
+        if avoid is None:
+            from graph.avoid import AvoidRouter
+
+            with self._lock:
+                avoid = self.__dict__.get("_avoid")
+                if avoid is None:
+                    avoid = self._avoid = AvoidRouter(self.router)
+        return avoid
 
     def _travel_times(self, key: Any) -> np.ndarray | None:
         """The travel times (s per edge) of the metric routes on ``key`` use (None: live),
@@ -206,15 +227,19 @@ class RouterCore:
     def table(
         self, sources: list[tuple[float, float]], destinations: list[tuple[float, float]],
         *, max_snap_m: float = 200.0, profile: tuple[Any, np.ndarray] | None = None,
+        exclude: tuple[str, ...] | list[str] = (),
     ) -> dict[str, Any]:
         """Duration matrix (s; ``None`` where unreachable) between two point lists.
 
-        ``profile`` as in :meth:`route`; ``basis`` says which weights answered.
+        ``profile`` as in :meth:`route`; ``basis`` says which weights answered. ``exclude``
+        as in :meth:`route`.
         """
         basis, key = self._profile_key(profile)
-        mat = self.router.table(np.asarray(sources, dtype=np.float64).reshape(-1, 2),
-                                np.asarray(destinations, dtype=np.float64).reshape(-1, 2),
-                                max_snap_m=max_snap_m, profile=key)
+        on = self.avoid_router().table if exclude else self.router.table
+        kw = {"exclude": exclude} if exclude else {}
+        mat = on(np.asarray(sources, dtype=np.float64).reshape(-1, 2),
+                 np.asarray(destinations, dtype=np.float64).reshape(-1, 2),
+                 max_snap_m=max_snap_m, profile=key, **kw)
         cells = mat.astype(object)
         cells[~np.isfinite(mat)] = None
         rows = cells.tolist()
