@@ -41,14 +41,18 @@ class Queries:
         depart_at_s: float | None = None, max_snap_m: float = 200.0,
         profile_horizon_s: float = 900.0, steps: bool = False,
         exclude: tuple[str, ...] | list[str] = (), avoid: dict[str, Any] | None = None,
+        **nav: Any,
     ) -> dict[str, Any]:
         """Route and ETA; live weights unless ``depart_at_s`` is beyond the horizon and a
         time-of-week profile exists (then ``basis`` is ``profile``). ``steps`` adds ``legs``
         with turn-by-turn steps (built by the router replica, :mod:`graph.steps`).
         ``exclude`` (tag classes) and ``avoid`` (GeoJSON polygon) close edges for this route
-        only (:mod:`graph.avoid`, in the replica)."""
+        only (:mod:`graph.avoid`, in the replica). ``nav``: ``via`` (points between),
+        ``bearing``/``bearing_range``, ``alternatives``, ``annotations``, ``geometry_format``
+        (:mod:`graph.navigation`, in the replica; only the ones given are passed)."""
         profile = self._profile_for(depart_at_s, profile_horizon_s)
         extra: dict[str, Any] = {"steps": True} if steps else {}
+        extra.update(nav)
         if exclude:
             extra["exclude"] = tuple(exclude)
         if avoid is not None:

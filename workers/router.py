@@ -162,6 +162,7 @@ class RouterCore:
         profile: tuple[Any, np.ndarray] | None = None,
         on_caller: bool = False, caller_queries: Any = None, steps: bool = False,
         exclude: tuple[str, ...] | list[str] = (), avoid: dict[str, Any] | None = None,
+        **nav: Any,
     ) -> dict[str, Any]:
         """Route between two points; the JSON-ready answer with versions and ``basis``.
 
@@ -174,6 +175,14 @@ class RouterCore:
         (:mod:`graph.avoid`; the search then runs on the calling thread).
         """
         basis, key = self._profile_key(profile)
+        if (steps or nav) and not exclude and avoid is None:
+            # Navigation options (via, bearing, alternatives, annotations, geometry_format):
+            # graph.navigation, on the query threads.
+            out = self._navigate([tuple(from_latlon), *nav.pop("via", ()), tuple(to_latlon)],
+                                 key, max_snap_m=max_snap_m, steps=steps, **nav)
+            out["weights_t"] = self.weights_t if basis == "live" else None
+            out["basis"] = basis
+            return out
         if exclude or avoid is not None:
             res = self.avoid_router().route(tuple(from_latlon), tuple(to_latlon),
                                             exclude=exclude, avoid=avoid,
@@ -189,6 +198,26 @@ class RouterCore:
             from graph.steps import route_legs
 
             out["legs"] = route_legs(self.net, res, travel_time_s=self._travel_times(key))
+        return out
+
+    def _navigate(self, points: list[tuple[float, float]], key: Any, *, max_snap_m: float,
+                  steps: bool, bearing: float | None = None, bearing_range: float | None = None,
+                  alternatives: int = 0, annotations: bool = False,
+                  geometry_format: str = "geojson") -> dict[str, Any]:
+        """A route through ``points`` with legs, summaries and the asked-for extras
+        (:func:`graph.navigation.plan_route` and :func:`graph.navigation.plan_answer`)."""
+        from graph.navigation import DEFAULT_BEARING_RANGE_DEG, plan_answer, plan_route
+
+        plan = plan_route(self.router, points, max_snap_m=max_snap_m, profile=key,
+                          bearing_deg=bearing, alternatives=alternatives,
+                          bearing_range_deg=DEFAULT_BEARING_RANGE_DEG if bearing_range is None
+                          else bearing_range)
+        tt = self._travel_times(key)
+        out = plan_answer(self.net, plan, steps=steps, annotations=annotations,
+                          geometry_format=geometry_format, travel_time_s=tt,
+                          observed=plan.weights_version != "freeflow")
+        if not alternatives:
+            out.pop("alternatives")
         return out
 
     def avoid_router(self) -> Any:
