@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import register_error_handlers
@@ -20,6 +20,7 @@ from api.metrics import Metrics
 from api.routes import network, probes, routing, status
 from api.security import AuthMiddleware, warn_if_open
 from api.settings import Settings
+from api.strict import strict_parameters
 from graph.query_threads import CallerQueries
 from workers.services import NotReady
 
@@ -81,8 +82,10 @@ def create_app(services: Any, settings: Settings | None = None, *,
         if close_services:
             services.close()
 
+    # Unknown query parameters and body fields on /v1 are 422s (api/strict.py).
     app = FastAPI(title=settings.title, version="0.1.0", lifespan=lifespan,
-                  description="Live traffic: probes in, speeds, routes and ETAs out.")
+                  description="Live traffic: probes in, speeds, routes and ETAs out.",
+                  dependencies=[Depends(strict_parameters)])
     app.state.services = services
     app.state.settings = settings
     app.state.metrics = Metrics(services.status)

@@ -88,7 +88,19 @@ class LegOut(BaseModel):
 
     distance_m: float
     duration_s: float
-    steps: list[StepOut]
+    summary: str | None = Field(default=None, description="names of the leg's longest roads")
+    steps: list[StepOut] | None = Field(default=None, description="with steps=true")
+
+
+class AnnotationsOut(BaseModel):
+    """Per edge of the route's ``edges`` (same order and length), for colouring its line."""
+
+    speed_mps: list[float] = Field(description="speed on the edge's travel time")
+    duration_s: list[float] = Field(description="seconds driven on it (ends in part)")
+    congestion: list[Literal["low", "moderate", "heavy", "severe", "unknown"]] = Field(
+        description="speed / free-flow speed >= 0.85 low, >= 0.65 moderate, >= 0.45 heavy, "
+                    "else severe (the map's classes); unknown where not observed")
+    edge_keys: list[int]
 
 
 class RouteOut(BaseModel):
@@ -98,7 +110,8 @@ class RouteOut(BaseModel):
     duration_s: float
     distance_m: float
     freeflow_duration_s: float
-    geometry: GeometryOut
+    geometry: GeometryOut | str = Field(description="GeoJSON LineString, or with "
+                                        "geometry_format=polyline6 an encoded polyline")
     edges: list[int] = Field(description="stable edge keys, in order of travel")
     network_version: str
     weights_version: str
@@ -106,6 +119,11 @@ class RouteOut(BaseModel):
     basis: Literal["live", "profile"]
     legs: list[LegOut] | None = Field(default=None, description="with steps=true: one leg "
                                       "per stretch between waypoints, each with its steps")
+    summary: str | None = Field(default=None, description="with any navigation option: the "
+                                "names of the two or three longest roads")
+    annotations: AnnotationsOut | None = Field(default=None, description="with annotations=true")
+    alternatives: list[RouteOut] | None = Field(default=None, description="with "
+                                                "alternatives=N: admissible alternatives")
 
 
 class LatLonIn(BaseModel):

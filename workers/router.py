@@ -180,8 +180,9 @@ class RouterCore:
             # graph.navigation, on the query threads.
             out = self._navigate([tuple(from_latlon), *nav.pop("via", ()), tuple(to_latlon)],
                                  key, max_snap_m=max_snap_m, steps=steps, **nav)
-            out["weights_t"] = self.weights_t if basis == "live" else None
-            out["basis"] = basis
+            for r in (out, *out.get("alternatives", ())):
+                r["weights_t"] = self.weights_t if basis == "live" else None
+                r["basis"] = basis
             return out
         if exclude or avoid is not None:
             res = self.avoid_router().route(tuple(from_latlon), tuple(to_latlon),

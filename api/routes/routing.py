@@ -13,7 +13,7 @@ it in the OpenAPI schema (tests check answers against it).
 from __future__ import annotations
 
 from functools import partial
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Query, Request, Response
@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import ServicesDep, SettingsDep
 from api.errors import ApiError
+from api.navigation import MAX_ALTERNATIVES, MAX_VIA_POINTS, navigation_options
 from api.routes.params import latlon_query, time_query
 from api.schemas import RouteOut, TableIn, TableOut
 
@@ -59,12 +60,36 @@ async def get_route(
     depart_at: Annotated[str | None, Query(description="unix seconds or ISO 8601; default now")] = None,
     max_snap_m: Annotated[float | None, Query(gt=0, le=5000)] = None,
     steps: Annotated[bool, Query(description="add `legs` with turn-by-turn steps")] = False,
+    via: Annotated[str | None, Query(description=f"up to {MAX_VIA_POINTS} points between "
+                                 "`from` and `to`, as `lat,lon;lat,lon`: one leg each")] = None,
+    bearing: Annotated[float | None, Query(ge=0, le=360, description="origin's direction of "
+                                           "travel, degrees clockwise from north")] = None,
+    bearing_range: Annotated[float | None, Query(ge=0, le=180, description="allowed deviation "
+                                                 "from `bearing` (degrees, default 45)")] = None,
+    alternatives: Annotated[int, Query(ge=0, le=MAX_ALTERNATIVES, description="up to 3 "
+                                       "admissible alternative routes")] = 0,
+    annotations: Annotated[bool, Query(description="per-edge speed_mps, duration_s, "
+                                       "congestion, edge_keys")] = False,
+    geometry_format: Annotated[Literal["geojson", "polyline6"], Query(
+        description="GeoJSON LineString or Google encoded polyline (precision 6)")] = "geojson",
 ) -> Response:
     """Fastest route and ETA from ``from`` to ``to``, leaving at ``depart_at``; with
     ``steps=true`` also ``legs: [{steps: [...]}]`` (manoeuvres, names, instructions)."""
     a = latlon_query(from_, name="from")
     b = latlon_query(to, name="to")
     t = _departure(depart_at)
+    nav = navigation_options(via=via, bearing=bearing, bearing_range=bearing_range,
+                             alternatives=alternatives, annotations=annotations,
+                             geometry_format=geometry_format,
+                             exclude=request.query_params.get("exclude"))
+    if nav:  # via points, headings, alternatives, annotations: graph.navigation, threadpool
+        out = await run_in_threadpool(partial(
+            services.route, a, b, depart_at_s=t,
+            max_snap_m=max_snap_m if max_snap_m is not None else settings.max_snap_m,
+            profile_horizon_s=settings.profile_horizon_s, **({"steps": True} if steps else {}),
+            **nav))
+        return Response(orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY),
+                        media_type="application/json")
     snap_m = max_snap_m if max_snap_m is not None else settings.max_snap_m
     # Steps cost O(route edges) in Python: built in the threadpool, never on the event loop.
     core = inline_router(services) if t is None and not steps else None
