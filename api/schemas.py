@@ -140,6 +140,35 @@ class TableIn(BaseModel):
     destinations: list[tuple[float, float]] = Field(min_length=1)
     depart_at: str | float | None = Field(
         default=None, description="unix seconds or ISO 8601; default now (live weights)")
+    exclude: str | list[str] | None = Field(
+        default=None, description="tag classes no route may use: motorway, toll, ferry "
+                                  "(`\"motorway,toll\"` or a list)")
+
+
+#: A point in a JSON body: ``[lat, lon]`` or ``"lat,lon"``.
+PointIn = tuple[float, float] | str
+
+
+class RouteIn(BaseModel):
+    """The body of ``POST /v1/route``: the ``GET`` parameters as fields, plus ``avoid``.
+
+    ``avoid`` is a GeoJSON Polygon or MultiPolygon (``[lon, lat]`` positions, rings closed):
+    the route never uses a road that meets it, and an end point inside it is a 422
+    ``point_in_avoid``. Unknown fields are a 422 naming them.
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    from_: PointIn = Field(alias="from", description="origin, `[lat, lon]` or `\"lat,lon\"`")
+    to: PointIn = Field(description="destination, `[lat, lon]` or `\"lat,lon\"`")
+    avoid: dict[str, Any] | None = Field(
+        default=None, description="GeoJSON Polygon or MultiPolygon the route may not enter")
+    exclude: str | list[str] | None = Field(
+        default=None, description="tag classes the route may not use: motorway, toll, ferry")
+    steps: bool = Field(default=False, description="add `legs` with turn-by-turn steps")
+    depart_at: str | float | None = Field(
+        default=None, description="unix seconds or ISO 8601; default now (live weights)")
+    max_snap_m: float | None = Field(default=None, gt=0, le=5000)
 
 
 class TableOut(BaseModel):

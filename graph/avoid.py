@@ -14,9 +14,10 @@ metric per class.
   holds the router's live weights (or a profile's) with a set of edges closed, and remembers
   which: ``(source metric, its weights version, signature of the closed set)``.
 - A request takes one metric of the pool **exclusively** and brings it to ``(current live
-  weights, its closed set)`` in place with :func:`graph.cch.recustomize_to`: only the edges
-  whose millisecond weight differs go to RoutingKit, partially (few) or as a full reset (more
-  than :data:`graph.cch.FULL_CUSTOMIZE_FRACTION`). It queries on it on the calling thread (a
+  weights, its closed set)`` in place (:func:`graph.cch.take_times`, then
+  :func:`graph.cch.recustomize`): only the edges whose millisecond weight differs go to
+  RoutingKit, partially (few) or as a full reset (more than
+  :data:`graph.cch.FULL_CUSTOMIZE_FRACTION`). It queries on it on the calling thread (a
   query object made and dropped within the call, so nothing holds the metric afterwards) and
   gives it back.
 - Polygons: taking a metric that last served another ~1 km² polygon costs a partial update of
@@ -60,11 +61,12 @@ import shapely
 
 from graph.cch import (
     FULL_CUSTOMIZE_FRACTION,
-    INF_WEIGHT_MS,
+    PARTIAL_PAUSE,
     Metric,
     customize,
     metric_weights,
-    recustomize_to,
+    recustomize,
+    take_times,
 )
 from graph.errors import NoRouteError
 from graph.network import EDGE_FERRY, EDGE_TOLL, ROAD_CLASS_INDEX, RoadNetwork
@@ -80,6 +82,11 @@ MOTORWAY_ROAD_CLASSES: tuple[str, ...] = ("motorway", "motorway_link")
 MAX_AVOID_VERTICES = 10_000
 #: Default number of overlay metrics a router keeps (see the module docstring).
 DEFAULT_MAX_METRICS = 4
+#: Changed edges up to which an overlay's partial update runs unpaced (``pause=0`` in
+#: :func:`graph.cch.recustomize`): two ~1 km^2 polygons on NY are 100-1,000 edges, about
+#: 0.2-3 ms of RoutingKit holding the GIL (benchmarks/avoid.py); the pacing's sleeps cost
+#: more than that on a busy machine (p50 8.6 ms against 1-3 ms of compute).
+UNPACED_EDGES = 2048
 
 
 class AvoidGeometryError(ValueError):
@@ -422,33 +429,51 @@ class AvoidRouter:
         slot = self._acquire(signature, classes)
         try:
             t0 = time.perf_counter()
-            source = self.router._lease(profile)
-            try:
-                version = source.version
-                state = (id(source), version, signature)
-                weights = None if slot.state == state else metric_weights(source)
-            finally:
-                source.release()
-            if weights is None:
-                mode = "cached"
-            else:
-                tt, ms = weights
-                tt[closed] = np.inf
-                ms[closed] = INF_WEIGHT_MS
-                slot.state = None  # in case the update fails half-way
-                if slot.metric is None:
-                    slot.metric = customize(self.router.index, tt, version)
-                    mode = "new"
-                else:
-                    mode = recustomize_to(slot.metric, tt, ms, version,
-                                          full_fraction=self.full_fraction)
-                slot.state, slot.base = state, classes
+            mode = self._sync(slot, closed, signature, classes, profile)
             self.counts[mode] += 1
             self.last.update(mode=mode, sync_s=time.perf_counter() - t0)
             assert slot.metric is not None
             yield slot.metric
         finally:
             self._release(slot)
+
+    def _sync(self, slot: _Slot, closed: np.ndarray, signature: Hashable,
+              classes: tuple[str, ...], profile: Hashable | None) -> str:
+        """Bring ``slot``'s metric to the source's current weights with ``closed`` closed;
+        the mode (``cached`` when it held exactly that already)."""
+        source = self.router._lease(profile)
+        try:
+            version = source.version
+            state = (id(source), version, signature)
+            if slot.state == state:
+                return "cached"
+            slot.state = None  # until the update below completes
+            if slot.metric is None:
+                tt, _ = metric_weights(source)
+                diff = None
+            else:
+                diff = take_times(slot.metric, source)  # floats now; weights below
+        finally:
+            source.release()
+        try:
+            if diff is None:
+                tt[closed] = np.inf
+                slot.metric = customize(self.router.index, tt, version)
+                mode = "new"
+            else:
+                edges = np.union1d(diff, closed)
+                values = slot.metric.travel_time_s[edges]  # a copy (fancy indexing)
+                values[np.isin(edges, closed, assume_unique=True)] = np.inf
+                # A small update (a polygon) runs in one go: paced chunks would add a sleep,
+                # and a reschedule on a busy machine, per chunk to a ~1 ms update.
+                pause = 0.0 if edges.size <= UNPACED_EDGES else PARTIAL_PAUSE
+                mode = recustomize(slot.metric, edges, values, version,
+                                   full_fraction=self.full_fraction, pause=pause)
+        except BaseException:
+            slot.metric = None  # half-updated: made anew by the next request
+            raise
+        slot.state, slot.base = state, classes
+        return mode
 
     def _acquire(self, signature: Hashable, classes: tuple[str, ...]) -> _Slot:
         """A free slot: one holding ``signature``, else one with the same classes, else a new

@@ -377,3 +377,98 @@ def test_concurrent_requests_each_get_their_own_metric(li) -> None:
         t.join()
     assert not errors, errors
     assert avoid._n_slots <= 2
+
+
+# -- HTTP ---------------------------------------------------------------------------------
+A = "55.68176,12.55832"  # Gyldenløvesgade, central Copenhagen
+B = "55.67970,12.56335"
+
+
+@pytest.fixture(scope="module")
+def client():
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from api.settings import Settings
+    from graph.io import load_network
+    from workers.services import LocalServices, PipelineConfig
+
+    net = load_network(shared_file("scenario_kbh/network.osm.pbf"))
+    services = LocalServices(net, PipelineConfig(clock="event", n_ingest=1))
+    with TestClient(create_app(services, Settings(clock="event"))) as c:
+        yield c
+
+
+def _mid(client) -> tuple[float, float, list[int]]:
+    body = client.get("/v1/route", params={"from": A, "to": B}).json()
+    coords = body["geometry"]["coordinates"]
+    lon, lat = coords[len(coords) // 2]
+    return lon, lat, body["edges"]
+
+
+def test_http_get_exclude(client) -> None:
+    plain = client.get("/v1/route", params={"from": A, "to": B}).json()
+    r = client.get("/v1/route", params={"from": A, "to": B, "exclude": "motorway,ferry"})
+    assert r.status_code == 200
+    assert r.json()["edges"] == plain["edges"]  # no motorway or ferry on this route
+    bad = client.get("/v1/route", params={"from": A, "to": B, "exclude": "motorway,tunnel"})
+    assert bad.status_code == 422
+    assert bad.json() == {"code": "invalid_value", "details": None, "message":
+                          "`exclude` has unknown class 'tunnel'; known classes: motorway, "
+                          "toll, ferry"}
+
+
+def test_http_post_route_avoid(client) -> None:
+    lon, lat, edges = _mid(client)
+    poly = _square(lon, lat, 0.0008)
+    a = [float(x) for x in A.split(",")]
+    r = client.post("/v1/route", json={"from": a, "to": B, "avoid": poly, "exclude": ["ferry"]})
+    assert r.status_code == 200, r.json()
+    body = r.json()
+    assert body["edges"] != edges
+    line = shapely.LineString(body["geometry"]["coordinates"])
+    assert not line.intersects(parse_avoid(poly))
+    # Both point forms, and the GET parameters as fields.
+    again = client.post("/v1/route", json={"from": A, "to": B, "avoid": poly, "steps": True})
+    assert again.json()["edges"] == body["edges"] and again.json()["legs"]
+    plain = client.post("/v1/route", json={"from": A, "to": B})
+    assert plain.status_code == 200 and plain.json()["edges"] == edges
+
+
+def test_http_post_route_errors(client) -> None:
+    lat_b, lon_b = (float(x) for x in B.split(","))
+    r = client.post("/v1/route", json={"from": A, "to": B, "avoid": _square(lon_b, lat_b, 0.001)})
+    assert r.status_code == 422
+    assert r.json() == {"code": "point_in_avoid", "details": {"field": "to"}, "message":
+                        f"`to` (lat={lat_b:.6f}, lon={lon_b:.6f}) lies inside the avoided area"}
+    ring = {"type": "Polygon", "coordinates": [_square(lon_b, lat_b, 0.004)["coordinates"][0],
+                                               _square(lon_b, lat_b, 0.002)["coordinates"][0]]}
+    r = client.post("/v1/route", json={"from": A, "to": B, "avoid": ring})
+    assert (r.status_code, r.json()["code"]) == (404, "no_route")
+    open_ring = {"type": "Polygon", "coordinates": [[[12.55, 55.67], [12.56, 55.67],
+                                                     [12.56, 55.68], [12.55, 55.68]]]}
+    r = client.post("/v1/route", json={"from": A, "to": B, "avoid": open_ring})
+    assert r.status_code == 422
+    assert r.json() == {"code": "invalid_value", "details": {"field": "avoid.coordinates[0]"},
+                        "message": "`avoid.coordinates[0]` is not closed: its first position "
+                                   "[12.55, 55.67] differs from its last [12.55, 55.68]"}
+    r = client.post("/v1/route", json={"from": A, "to": B, "avoid": {"type": "Polygon",
+                                                                     "coordinates": "x"}})
+    assert (r.status_code, r.json()["message"]) == (
+        422, "`avoid.coordinates` must be a non-empty list")
+    r = client.post("/v1/route", json={"from": A, "to": B, "avoids": {}})
+    assert (r.status_code, r.json()["code"]) == (422, "unknown_parameter")  # api/strict.py
+    assert "`avoids`" in r.json()["message"]
+    r = client.post("/v1/route", json={"from": [91, 12.5], "to": B})
+    assert r.json()["message"] == "`from` latitude must be within [-90, 90]; got 91.0"
+
+
+def test_http_table_exclude(client) -> None:
+    pts = [[float(x) for x in p.split(",")] for p in (A, B)]
+    plain = client.post("/v1/table", json={"sources": pts, "destinations": pts}).json()
+    r = client.post("/v1/table", json={"sources": pts, "destinations": pts,
+                                       "exclude": "ferry"})
+    assert r.status_code == 200
+    assert np.allclose(r.json()["durations_s"], plain["durations_s"], atol=1e-3)
+    r = client.post("/v1/table", json={"sources": pts, "destinations": pts, "exclude": ["x"]})
+    assert (r.status_code, r.json()["code"]) == (422, "invalid_value")

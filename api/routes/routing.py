@@ -1,4 +1,4 @@
-"""``GET /v1/route`` and ``POST /v1/table``: routes and ETAs over the newest travel times.
+"""``GET``/``POST /v1/route`` and ``POST /v1/table``: routes and ETAs over the newest travel times.
 
 ``GET /v1/route`` is the hot path. It is an ``async def``: a route on the live weights with an
 in-process router (:func:`inline_router`) is computed on the event-loop thread itself (the
@@ -23,7 +23,14 @@ from api.deps import ServicesDep, SettingsDep
 from api.errors import ApiError
 from api.navigation import MAX_ALTERNATIVES, MAX_VIA_POINTS, navigation_options
 from api.routes.params import latlon_query, time_query
-from api.schemas import RouteOut, TableIn, TableOut
+from api.schemas import PointIn, RouteIn, RouteOut, TableIn, TableOut
+from graph.avoid import (
+    AvoidGeometryError,
+    PointInAvoidError,
+    parse_avoid,
+    parse_exclude,
+    points_in_area,
+)
 
 router = APIRouter(prefix="/v1", tags=["routing"])
 
@@ -72,9 +79,13 @@ async def get_route(
                                        "congestion, edge_keys")] = False,
     geometry_format: Annotated[Literal["geojson", "polyline6"], Query(
         description="GeoJSON LineString or Google encoded polyline (precision 6)")] = "geojson",
+    exclude: Annotated[str | None, Query(
+        description="tag classes the route may not use, comma-separated: motorway, toll, "
+                    "ferry")] = None,
 ) -> Response:
     """Fastest route and ETA from ``from`` to ``to``, leaving at ``depart_at``; with
-    ``steps=true`` also ``legs: [{steps: [...]}]`` (manoeuvres, names, instructions)."""
+    ``steps=true`` also ``legs: [{steps: [...]}]`` (manoeuvres, names, instructions); with
+    ``exclude`` it uses no road of those classes (``POST /v1/route`` also avoids areas)."""
     a = latlon_query(from_, name="from")
     b = latlon_query(to, name="to")
     t = _departure(depart_at)
@@ -90,13 +101,15 @@ async def get_route(
             **nav))
         return Response(orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY),
                         media_type="application/json")
+    classes = exclude_query(exclude)
     snap_m = max_snap_m if max_snap_m is not None else settings.max_snap_m
-    # Steps cost O(route edges) in Python: built in the threadpool, never on the event loop.
-    core = inline_router(services) if t is None and not steps else None
-    if steps:
+    # Steps cost O(route edges) in Python, avoids a customization: in the threadpool, never
+    # on the event loop.
+    core = inline_router(services) if t is None and not steps and not classes else None
+    if steps or classes:
         out = await run_in_threadpool(partial(
-            services.route, a, b, depart_at_s=t, max_snap_m=snap_m,
-            profile_horizon_s=settings.profile_horizon_s, steps=True))
+            _route, services, a, b, depart_at_s=t, max_snap_m=snap_m,
+            profile_horizon_s=settings.profile_horizon_s, steps=steps, exclude=classes))
     elif core is not None:
         out = core.route(a, b, max_snap_m=snap_m, on_caller=True,
                          caller_queries=getattr(request.app.state, "route_queries", None))
@@ -106,6 +119,81 @@ async def get_route(
             profile_horizon_s=settings.profile_horizon_s))
     return Response(orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY),
                     media_type="application/json")
+
+
+@router.post("/route", response_model=RouteOut)
+def post_route(body: RouteIn, services: ServicesDep, settings: SettingsDep) -> Response:
+    """The route of ``GET /v1/route`` with its parameters as JSON fields, plus ``avoid``: a
+    GeoJSON Polygon or MultiPolygon the route never enters (no road that meets it is used).
+
+    404 ``no_route`` when every route enters it; 422 ``point_in_avoid`` when ``from`` or
+    ``to`` lies in it; 422 ``invalid_value`` naming the field for a polygon that does not
+    parse, is not closed or is not valid. Costs a partial re-customization of a pooled
+    metric (:mod:`graph.avoid`), a few ms for a polygon of about 1 km^2.
+    """
+    a = point_value(body.from_, name="from")
+    b = point_value(body.to, name="to")
+    t = _departure(None if body.depart_at is None else str(body.depart_at))
+    classes = exclude_query(body.exclude)
+    avoid = None
+    if body.avoid is not None:
+        try:
+            area = parse_avoid(body.avoid)
+        except AvoidGeometryError as exc:
+            raise ApiError(422, "invalid_value", str(exc), details={"field": exc.field}) from None
+        inside = points_in_area(area, [a[0], b[0]], [a[1], b[1]])
+        for name, point, hit in (("from", a, inside[0]), ("to", b, inside[1])):
+            if hit:
+                raise ApiError(422, "point_in_avoid",
+                               f"`{name}` (lat={point[0]:.6f}, lon={point[1]:.6f}) lies inside "
+                               f"the avoided area", details={"field": name})
+        avoid = body.avoid
+    snap_m = body.max_snap_m if body.max_snap_m is not None else settings.max_snap_m
+    out = _route(services, a, b, depart_at_s=t, max_snap_m=snap_m,
+                 profile_horizon_s=settings.profile_horizon_s, steps=body.steps,
+                 exclude=classes, avoid=avoid)
+    return Response(orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY),
+                    media_type="application/json")
+
+
+def _route(services: Any, a: tuple[float, float], b: tuple[float, float], *,
+           steps: bool = False, exclude: tuple[str, ...] = (),
+           avoid: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
+    """``services.route`` with only the options asked for (a replica of an older build, or a
+    test double, need not know the others)."""
+    extra: dict[str, Any] = {}
+    if steps:
+        extra["steps"] = True
+    if exclude:
+        extra["exclude"] = exclude
+    if avoid is not None:
+        extra["avoid"] = avoid
+    try:
+        return services.route(a, b, **kwargs, **extra)
+    except PointInAvoidError as exc:  # checked above; a replica may still find it first
+        raise ApiError(422, "point_in_avoid", str(exc)) from None
+
+
+def exclude_query(value: str | list[str] | None) -> tuple[str, ...]:
+    """Exclude classes from the ``exclude`` parameter or field; 422 naming an unknown one."""
+    try:
+        return parse_exclude(value)
+    except ValueError as exc:
+        raise ApiError(422, "invalid_value", f"`exclude` {exc}") from None
+
+
+def point_value(value: PointIn, *, name: str) -> tuple[float, float]:
+    """A point of a JSON body, ``[lat, lon]`` or ``"lat,lon"``; 422 naming the field."""
+    if isinstance(value, str):
+        return latlon_query(value, name=name)
+    lat, lon = float(value[0]), float(value[1])
+    if not (-90.0 <= lat <= 90.0):
+        raise ApiError(422, "invalid_value", f"`{name}` latitude must be within [-90, 90]; "
+                                             f"got {lat!r}")
+    if not (-180.0 <= lon <= 180.0):
+        raise ApiError(422, "invalid_value", f"`{name}` longitude must be within [-180, 180]; "
+                                             f"got {lon!r}")
+    return lat, lon
 
 
 @router.post("/table", response_model=TableOut)
@@ -131,7 +219,9 @@ def post_table(body: TableIn, services: ServicesDep, settings: SettingsDep) -> d
                                f"`{name}[{i}]` must be [lat, lon] within range; got [{lat}, {lon}]")
         pts.append([(float(a), float(b)) for a, b in items])
     t = _departure(None if body.depart_at is None else str(body.depart_at))
+    classes = exclude_query(body.exclude)
+    extra = {"exclude": classes} if classes else {}
     if t is None:  # the common case: the live weights, as before
-        return services.table(pts[0], pts[1], max_snap_m=settings.max_snap_m)
+        return services.table(pts[0], pts[1], max_snap_m=settings.max_snap_m, **extra)
     return services.table(pts[0], pts[1], max_snap_m=settings.max_snap_m, depart_at_s=t,
-                          profile_horizon_s=settings.profile_horizon_s)
+                          profile_horizon_s=settings.profile_horizon_s, **extra)
