@@ -73,8 +73,9 @@ class IngestConfig:
     matcher
         The matcher's configuration (``traffic.matching.MatcherConfig``); ``None`` for its
         defaults.
-    ubodt_bound_m
-        Bound (m) of the precomputed shortest-path table the matcher uses.
+    route_bound_m
+        Farthest road distance (m) the matcher's on-demand route searches reach
+        (``graph.route_distances``): beyond it a transition is infeasible.
     traversal
         ``traffic.traversals.TraversalConfig`` (``None``: its defaults).
     cache_dir
@@ -84,7 +85,7 @@ class IngestConfig:
     validation: ProbeValidationConfig = field(default_factory=ProbeValidationConfig)
     idle_flush_s: float = 60.0
     matcher: Any = None
-    ubodt_bound_m: float = 1500.0
+    route_bound_m: float = 1500.0
     traversal: Any = None
     cache_dir: str | None = None
 
@@ -117,9 +118,10 @@ class IngestCore:
         The road network.
     config
         Partition settings.
-    index, ubodt
-        A prepared ``graph.spatial.SpatialIndex`` and matcher distance table, shared when
-        several cores run in one process; built here when ``None``.
+    index, routes
+        A prepared ``graph.spatial.SpatialIndex`` and the matcher's route distances
+        (``graph.route_distances.RouteDistances``), shared when several cores run in one
+        process; made here when ``None``.
     partition
         This core's partition number (reported in :meth:`stats`).
 
@@ -134,7 +136,7 @@ class IngestCore:
         config: IngestConfig | None = None,
         *,
         index: Any = None,
-        ubodt: Any = None,
+        routes: Any = None,
         partition: int = 0,
     ) -> None:
         self.config = config or IngestConfig()
@@ -143,23 +145,21 @@ class IngestCore:
         self._rejected_by_reason: Counter[str] = Counter()
         self._stage_s: Counter[str] = Counter()
         self._watermark_t: float | None = None
-        self._set_network(net, index=index, ubodt=ubodt)
+        self._set_network(net, index=index, routes=routes)
 
-    def _set_network(self, net: RoadNetwork, *, index: Any = None, ubodt: Any = None) -> None:
+    def _set_network(self, net: RoadNetwork, *, index: Any = None, routes: Any = None) -> None:
         from graph.artifacts import spatial_index_for
-        from graph.ubodt import build_ubodt, load_or_build_ubodt
+        from graph.route_distances import build_route_distances
         from traffic.matching import MatcherConfig, OnlineMatcher
         from traffic.traversals import TraversalExtractor
 
         self.net = net
         # Mapped from the prepared artifacts in cache_dir (shared by every process), when set.
         index = index if index is not None else spatial_index_for(net, self.config.cache_dir)
-        if ubodt is None:
-            bound = self.config.ubodt_bound_m
-            ubodt = (build_ubodt(net, bound_m=bound) if self.config.cache_dir is None
-                     else load_or_build_ubodt(net, self.config.cache_dir, bound_m=bound))
+        if routes is None:  # nothing precomputed: searches run on demand, cached
+            routes = build_route_distances(net, bound_m=self.config.route_bound_m)
         mcfg = self.config.matcher if self.config.matcher is not None else MatcherConfig()
-        self.matcher = OnlineMatcher(net, index, ubodt, mcfg)
+        self.matcher = OnlineMatcher(net, index, routes, mcfg)
         tcfg = self.config.traversal
         self.extractor = (TraversalExtractor(net) if tcfg is None
                           else TraversalExtractor(net, tcfg))
@@ -217,11 +217,12 @@ class IngestCore:
         reply.accepted_wall_s = accepted_wall_s
         return reply
 
-    def swap_network(self, net: RoadNetwork, *, index: Any = None, ubodt: Any = None) -> IngestReply:
+    def swap_network(self, net: RoadNetwork, *, index: Any = None,
+                     routes: Any = None) -> IngestReply:
         """Flush held points on the old network, then match on ``net`` from now on."""
         reply = self.flush()
         seen = self.last_seen
-        self._set_network(net, index=index, ubodt=ubodt)
+        self._set_network(net, index=index, routes=routes)
         self.last_seen = seen
         return reply
 
@@ -283,7 +284,7 @@ class IngestCore:
     def reset(self) -> None:
         """Forget everything: empty matcher, runs, dedupe memory and counters (the pipeline
         replays the log after a reset)."""
-        self._set_network(self.net, index=self.matcher.index, ubodt=self.matcher.ubodt)
+        self._set_network(self.net, index=self.matcher.index, routes=self.matcher.routes)
         self._counts, self._rejected_by_reason, self._watermark_t = Counter(), Counter(), None
 
     def stats(self) -> dict[str, Any]:

@@ -74,7 +74,7 @@ class LocalStages:
         """``n`` ingest cores sharing one spatial index and route-distance oracle."""
         first = IngestCore(net, config, partition=0)
         return [first] + [
-            IngestCore(net, config, index=first.matcher.index, ubodt=first.matcher.ubodt,
+            IngestCore(net, config, index=first.matcher.index, routes=first.matcher.routes,
                        partition=p) for p in range(1, n)]
 
     def start_routers(self, net: RoadNetwork, n: int, *, cache_dir: str | None,
@@ -91,7 +91,7 @@ class LocalStages:
             replies = [first.swap_network(net)]
             for core in handles[1:]:
                 replies.append(core.swap_network(net, index=first.matcher.index,
-                                                 ubodt=first.matcher.ubodt))
+                                                 routes=first.matcher.routes))
         return replies
 
     def call(self, handle: Any, method: str, *args: Any, **kwargs: Any) -> Done:
