@@ -84,8 +84,8 @@ MAX_AVOID_VERTICES = 10_000
 DEFAULT_MAX_METRICS = 4
 #: Changed edges up to which an overlay's partial update runs unpaced (``pause=0`` in
 #: :func:`graph.cch.recustomize`): two ~1 km^2 polygons on NY are 100-1,000 edges, about
-#: 0.2-3 ms of RoutingKit holding the GIL (benchmarks/avoid.py); the pacing's sleeps cost
-#: more than that on a busy machine (p50 8.6 ms against 1-3 ms of compute).
+#: 0.2-3 ms of RoutingKit holding the GIL (benchmarks/avoid.py); each of the pacing's sleeps
+#: gives up the CPU, which cost several ms per chunk on a busy 2-core machine.
 UNPACED_EDGES = 2048
 
 
