@@ -53,7 +53,7 @@ async def strict_parameters(request: Request) -> None:
     if route is None or not path.startswith("/v1") or (request.method, path) in EXEMPT:
         return
     query, body = _declared(route)
-    for name in request.query_params.keys():
+    for name in request.query_params:
         if name not in query:
             known = ", ".join(sorted(query)) or "none"
             raise ApiError(422, "unknown_parameter",

@@ -23,12 +23,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from graph.errors import NoRouteError  # noqa: E402
-from graph.navigation import plan_route  # noqa: E402
-from graph.router import Router  # noqa: E402
+from graph.errors import NoRouteError
+from graph.navigation import plan_route
+from graph.router import Router
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import append_section, machine_description, utc_now  # noqa: E402
+from _report import append_section, machine_description, utc_now
 
 DATA = ROOT.parent / "shared" / "data"
 
@@ -78,8 +78,8 @@ def main() -> None:
     text = "\n".join([
         f"Measured {utc_now()} on {machine_description()}; alternatives=3, random node pairs.",
         "",
-        "| network | edges | queries | share with >= 1 alternative | mean count | "
-        "p50 ms (route + alternatives) | p99 ms | p50 ms (route only) |",
+        ("| network | edges | queries | share with >= 1 alternative | mean count | "
+         "p50 ms (route + alternatives) | p99 ms | p50 ms (route only) |"),
         "|---|---|---|---|---|---|---|---|",
         *rows,
     ])

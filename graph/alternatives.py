@@ -50,7 +50,7 @@ import routingkit_cch as rk
 
 from graph.cch import INF_WEIGHT_MS, MS_PER_S, Metric, PathResult, QueryCache
 
-__all__ = ["AlternativesConfig", "MAX_ALTERNATIVES", "find_alternatives", "route_shares"]
+__all__ = ["MAX_ALTERNATIVES", "AlternativesConfig", "find_alternatives", "route_shares"]
 
 #: Most alternatives a request may ask for.
 MAX_ALTERNATIVES = 3

@@ -21,6 +21,7 @@ metric, so they share one weights version.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -32,8 +33,14 @@ from graph.polyline import encode_polyline
 from graph.spatial import candidates
 
 __all__ = [
-    "CONGESTION_LEVELS", "DEFAULT_BEARING_RANGE_DEG", "Leg", "MAX_VIA_POINTS", "Plan",
-    "congestion_levels", "plan_route", "route_summary",
+    "CONGESTION_LEVELS",
+    "DEFAULT_BEARING_RANGE_DEG",
+    "MAX_VIA_POINTS",
+    "Leg",
+    "Plan",
+    "congestion_levels",
+    "plan_route",
+    "route_summary",
 ]
 
 #: Most via points a request may give (as OSRM's default ``max-viaroute-size`` leaves room for).
@@ -70,7 +77,7 @@ def plan_route(
     router: Any, points_latlon: list[tuple[float, float]], *, max_snap_m: float,
     profile: Any = None, bearing_deg: float | None = None,
     bearing_range_deg: float = DEFAULT_BEARING_RANGE_DEG, alternatives: int = 0,
-    config: AlternativesConfig = AlternativesConfig(),
+    config: AlternativesConfig | None = None,
 ) -> Plan:
     """Fastest route through ``points_latlon`` (origin, via points, destination) and, for two
     points, up to ``alternatives`` admissible alternatives.
@@ -96,10 +103,11 @@ def plan_route(
     length = router.net.edge_length_m[edge]
     frac = np.divide(off, length, out=np.zeros_like(off), where=length > 0).clip(0.0, 1.0)
     bounds = np.searchsorted(pt, np.arange(n + 1))
-    ends = [(edge[a:b], frac[a:b], off[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    ends = [(edge[a:b], frac[a:b], off[a:b]) for a, b in pairwise(bounds.tolist())]
     metric = router._lease(profile)
     try:
-        found = router._threads.call(_search, metric, ends, int(alternatives), config)
+        found = router._threads.call(_search, metric, ends, int(alternatives),
+                                     config or AlternativesConfig())
         version = metric.version  # read under the lease
     finally:
         metric.release()
@@ -121,7 +129,7 @@ def _search(metric: Any, ends: list[tuple[np.ndarray, np.ndarray, np.ndarray]], 
             config: AlternativesConfig, *, queries: Any = None) -> tuple[list[Any], list[Any]]:
     """On a query thread: each leg's fastest path, then the first leg's alternatives."""
     paths = []
-    for (se, sf, _), (de, df, _) in zip(ends[:-1], ends[1:]):
+    for (se, sf, _), (de, df, _) in pairwise(ends):
         paths.append(metric.route_positions(se, sf, de, df, queries=queries))
     alts: list[Any] = []
     if n_alt > 0 and len(paths) == 1 and paths[0] is not None:

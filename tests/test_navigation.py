@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import shared_file
 from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.schemas import RouteOut
 from api.settings import Settings
-from conftest import shared_file
 from graph.dijkstra import dijkstra_multi
 from graph.errors import NoRouteError
 from graph.io import load_network
