@@ -264,7 +264,7 @@ def test_route_answer_matches_schema_and_runs_on_the_loop_thread(services):
     ok = spec["paths"]["/v1/route"]["get"]["responses"]["200"]["content"]["application/json"]
     assert ok["schema"]["$ref"].endswith("/RouteOut")
     names = {p["name"] for p in spec["paths"]["/v1/route"]["get"]["parameters"]}
-    assert names == {"from", "to", "depart_at", "max_snap_m", "steps",
+    assert names == {"from", "to", "depart_at", "max_snap_m", "steps", "exclude",
                      "via", "bearing", "bearing_range", "alternatives",
                      "annotations", "geometry_format"}
 
