@@ -61,6 +61,11 @@ class RouterCore:
         self.customize_s = 0.0
         self._lock = threading.Lock()
         self._geometry: Any = None  # graph.isochrone.EdgeGeometry, built on first use
+        # Operator overrides (set_overrides) and the published times they apply on.
+        self._base: np.ndarray | None = None
+        self._ov_edges = np.zeros(0, dtype=np.int64)
+        self._ov_factor = np.zeros(0)
+        self._ov_revision = -1
         self._key: tuple[int, float] | None = None  # the publication held (None: free-flow)
         #: How publications were taken: full, delta, caught_up (from the chain), stale
         #: (a delta not on our weights and no chain to catch up from), ignored (not newer).
@@ -88,7 +93,7 @@ class RouterCore:
         with self._lock:  # one customization at a time; queries do not take this lock
             if int(version) <= self.weights_version and self.weights_version:
                 return False
-            self.router.customize(tt, str(int(version)))
+            self._customize(tt, str(int(version)))
             self._took(int(version), weights_t, t0)
         return True
 
@@ -114,11 +119,10 @@ class RouterCore:
             if self._key is not None and newest.key <= self._key:
                 how = "ignored"
             elif newest.full:
-                self.router.customize(newest.travel_time_s, str(newest.version))
+                self._customize(newest.travel_time_s, str(newest.version))
                 how = "full"
             elif self._key is not None and newest.base_key == self._key:
-                self.router.update_edges(newest.edges, newest.travel_time_s,
-                                         str(newest.version))
+                self._update_edges(newest.edges, newest.travel_time_s, str(newest.version))
                 how = "delta"
             else:
                 how = self._catch_up([_resolve_pub(r) for r in chain[:-1]] + [newest])
@@ -139,13 +143,69 @@ class RouterCore:
             edges = np.concatenate([p.edges for p in after])
             vals = np.concatenate([p.travel_time_s for p in after])
             last = len(edges) - 1 - np.unique(edges[::-1], return_index=True)[1]
-            self.router.update_edges(edges[last], vals[last], str(newest.version))
+            self._update_edges(edges[last], vals[last], str(newest.version))
         else:
             vec = pubs[0].apply_to(None)
             for p in pubs[1:]:
                 vec[p.edges] = p.travel_time_s
-            self.router.customize(vec, str(newest.version))
+            self._customize(vec, str(newest.version))
         return "caught_up"
+
+    # -- operator overrides (closures, slowdowns: traffic/closures.py) ----------------------
+    def set_overrides(self, edges: Any, factors: Any, revision: int) -> bool:
+        """Multiply the travel times of ``edges`` by ``factors`` (``inf`` closes) on top of
+        every publication, from now on; the edges of the previous overrides go back to their
+        published times. Costs a partial update of the edges that changed. Returns whether
+        anything changed (an older ``revision`` than the one held is ignored)."""
+        edges = np.asarray(edges, dtype=np.int64)
+        factors = np.asarray(factors, dtype=np.float64)
+        with self._lock:
+            if revision <= self._ov_revision:
+                return False
+            old = self._ov_edges
+            self._ov_edges, self._ov_factor, self._ov_revision = edges, factors, int(revision)
+            changed = np.union1d(old, edges)
+            if changed.size:
+                base = self._published()
+                self.router.update_edges(changed, self._overridden(changed, base[changed]),
+                                         f"{self.weights_version}+closures{revision}")
+        return True
+
+    def _published(self) -> np.ndarray:
+        """The travel times as published (before overrides): free flow before any."""
+        if self._base is None:
+            self._base = (np.asarray(self.net.edge_length_m, dtype=np.float64)
+                          / np.asarray(self.net.edge_freeflow_mps, dtype=np.float64))
+        return self._base
+
+    def _overridden(self, edges: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """``values`` of ``edges`` (sorted ids) with the overrides in force applied."""
+        if self._ov_edges.size == 0:
+            return values
+        pos = np.searchsorted(self._ov_edges, edges)
+        pos = np.minimum(pos, self._ov_edges.size - 1)
+        hit = self._ov_edges[pos] == edges
+        out = np.array(values, dtype=np.float64)
+        out[hit] = out[hit] * self._ov_factor[pos[hit]]
+        return out
+
+    def _customize(self, travel_time_s: np.ndarray, version: str) -> None:
+        """A whole published vector, overrides applied on top (caller holds the lock)."""
+        self._base = np.array(travel_time_s, dtype=np.float64)
+        tt = self._base
+        if self._ov_edges.size:
+            tt = tt.copy()
+            tt[self._ov_edges] = self._overridden(self._ov_edges, tt[self._ov_edges])
+        self.router.customize(tt, version)
+
+    def _update_edges(self, edges: np.ndarray, values: np.ndarray, version: str) -> None:
+        """A published delta, overrides applied on top (caller holds the lock)."""
+        edges = np.asarray(edges, dtype=np.int64)
+        base = self._published()
+        base[edges] = values
+        order = np.argsort(edges)
+        e = edges[order]
+        self.router.update_edges(e, self._overridden(e, base[e]), version)
 
     def _took(self, version: int, weights_t: float | None, t0: float) -> None:
         self.weights_version, self.weights_t = int(version), weights_t
