@@ -564,3 +564,332 @@ def _reverse_twins(net: RoadNetwork) -> np.ndarray:
         return np.zeros(0, np.int32)
     found = fwd[order][pos] == rev
     return np.where(found, order[pos], -1).astype(np.int32)
+
+
+# ---------------------------------------------------------------------------------- offline
+@dataclass(frozen=True, slots=True, eq=False)
+class TraceMatch:
+    """What :func:`match_trace` (or :meth:`OfflineMatcher.match`) found for one trace.
+
+    Per input point (``point_*``, in input order): the matched edge (``-1``: not matched),
+    offset along it (m), snapped position (degrees; NaN when not matched), the sub-trace
+    (``-1`` when not matched) and a reason for an unmatched point (``"no_candidate"``: no road
+    within ``radius_m``; ``""`` when matched). Per driven edge (``edge_*``, in driving order,
+    sub-traces one after another): edge, sub-trace, offsets ``off0_m <= off1_m`` of the driven
+    part, enter and exit times (s, interpolated by distance between matched points) and the
+    driven length (m). Per sub-trace (``trace_*``): a confidence in ``[0, 1]``, its first
+    and last input point. A sub-trace ends where the HMM breaks (a time gap above
+    ``max_gap_s``, or no candidate reachable from the previous point's).
+    """
+
+    point_edge: np.ndarray  # int32[n]
+    point_offset_m: np.ndarray  # float64[n]
+    point_lat: np.ndarray  # float64[n]
+    point_lon: np.ndarray  # float64[n]
+    point_trace: np.ndarray  # int64[n]
+    point_reason: np.ndarray  # str[n]
+    edge: np.ndarray  # int32[e]
+    edge_trace: np.ndarray  # int64[e]
+    edge_off0_m: np.ndarray
+    edge_off1_m: np.ndarray
+    edge_t0_s: np.ndarray
+    edge_t1_s: np.ndarray
+    trace_confidence: np.ndarray  # float64[s]
+    trace_first_point: np.ndarray  # int64[s]
+    trace_last_point: np.ndarray  # int64[s]
+
+    @property
+    def edge_distance_m(self) -> np.ndarray:
+        """Metres driven on each edge of the route."""
+        return np.maximum(self.edge_off1_m - self.edge_off0_m, 0.0)
+
+    @property
+    def n_traces(self) -> int:
+        """How many sub-traces the trace broke into (0 when no point matched)."""
+        return int(self.trace_confidence.size)
+
+
+class OfflineMatcher:
+    """Whole-trace HMM map matching: the online matcher's model with full look-ahead.
+
+    The candidates, emission and transition scores are :class:`OnlineMatcher`'s own methods
+    (``_candidates``, ``_route`` and the reported-speed term of ``_step``), over the same
+    :class:`graph.route_distances.RouteDistances`; only the decoding differs: a Viterbi over
+    the whole trace, backtracked once from its last point, instead of a decision ``lag``
+    points behind. All transitions of a trace are scored in one vectorised call (``(n - 1) *
+    k * k`` pairs), then a compiled loop runs the Viterbi recursion. The trace breaks where the
+    online matcher's would (a gap above ``max_gap_s``, or no feasible transition).
+
+    Not safe for concurrent calls (the route-distance cache is not): use one per thread, or a
+    lock. It holds no per-trace state, so calls are independent and deterministic.
+    """
+
+    def __init__(self, net: RoadNetwork, index: SpatialIndex, routes: RouteDistances,
+                 config: MatcherConfig = MatcherConfig()) -> None:
+        self.hmm = OnlineMatcher(net, index, routes, config)
+        self.net, self.index, self.routes, self.cfg = net, index, routes, config
+        # Position of every geometry point along its edge (m, edge_length_m units), from the
+        # index's segment starts, so an offset maps back to the point the index projected on.
+        n_pts = int(net.geom_offsets[-1])
+        cum = np.empty(n_pts, dtype=np.float64)
+        last = net.geom_offsets[1:] - 1
+        not_last = np.ones(n_pts, dtype=bool)
+        not_last[last] = False
+        cum[not_last] = index.seg_start_m
+        cum[last] = net.edge_length_m
+        self._pt_cum_m = cum
+        owner = np.repeat(np.arange(net.n_edges, dtype=np.int64), np.diff(net.geom_offsets))
+        self._pt_key = owner * self.hmm._seg_scale_key + cum
+
+    @property
+    def network_version(self) -> str:
+        """Version of the network this matcher was built for."""
+        return self.net.version
+
+    def match(self, t: np.ndarray, lat: np.ndarray, lon: np.ndarray, *,
+              speed_mps: np.ndarray | None = None, heading_deg: np.ndarray | None = None,
+              accuracy_m: np.ndarray | None = None) -> TraceMatch:
+        """Match one vehicle's trace (``t`` strictly increasing, s) and return its route.
+
+        Costs ``O(n k^2)`` array work plus the route-distance searches; the Viterbi loop is
+        compiled. Raises ``ValueError`` for arrays of unequal length or times that do not
+        increase.
+        """
+        t = np.asarray(t, dtype=np.float64)
+        lat = np.asarray(lat, dtype=np.float64)
+        lon = np.asarray(lon, dtype=np.float64)
+        n = t.shape[0]
+        if not (t.ndim == 1 and lat.shape == lon.shape == (n,)):
+            raise ValueError("t, lat and lon must be 1-D arrays of equal length")
+        if n > 1 and np.any(np.diff(t) <= 0):
+            raise ValueError("t must be strictly increasing")
+        hmm, cfg, k = self.hmm, self.cfg, self.cfg.k
+        ce, co, em = hmm._candidates(lat, lon, speed_mps, heading_deg, accuracy_m)
+        v = (np.full(n, np.nan) if speed_mps is None
+             else np.asarray(speed_mps, dtype=np.float64).copy())
+        keep = np.flatnonzero(ce[:, 0] >= 0)
+        m = keep.size
+        cost = np.full((max(m - 1, 0), k, k), np.inf)
+        gap = np.zeros(m, dtype=np.bool_)
+        gc = np.zeros(max(m - 1, 0))
+        if m > 1:
+            a_, b_ = keep[:-1], keep[1:]
+            dt = t[b_] - t[a_]
+            gap[1:] = dt > cfg.max_gap_s
+            cea, ceb, coa, cob = ce[a_], ce[b_], co[a_], co[b_]
+            valid = (cea[:, :, None] >= 0) & (ceb[:, None, :] >= 0) & ~gap[1:, None, None]
+            pi, ai, bi = np.nonzero(valid)
+            gc = haversine_m(lat[a_], lon[a_], lat[b_], lon[b_])
+            c, d, _ = hmm._route(cea[pi, ai], coa[pi, ai], ceb[pi, bi], cob[pi, bi], gc[pi],
+                                 dt[pi])
+            dv = 0.5 * (v[a_] + v[b_]) * dt
+            if cfg.speed_weight > 0 and np.isfinite(dv).any():
+                extra = cfg.speed_weight * np.abs(d - dv[pi]) / cfg.beta_m
+                c = c + np.where(np.isfinite(extra), extra, 0.0)
+            cost[pi, ai, bi] = c
+        choice, trace = _viterbi(np.ascontiguousarray(em[keep]), cost, gap)
+        return self._answer(t, gc, ce, co, keep, choice, trace)
+
+    def _answer(self, t: np.ndarray, gc: np.ndarray, ce: np.ndarray, co: np.ndarray,
+                keep: np.ndarray, choice: np.ndarray, trace: np.ndarray) -> TraceMatch:
+        n = t.shape[0]
+        p_edge = np.full(n, -1, dtype=np.int32)
+        p_off = np.zeros(n)
+        p_trace = np.full(n, -1, dtype=np.int64)
+        p_edge[keep] = ce[keep, choice]
+        p_off[keep] = co[keep, choice]
+        p_trace[keep] = trace
+        p_lat, p_lon = np.full(n, np.nan), np.full(n, np.nan)
+        if keep.size:
+            p_lat[keep], p_lon[keep] = self.points_at(p_edge[keep], p_off[keep])
+        reason = np.where(p_edge >= 0, "", "no_candidate")
+        # Driven pieces between consecutive matched points of one sub-trace (the online
+        # matcher's own piece builder), merged into one row per edge traversal.
+        a = np.flatnonzero(trace[1:] == trace[:-1]) if keep.size > 1 else np.zeros(0, np.int64)
+        ia, ib = keep[a], keep[a + 1]
+        pieces = self.hmm._pieces(trace[a], p_edge[ia], p_off[ia], t[ia], p_edge[ib],
+                                  p_off[ib], t[ib])
+        e_tr, e, o0, o1, t0, t1 = _merge_pieces(
+            pieces, trace, p_edge[keep], p_off[keep], t[keep], self.net.edge_length_m)
+        n_tr = int(trace[-1]) + 1 if keep.size else 0
+        first = np.searchsorted(trace, np.arange(n_tr))
+        lastp = np.searchsorted(trace, np.arange(n_tr), side="right") - 1
+        conf = self._confidence(gc, trace, e_tr, o1 - o0, n_tr)
+        return TraceMatch(
+            point_edge=p_edge, point_offset_m=p_off, point_lat=p_lat, point_lon=p_lon,
+            point_trace=p_trace, point_reason=reason.astype(str), edge=e, edge_trace=e_tr,
+            edge_off0_m=o0, edge_off1_m=o1, edge_t0_s=t0, edge_t1_s=t1,
+            trace_confidence=conf, trace_first_point=keep[first].astype(np.int64),
+            trace_last_point=keep[lastp].astype(np.int64))
+
+    def _confidence(self, gc_m: np.ndarray, trace: np.ndarray, e_tr: np.ndarray,
+                    driven_m: np.ndarray, n_tr: int) -> np.ndarray:
+        """Per sub-trace: the ratio of the trace's straight-line length to the matched
+        route's length, or its inverse, whichever is at most 1 (1: the route is as long as the
+        trace; a detour or a zig-zag of the trace lowers it); a one-point sub-trace gets 1."""
+        same = trace[1:] == trace[:-1]
+        gc = np.bincount(trace[1:][same], weights=gc_m[same], minlength=n_tr)
+        rd = np.bincount(e_tr, weights=np.maximum(driven_m, 0.0), minlength=n_tr)
+        lo, hi = np.minimum(gc, rd), np.maximum(gc, rd)
+        return np.where(hi > 1.0, lo / np.maximum(hi, 1e-9), 1.0)
+
+    def points_at(self, edge: np.ndarray, offset_m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(lat, lon)`` of positions ``offset_m`` along ``edge`` (linear between the edge's
+        geometry points)."""
+        go = self.net.geom_offsets
+        edge = np.asarray(edge, dtype=np.int64)
+        off = np.asarray(offset_m, dtype=np.float64)
+        key = edge * self.hmm._seg_scale_key + off
+        i = np.searchsorted(self._pt_key, key, side="right") - 1
+        i = np.clip(i, go[edge], go[edge + 1] - 2)
+        cum = self._pt_cum_m
+        span = cum[i + 1] - cum[i]
+        f = np.clip(np.divide(off - cum[i], span, out=np.zeros_like(off), where=span > 0), 0, 1)
+        glat, glon = self.net.geom_lat, self.net.geom_lon
+        return glat[i] + f * (glat[i + 1] - glat[i]), glon[i] + f * (glon[i + 1] - glon[i])
+
+    def geometry(self, edge: np.ndarray, off0_m: np.ndarray,
+                 off1_m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Polyline of driven edge parts, in order: ``(lat, lon, first point of each part)``;
+        a point shared by consecutive parts appears once."""
+        go = self.net.geom_offsets
+        edge = np.asarray(edge, dtype=np.int64)
+        if edge.size == 0:
+            return np.zeros(0), np.zeros(0), np.zeros(0, np.int64)
+        la0, lo0 = self.points_at(edge, off0_m)
+        la1, lo1 = self.points_at(edge, off1_m)
+        cnt = go[edge + 1] - go[edge]
+        part = np.repeat(np.arange(edge.size), cnt)
+        idx = np.arange(int(cnt.sum())) - np.repeat(np.cumsum(cnt) - cnt, cnt) + go[edge][part]
+        cum = self._pt_cum_m[idx]
+        inner = (cum > np.asarray(off0_m)[part]) & (cum < np.asarray(off1_m)[part])
+        # Each part: its start, its inner points, its end; sorted by (part, position).
+        P = np.concatenate([np.arange(edge.size), part[inner], np.arange(edge.size)])
+        S = np.concatenate([np.zeros(edge.size), 1 + cum[inner], np.full(edge.size, np.inf)])
+        LA = np.concatenate([la0, self.net.geom_lat[idx[inner]], la1])
+        LO = np.concatenate([lo0, self.net.geom_lon[idx[inner]], lo1])
+        o = np.lexsort((S, P))
+        P, LA, LO = P[o], LA[o], LO[o]
+        dup = np.r_[False, (LA[1:] == LA[:-1]) & (LO[1:] == LO[:-1])]
+        P, LA, LO = P[~dup], LA[~dup], LO[~dup]
+        start = np.searchsorted(P, np.arange(edge.size))
+        return LA, LO, np.minimum(start, max(LA.size - 1, 0))
+
+
+def _merge_pieces(pieces: dict[str, np.ndarray], trace: np.ndarray, edge: np.ndarray,
+                  off: np.ndarray, t: np.ndarray,
+                  length_m: np.ndarray) -> tuple[np.ndarray, ...]:
+    """One row per edge traversal from the matcher's path pieces: consecutive pieces of one
+    sub-trace on the same edge that continue each other are joined. A sub-trace of a single
+    point gets its point's edge (a zero-length part)."""
+    tr, e = pieces["piece_trace"], pieces["piece_edge"]
+    o0, o1 = pieces["piece_off0_m"], pieces["piece_off1_m"]
+    t0, t1 = pieces["piece_t0_s"], pieces["piece_t1_s"]
+    single = np.flatnonzero(np.bincount(trace, minlength=int(trace.max(initial=-1)) + 1) == 1)
+    if single.size:
+        at = np.searchsorted(trace, single)
+        tr = np.r_[tr, single]
+        e = np.r_[e, edge[at]].astype(np.int32)
+        o0, o1 = np.r_[o0, off[at]], np.r_[o1, off[at]]
+        t0, t1 = np.r_[t0, t[at]], np.r_[t1, t[at]]
+        o = np.argsort(tr, kind="stable")
+        tr, e, o0, o1, t0, t1 = tr[o], e[o], o0[o], o1[o], t0[o], t1[o]
+    if tr.size == 0:
+        z = np.zeros(0)
+        return np.zeros(0, np.int64), np.zeros(0, np.int32), z, z, z, z
+    # A new traversal starts at a new sub-trace, a new edge, or the same edge entered again
+    # at its start after the previous part reached its end (a loop back onto it).
+    looped = (o1[:-1] >= length_m[e[:-1]] - 1e-6) & (o0[1:] <= 1e-6) & (length_m[e[1:]] > 1e-6)
+    new = np.r_[True, (tr[1:] != tr[:-1]) | (e[1:] != e[:-1]) | looped]
+    starts = np.flatnonzero(new)
+    ends = np.r_[starts[1:], tr.size] - 1
+    return (tr[starts].astype(np.int64), e[starts].astype(np.int32),
+            np.minimum.reduceat(o0, starts), np.maximum.reduceat(o1, starts),
+            t0[starts], t1[ends])
+
+
+def match_trace(net: RoadNetwork, index: SpatialIndex, routes: RouteDistances, t: np.ndarray,
+                lat: np.ndarray, lon: np.ndarray, *, speed_mps: np.ndarray | None = None,
+                heading_deg: np.ndarray | None = None, accuracy_m: np.ndarray | None = None,
+                config: MatcherConfig = MatcherConfig()) -> TraceMatch:
+    """Match one recorded trace offline (full look-ahead); see :class:`OfflineMatcher`.
+
+    Builds the matcher's lookup arrays on each call (``O(edges)``); callers that match many
+    traces keep one :class:`OfflineMatcher`.
+
+    Examples
+    --------
+    >>> # m = match_trace(net, build_spatial_index(net), build_route_distances(net), t, lat, lon)
+    >>> # m.edge, m.edge_t0_s, m.edge_t1_s: the driven edges with enter and exit times
+    """
+    return OfflineMatcher(net, index, routes, config).match(
+        t, lat, lon, speed_mps=speed_mps, heading_deg=heading_deg, accuracy_m=accuracy_m)
+
+
+def _viterbi_py(em: np.ndarray, cost: np.ndarray, gap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Viterbi over a whole trace: ``em`` (m, k) emission log-probabilities, ``cost``
+    (m - 1, k, k) transition costs (inf: infeasible), ``gap`` (m,) a forced break before a
+    point. Returns the best candidate per point and the sub-trace of each point (a new one
+    where ``gap`` or where no candidate is reachable: the online matcher's breaks)."""
+    m, k = em.shape
+    choice = np.zeros(m, dtype=np.int64)
+    trace = np.zeros(m, dtype=np.int64)
+    bp = np.full((m, k), -1, dtype=np.int64)
+    score = np.empty(k)
+    new = np.empty(k)
+    if m == 0:
+        return choice, trace
+    for b in range(k):
+        score[b] = em[0, b]
+    cur = 0
+    start = 0
+    for i in range(1, m + 1):
+        broken = i == m
+        if not broken:
+            any_finite = False
+            if not gap[i]:
+                for b in range(k):
+                    best = -np.inf
+                    arg = 0
+                    for a in range(k):
+                        v = score[a] - cost[i - 1, a, b]
+                        if v > best:
+                            best = v
+                            arg = a
+                    new[b] = best + em[i, b]
+                    bp[i, b] = arg
+                    if new[b] > -np.inf:
+                        any_finite = True
+            broken = not any_finite
+        if broken:
+            # Backtrack the closed sub-trace [start, i) from its best last candidate.
+            j = 0
+            for b in range(1, k):
+                if score[b] > score[j]:
+                    j = b
+            for p in range(i - 1, start - 1, -1):
+                choice[p] = j
+                trace[p] = cur
+                if p > start:
+                    j = bp[p, j]
+            if i == m:
+                break
+            cur += 1
+            start = i
+            for b in range(k):
+                new[b] = em[i, b]
+        top = -np.inf
+        for b in range(k):
+            if new[b] > top:
+                top = new[b]
+        for b in range(k):
+            score[b] = new[b] - top
+    return choice, trace
+
+
+try:  # compiled when numba is there (it is a dependency of graph.route_distances)
+    from numba import njit as _njit
+
+    _viterbi = _njit(cache=True, nogil=True)(_viterbi_py)
+except ImportError:  # pragma: no cover - numba is a hard dependency today
+    _viterbi = _viterbi_py
