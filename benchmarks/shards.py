@@ -114,19 +114,23 @@ def _model(res: dict[str, Any], *, cores_per_node: int, utilisation: float) -> s
         scale = rate / 1e3 / 1e3  # (CPU-ms per 1k probes) * scale = cores
         cores = (ingest + est) * scale
         facade_cores = facade * scale
-        nodes = math.ceil((cores + min(facade_cores, 1.0)) / usable)
+        nodes = math.ceil((cores + facade_cores) / usable)
         lines.append(f"| {rate:,} | {ingest * scale:.1f} | {est * scale:.1f} | "
-                     f"{facade_cores:.1f} | {nodes} |")
+                     f"{facade_cores:.1f} | {math.ceil(facade_cores / 0.7)} | {nodes} |")
     return "\n".join([
         f"Model: cores(R) = R/1000 x (ingest + estimator CPU-ms per 1,000 probes) / 1000, "
         f"packed onto nodes of {cores_per_node} cores at {utilisation:.0%} utilisation "
-        f"(the rest for the raylet, the object store and the OS); the facade is one process "
-        f"(one core at most, see below); routers are sized by queries, not probes "
+        f"(the rest for the raylet, the object store and the OS). The facade (probe log, "
+        f"fold order, shard split, merge) is one process today, so one facade carries at most "
+        f"about {1e6 * 0.7 / facade:,.0f} probes/s at 70 % of a core; the facade column says "
+        f"how many a rate needs (several facades, each owning a slice of the vehicles and "
+        f"its own log, are not built). Routers are sized by queries, not probes "
         f"(a replica spends {router_per_pub_ms:.1f} CPU-ms per publication it applies, "
         f"about {router_per_pub_ms / 10:.1f} % of a core at one publication per second).",
         "",
-        "| probes/s | ingest cores | estimator-shard cores | facade cores | nodes (ingest + shards + facade) |",
-        "|---|---|---|---|---|",
+        "| probes/s | ingest cores | estimator-shard cores | facade cores | facades | "
+        "nodes (all three) |",
+        "|---|---|---|---|---|---|",
         *lines,
     ])
 

@@ -10,6 +10,8 @@ ends, and a checkpoint with another shard count is refused with both counts name
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 import pytest
@@ -206,3 +208,57 @@ def test_restarted_shard_restored_alone_from_checkpoint_and_journal(net, batches
 def test_pipeline_config_estimator_shards_invalid_value():
     with pytest.raises(ValueError, match="estimator_shards"):
         PipelineConfig(estimator_shards=0)
+
+
+def test_sharded_profiles_saved_per_shard_and_unsharded_file_split(net, batches, tmp_path):
+    from traffic.profiles import TimeOfWeekProfile
+    from workers.config import load_profile, profile_path
+    from workers.shards import shard_profile_path
+
+    def run(n: int, data_dir) -> list[int]:
+        cfg = PipelineConfig(clock="event", n_ingest=1, refresh_s=30.0, estimator_shards=n,
+                             data_dir=str(data_dir), snapshot_every_s=None,
+                             profile_save_every_s=None)
+        svc = LocalServices(net, cfg, prior=load_profile(net, data_dir))
+        for b in batches:
+            svc.ingest(b)
+        svc.begin_shutdown()  # saves the profile(s)
+        cores = [svc.estimator] if svc.shards is None else svc.shards.handles
+        entries = [c.profile.n_entries for c in cores]
+        svc.close()
+        return entries
+
+    whole = run(1, tmp_path)
+    assert Path(profile_path(tmp_path)).exists() and whole[0] > 0
+    # A data dir written unsharded starts sharded: the file split by key.
+    cfg = PipelineConfig(clock="event", estimator_shards=2, data_dir=str(tmp_path),
+                         snapshot_every_s=None)
+    svc = LocalServices(net, cfg, prior=load_profile(net, tmp_path))
+    assert sum(c.profile.n_entries for c in svc.shards.handles) == whole[0]
+    svc.close()
+    run(2, tmp_path)
+    for s in range(2):
+        p = shard_profile_path(tmp_path, s, 2)
+        assert Path(p).exists()
+        assert TimeOfWeekProfile.load(p).n_edges == svc.shards.map.edges[s].size
+
+
+def test_sharded_network_swap_same_as_one_estimator(net, batches):
+    def run(n: int):
+        svc = LocalServices(net, _config(n))
+        try:
+            for b in batches[:10]:
+                svc.ingest(b)
+            carried = svc._swap(net, svc._prepare(net))  # held points flushed, then remapped
+            assert svc.estimator.last.full
+            after_swap = svc.live_snapshot()[1]
+            for b in batches[10:14]:
+                svc.ingest(b)
+            return carried, after_swap, svc.live_snapshot()[1], svc.status()["probes"]
+        finally:
+            svc.close()
+
+    one, two = run(1), run(2)
+    assert one[0] == two[0] == net.n_edges
+    assert two[1].equals(one[1]) and two[2].equals(one[2])
+    assert two[3] == one[3]

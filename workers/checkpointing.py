@@ -108,10 +108,6 @@ def recover(svc: Any) -> int:
         svc.set_watermark(max(marks))
     durability.replayed_batches = n
     logger.info("replayed %d logged batches", n)
-    if svc.shards is not None and rec.state is None:
-        # A shard restores from its part of a checkpoint and the journal after it: take one
-        # now that there is none yet (it changes nothing in what the pipeline computes).
-        checkpoint(svc, None)
     return n
 
 

@@ -26,6 +26,7 @@ import polars as pl
 from graph.network import RoadNetwork
 from workers.config import PipelineConfig, load_profile, profile_path
 from workers.publication import Publication, PublicationChain
+from workers.closure_ops import ClosureOps, UnknownClosure
 from workers.intake import Intake, Overloaded
 from workers.network_jobs import NetworkJob, NetworkJobs, UnknownJob
 from workers.queries import NotReady, Queries
@@ -33,13 +34,13 @@ from workers.router import RouterCore
 from workers.stages import FoldQueue, LocalStages
 from workers.status import merge_status
 
-__all__ = ["Services", "LocalServices", "PipelineConfig", "Overloaded", "NotReady",
+__all__ = ["Services", "LocalServices", "PipelineConfig", "Overloaded", "NotReady", "UnknownClosure",
            "UnknownJob", "NetworkJob", "load_profile", "profile_path"]
 
 logger = logging.getLogger(__name__)
 
 
-class Services(Intake, Queries):
+class Services(Intake, Queries, ClosureOps):
     """The service facade (see the module docstring).
 
     Parameters
@@ -124,7 +125,15 @@ class Services(Intake, Queries):
             from workers.checkpointing import recover
 
             recover(self)
+            if self.shards is not None and self.shards.journal.base is None:
+                # A shard restores from its part of a checkpoint and the fold journal after
+                # it: take one now when there is none yet (it changes nothing computed).
+                from workers.checkpointing import checkpoint
+
+                checkpoint(self, None)
         self._publish(self.estimator_call("publish"), wait=True)
+        self._init_closures()
+        self.push_overrides(wait=True)
         self._ready = True
 
     @property
@@ -282,6 +291,7 @@ class Services(Intake, Queries):
                     self._tick_refs[p] = s.call(stage, "tick", now)
             self._collect_ticks(wait=False)  # in process, the ticks ran already
             self._publish(self.estimator_call("maybe_publish"))
+            self.push_overrides()  # closures that started or ended by the clock
 
     def _collect_ticks(self, *, wait: bool) -> None:
         """Fold the replies of finished idle-flush ticks (of all, waiting, with ``wait``)."""
@@ -395,6 +405,8 @@ class Services(Intake, Queries):
                 self.router = prepared
             self._pub_chain = (net.version, chain)
             self.net, self.loaded_at = net, time.time()
+            self.closures, self._closures_sent = self.closures.remap_to(net), None
+            self.push_overrides(wait=True)
         finally:
             with self._cv:
                 self._swapping = False

@@ -477,6 +477,10 @@ class ShardedEstimator:
         carried = s.get([s.call(h, "remap_to", s.share(smap.view(net, i)))
                          for i, h in enumerate(self.handles)])
         self.net, self.map, self._last = net, smap, None
+        if self.journal is not None:
+            # Its parts are in the old network's local ids: a restart before the next
+            # checkpoint restores the whole pipeline.
+            self.journal.reset(None)
         return int(sum(carried))
 
     # -- status --------------------------------------------------------------------------
