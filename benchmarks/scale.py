@@ -313,8 +313,8 @@ def report(k: int, r: dict[str, Any], command: str) -> str:
              f"`{command}`, {utc_now()}, {machine_description()}", "",
              "| step | time | size |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c_} |" for a, b, c_ in rows]
-    lines += ["", "Components, built one by one in one process (anonymous resident growth; "
-              "mapped files count their bytes):", "",
+    lines += ["", ("Components, built one by one in one process (anonymous resident growth; "
+                   "mapped files count their bytes):"), "",
               "| component | bytes | B per edge | build/load time |", "|---|---|---|---|"]
     comp = [
         ("network (mapped file)", c["network"], f"{c['network_anon_s']:.2f} s"),
@@ -329,10 +329,10 @@ def report(k: int, r: dict[str, Any], command: str) -> str:
          f"{c['matcher_probes_s']:.1f} s"),
     ]
     lines += [f"| {a} | {_fmt_b(b)} | {b / m:.0f} | {t} |" for a, b, t in comp]
-    lines += ["", f"`traffic serve` after {s['probes_accepted']:,} of {s['probes_posted']:,} probes "
-              f"accepted and a route across the tiles (HTTP {s['route_status']}, "
-              f"{s['route_ms']:.0f} ms, {s['route_km'] or float('nan'):.0f} km), "
-              f"PSS summed over {s['processes']} processes:", "",
+    lines += ["", (f"`traffic serve` after {s['probes_accepted']:,} of {s['probes_posted']:,} probes "
+                   f"accepted and a route across the tiles (HTTP {s['route_status']}, "
+                   f"{s['route_ms']:.0f} ms, {s['route_km'] or float('nan'):.0f} km), "
+                   f"PSS summed over {s['processes']} processes:"), "",
               "| process role | PSS at ready | PSS steady | B per edge (steady) |", "|---|---|---|---|"]
     for role in sorted(s["pss"], key=lambda x: -s["pss"][x]):
         lines.append(f"| {role} | {_fmt_b(s['pss_ready'].get(role, 0))} | {_fmt_b(s['pss'][role])} "
@@ -340,10 +340,10 @@ def report(k: int, r: dict[str, Any], command: str) -> str:
     lines.append(f"| **all processes** | {_fmt_b(sum(s['pss_ready'].values()))} | **{_fmt_b(total)}** "
                  f"| **{total / m:.0f}** |")
     ray_fixed = s["pss"].get("Ray system", 0)
-    lines += ["", f"Without Ray's own processes (fixed cost, not per edge): "
-              f"{(total - ray_fixed) / m:.0f} B per edge. Target at K=6: at most 500 B per edge in "
-              "total. Snapshots are written to disk (not resident); the API's share is inside "
-              "its process row.", ""]
+    lines += ["", (f"Without Ray's own processes (fixed cost, not per edge): "
+                   f"{(total - ray_fixed) / m:.0f} B per edge. Target at K=6: at most 500 B per "
+                   "edge in total. Snapshots are written to disk (not resident); the API's share "
+                   "is inside its process row."), ""]
     return "\n".join(lines)
 
 
