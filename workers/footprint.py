@@ -20,8 +20,9 @@ from pathlib import Path
 # -- per element (bytes), from the array layouts ---------------------------------------------
 #: Compiled network: per node (lat, lon, OSM id, two CSR offsets).
 NETWORK_B_PER_NODE = 32
-#: Compiled network: per directed edge (13 edge arrays, geometry offset).
-NETWORK_B_PER_EDGE = 83
+#: Compiled network: per directed edge (13 edge arrays, geometry offset, name/ref indices
+#: and flags of compiled format 2); DIMACS New York measures 128 B per edge in all.
+NETWORK_B_PER_EDGE = 92
 #: Compiled network and spatial index: per geometry point (lat, lon; segment arrays).
 NETWORK_B_PER_POINT = 16
 #: Spatial index: per segment (7 arrays, 52 B) plus grid registrations (4 B each, about 3
