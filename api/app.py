@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.errors import register_error_handlers
 from api.limits import LimitsMiddleware
 from api.metrics import Metrics
-from api.routes import network, probes, routing, status
+from api.routes import match, network, probes, routing, status
 from api.security import AuthMiddleware, warn_if_open
 from api.settings import Settings
 from api.strict import strict_parameters
@@ -98,7 +98,7 @@ def create_app(services: Any, settings: Settings | None = None, *,
         return JSONResponse({"code": "not_ready", "message": str(exc), "details": None},
                             status_code=503, headers={"Retry-After": "1"})
 
-    for module in (routing, probes, network, status):
+    for module in (routing, probes, network, status, match):
         app.include_router(module.router)
     _include_congestion_and_map(app)
 

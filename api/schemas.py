@@ -253,3 +253,69 @@ def inline_json_schema(model: type[BaseModel]) -> dict[str, Any]:
         return node
 
     return resolve(schema)
+
+
+class TracePointIn(BaseModel):
+    """One fix of a recorded trace (``POST /v1/match``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    t: float = Field(allow_inf_nan=False, description="unix seconds; strictly increasing")
+    lat: float = Field(ge=-90.0, le=90.0, allow_inf_nan=False)
+    lon: float = Field(ge=-180.0, le=180.0, allow_inf_nan=False)
+    speed_mps: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
+    heading_deg: float | None = Field(default=None, ge=0.0, le=360.0, allow_inf_nan=False)
+
+
+class MatchIn(BaseModel):
+    """The JSON body of ``POST /v1/match``: a trace of one vehicle, at most 10,000 points."""
+
+    points: list[TracePointIn] = Field(min_length=1)
+    ingest: bool = Field(default=False, description="also feed the trace to the estimator "
+                         "as probes (needs `vehicle_id` and the probe-writer role)")
+    vehicle_id: str | None = Field(default=None, min_length=1, max_length=128)
+    geometry_format: Literal["geojson", "polyline6"] = "geojson"
+
+
+class TracePointOut(BaseModel):
+    """Where one input point matched; every field but ``reason`` is null when it did not."""
+
+    lat: float | None
+    lon: float | None
+    edge: int | None = Field(description="stable edge key, as /v1/route's `edges`")
+    osm_way_id: int | None
+    offset_m: float | None = Field(description="metres along the edge from its start")
+    distance_m: float | None = Field(description="metres from the input point")
+    matching: int | None = Field(description="index into `matchings`")
+    reason: str | None = Field(description="why the point is not matched (`no_candidate`)")
+
+
+class MatchingOut(BaseModel):
+    """One unbroken stretch of the trace (the HMM breaks at a gap or an unreachable point)."""
+
+    confidence: float
+    distance_m: float
+    duration_s: float
+    first_point: int
+    last_point: int
+    edge_start: int = Field(description="first index of its edges in `edges`")
+    edge_count: int
+
+
+class MatchOut(BaseModel):
+    """The matched route of ``POST /v1/match``."""
+
+    network_version: str
+    confidence: float = Field(description="matched share of the points times the "
+                              "point-weighted mean of the matchings' confidences")
+    distance_m: float
+    duration_s: float
+    edges: list[int]
+    osm_way_ids: list[int]
+    enter_s: list[float]
+    exit_s: list[float]
+    edge_distance_m: list[float]
+    geometry: Any
+    matchings: list[MatchingOut]
+    tracepoints: list[TracePointOut]
+    ingest: ProbeAckOut | None = None

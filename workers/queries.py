@@ -123,6 +123,39 @@ class Queries:
         return self._on_router("isochrone", from_latlon, minutes, reverse=reverse,
                                max_snap_m=max_snap_m, profile=profile)
 
+    def match(self, t: np.ndarray, lat: np.ndarray, lon: np.ndarray, *,
+              speed_mps: np.ndarray | None = None,
+              heading_deg: np.ndarray | None = None) -> tuple[Any, Any]:
+        """Match one recorded trace offline (:class:`traffic.matching.OfflineMatcher`, full
+        look-ahead); returns ``(TraceMatch, matcher)`` (the matcher gives geometry and keys).
+
+        Runs here, in the facade's process, never in an ingest stage: it needs the network,
+        a spatial index (the in-process router's, else the prepared one mapped from
+        ``cache_dir``) and its own route-distance cache, none of them the ingest matchers'
+        (so it cannot change what they match, nor wait on them), nor a router replica (route
+        queries keep their latency). One matcher per network version, one trace at a time
+        (its cache is not thread-safe). Feeds nothing to the estimator.
+        """
+        import threading
+
+        from graph.route_distances import build_route_distances
+        from traffic.matching import OfflineMatcher
+
+        net = self.net
+        lock = self.__dict__.setdefault("_match_lock", threading.Lock())
+        with lock:
+            m = self.__dict__.get("_offline_matcher")
+            if m is None or m.network_version != net.version:
+                router = self.router
+                index = getattr(getattr(router, "router", None), "spatial", None)
+                if index is None or index.network_version != net.version:
+                    from graph.artifacts import spatial_index_for
+
+                    index = spatial_index_for(net, getattr(self.config, "cache_dir", None))
+                m = self._offline_matcher = OfflineMatcher(net, index,
+                                                           build_route_distances(net))
+            return m.match(t, lat, lon, speed_mps=speed_mps, heading_deg=heading_deg), m
+
     def network_info(self) -> dict[str, Any]:
         """The serving network's identity and size."""
         net = self.net
