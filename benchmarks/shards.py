@@ -29,7 +29,7 @@ from typing import Any
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import ROOT, append_section, machine_description, utc_now  # noqa: E402
+from _report import ROOT, append_section, machine_description, utc_now
 
 sys.path.insert(0, str(ROOT))
 SCENARIO = ROOT.parent / "shared" / "data" / "scenario_kbh"
@@ -87,7 +87,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         after = pipe.drain()
         wall = time.time() - wall0
         cpu1, drv1 = _actor_cpu_s(list(actors.values())), _driver_cpu_s()
-        pubs = (after["workers"]["router"].get("publications", None), )
         est0, est1 = before["workers"]["estimator"], after["workers"]["estimator"]
         n_pubs = (est1["publications_full"] + est1["publications_delta"]
                   - est0["publications_full"] - est0["publications_delta"])
@@ -97,7 +96,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     probes = after["probes"]["received"] - before["probes"]["received"]
     cpu = {name: b - a for name, a, b in zip(actors, cpu0, cpu1, strict=True)}
     cpu["facade (driver)"] = drv1 - drv0
-    del pubs
     return {"probes": probes, "wall_s": wall, "cpu_s": cpu, "publications": n_pubs,
             "edges": net.n_edges, "args": vars(args)}
 
@@ -118,7 +116,7 @@ def _model(res: dict[str, Any], *, cores_per_node: int, utilisation: float) -> s
         lines.append(f"| {rate:,} | {ingest * scale:.1f} | {est * scale:.1f} | "
                      f"{facade_cores:.1f} | {math.ceil(facade_cores / 0.7)} | {nodes} |")
     return "\n".join([
-        f"Model: cores(R) = R/1000 x (ingest + estimator CPU-ms per 1,000 probes) / 1000, "
+        (f"Model: cores(R) = R/1000 x (ingest + estimator CPU-ms per 1,000 probes) / 1000, "
         f"packed onto nodes of {cores_per_node} cores at {utilisation:.0%} utilisation "
         f"(the rest for the raylet, the object store and the OS). The facade (probe log, "
         f"fold order, shard split, merge) is one process today, so one facade carries at most "
@@ -126,10 +124,10 @@ def _model(res: dict[str, Any], *, cores_per_node: int, utilisation: float) -> s
         f"how many a rate needs (several facades, each owning a slice of the vehicles and "
         f"its own log, are not built). Routers are sized by queries, not probes "
         f"(a replica spends {router_per_pub_ms:.1f} CPU-ms per publication it applies, "
-        f"about {router_per_pub_ms / 10:.1f} % of a core at one publication per second).",
+        f"about {router_per_pub_ms / 10:.1f} % of a core at one publication per second)."),
         "",
-        "| probes/s | ingest cores | estimator-shard cores | facade cores | facades | "
-        "nodes (all three) |",
+        ("| probes/s | ingest cores | estimator-shard cores | facade cores | facades | "
+        "nodes (all three) |"),
         "|---|---|---|---|---|---|",
         *lines,
     ])
@@ -140,15 +138,15 @@ def report(res: dict[str, Any], *, cores_per_node: int, utilisation: float) -> s
     rows = [f"| {k} | {1e3 * v:.0f} | {1e3 * v / (res['probes'] / 1e3):.2f} |"
             for k, v in res["cpu_s"].items()]
     return "\n".join([
-        f"## Sharded estimator: CPU per 1,000 probes per actor "
-        f"(`benchmarks/shards.py --shards {a['shards']} --ingest {a['ingest']} "
-        f"--batch-s {a['batch_s']}`)",
+        (f"## Sharded estimator: CPU per 1,000 probes per actor "
+         f"(`benchmarks/shards.py --shards {a['shards']} --ingest {a['ingest']} "
+         f"--batch-s {a['batch_s']}`)"),
         "",
-        f"{utc_now()}; {machine_description()}. scenario_kbh ({res['edges']:,} edges), "
-        f"{res['probes']:,} probes measured after a warm-up, {res['wall_s']:.1f} s wall "
-        f"({res['probes'] / res['wall_s']:,.0f} probes/s through the facade, event clock, "
-        f"durable), {res['publications']} publications (refresh 1 s of event time). "
-        f"CPU = process CPU time of each actor (all its threads) and of the driver.",
+        (f"{utc_now()}; {machine_description()}. scenario_kbh ({res['edges']:,} edges), "
+         f"{res['probes']:,} probes measured after a warm-up, {res['wall_s']:.1f} s wall "
+         f"({res['probes'] / res['wall_s']:,.0f} probes/s through the facade, event clock, "
+         f"durable), {res['publications']} publications (refresh 1 s of event time). "
+         f"CPU = process CPU time of each actor (all its threads) and of the driver."),
         "",
         "| stage / actor | CPU-ms | CPU-ms per 1,000 probes |",
         "|---|---|---|",

@@ -14,9 +14,9 @@ import time
 import numpy as np
 import polars as pl
 import pytest
-
 from common import scenario_batches
 from conftest import shared_file
+
 from graph.io import load_network
 from workers.durability import DurabilityConfig
 from workers.services import LocalServices, Overloaded, PipelineConfig

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-
 from common import scenario_batches
 from conftest import shared_file
+
 from graph.io import load_network
 from traffic.traversals import Traversals
 from workers.durability import DurabilityConfig
