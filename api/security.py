@@ -30,12 +30,17 @@ from api.errors import send_error
 
 logger = logging.getLogger(__name__)
 
-ROLES = ("reader", "probe-writer", "network-admin")
+ROLES = ("reader", "probe-writer", "network-admin", "operator")
 
-#: The role each write endpoint needs, by ``(method, path)``.
-WRITE_ROLES: dict[tuple[str, str], str] = {
+#: The role each write endpoint needs, by ``(method, path)``; a tuple: any one of them.
+WRITE_ROLES: dict[tuple[str, str], str | tuple[str, ...]] = {
     ("POST", "/v1/probes"): "probe-writer",
     ("PUT", "/v1/network"): "network-admin",
+    ("POST", "/v1/closures"): ("operator", "network-admin"),
+}
+#: The same for paths under a prefix (``DELETE /v1/closures/{id}``).
+WRITE_PREFIX_ROLES: dict[tuple[str, str], str | tuple[str, ...]] = {
+    ("DELETE", "/v1/closures/"): ("operator", "network-admin"),
 }
 
 #: Paths that stay open even with ``protect_reads`` (probes and the API description).
@@ -131,12 +136,16 @@ def load_api_keys(*, env_value: str | None = None, file: str | Path | None = Non
     return KeyRing(digests=tuple(merged), roles=tuple(merged.values()))
 
 
-def required_role(method: str, path: str, *, protect_reads: bool) -> str | None:
-    """The role a request needs, or ``None`` when it is open."""
+def required_role(method: str, path: str, *,
+                  protect_reads: bool) -> str | tuple[str, ...] | None:
+    """The role a request needs (a tuple: any one of them), or ``None`` when it is open."""
     path = path.rstrip("/") or "/"
     role = WRITE_ROLES.get((method.upper(), path))
     if role is not None:
         return role
+    for (m, prefix), prefix_role in WRITE_PREFIX_ROLES.items():
+        if m == method.upper() and path.startswith(prefix):
+            return prefix_role
     if protect_reads and path not in ALWAYS_OPEN:
         return "reader"
     return None
@@ -182,14 +191,17 @@ class AuthMiddleware:
         role = None if self.keys.open else required_role(
             scope["method"], scope["path"], protect_reads=self.protect_reads)
         if role is not None:
+            roles = (role,) if isinstance(role, str) else role
+            named = " or ".join(f"`{r}`" for r in roles)
             if index is None:
                 why = ("missing or malformed `Authorization: Bearer` header" if token is None
                        else "unknown API key")
                 await send_error(send, 401, "unauthorized", f"{why}; this endpoint needs a key "
-                            f"with role `{role}`", None, {"WWW-Authenticate": "Bearer"})
+                            f"with role {named}", None, {"WWW-Authenticate": "Bearer"})
                 return
-            if role not in self.keys.roles[index]:
+            if not set(roles) & self.keys.roles[index]:
                 await send_error(send, 403, "forbidden",
-                            f"this API key lacks role `{role}`, which this endpoint needs", None, {})
+                            f"this API key lacks role {named}, which this endpoint needs", None,
+                            {})
                 return
         await self.app(scope, receive, send)

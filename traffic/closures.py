@@ -60,6 +60,7 @@ class Closure:
         """The closure as the API shows it."""
         out = asdict(self)
         out["edge_keys"] = list(self.edge_keys)
+        out["factor"] = None if math.isinf(self.factor) else self.factor  # JSON has no inf
         if n_edges is not None:
             out["n_edges"] = n_edges
         return out
@@ -258,8 +259,9 @@ class ClosureStore:
                              f"reads {STATE_VERSION}")
         items = {}
         for raw in state["closures"]:
+            factor = math.inf if raw["factor"] is None else float(raw["factor"])
             c = Closure(**{**raw, "edge_keys": tuple(int(k) for k in raw["edge_keys"]),
-                           "factor": float(raw["factor"])})
+                           "factor": factor})
             idx = self.net.edge_index_of_keys(np.asarray(c.edge_keys, dtype=np.int64))
             idx = idx[idx >= 0]
             if idx.size:

@@ -34,8 +34,8 @@ from workers.router import RouterCore
 from workers.stages import FoldQueue, LocalStages
 from workers.status import merge_status
 
-__all__ = ["Services", "LocalServices", "PipelineConfig", "Overloaded", "NotReady", "UnknownClosure",
-           "UnknownJob", "NetworkJob", "load_profile", "profile_path"]
+__all__ = ["Services", "LocalServices", "PipelineConfig", "Overloaded", "NotReady",
+           "UnknownClosure", "UnknownJob", "NetworkJob", "load_profile", "profile_path"]
 
 logger = logging.getLogger(__name__)
 
