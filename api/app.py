@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.errors import register_error_handlers
 from api.limits import LimitsMiddleware
 from api.metrics import Metrics
+from api.osrm import router as osrm_router
 from api.routes import match, network, probes, routing, status
 from api.security import AuthMiddleware, warn_if_open
 from api.settings import Settings
@@ -101,6 +102,7 @@ def create_app(services: Any, settings: Settings | None = None, *,
     for module in (routing, probes, network, status, match):
         app.include_router(module.router)
     _include_congestion_and_map(app)
+    app.include_router(osrm_router)  # OSRM v5 compatible facade beside /v1 (api/osrm)
 
     @app.get("/v1/noop", include_in_schema=False)
     def noop() -> dict[str, bool]:

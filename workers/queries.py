@@ -10,6 +10,7 @@ congestion questions to :mod:`workers.congestion`. It reads the facade's ``route
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -124,8 +125,8 @@ class Queries:
                                max_snap_m=max_snap_m, profile=profile)
 
     def match(self, t: np.ndarray, lat: np.ndarray, lon: np.ndarray, *,
-              speed_mps: np.ndarray | None = None,
-              heading_deg: np.ndarray | None = None) -> tuple[Any, Any]:
+              speed_mps: np.ndarray | None = None, heading_deg: np.ndarray | None = None,
+              accuracy_m: np.ndarray | None = None) -> tuple[Any, Any]:
         """Match one recorded trace offline (:class:`traffic.matching.OfflineMatcher`, full
         look-ahead); returns ``(TraceMatch, matcher)`` (the matcher gives geometry and keys).
 
@@ -136,25 +137,56 @@ class Queries:
         queries keep their latency). One matcher per network version, one trace at a time
         (its cache is not thread-safe). Feeds nothing to the estimator.
         """
+        with self._match_lock():
+            m = self._offline_matcher()
+            return m.match(t, lat, lon, speed_mps=speed_mps, heading_deg=heading_deg,
+                           accuracy_m=accuracy_m), m
+
+    def nearest(self, lat: np.ndarray, lon: np.ndarray, *, number: int = 1,
+                max_snap_m: float = 200.0) -> list[list[dict[str, Any]]]:
+        """Per point, up to ``number`` nearest road positions (nearest first) within
+        ``max_snap_m``: snapped ``lat``/``lon``, ``distance_m``, ``edge_key``, ``name``,
+        ``osm_way_id`` and the OSM ids of the edge's end nodes (``nodes``); on the spatial
+        index :meth:`match` uses."""
+        from graph.spatial import candidates
+
+        with self._match_lock():
+            m = self._offline_matcher()
+        net = m.net
+        pi, ei, d, off = candidates(m.index, np.asarray(lat, np.float64),
+                                    np.asarray(lon, np.float64), radius_m=max_snap_m, k=number)
+        plat, plon = m.points_at(ei, off) if ei.size else (np.zeros(0), np.zeros(0))
+        out: list[list[dict[str, Any]]] = [[] for _ in range(np.size(lat))]
+        for i, e, dist, la, lo in zip(pi.tolist(), ei.tolist(), d.tolist(), plat.tolist(),
+                                      plon.tolist()):
+            out[i].append({"lat": la, "lon": lo, "distance_m": dist,
+                           "edge_key": int(net.edge_key[e]), "name": net.edge_name_str(e),
+                           "osm_way_id": int(net.edge_osm_way[e]),
+                           "nodes": [int(net.node_osm_id[net.edge_src[e]]),
+                                     int(net.node_osm_id[net.edge_dst[e]])]})
+        return out
+
+    def _match_lock(self) -> Any:
         import threading
 
+        return self.__dict__.setdefault("_match_lock_", threading.Lock())
+
+    def _offline_matcher(self) -> Any:
+        """The facade's :class:`~traffic.matching.OfflineMatcher` for the serving network
+        (made on first use and after a swap; call under :meth:`_match_lock`)."""
         from graph.route_distances import build_route_distances
         from traffic.matching import OfflineMatcher
 
         net = self.net
-        lock = self.__dict__.setdefault("_match_lock", threading.Lock())
-        with lock:
-            m = self.__dict__.get("_offline_matcher")
-            if m is None or m.network_version != net.version:
-                router = self.router
-                index = getattr(getattr(router, "router", None), "spatial", None)
-                if index is None or index.network_version != net.version:
-                    from graph.artifacts import spatial_index_for
+        m = self.__dict__.get("_offline_matcher_")
+        if m is None or m.network_version != net.version:
+            index = getattr(getattr(self.router, "router", None), "spatial", None)
+            if index is None or index.network_version != net.version:
+                from graph.artifacts import spatial_index_for
 
-                    index = spatial_index_for(net, getattr(self.config, "cache_dir", None))
-                m = self._offline_matcher = OfflineMatcher(net, index,
-                                                           build_route_distances(net))
-            return m.match(t, lat, lon, speed_mps=speed_mps, heading_deg=heading_deg), m
+                index = spatial_index_for(net, getattr(self.config, "cache_dir", None))
+            m = self._offline_matcher_ = OfflineMatcher(net, index, build_route_distances(net))
+        return m
 
     def network_info(self) -> dict[str, Any]:
         """The serving network's identity and size."""
@@ -170,10 +202,26 @@ class Queries:
     def congestion(self, bbox: tuple[float, float, float, float], *, at_s: float | None = None,
                    road_class: list[str] | None = None, min_ratio: float | None = None,
                    max_ratio: float | None = None) -> Any:
-        """Per-edge congestion in ``bbox``, live or at a snapshot (``CongestionAnswer``)."""
-        return self._congestion.congestion(self.net, bbox, live=self.live_snapshot, at_s=at_s,
-                                           road_class=road_class, min_ratio=min_ratio,
-                                           max_ratio=max_ratio)
+        """Per-edge congestion in ``bbox``, live or at a snapshot (``CongestionAnswer``).
+
+        While closures or slowdowns are in force, a live answer also has ``closed`` (bool)
+        and ``override_factor`` (the travel time multiplier of a slowdown; null otherwise)
+        per edge: the estimate stays what was learned, the override is shown beside it.
+        """
+        answer = self._congestion.congestion(self.net, bbox, live=self.live_snapshot,
+                                             at_s=at_s, road_class=road_class,
+                                             min_ratio=min_ratio, max_ratio=max_ratio)
+        edges, factors = self.override_factors()
+        if at_s is not None or edges.size == 0:
+            return answer
+        over = pl.DataFrame({"key": np.asarray(self.net.edge_key)[edges],
+                             "_f": factors}).with_columns(pl.col("key").cast(
+                                 answer.frame.schema["key"]))
+        frame = answer.frame.join(over, on="key", how="left").with_columns(
+            pl.col("_f").is_infinite().fill_null(False).alias("closed"),
+            pl.when(pl.col("_f").is_finite()).then(pl.col("_f")).otherwise(None)
+            .alias("override_factor")).drop("_f")
+        return replace(answer, frame=frame)
 
     def edge_history(self, key: int, t_from: float | None = None,
                      t_to: float | None = None) -> pl.DataFrame:
