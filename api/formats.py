@@ -26,6 +26,8 @@ MEDIA_TYPES: dict[str, str] = {
 }
 
 _FEATURE_PROPERTIES = ("key", "speed_mps", "freeflow_mps", "ratio", "confidence", "observations")
+#: Extra per-edge properties while closures or slowdowns are in force.
+_OVERRIDE_PROPERTIES = ("closed", "override_factor")
 
 
 def to_geojson(net: RoadNetwork, df: pl.DataFrame, *, as_of_t_s: float | None = None,
@@ -54,8 +56,10 @@ def to_geojson(net: RoadNetwork, df: pl.DataFrame, *, as_of_t_s: float | None = 
         as_of = sub["t"].to_list()
     else:
         as_of = [None] * sub.height
+    # Closures in force add `closed` and `override_factor` (workers' Queries.congestion).
+    names = [*_FEATURE_PROPERTIES, *(c for c in _OVERRIDE_PROPERTIES if c in sub.columns)]
     props = {c: sub[c].fill_nan(None).to_list() if sub[c].dtype.is_float() else sub[c].to_list()
-             for c in _FEATURE_PROPERTIES}
+             for c in names}
     # Gather every chosen edge's points in one go, then cut them per feature.
     starts, ends = net.geom_offsets[edge], net.geom_offsets[edge + 1]
     counts = ends - starts
@@ -66,7 +70,7 @@ def to_geojson(net: RoadNetwork, df: pl.DataFrame, *, as_of_t_s: float | None = 
         {
             "type": "Feature",
             "geometry": {"type": "LineString", "coordinates": coords[bounds[i]:bounds[i + 1]]},
-            "properties": {**{c: props[c][i] for c in _FEATURE_PROPERTIES}, "as_of": as_of[i]},
+            "properties": {**{c: props[c][i] for c in names}, "as_of": as_of[i]},
         }
         for i in range(sub.height)
     ]

@@ -194,3 +194,48 @@ def test_closures_over_http_roles_and_errors(net, tmp_path):
                             headers={"Authorization": "Bearer adm"}).status_code == 404
     finally:
         svc.close()
+
+
+def test_congestion_shows_closures_beside_the_learned_state(net, tmp_path):
+    svc = _services(net, tmp_path)
+    try:
+        keys = svc.route(A, B)["edges"]
+        svc.add_closure({"kind": "closure", "end_t": time.time() + 600,
+                         "geometry": {"edge_keys": keys[3:5]}})
+        svc.add_closure({"kind": "slowdown", "factor": 2.5, "end_t": time.time() + 600,
+                         "geometry": {"edge_keys": keys[8:9]}})
+        frame = svc.congestion((12.52, 55.63, 12.63, 55.70)).frame
+        closed = set(frame.filter(frame["closed"])["key"].to_list())
+        assert closed == set(keys[3:5])
+        slow = frame.filter(frame["override_factor"].is_not_null())
+        assert slow["key"].to_list() == keys[8:9] and slow["override_factor"][0] == 2.5
+        with TestClient(create_app(svc, Settings())) as c:
+            gj = c.get("/v1/congestion", params={"bbox": "12.52,55.63,12.63,55.70"},
+                       headers={"Accept": "application/geo+json"}).json()
+            props = {f["properties"]["key"]: f["properties"] for f in gj["features"]}
+            assert all(props[k]["closed"] for k in keys[3:5])
+    finally:
+        svc.close()
+
+
+def test_closures_restored_from_the_checkpoint_when_their_file_is_gone(net, tmp_path):
+    from workers.durability import DurabilityConfig
+
+    cfg = PipelineConfig(clock="wall", data_dir=str(tmp_path), snapshot_every_s=None,
+                         durability=DurabilityConfig(str(tmp_path),
+                                                     pseudonym_key="closure-test-key-0001"))
+    svc = LocalServices(net, cfg)
+    try:
+        keys = svc.route(A, B)["edges"]
+        made = svc.add_closure({"kind": "closure", "end_t": time.time() + 600,
+                                "geometry": {"edge_keys": keys[3:5]}})
+        svc.checkpoint_now()
+    finally:
+        svc.close()
+    (tmp_path / "closures" / "closures.json").unlink()
+    again = LocalServices(net, cfg)
+    try:
+        assert [c["id"] for c in again.list_closures()] == [made["id"]]
+        assert not set(keys[3:5]) & set(again.route(A, B)["edges"])
+    finally:
+        again.close()

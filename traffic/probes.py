@@ -214,7 +214,7 @@ class VehicleLastSeen:
         self._recent_chunks, self._recent_max_t = [], -np.inf
         if "chunk_len" in state:  # the pairs as the chunks they were remembered in
             ends = np.cumsum(np.asarray(state["chunk_len"], dtype=np.int64)).tolist()
-            starts = [0, *ends[:-1]]
+            starts = [0, *ends[:-1]][:len(ends)]
             self._recent_chunks = [
                 (float(m), pairs.slice(a, b - a))
                 for m, a, b in zip(np.asarray(state["chunk_max_t"]).tolist(), starts, ends,

@@ -23,7 +23,7 @@ from typing import Any
 
 from workers.shards import FoldJournal
 from workers.stages import StageRestarted
-from workers.state import compose, decompose
+from workers.state import compose, decompose, prefixed, unprefixed
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +51,11 @@ def checkpoint(svc: Any, now_s: float | None) -> None:
     marks = [e["watermark_t"] for e in (est if isinstance(est, list) else [est])
              if e["watermark_t"] is not None]
     try:
-        durability.save(compose(est, parts, svc.watermark_t()),
-                        event_time_s=max(marks) if marks else None)
+        state = compose(est, parts, svc.watermark_t())
+        closures = getattr(svc, "closures", None)  # not yet there while a service starts
+        if closures is not None:
+            state.update(prefixed("closures", closures.state_dict()))
+        durability.save(state, event_time_s=max(marks) if marks else None)
     except OSError:
         logger.exception("checkpoint failed; the probe log keeps everything since the last one")
         return
@@ -85,6 +88,8 @@ def recover(svc: Any) -> int:
         stages.get([stages.call(a, "load_state_dict", part)
                     for a, part in zip(svc.ingest_stages, parts, strict=True)])
         svc.set_watermark(watermark)
+        # Closures: their own file is newer (written at every change); this is the fallback.
+        svc.checkpoint_closures = unprefixed("closures", rec.state) or None
     svc.boot = f"{time.time_ns()}"
     svc.estimator_call("mark_boot", svc.boot)  # from here on the estimator's state is whole
     n, window = 0, []  # each batch's futures, oldest first: folded in log order

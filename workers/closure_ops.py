@@ -3,7 +3,8 @@
 :class:`ClosureOps` is a part of :class:`workers.services.Services` (a mixin). It keeps the
 closures of the serving network in a :class:`traffic.closures.ClosureStore`, saved under
 ``<data-dir>/closures/closures.json`` (atomically, before the request is answered, and in
-the store's versioned ``state_dict`` form) and read back at start, and it hands the
+the store's versioned ``state_dict`` form) and read back at start; checkpoints carry the
+same state (``closures.*``), restored when the file is missing. It hands the
 overrides in force to every router (``RouterCore.set_overrides``): at once when a closure is
 added or removed, and from the housekeeping tick when one starts or ends by the clock. A
 closure's edges keep their learned speeds; the override applies on top while it lasts.
@@ -41,6 +42,9 @@ class ClosureOps:
         if path is not None and path.exists():
             self.closures.load_state_dict(json.loads(path.read_text()))
             logger.info("restored %d closures from %s", len(self.closures.list()), path)
+        elif getattr(self, "checkpoint_closures", None):  # set by recovery
+            self.closures.load_state_dict(self.checkpoint_closures)
+            logger.info("restored %d closures from the checkpoint", len(self.closures.list()))
 
     def _closures_path(self) -> Path | None:
         data_dir = self.config.data_dir

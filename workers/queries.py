@@ -10,6 +10,7 @@ congestion questions to :mod:`workers.congestion`. It reads the facade's ``route
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -201,10 +202,26 @@ class Queries:
     def congestion(self, bbox: tuple[float, float, float, float], *, at_s: float | None = None,
                    road_class: list[str] | None = None, min_ratio: float | None = None,
                    max_ratio: float | None = None) -> Any:
-        """Per-edge congestion in ``bbox``, live or at a snapshot (``CongestionAnswer``)."""
-        return self._congestion.congestion(self.net, bbox, live=self.live_snapshot, at_s=at_s,
-                                           road_class=road_class, min_ratio=min_ratio,
-                                           max_ratio=max_ratio)
+        """Per-edge congestion in ``bbox``, live or at a snapshot (``CongestionAnswer``).
+
+        While closures or slowdowns are in force, a live answer also has ``closed`` (bool)
+        and ``override_factor`` (the travel time multiplier of a slowdown; null otherwise)
+        per edge: the estimate stays what was learned, the override is shown beside it.
+        """
+        answer = self._congestion.congestion(self.net, bbox, live=self.live_snapshot,
+                                             at_s=at_s, road_class=road_class,
+                                             min_ratio=min_ratio, max_ratio=max_ratio)
+        edges, factors = self.override_factors()
+        if at_s is not None or edges.size == 0:
+            return answer
+        over = pl.DataFrame({"key": np.asarray(self.net.edge_key)[edges],
+                             "_f": factors}).with_columns(pl.col("key").cast(
+                                 answer.frame.schema["key"]))
+        frame = answer.frame.join(over, on="key", how="left").with_columns(
+            pl.col("_f").is_infinite().fill_null(False).alias("closed"),
+            pl.when(pl.col("_f").is_finite()).then(pl.col("_f")).otherwise(None)
+            .alias("override_factor")).drop("_f")
+        return replace(answer, frame=frame)
 
     def edge_history(self, key: int, t_from: float | None = None,
                      t_to: float | None = None) -> pl.DataFrame:
