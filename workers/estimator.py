@@ -19,6 +19,8 @@ from typing import Any, Literal
 import numpy as np
 
 from graph.network import RoadNetwork
+from workers.estimator_profile import ProfileLearning
+from workers.estimator_state import EstimatorState
 from workers.publication import Publication
 from workers.snapshot_writer import SnapshotWriter
 
@@ -65,7 +67,7 @@ class EstimatorServiceConfig:
     full_every_s: float | None = 60.0
 
 
-class EstimatorCore:
+class EstimatorCore(EstimatorState, ProfileLearning):
     """Fold traversals, count applied probes, publish versioned travel times.
 
     Parameters
@@ -320,66 +322,6 @@ class EstimatorCore:
         before the first): the last full vector with every later delta applied."""
         return None if self._published is None else self._published.copy()
 
-    def _learn_profile(self, t_s: float) -> None:
-        """When event time ``t_s`` crosses an observe boundary, fold the current paces of
-        confident edges, as of that boundary, into the profile; save it when a save boundary
-        is crossed."""
-        cfg = self.config
-        every = cfg.profile_observe_every_s
-        last = self._profile_observed_t
-        if last is None or np.floor(t_s / every) > np.floor(last / every):
-            # The boundary crossed lies after `last`, since their observe periods differ.
-            at = t_s if last is None else float(np.floor(t_s / every) * every)
-            _, tt = self.estimator.travel_times(at)  # both on the host, fresh arrays
-            conf = self.estimator.confidence(at).astype(np.float32, copy=False)
-            conf[conf < cfg.profile_min_confidence] = 0.0
-            with np.errstate(divide="ignore", invalid="ignore"):
-                pace = tt / np.asarray(self.net.edge_length_m, dtype=np.float64)
-            self.profile.observe(pace, conf, at)
-            self._profile_observed_t = at
-        save = cfg.profile_save_every_s
-        if cfg.profile_path is None or save is None:
-            return
-        if self._profile_saved_t is None:
-            self._profile_saved_t = t_s  # first publication: the boundary count starts here
-        elif np.floor(t_s / save) > np.floor(self._profile_saved_t / save):
-            self.save_profile()
-            self._profile_saved_t = t_s
-
-    def save_profile(self) -> bool:
-        """Save the profile to ``profile_path`` atomically now; whether it was written.
-
-        An I/O error is logged and counted, never raised (estimation must go on).
-        """
-        if self.profile is None or self.config.profile_path is None:
-            return False
-        try:
-            self.profile.save_atomic(self.config.profile_path)
-        except OSError:
-            import logging
-
-            self.profile_save_errors += 1
-            logging.getLogger(__name__).exception("saving the profile failed")
-            return False
-        self.profile_saves += 1
-        return True
-
-    def profile_revision(self, t_s: float) -> tuple[int, int] | None:
-        """``(bin, revision)`` of the profile at ``t_s``; ``None`` without one or no data there."""
-        if self.profile is None or not self.profile.has_data(t_s):
-            return None
-        return self.profile.revision(t_s)
-
-    def profile_travel_times(self, t_s: float) -> np.ndarray | None:
-        """Travel times (s) for a departure at ``t_s``: learned pace, free-flow where the bin
-        has no data for an edge; ``None`` when the profile has no data in that bin at all."""
-        if self.profile is None or not self.profile.has_data(t_s):
-            return None
-        pace = self.profile.prior_pace(t_s)
-        length = np.asarray(self.net.edge_length_m, dtype=np.float64)
-        freeflow = length / np.asarray(self.net.edge_freeflow_mps, dtype=np.float64)
-        return np.where(np.isfinite(pace), length * pace, freeflow)
-
     @property
     def last(self) -> Publication | None:
         """The newest publication (``None`` before the first)."""
@@ -396,13 +338,6 @@ class EstimatorCore:
         """``(watermark_t, snapshot())``: the live state and the event time it stands at."""
         return self.watermark_t, self.snapshot()
 
-    def prior_travel_times(self, t_s: float) -> np.ndarray | None:
-        """Travel times (s) from the time-of-week profile at ``t_s``; ``None`` without one."""
-        if self.prior is None:
-            return None
-        pace = np.asarray(self.prior.prior_pace(t_s), dtype=np.float64)
-        return np.asarray(self.net.edge_length_m) * pace
-
     def remap_to(self, net: RoadNetwork) -> int:
         """Carry speed state over to a new network by stable edge keys; returns edges kept."""
         if self.profile is not None:
@@ -417,116 +352,6 @@ class EstimatorCore:
         self.net, self._covered, self._last, self._dirty = net, covered, None, True
         self._published, self._touched = None, []  # the next publication is full
         return int(np.count_nonzero(keep >= 0))
-
-    # -- state (checkpoints: workers/state.py) ------------------------------------------
-    #: Version of :meth:`state_dict`'s contents.
-    STATE_VERSION = 2
-
-    def state_dict(self) -> dict[str, Any]:
-        """The durable state: speed state, counters, coverage and the learned profile.
-
-        Version 2: ``version``; ``speed.*`` (``SpeedEstimator.state_dict``); ``covered``
-        (bool per edge); ``counters`` (``applied``, ``folds``, ``traversals``);
-        ``watermark_t`` (s); with a profile, ``profile.*``
-        (``TimeOfWeekProfile.state_dict``) and ``profile_observed_t`` (s). The profile is the
-        estimator's prior, so it is part of what a replay must restore. Version 1 (the first
-        release) stored the profile as dense rows ``profile.bins``/``mean_pace``/``weight``
-        and ``profile.observed_t``; :meth:`load_state_dict` reads both.
-        """
-        from workers.state import prefixed
-
-        out: dict[str, Any] = {"version": self.STATE_VERSION}
-        out.update(prefixed("speed", self.estimator.state_dict()))
-        out["covered"] = np.asarray(self._covered).copy()
-        out["counters"] = {"applied": int(self.applied), "folds": int(self.folds),
-                           "traversals": int(self.traversals)}
-        out["watermark_t"] = self.watermark_t
-        if self.profile is not None:
-            out.update(prefixed("profile", self.profile.state_dict()))
-            out["profile_observed_t"] = self._profile_observed_t
-        return out
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` saved (same network: strict edge keys).
-
-        Raises ``ValueError`` naming both versions for a version this code does not read.
-        """
-        from workers.state import unprefixed
-
-        version = state.get("version", 1)
-        if version not in (1, self.STATE_VERSION):
-            raise ValueError(f"estimator state version {version!r}; this code reads 1 and "
-                             f"{self.STATE_VERSION}")
-        profile = unprefixed("profile", state)
-        if self.profile is not None and profile:
-            observed_t = profile.pop("observed_t", None) if version == 1 \
-                else state.get("profile_observed_t")
-            # In place: the speed estimator holds this same object as its prior.
-            self.profile.load_state_dict(profile)
-            self._profile_observed_t = observed_t
-        self.estimator.load_state_dict(unprefixed("speed", state))
-        self._covered = np.asarray(state["covered"], dtype=bool).copy()
-        counters = state["counters"]
-        self.applied = int(counters["applied"])
-        self.folds = int(counters["folds"])
-        self.traversals = int(counters["traversals"])
-        self.watermark_t = state["watermark_t"]
-        self._dirty = True
-
-    def load_state_by_key(self, state: dict[str, Any], *, keep_applied: bool = True) -> None:
-        """Restore this estimator's segments from a state saved over a superset of them,
-        matching by edge key (an estimator shard starting from an unsharded checkpoint).
-
-        Every key of this estimator must be in the saved state (same network). The counters
-        ``applied`` and ``traversals`` are kept only with ``keep_applied`` (one shard counts
-        them, :mod:`workers.shards`); the others start at 0.
-
-        Raises ``ValueError`` when the saved state lacks some of this estimator's keys.
-        """
-        from traffic.profiles import TimeOfWeekProfile, index_of_keys
-        from workers.state import unprefixed
-
-        version = state.get("version", 1)
-        if version not in (1, self.STATE_VERSION):
-            raise ValueError(f"estimator state version {version!r}; this code reads 1 and "
-                             f"{self.STATE_VERSION}")
-        speed = unprefixed("speed", state)
-        saved_keys = np.asarray(speed["edge_key"], dtype=np.int64)
-        src = index_of_keys(saved_keys, np.asarray(self.net.edge_key, dtype=np.int64))
-        if np.any(src < 0):
-            raise ValueError(f"the saved estimator state lacks {int(np.sum(src < 0))} of this "
-                             f"shard's {src.size} edge keys (a checkpoint of another network)")
-        profile = unprefixed("profile", state)
-        if self.profile is not None and profile:
-            observed_t = profile.pop("observed_t", None) if version == 1 \
-                else state.get("profile_observed_t")
-            whole = TimeOfWeekProfile(saved_keys, self.profile.config)
-            whole.load_state_dict(profile)
-            self.profile = self.prior = whole.remap_to(self.net.edge_key)
-            self.estimator._profile = self.profile  # the estimator's prior is this profile
-            self._profile_observed_t = observed_t
-        self.estimator.load_state_dict(speed, strict=False)
-        self._covered = np.asarray(state["covered"], dtype=bool)[src].copy()
-        counters = state["counters"]
-        self.applied = int(counters["applied"]) if keep_applied else 0
-        self.traversals = int(counters["traversals"]) if keep_applied else 0
-        self.folds = int(counters["folds"])
-        self.watermark_t = state["watermark_t"]
-        self._dirty = True
-
-    def mark_boot(self, token: str) -> None:
-        """Tag this live estimator; a restarted actor comes back without the tag (its state
-        is then short of folds, and the pipeline restores it)."""
-        self._boot = token
-
-    def boot_token(self) -> str | None:
-        """The tag :meth:`mark_boot` set (``None`` on a fresh or restarted estimator)."""
-        return self._boot
-
-    def state_dict_if_booted(self, token: str | None) -> dict[str, Any] | None:
-        """:meth:`state_dict` if this estimator still carries ``token``, else ``None``: a
-        restarted estimator lost folds, and its state must not go into a checkpoint."""
-        return self.state_dict() if self._boot == token else None
 
     def stats(self) -> dict[str, Any]:
         """Counters: applied probes, folds, coverage, fold seconds, freshness percentiles."""

@@ -101,7 +101,7 @@ class Services(Intake, Queries, ClosureOps):
         #: then also stands as ``estimator`` (its calls fan out to the shards and merge).
         self.shards: Any = None
         if config.estimator_shards > 1:
-            from workers.shards import ShardedEstimator
+            from workers.sharded_estimator import ShardedEstimator
 
             self.shards, self.estimator_on_gpu = ShardedEstimator.start(
                 stages, net, config.estimator_service(), n_shards=config.estimator_shards,
