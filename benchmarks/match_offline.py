@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from graph.spatial import build_spatial_index
 from traffic.matching import MatcherConfig, OfflineMatcher, OnlineMatcher
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import append_section, machine_description, utc_now  # noqa: E402
+from _report import append_section, machine_description, utc_now
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,7 +58,7 @@ def traces(probes: pl.DataFrame) -> list[tuple[np.ndarray, ...]]:
     cols = [probes[c].to_numpy() for c in ("t", "lat", "lon", "speed_mps", "heading_deg")]
     cut = np.flatnonzero(np.r_[True, vid[1:] != vid[:-1], True])
     out = []
-    for a, b in zip(cut[:-1], cut[1:]):
+    for a, b in pairwise(cut):
         for s in range(a, b, 10_000):
             e = min(b, s + 10_000)
             out.append((vid[s:e], *(c[s:e] for c in cols)))
@@ -123,13 +124,13 @@ def main() -> None:
     cpu_rates = [n / c for c in cpus]
     lines = [
         f"## Offline map matching (POST /v1/match engine) on {d.name}\n",
-        f"`.venv/bin/python benchmarks/match_offline.py --repeat {a.repeat}` — {utc_now()}, "
-        f"{machine_description(note='one used')} (other engineers' work was running on the "
-        "same 2 cores, so rates are lower bounds).\n",
-        f"{len(tr)} traces (one per probe vehicle), {n} noisy probes; matcher "
-        "`traffic.matching.OfflineMatcher` (the online matcher's candidates, emission and "
-        "transition code and route distances, Viterbi over the whole trace), default "
-        "MatcherConfig; route-distance cache cold at the start of each repeat.\n",
+        (f"`.venv/bin/python benchmarks/match_offline.py --repeat {a.repeat}` — {utc_now()}, "
+         f"{machine_description(note='one used')} (other engineers' work was running on the "
+         "same 2 cores, so rates are lower bounds).\n"),
+        (f"{len(tr)} traces (one per probe vehicle), {n} noisy probes; matcher "
+         "`traffic.matching.OfflineMatcher` (the online matcher's candidates, emission and "
+         "transition code and route distances, Viterbi over the whole trace), default "
+         "MatcherConfig; route-distance cache cold at the start of each repeat.\n"),
         "| measure | value |", "|---|---:|",
         f"| way+direction accuracy, matched points | {acc_matched:.4f} |",
         f"| way+direction accuracy, all points (unmatched = wrong) | {acc_all:.4f} |",

@@ -7,12 +7,12 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
+from conftest import shared_file
 from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.security import parse_api_keys
 from api.settings import Settings
-from conftest import shared_file
 from graph.io import load_network
 from graph.route_distances import build_route_distances
 from graph.spatial import build_spatial_index
@@ -71,7 +71,7 @@ def test_offline_matcher_route_times_and_geometry(kbh) -> None:
     d = np.hypot((out.point_lat - tr["lat"]) * 111_000,
                  (out.point_lon - tr["lon"]) * 63_000)
     assert np.median(d) < 10.0  # snapped positions lie near the noisy fixes (sigma 5 m)
-    lat, lon, first = m.geometry(out.edge, out.edge_off0_m, out.edge_off1_m)
+    lat, _, first = m.geometry(out.edge, out.edge_off0_m, out.edge_off1_m)
     assert lat.size >= out.edge.size and first.size == out.edge.size
     assert 0.0 < out.trace_confidence.min() <= out.trace_confidence.max() <= 1.0
 

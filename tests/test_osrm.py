@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import httpx
 import numpy as np
-import polars as pl
 import pytest
+from common import served
+from conftest import shared_file
 
 from api.app import create_app
 from api.settings import Settings
-from common import served
-from conftest import shared_file
 from graph.io import load_network
 from graph.polyline import decode_polyline
 from workers.services import LocalServices, PipelineConfig

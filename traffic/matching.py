@@ -880,8 +880,7 @@ def _viterbi_py(em: np.ndarray, cost: np.ndarray, gap: np.ndarray) -> tuple[np.n
                 new[b] = em[i, b]
         top = -np.inf
         for b in range(k):
-            if new[b] > top:
-                top = new[b]
+            top = max(top, new[b])
         for b in range(k):
             score[b] = new[b] - top
     return choice, trace
