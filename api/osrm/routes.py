@@ -46,11 +46,15 @@ def _json(body: dict[str, Any], status: int = 200) -> JSONResponse:
 
 
 def _error(exc: Exception) -> JSONResponse:
+    """OSRM's ``{code, message}``, with the ``details: null`` every error of this server has
+    (``api.errors``; OSRM clients read ``code`` and ``message`` only)."""
     if isinstance(exc, OsrmError):
-        return _json({"code": exc.code, "message": exc.message}, exc.status)
-    if isinstance(exc, NoCandidateError):
-        return _json({"code": "NoSegment", "message": str(exc)}, 400)
-    return _json({"code": "NoRoute", "message": str(exc)}, 400)
+        code, message, status = exc.code, exc.message, exc.status
+    elif isinstance(exc, NoCandidateError):
+        code, message, status = "NoSegment", str(exc), 400
+    else:
+        code, message, status = "NoRoute", str(exc), 400
+    return _json({"code": code, "message": message, "details": None}, status)
 
 
 def _snap_m(opts: dict[str, Any], default: float) -> float:
