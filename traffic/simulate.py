@@ -4,10 +4,29 @@ Any :class:`~graph.network.RoadNetwork` works. Every car drives the free-flow sh
 between two random nodes, then starts another trip from where it arrived. Its speed on an edge
 is the edge's free-flow speed times the congestion factor of that edge at that moment:
 
-``factor(e, t) = (1 - rush(t)) * prod_h (1 - depth_h(t) * exp(-dist(e, h)^2 / (2 r_h^2)))``
+``factor(e, t) = (1 - depth_e * rush(t)) * prod_h (1 - depth_h(t) * exp(-dist(e, h)^2 / (2 r_h^2)))
+* prod_k incident_k(e, t)``, floored at ``min_factor``.
 
-with a network-wide rush-hour bump ``rush(t)`` (a raised cosine around ``rush_peak_s``) and a
-few hotspots at random places with Gaussian footprints and their own on/off time profiles.
+- **Rush.** ``rush(t)`` in [0, 1] builds with a raised cosine from ``rush_peak_s -
+  rush_width_s`` to ``rush_peak_s`` (by default over the first 10 minutes: demand rising),
+  holds ``rush_hold_s``, eases over ``rush_width_s`` and, with ``rush_period_s > 0``, comes
+  back every period. Its depth is ``main_rush_depth`` on main roads (motorway to secondary
+  and their links; in a network without road classes, the fastest fifth of edges) and
+  ``rush_depth`` elsewhere, so main roads turn orange while side streets stay yellow-green.
+- **Hotspots.** ``n_hotspots`` places at random with Gaussian footprints and their own on/off
+  time profiles.
+- **Incidents.** With ``incident_every_s >= 0`` (``-1``: none), a stretch of about
+  ``incident_length_m`` along one direction of a main road near the network's centre has
+  its speed collapse to ``incident_factor`` of free flow from ``incident_start_s`` for
+  ``incident_duration_s`` (one-minute onset, two-minute recovery); it turns red on the map
+  and, once the estimator has seen it, routes avoid it (of a few candidate stretches, the
+  one with the quickest way round). ``incident_every_s > 0`` (default: hourly) starts a new
+  incident, somewhere else, every that many seconds; ``0``: just the one.
+  :func:`incident_edges` names each incident's edges and time window.
+
+The defaults build this congestion (``traffic serve --simulate N`` and ``make run`` use them);
+``rush_hold_s=0, rush_period_s=0, main_rush_depth=None, incident_every_s=-1,
+rush_peak_s=1800, rush_width_s=1800`` gives the older field: one mild network-wide rush bump.
 :func:`true_speed_mps` gives the same field back, so tests know the truth.
 
 Cars advance in steps of ``step_s`` (vectorised over cars); each reports one probe every
@@ -26,7 +45,15 @@ import polars as pl
 import scipy.sparse as sp
 from scipy.sparse.csgraph import dijkstra
 
-from graph.network import EARTH_RADIUS_M, RoadNetwork, haversine_m
+from graph.network import EARTH_RADIUS_M, ROAD_CLASS_INDEX, RoadNetwork, haversine_m
+
+#: Road classes whose traffic the rush hits hardest and where incidents happen.
+MAIN_ROAD_CLASSES: tuple[str, ...] = (
+    "motorway", "trunk", "primary", "secondary",
+    "motorway_link", "trunk_link", "primary_link", "secondary_link",
+)
+#: Where incidents happen, in order of preference (no links: a stretch of through road).
+_INCIDENT_CLASSES: tuple[str, ...] = ("primary", "trunk", "secondary", "motorway")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +71,16 @@ class SimConfig:
     hotspot_radius_m: float = 400.0
     hotspot_depth: float = 0.7
     rush_depth: float = 0.3
-    rush_peak_s: float = 1800.0
-    rush_width_s: float = 1800.0
+    rush_peak_s: float = 600.0
+    rush_width_s: float = 600.0
+    rush_hold_s: float = 2400.0
+    rush_period_s: float = 5400.0
+    main_rush_depth: float | None = 0.5
+    incident_every_s: float = 3600.0
+    incident_start_s: float = 120.0
+    incident_duration_s: float = 2400.0
+    incident_length_m: float = 800.0
+    incident_factor: float = 0.1
     min_factor: float = 0.08
     seed: int = 0
     include_truth: bool = False
@@ -54,6 +89,21 @@ class SimConfig:
         if self.n_vehicles < 1 or not (self.step_s > 0 and self.interval_s >= self.step_s):
             raise ValueError("SimConfig needs n_vehicles >= 1 and interval_s >= step_s > 0; got "
                              f"{self.n_vehicles}, {self.interval_s}, {self.step_s}")
+        for name in ("rush_depth", "incident_factor", "min_factor") + (
+                ("main_rush_depth",) if self.main_rush_depth is not None else ()):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"SimConfig.{name} must be within [0, 1]; got {v}")
+        if self.rush_width_s <= 0 or self.rush_hold_s < 0 or self.rush_period_s < 0:
+            raise ValueError("SimConfig needs rush_width_s > 0, rush_hold_s >= 0 and "
+                             f"rush_period_s >= 0; got {self.rush_width_s}, {self.rush_hold_s}, "
+                             f"{self.rush_period_s}")
+        if self.incident_every_s < 0 and self.incident_every_s != -1:
+            raise ValueError("SimConfig.incident_every_s must be >= 0 (0: one incident) or -1 "
+                             f"(none); got {self.incident_every_s}")
+        if self.incident_duration_s <= 0 or self.incident_length_m <= 0:
+            raise ValueError("SimConfig needs incident_duration_s > 0 and incident_length_m > 0; "
+                             f"got {self.incident_duration_s}, {self.incident_length_m}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +114,10 @@ class _Field:
     h_off: np.ndarray
     ex: np.ndarray  # edge midpoints, local metres
     ey: np.ndarray
+    rush_depth: np.ndarray  # float64[m], the rush's depth on each edge
+    inc_on: np.ndarray  # float64[k], incident k's start, s
+    inc_off: np.ndarray  # float64[k], its end, s
+    inc_edges: tuple[np.ndarray, ...]  # int64 edge ids of each incident, sorted
 
 
 def _field(net: RoadNetwork, cfg: SimConfig) -> _Field:
@@ -77,19 +131,150 @@ def _field(net: RoadNetwork, cfg: SimConfig) -> _Field:
     pick = rng.integers(0, net.n_edges, cfg.n_hotspots)
     on = rng.uniform(0, 0.6 * cfg.duration_s, cfg.n_hotspots)
     off = on + rng.uniform(0.2, 0.5, cfg.n_hotspots) * cfg.duration_s
-    return _Field(ex[pick], ey[pick], on, off, ex, ey)
+    main = _main_roads(net)
+    depth = np.full(net.n_edges, cfg.rush_depth)
+    if cfg.main_rush_depth is not None:
+        depth[main] = cfg.main_rush_depth
+    inc_on, inc_edges = _incidents(net, cfg, main, ex, ey)
+    return _Field(ex[pick], ey[pick], on, off, ex, ey, depth, inc_on,
+                  inc_on + cfg.incident_duration_s, inc_edges)
+
+
+def _main_roads(net: RoadNetwork) -> np.ndarray:
+    """bool[m]: the main roads (classes in ``MAIN_ROAD_CLASSES``; without any, the fastest
+    fifth of the edges)."""
+    main = np.isin(net.edge_road_class, [ROAD_CLASS_INDEX[c] for c in MAIN_ROAD_CLASSES])
+    if not main.any() and net.n_edges:
+        main = net.edge_speed_kph >= np.quantile(net.edge_speed_kph, 0.8)
+    return main
+
+
+def _incidents(net: RoadNetwork, cfg: SimConfig, main: np.ndarray, ex: np.ndarray,
+               ey: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """Start times and edges of the incidents: each a stretch of about ``incident_length_m``
+    along one direction of a main road, starting at a random edge among the main-road
+    edges nearest the network's centre."""
+    if cfg.incident_every_s < 0 or net.n_edges == 0:
+        return np.zeros(0), ()
+    n = 1 if cfg.incident_every_s == 0 else max(
+        1, int(np.ceil((cfg.duration_s - cfg.incident_start_s) / cfg.incident_every_s)))
+    rng = np.random.default_rng([cfg.seed, 3])
+    pool = np.zeros(0, np.int64)
+    for cls in _INCIDENT_CLASSES:  # the best class with enough road for a stretch
+        cand = np.flatnonzero(net.edge_road_class == ROAD_CLASS_INDEX[cls])
+        if net.edge_length_m[cand].sum() >= 4 * cfg.incident_length_m:
+            pool = cand
+            break
+    if pool.size == 0:
+        pool = np.flatnonzero(main)
+    # The third of that road nearest the centre of the network's edges.
+    cx, cy = float(np.median(ex)), float(np.median(ey))
+    d2 = (ex[pool] - cx) ** 2 + (ey[pool] - cy) ** 2
+    pool = pool[np.argsort(d2, kind="stable")[:max(1, pool.size // 3)]]
+    starts = cfg.incident_start_s + np.arange(n) * max(cfg.incident_every_s, 0.0)
+    stretches = []
+    for _ in range(n):
+        # Of a few random stretches, the one with the quickest way round it, so that routes
+        # can avoid it once it is slow (a stretch with no way round is kept only as a last
+        # resort).
+        tries = [_stretch(net, int(e), cfg.incident_length_m)
+                 for e in pool[rng.integers(pool.size, size=min(8, pool.size))]]
+        stretches.append(min(tries, key=lambda st: _detour_ratio(net, st)))
+    return starts, tuple(np.sort(st) for st in stretches)
+
+
+def _detour_ratio(net: RoadNetwork, stretch: np.ndarray) -> float:
+    """Free-flow time of the quickest way from the stretch's start to its end that leaves out
+    its edges, over the stretch's own free-flow time (``inf``: no way round nearby)."""
+    w = net.edge_freeflow_time_s
+    own = float(w[stretch].sum())
+    keep = np.ones(net.n_edges, dtype=bool)
+    keep[stretch] = False
+    # Both directions of the stretch are left out: a U-turn is no way round.
+    rev = np.isin(net.edge_src, net.edge_dst[stretch]) & np.isin(net.edge_dst, net.edge_src[stretch])
+    keep &= ~rev
+    e = np.flatnonzero(keep)
+    key = net.edge_src[e].astype(np.int64) * net.n_nodes + net.edge_dst[e]
+    order = np.lexsort((w[e], key))  # parallel edges: keep the quickest (csr would sum them)
+    e = e[order][np.r_[True, key[order][1:] != key[order][:-1]]]
+    g = sp.csr_matrix((np.maximum(w[e], 1e-3), (net.edge_src[e], net.edge_dst[e])),
+                      shape=(net.n_nodes, net.n_nodes))
+    a, b = int(net.edge_src[stretch[0]]), int(net.edge_dst[stretch[-1]])
+    d = dijkstra(g, indices=a, limit=10.0 * own + 600.0)[b]
+    return float(d) / max(own, 1e-9)
+
+
+def _stretch(net: RoadNetwork, edge: int, length_m: float) -> np.ndarray:
+    """Edges from ``edge`` on, forward, keeping to its OSM way (else its road class, else
+    the straightest way on, never back), until about ``length_m`` (in driving order)."""
+    out, total = [edge], float(net.edge_length_m[edge])
+    seen = {edge}
+    while total < length_m:
+        cur = out[-1]
+        v = int(net.edge_dst[cur])
+        nxt = net.out_edge[net.out_first[v]:net.out_first[v + 1]].astype(np.int64)
+        nxt = nxt[(net.edge_dst[nxt] != net.edge_src[cur]) & ~np.isin(nxt, list(seen))]
+        if nxt.size == 0:
+            break
+        same_way = nxt[net.edge_osm_way[nxt] == net.edge_osm_way[cur]] \
+            if net.edge_osm_way[cur] >= 0 else nxt[:0]
+        same_class = nxt[net.edge_road_class[nxt] == net.edge_road_class[cur]]
+        choice = same_way if same_way.size else same_class if same_class.size else nxt
+        # The straightest of them: smallest turn between the edges' end-to-end directions.
+        def bearing(e: np.ndarray) -> np.ndarray:
+            s, d = net.edge_src[e], net.edge_dst[e]
+            dx = (net.node_lon[d] - net.node_lon[s]) * np.cos(np.radians(net.node_lat[s]))
+            return np.arctan2(dx, net.node_lat[d] - net.node_lat[s])
+        turn = np.abs((bearing(choice) - bearing(np.array([cur])) + np.pi) % (2 * np.pi) - np.pi)
+        e = int(choice[np.argmin(turn)])
+        out.append(e)
+        seen.add(e)
+        total += float(net.edge_length_m[e])
+    return np.array(out, dtype=np.int64)
+
+
+def _rush(cfg: SimConfig, t: np.ndarray) -> np.ndarray:
+    """The rush's level in [0, 1] at ``t`` (s from the start)."""
+    if cfg.rush_period_s > 0:
+        # Shift so the first period starts where the first rise does (t = peak - width).
+        rise0 = cfg.rush_peak_s - cfg.rush_width_s
+        t = rise0 + np.mod(t - rise0, cfg.rush_period_s)
+    u = np.where(t <= cfg.rush_peak_s, t - cfg.rush_peak_s,
+                 np.maximum(t - cfg.rush_peak_s - cfg.rush_hold_s, 0.0))
+    u = np.clip(u / cfg.rush_width_s, -1.0, 1.0)
+    return 0.5 * (1.0 + np.cos(np.pi * u))
 
 
 def _factor(f: _Field, cfg: SimConfig, edge: np.ndarray, t_rel_s: np.ndarray | float) -> np.ndarray:
     t = np.asarray(t_rel_s, dtype=np.float64)
-    u = np.clip((t - cfg.rush_peak_s) / cfg.rush_width_s, -1.0, 1.0)
-    fac = 1.0 - cfg.rush_depth * 0.5 * (1.0 + np.cos(np.pi * u))
+    fac = 1.0 - f.rush_depth[edge] * _rush(cfg, t)
     for h in range(f.hx.size):
         # On/off ramps of 5 minutes so the field changes smoothly.
         level = np.clip(np.minimum(t - f.h_on[h], f.h_off[h] - t) / 300.0, 0.0, 1.0)
         d2 = (f.ex[edge] - f.hx[h]) ** 2 + (f.ey[edge] - f.hy[h]) ** 2
         fac = fac * (1.0 - cfg.hotspot_depth * level * np.exp(-d2 / (2 * cfg.hotspot_radius_m ** 2)))
+    t_min, t_max = float(t.min(initial=np.inf)), float(t.max(initial=-np.inf))
+    for k in range(f.inc_on.size):
+        if f.inc_off[k] + 120.0 <= t_min or f.inc_on[k] >= t_max:
+            continue
+        # Speed collapses within a minute, recovers over two.
+        level = np.clip(np.minimum((t - f.inc_on[k]) / 60.0, (f.inc_off[k] + 120.0 - t) / 120.0),
+                        0.0, 1.0)
+        hit = np.isin(edge, f.inc_edges[k])
+        fac = fac * np.where(hit, 1.0 - (1.0 - cfg.incident_factor) * level, 1.0)
     return np.maximum(fac, cfg.min_factor)
+
+
+def incident_edges(net: RoadNetwork, config: SimConfig) -> list[tuple[np.ndarray, float, float]]:
+    """The simulated incidents: ``(edge ids, start t_s, end t_s)`` each, in absolute unix s.
+
+    Speeds on those edges fall to ``incident_factor`` of free flow within a minute of the
+    start and recover over two minutes after the end.
+    """
+    f = _field(net, config)
+    t0 = config.t0_s
+    return [(e.copy(), t0 + float(a), t0 + float(b))
+            for e, a, b in zip(f.inc_edges, f.inc_on, f.inc_off)]
 
 
 def true_speed_mps(net: RoadNetwork, config: SimConfig, edge: np.ndarray,
@@ -171,7 +356,7 @@ def simulate_probes(net: RoadNetwork, config: SimConfig = SimConfig()) -> Iterat
     assign(np.arange(nv), rng.integers(0, net.n_nodes, nv))
     pos = np.zeros(nv, dtype=np.int64)
     off = np.zeros(nv)
-    every = int(round(cfg.interval_s / cfg.step_s))
+    every = round(cfg.interval_s / cfg.step_s)
     phase = rng.integers(0, every, nv)
     geo = _Geometry(net)
     buf: list[dict[str, np.ndarray]] = []
