@@ -3,10 +3,12 @@
 The app is served by uvicorn on a free localhost port over in-process services that folded
 the SUMO scenario's probes up to its peak, so congestion exists. The browser loads ``/``,
 the test checks the colours drawn (the page's state and the canvas pixels), clicks a road,
-then clicks two points in route mode and waits for the ETA. A second test zooms in on a
-two-way street whose directions differ in congestion class and checks that each direction's
-colour is drawn on its own right-hand side and that a click on either line selects that
-direction. Screenshots go under ``tmp_path``.
+then clicks two points in route mode and waits for the ETA, the alternatives and the step
+list. A second test zooms in on a two-way street whose directions differ in congestion class
+and checks that each direction's colour is drawn on its own right-hand side and that a click on
+either line selects that direction. Others put a closure and a slowdown in force over HTTP and
+check the closed roads are drawn black and dashed (and listed), and draw isochrones from a
+clicked point. Screenshots go under ``tmp_path``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import os
 import numpy as np
 import polars as pl
 import pytest
-
 from common import served
 from conftest import shared_file
 
@@ -96,8 +97,9 @@ def test_map_page_colours_road_click_and_route(browser, server, tmp_path):
     pixels = _canvas_colours(page)
     assert sum(1 for n in pixels.values() if n >= 20) >= 2, f"canvas pixels by colour: {pixels}"
 
-    # The legend and the refresh: a second load comes by itself within a few seconds.
-    assert page.locator("#legend .swatch").count() == 5
+    # The legend (5 congestion classes, closed, slowed) and the refresh: a second load comes
+    # by itself within a few seconds.
+    assert page.locator("#legend .swatch").count() == 7
     loads = page.evaluate("trafficMap.loads")
     page.wait_for_function(f"window.trafficMap.loads > {loads}", timeout=15_000)
 
@@ -129,6 +131,12 @@ def test_map_page_colours_road_click_and_route(browser, server, tmp_path):
     route = page.evaluate("({d: trafficMap.route.duration_s, ff: trafficMap.route.freeflow_duration_s,"
                           " n: trafficMap.route.xy.length})")
     assert route["d"] > 0 and route["ff"] > 0 and route["n"] >= 4
+    # The step list: the route's instructions, from "Head ..." to the arrival.
+    steps = page.locator("#steps li")
+    assert page.is_visible("#steps") and steps.count() >= 2
+    assert steps.nth(0).inner_text().startswith("Head ")
+    assert "arrived" in steps.nth(steps.count() - 1).inner_text()
+    assert page.evaluate("trafficMap.steps.length") == steps.count()
     assert _canvas_colours(page)  # still drawn under the route
     page.screenshot(path=str(tmp_path / "map.png"))
     assert (tmp_path / "map.png").stat().st_size > 10_000
@@ -233,5 +241,167 @@ def test_map_page_draws_both_directions_of_a_two_way_street(browser, server, tmp
         spot = hits[len(hits) // 2]
         page.mouse.click(spot["x"], spot["y"])
         assert page.evaluate("trafficMap.selected && trafficMap.selected.id") == edge
+    assert errors == []
+    page.close()
+
+
+def _click_lonlat(page, lat: float, lon: float) -> None:
+    sx, sy = page.evaluate("([lon, lat]) => trafficMap.lonLatToScreen(lon, lat)", [lon, lat])
+    page.mouse.click(sx, sy)
+
+
+def _pair_with_alternatives(url: str) -> tuple[tuple[float, float], tuple[float, float], dict]:
+    """A pair of points across the network whose route has an alternative (asked over HTTP)."""
+    import httpx
+
+    x0, y0, x1, y1 = httpx.get(f"{url}/v1/network").json()["bbox"]
+    fr = (0.25, 0.4, 0.6, 0.75)
+    points = [(y0 + fy * (y1 - y0), x0 + fx * (x1 - x0)) for fy in fr for fx in fr]
+    for a, b in zip(points, points[::-1]):
+        if a == b:
+            continue
+        r = httpx.get(f"{url}/v1/route", params={"from": f"{a[0]},{a[1]}", "to": f"{b[0]},{b[1]}",
+                                                 "alternatives": 2, "steps": "true"})
+        if r.status_code == 200 and r.json().get("alternatives"):
+            return a, b, r.json()
+    pytest.fail("no pair of points across the network has an alternative route")
+
+
+def test_map_page_route_alternatives_and_steps(browser, server, tmp_path):
+    a, b, want = _pair_with_alternatives(server)
+    page = browser.new_page(viewport={"width": 1200, "height": 800})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(server)
+    page.wait_for_function("window.trafficMap && window.trafficMap.loads > 0", timeout=30_000)
+    page.click("#mode-route")
+    for lat, lon in (a, b):
+        _click_lonlat(page, lat, lon)
+    page.wait_for_selector("#route-list .route-row", timeout=15_000)
+    n = 1 + len(want["alternatives"])
+    # The main route and each alternative are listed and drawn; the main one is chosen.
+    rows = page.locator("#route-list .route-row")
+    assert rows.count() == n and page.evaluate("trafficMap.routes.length") == n
+    assert "Route" in rows.nth(0).inner_text() and "fastest" in rows.nth(0).inner_text()
+    assert "Alternative 1" in rows.nth(1).inner_text()
+    assert page.evaluate("trafficMap.routeIndex") == 0
+    # The main route solid blue, the alternatives dashed grey-blue: both colours on the canvas.
+    px = page.evaluate("""() => {
+        const c = document.getElementById('map');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        const out = {main: 0, alt: 0};
+        for (let i = 0; i < d.length; i += 4) {
+            const h = (d[i] << 16) | (d[i + 1] << 8) | d[i + 2];
+            if (h === 0x1f5fbf) out.main++; else if (h === 0x7f8ea6) out.alt++;
+        }
+        return out;
+    }""")
+    assert px["main"] > 50 and px["alt"] > 20, px
+    # The steps of the main route, as the API gives them.
+    texts = [t.strip() for t in page.locator("#steps li .instr").all_inner_texts()]
+    assert texts == [s["instruction"] for s in want["legs"][0]["steps"]]
+    assert "km" in page.inner_text("#steps") or " m" in page.inner_text("#steps")
+    page.screenshot(path=str(tmp_path / "alternatives.png"))
+    # Choosing an alternative shows its ETA and its own steps; a step click marks its place.
+    rows.nth(1).click()
+    alt = want["alternatives"][0]
+    assert page.evaluate("trafficMap.routeIndex") == 1
+    # (The clicked points are the pair to within a pixel, so the times agree to a few seconds.)
+    assert page.evaluate("trafficMap.route.duration_s") == pytest.approx(alt["duration_s"], rel=0.02)
+    assert page.inner_text("#eta").startswith("ETA ")
+    assert "Alternative 1" in page.inner_text("#route-list .route-row.active")
+    alt_texts = [t.strip() for t in page.locator("#steps li .instr").all_inner_texts()]
+    assert alt_texts != texts and alt_texts[0].startswith("Head ") and "arrived" in alt_texts[-1]
+    page.locator("#steps li").nth(1).click()
+    assert page.evaluate("trafficMap.stepFocus") is not None
+    assert errors == []
+    page.close()
+
+
+def _count_rgb(page, hexes: list[str]) -> dict[str, int]:
+    return page.evaluate("""(hexes) => {
+        const c = document.getElementById('map');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        const want = new Map(hexes.map(h => [parseInt(h.slice(1), 16), h]));
+        const out = Object.fromEntries(hexes.map(h => [h, 0]));
+        for (let i = 0; i < d.length; i += 4) {
+            const h = want.get((d[i] << 16) | (d[i + 1] << 8) | d[i + 2]);
+            if (h && d[i + 3] === 255) out[h]++;
+        }
+        return out;
+    }""", hexes)
+
+
+def test_map_page_draws_closed_and_slowed_roads(browser, server, tmp_path):
+    import httpx
+
+    page = browser.new_page(viewport={"width": 1200, "height": 800})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{server}/?refresh=1")
+    page.wait_for_function("window.trafficMap && window.trafficMap.loads > 0", timeout=30_000)
+    assert page.evaluate("trafficMap.closedDrawn") == 0
+    # The 12 longest observed roads in view closed, the next 12 slowed down.
+    keys = page.evaluate("""() => trafficMap.features.filter(f => f.p.observations > 0)
+        .map(f => { let l = 0; for (let i = 2; i < f.xy.length; i += 2) l += Math.hypot(f.xy[i] - f.xy[i - 2], f.xy[i + 1] - f.xy[i - 1]);
+                    return [f.id, l]; })
+        .sort((a, b) => b[1] - a[1]).slice(0, 24).map(x => x[0])""")
+    now = page.evaluate("trafficMap.asOf")
+    ids = []
+    try:
+        for kind, part, extra in (("closure", keys[:12], {}), ("slowdown", keys[12:], {"factor": 3.0})):
+            r = httpx.post(f"{server}/v1/closures", json={
+                "geometry": {"edge_keys": [int(k) for k in part]}, "kind": kind, "end_t": now + 3600,
+                "reason": f"browser test {kind}", **extra})
+            assert r.status_code == 201, r.text
+            ids.append(r.json()["id"])
+        loads = page.evaluate("trafficMap.loads")
+        page.wait_for_function(f"window.trafficMap.loads > {loads} + 1", timeout=15_000)
+        page.wait_for_function("window.trafficMap.closures.length === 2", timeout=15_000)
+        state = page.evaluate("""() => ({closed: trafficMap.closedDrawn, slowed: trafficMap.slowedDrawn,
+            flagged: trafficMap.features.filter(f => f.p.closed).map(f => f.id)})""")
+        assert sorted(state["flagged"]) == sorted(keys[:12])
+        assert state["closed"] == 12 and state["slowed"] == 12
+        px = _count_rgb(page, ["#111111", "#8e24aa"])
+        assert px["#111111"] >= 100 and px["#8e24aa"] >= 50, px
+        listed = page.inner_text("#closures")
+        assert "Operator closures (2)" in listed and "browser test closure" in listed and "closed" in listed
+        page.screenshot(path=str(tmp_path / "closures.png"))
+    finally:
+        for cid in ids:
+            httpx.delete(f"{server}/v1/closures/{cid}")
+    loads = page.evaluate("trafficMap.loads")
+    page.wait_for_function(f"window.trafficMap.loads > {loads} + 1", timeout=15_000)
+    assert page.evaluate("trafficMap.closedDrawn") == 0
+    assert errors == []
+    page.close()
+
+
+def test_map_page_draws_isochrones_from_a_clicked_point(browser, server, tmp_path):
+    page = browser.new_page(viewport={"width": 1200, "height": 800})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(server)
+    page.wait_for_function("window.trafficMap && window.trafficMap.loads > 0", timeout=30_000)
+    assert not page.is_visible("#iso-minutes")  # the minutes control shows in isochrone mode only
+    page.click("#mode-iso")
+    assert page.is_visible("#iso-minutes")
+    page.fill("#iso-minutes", "3,6,9")
+    _click_lonlat(page, *A)
+    page.wait_for_function("window.trafficMap.isochrones !== null || window.trafficMap.isoError !== null",
+                           timeout=30_000)
+    assert page.evaluate("trafficMap.isoError") is None
+    iso = page.evaluate("trafficMap.isochrones.map(c => ({m: c.minutes, a: c.area_km2, n: c.rings.length}))")
+    assert [c["m"] for c in iso] == [3, 6, 9]
+    assert all(c["n"] >= 1 for c in iso) and iso[0]["a"] < iso[1]["a"] < iso[2]["a"]
+    assert page.evaluate("trafficMap.isoDrawn") == 3
+    # Each contour's fill shows between the roads; the panel lists minutes and areas.
+    px = _count_rgb(page, ["#b59ddb", "#d3c6ec", "#ebe5f6"])
+    assert all(n >= 30 for n in px.values()), px
+    info = page.inner_text("#iso-info")
+    assert "within 3 min" in info and "within 9 min" in info and "km\u00b2" in info
+    page.screenshot(path=str(tmp_path / "isochrones.png"))
+    page.click("#iso-clear")
+    assert page.evaluate("trafficMap.isoDrawn") == 0
     assert errors == []
     page.close()

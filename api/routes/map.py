@@ -2,7 +2,10 @@
 
 The page is plain HTML, CSS and JavaScript of our own in ``api/static/`` (no third-party
 library, no tiles, no CDN): it draws the network's roads on a canvas from
-``GET /v1/congestion`` and asks ``/v1/congestion/history`` and ``/v1/route`` on clicks.
+``GET /v1/congestion`` (roads closed or slowed by operators drawn dashed over their colour,
+listed from ``GET /v1/closures``) and asks ``/v1/congestion/history``, ``/v1/route`` (with
+``alternatives`` and ``steps``: the routes drawn and listed, the chosen one's steps in the
+panel) and ``/v1/isochrone`` (contours filled under the roads) on clicks.
 """
 
 from __future__ import annotations

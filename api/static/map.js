@@ -1,6 +1,9 @@
 // The live congestion map: roads from GET /v1/congestion drawn on a canvas, coloured by
 // speed / free-flow ratio. Web Mercator projection of our own; pan by dragging, zoom with
 // the wheel. No third-party code and nothing fetched from outside this server.
+// Also: routes A -> B with their alternatives and turn-by-turn steps (GET /v1/route), roads
+// closed or slowed by operators (the congestion answer's `closed` / `override_factor`, and
+// GET /v1/closures), and isochrones from a clicked point (GET /v1/isochrone).
 "use strict";
 
 (function () {
@@ -15,12 +18,22 @@
     { min: -Infinity, color: "#d7301f", label: "< 45%" },
   ];
   const NO_DATA = { color: "#b9b9b9", label: "no observation yet" };
+  // Operator overrides, drawn dashed over the congestion colour.
+  const CLOSED = { color: "#111111", label: "closed (operator)", dashed: true };
+  const SLOWED = { color: "#8e24aa", label: "slowed down (operator)", dashed: true };
+  const ROUTE_COLOUR = "#1f5fbf", ALT_COLOUR = "#7f8ea6";
+  // Isochrone fills, opaque under the roads, for the 1st, 2nd, 3rd, 4th contour by minutes.
+  const ISO_FILLS = ["#b59ddb", "#d3c6ec", "#ebe5f6", "#f4f1fa"];
+  const ISO_EDGE = "#6a51a3";
 
   // Everything the page knows, exposed for the browser test and for debugging.
   const S = (window.trafficMap = {
     ready: false, loads: 0, features: [], asOf: null, source: null, networkVersion: null,
     live: true, at: null, times: [], mode: "inspect", selected: null, history: null,
     routePoints: [], route: null, routeError: null, colorsDrawn: {}, lastError: null,
+    routes: [], routeIndex: 0, steps: [], stepFocus: null,
+    closures: [], closedDrawn: 0, slowedDrawn: 0,
+    isoPoint: null, isochrones: null, isoDrawn: 0, isoError: null,
     view: { cx: 0, cy: 0, scale: 1 }, bbox: null,
   });
 
@@ -176,6 +189,7 @@
 
   function draw() {
     ctx.clearRect(0, 0, canvas.clientWidth, canvas.clientHeight);
+    drawIsochrones();
     const width = lineWidthPx();
     ctx.lineCap = "round"; ctx.lineJoin = "round";
     // Grey roads first, then by growing congestion, so jams are drawn on top.
@@ -190,13 +204,31 @@
       drawn[cls.color] = feats.length;
     }
     S.colorsDrawn = drawn;
+    drawOverrides(width);
     if (S.selected) {
       ctx.strokeStyle = "#1b1b1b"; ctx.lineWidth = width + 4; strokeEdge(S.selected.xy, width);
       ctx.strokeStyle = classOf(S.selected.p).color; ctx.lineWidth = width + 1; strokeEdge(S.selected.xy, width);
     }
+    // Alternatives dashed in grey-blue under the chosen route in solid blue.
+    S.routes.forEach((r, i) => {
+      if (i === S.routeIndex) return;
+      ctx.strokeStyle = "#ffffff"; ctx.lineWidth = width + 5; strokeLine(r.xy);
+      ctx.setLineDash([10, 6]); ctx.strokeStyle = ALT_COLOUR; ctx.lineWidth = width + 3; strokeLine(r.xy);
+      ctx.setLineDash([]);
+    });
     if (S.route) {
       ctx.strokeStyle = "#ffffff"; ctx.lineWidth = width + 6; strokeLine(S.route.xy);
-      ctx.strokeStyle = "#1f5fbf"; ctx.lineWidth = width + 3; strokeLine(S.route.xy);
+      ctx.strokeStyle = ROUTE_COLOUR; ctx.lineWidth = width + 3; strokeLine(S.route.xy);
+    }
+    if (S.stepFocus) {
+      const [sx, sy] = S.lonLatToScreen(S.stepFocus[0], S.stepFocus[1]);
+      ctx.strokeStyle = "#1b1b1b"; ctx.lineWidth = 2;
+      ctx.beginPath(); ctx.arc(sx, sy, 9, 0, 2 * Math.PI); ctx.stroke();
+    }
+    if (S.isoPoint) {
+      const [sx, sy] = S.lonLatToScreen(S.isoPoint[0], S.isoPoint[1]);
+      ctx.fillStyle = ISO_EDGE; ctx.beginPath(); ctx.arc(sx, sy, 6, 0, 2 * Math.PI); ctx.fill();
+      ctx.strokeStyle = "#fff"; ctx.lineWidth = 2; ctx.stroke();
     }
     S.routePoints.forEach((pt, i) => {
       const [sx, sy] = S.lonLatToScreen(pt[0], pt[1]);
@@ -207,9 +239,46 @@
     });
   }
 
+  // Closed edges black and dashed, slowed ones purple and dashed, over their congestion colour.
+  function drawOverrides(width) {
+    let closed = 0, slowed = 0;
+    ctx.setLineDash([Math.max(6, 3 * width), Math.max(4, 2 * width)]);
+    ctx.lineCap = "butt";
+    for (const f of S.features) {
+      if (f.p.closed) {
+        ctx.strokeStyle = CLOSED.color; ctx.lineWidth = width + 2; strokeEdge(f.xy, width); closed++;
+      } else if (f.p.override_factor !== null && f.p.override_factor !== undefined) {
+        ctx.strokeStyle = SLOWED.color; ctx.lineWidth = width + 1; strokeEdge(f.xy, width); slowed++;
+      }
+    }
+    ctx.setLineDash([]); ctx.lineCap = "round";
+    S.closedDrawn = closed; S.slowedDrawn = slowed;
+  }
+
+  // Isochrone contours filled (largest first, each smaller one on top), outlined.
+  function drawIsochrones() {
+    S.isoDrawn = 0;
+    if (!S.isochrones) return;
+    const polys = [...S.isochrones].sort((a, b) => b.minutes - a.minutes);
+    for (const iso of polys) {
+      ctx.beginPath();
+      for (const ring of iso.rings) {
+        for (let i = 0; i < ring.length; i += 2) {
+          const [sx, sy] = toScreen(ring[i], ring[i + 1]);
+          if (i === 0) ctx.moveTo(sx, sy); else ctx.lineTo(sx, sy);
+        }
+        ctx.closePath();
+      }
+      ctx.fillStyle = iso.fill; ctx.fill("evenodd");
+      ctx.strokeStyle = ISO_EDGE; ctx.lineWidth = 1; ctx.stroke();
+      S.isoDrawn += 1;
+    }
+  }
+
   function drawLegend() {
     const rows = [...CLASSES, NO_DATA].map((c) =>
-      `<div class="swatch" style="background:${c.color}"></div><div>${c.label}</div>`);
+      `<div class="swatch" style="background:${c.color}"></div><div>${c.label}</div>`).concat([CLOSED, SLOWED].map((c) =>
+      `<div class="swatch dashed" style="border-color:${c.color}"></div><div>${c.label}</div>`));
     $("legend").innerHTML = rows.join("");
   }
 
@@ -317,31 +386,127 @@
   }
 
   // ------------------------------------------------------------------ routing
+  const ALTERNATIVES = 2;
+  const fmtDistance = (m) => (m >= 1000 ? `${(m / 1000).toFixed(1)} km` : `${Math.round(m)} m`);
+  const lineXY = (coords) => {
+    const xy = new Float64Array(coords.length * 2);
+    coords.forEach((c, i) => { xy[2 * i] = c[0]; xy[2 * i + 1] = mercY(c[1]); });
+    return xy;
+  };
+
+  function clearRoute() {
+    S.routePoints = []; S.route = null; S.routes = []; S.routeIndex = 0; S.steps = []; S.stepFocus = null;
+    $("steps").hidden = true; $("steps").innerHTML = "";
+  }
+
   async function addRoutePoint(lon, lat) {
-    if (S.routePoints.length >= 2) { S.routePoints = []; S.route = null; }
+    if (S.routePoints.length >= 2) clearRoute();
     S.routePoints.push([lon, lat]);
     S.routeError = null;
     $("route-info").innerHTML = S.routePoints.length === 1 ? "<p class=\"hint\">Now click the destination (B).</p>" : "";
     draw();
     if (S.routePoints.length < 2) return;
     const [a, b] = S.routePoints;
-    const q = new URLSearchParams({ from: `${a[1].toFixed(6)},${a[0].toFixed(6)}`, to: `${b[1].toFixed(6)},${b[0].toFixed(6)}` });
+    const q = new URLSearchParams({ from: `${a[1].toFixed(6)},${a[0].toFixed(6)}`, to: `${b[1].toFixed(6)},${b[0].toFixed(6)}`,
+                                    alternatives: String(ALTERNATIVES), steps: "true" });
     try {
       const r = await getJSON(`/v1/route?${q}`);
-      const xy = new Float64Array(r.geometry.coordinates.length * 2);
-      r.geometry.coordinates.forEach((c, i) => { xy[2 * i] = c[0]; xy[2 * i + 1] = mercY(c[1]); });
-      S.route = { xy, duration_s: r.duration_s, freeflow_duration_s: r.freeflow_duration_s, distance_m: r.distance_m };
-      const delay = r.duration_s - r.freeflow_duration_s;
-      $("route-info").innerHTML = `<div class="eta" id="eta">ETA ${fmtDuration(r.duration_s)}</div><table>` +
-        `<tr><td>free-flow ETA</td><td id="eta-freeflow">${fmtDuration(r.freeflow_duration_s)}</td></tr>` +
-        `<tr><td>delay</td><td>${delay >= 0 ? "+" : "\u2212"}${fmtDuration(Math.abs(delay))}</td></tr>` +
-        `<tr><td>distance</td><td>${(r.distance_m / 1000).toFixed(2)} km</td></tr>` +
-        `<tr><td>travel times of</td><td>${fmtTime(r.weights_t)}</td></tr></table>`;
+      S.routes = [r, ...(r.alternatives || [])].map((x, i) => ({
+        xy: lineXY(x.geometry.coordinates), duration_s: x.duration_s, freeflow_duration_s: x.freeflow_duration_s,
+        distance_m: x.distance_m, summary: x.summary || "", weights_t: r.weights_t,
+        steps: (x.legs || []).flatMap((leg) => leg.steps || []), alternative: i > 0,
+      }));
+      selectRoute(0);
     } catch (err) {
-      S.route = null; S.routeError = err.message;
+      S.route = null; S.routes = []; S.routeError = err.message;
       $("route-info").innerHTML = `<p class="hint">no route: ${esc(err.message)}</p>`;
+      $("steps").hidden = true;
     }
     draw();
+  }
+
+  // Show route i (0: the fastest; then the alternatives): its ETA, the list of routes, its steps.
+  function selectRoute(i) {
+    S.routeIndex = i; S.route = S.routes[i]; S.stepFocus = null;
+    const r = S.route, best = S.routes[0];
+    const delay = r.duration_s - r.freeflow_duration_s;
+    const rows = S.routes.map((x, k) => {
+      const extra = k === 0 ? "fastest" : `+${fmtDuration(Math.max(0, x.duration_s - best.duration_s))}`;
+      return `<button class="route-row${k === i ? " active" : ""}" data-route="${k}">` +
+        `<span class="line${k ? " alt" : ""}"></span><span class="what">${k ? `Alternative ${k}` : "Route"} \u00b7 ` +
+        `${fmtDuration(x.duration_s)} \u00b7 ${fmtDistance(x.distance_m)} (${extra})` +
+        (x.summary ? `<br><span class="summary">via ${esc(x.summary)}</span>` : "") + "</span></button>";
+    });
+    $("route-info").innerHTML = `<div class="eta" id="eta">ETA ${fmtDuration(r.duration_s)}</div><table>` +
+      `<tr><td>free-flow ETA</td><td id="eta-freeflow">${fmtDuration(r.freeflow_duration_s)}</td></tr>` +
+      `<tr><td>delay</td><td>${delay >= 0 ? "+" : "\u2212"}${fmtDuration(Math.abs(delay))}</td></tr>` +
+      `<tr><td>distance</td><td>${(r.distance_m / 1000).toFixed(2)} km</td></tr>` +
+      `<tr><td>travel times of</td><td>${fmtTime(r.weights_t)}</td></tr></table>` +
+      `<div id="route-list">${rows.join("")}</div>` +
+      (S.routes.length === 1 ? "<p class=\"hint\">no alternative route worth taking</p>" : "");
+    document.querySelectorAll("#route-list .route-row").forEach((el) => {
+      el.onclick = () => { selectRoute(Number(el.dataset.route)); draw(); };
+    });
+    S.steps = r.steps;
+    const ol = $("steps");
+    ol.innerHTML = r.steps.map((st, k) => `<li data-step="${k}"><span class="instr">${esc(st.instruction)}</span>` +
+      (st.distance_m > 0 ? `<span class="dist">${fmtDistance(st.distance_m)} \u00b7 ${fmtDuration(st.duration_s)}</span>` : "") +
+      "</li>").join("");
+    ol.hidden = r.steps.length === 0;
+    ol.querySelectorAll("li").forEach((li) => {
+      li.onclick = () => {
+        ol.querySelectorAll("li.active").forEach((x) => x.classList.remove("active"));
+        li.classList.add("active");
+        const m = r.steps[Number(li.dataset.step)].maneuver;
+        S.stepFocus = m && m.location ? m.location : null;
+        draw();
+      };
+    });
+  }
+  S.selectRoute = (i) => { selectRoute(i); draw(); };
+
+  // ------------------------------------------------------------------ isochrones
+  function isoMinutes() {
+    return $("iso-minutes").value.split(",").map((v) => v.trim()).filter((v) => v !== "").join(",");
+  }
+
+  async function loadIsochrone(lon, lat) {
+    S.isoPoint = [lon, lat]; S.isochrones = null; S.isoError = null;
+    $("iso-info").innerHTML = "<p class=\"hint\">computing the reachable area&hellip;</p>";
+    draw();
+    const q = new URLSearchParams({ from: `${lat.toFixed(6)},${lon.toFixed(6)}`, minutes: isoMinutes() });
+    try {
+      const fc = await getJSON(`/v1/isochrone?${q}`);
+      const byMin = [...fc.features].sort((a, b) => a.properties.minutes - b.properties.minutes);
+      S.isochrones = byMin.map((f, k) => {
+        const g = f.geometry, polys = g.type === "Polygon" ? [g.coordinates] : g.type === "MultiPolygon" ? g.coordinates : [];
+        const rings = polys.flat().map(lineXY);
+        return { minutes: f.properties.minutes, area_km2: f.properties.area_km2, rings,
+                 fill: ISO_FILLS[Math.min(k, ISO_FILLS.length - 1)] };
+      });
+      $("iso-info").innerHTML = "<h2>Reachable from the point</h2><table>" + S.isochrones.map((c) =>
+        `<tr><td><span class="swatch" style="background:${c.fill}"></span></td><td>within ${c.minutes} min</td>` +
+        `<td>${Number(c.area_km2).toFixed(2)} km\u00b2</td></tr>`).join("") + "</table>";
+    } catch (err) {
+      S.isochrones = null; S.isoError = err.message;
+      $("iso-info").innerHTML = `<p class="hint">no isochrone: ${esc(err.message)}</p>`;
+    }
+    draw();
+  }
+
+  // ------------------------------------------------------------------ closures
+  async function loadClosures() {
+    try {
+      const body = await getJSON("/v1/closures");
+      S.closures = body.closures || [];
+    } catch (err) { S.closures = []; return; }
+    const now = S.asOf !== null && S.asOf !== undefined ? S.asOf : Date.now() / 1000;
+    const rows = S.closures.map((c) => {
+      const what = c.kind === "closure" ? "closed" : `slowed \u00d7${Number(c.factor).toFixed(1)}`;
+      const when = c.start_t > now ? `from ${fmtTime(c.start_t).slice(11, 16)}` : `until ${fmtTime(c.end_t).slice(11, 16)}`;
+      return `<tr><td>${what}</td><td>${esc(c.reason || "\u2013")}</td><td>${c.n_edges ?? ""} roads</td><td>${when}</td></tr>`;
+    });
+    $("closures").innerHTML = rows.length ? `<h2>Operator closures (${rows.length})</h2><table>${rows.join("")}</table>` : "";
   }
 
   // ------------------------------------------------------------------ interaction
@@ -369,9 +534,9 @@
   });
 
   function onClick(sx, sy) {
-    if (S.mode === "route") {
+    if (S.mode === "route" || S.mode === "iso") {
       const [lon, lat] = S.screenToLonLat(sx, sy);
-      addRoutePoint(lon, lat);
+      if (S.mode === "route") addRoutePoint(lon, lat); else loadIsochrone(lon, lat);
       return;
     }
     const f = nearestFeature(sx, sy, 8);
@@ -406,11 +571,17 @@
     S.mode = mode;
     $("mode-inspect").classList.toggle("active", mode === "inspect");
     $("mode-route").classList.toggle("active", mode === "route");
-    canvas.classList.toggle("route-mode", mode === "route");
+    $("mode-iso").classList.toggle("active", mode === "iso");
+    $("iso-controls").hidden = mode !== "iso";
+    canvas.classList.toggle("route-mode", mode === "route" || mode === "iso");
     if (mode === "route" && !S.routePoints.length) $("route-info").innerHTML = "<p class=\"hint\">Click the start (A), then the destination (B).</p>";
+    if (mode === "iso" && !S.isochrones) $("iso-info").innerHTML = "<p class=\"hint\">Click a point: the areas reachable from it within each number of minutes, on live travel times.</p>";
   }
   $("mode-inspect").onclick = () => setMode("inspect");
   $("mode-route").onclick = () => setMode("route");
+  $("mode-iso").onclick = () => setMode("iso");
+  $("iso-minutes").onchange = () => { if (S.isoPoint) loadIsochrone(S.isoPoint[0], S.isoPoint[1]); };
+  $("iso-clear").onclick = () => { S.isoPoint = null; S.isochrones = null; $("iso-info").innerHTML = ""; draw(); };
 
   $("live").onchange = (e) => {
     S.live = e.target.checked;
@@ -435,8 +606,8 @@
       S.bbox = net.bbox;
       fit(net.bbox);
     } catch (err) { S.lastError = err.message; setStatus(err); }
-    await Promise.all([loadTimes(), loadCongestion()]);
-    setInterval(() => { loadTimes(); if (S.live) loadCongestion(); }, REFRESH_MS);
+    await Promise.all([loadTimes(), loadCongestion(), loadClosures()]);
+    setInterval(() => { loadTimes(); loadClosures(); if (S.live) loadCongestion(); }, REFRESH_MS);
   }
   start();
 })();
