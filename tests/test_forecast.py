@@ -1,0 +1,240 @@
+"""Forecasts (traffic.forecast), ETA ranges (traffic.eta_range), the router-bias learner
+(traffic.route_bias) and completed probe trips (traffic.probe_trips)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from traffic.errors import EstimatorConfigError, EstimatorStateError
+from traffic.eta_range import RangeConfig, duration_range, edge_uncertainty, route_sigma
+from traffic.forecast import (
+    ForecastConfig,
+    PaceTrend,
+    eta_along,
+    forecast_log_change,
+    forecast_travel_times,
+)
+from traffic.matching import MatchOutput
+from traffic.probe_trips import ProbeTripCollector
+from traffic.route_bias import RouteBiasLearner, bucket_of
+
+KEYS = np.arange(10, 15, dtype=np.int64) * 7
+
+
+def _feed(trend: PaceTrend, slope: float, *, t0: float = 1000.0, n: int = 60,
+          step_s: float = 30.0, edges=(0, 1, 2), pace0: float = 0.1) -> float:
+    """Traversals on ``edges`` every ``step_s``, log pace rising by ``slope`` per s."""
+    t = t0
+    for _ in range(n):
+        e = np.asarray(edges, dtype=np.int64)
+        trend.update(e, np.full(e.size, t), np.full(e.size, pace0 * math.exp(slope * (t - t0))),
+                     np.ones(e.size), t)
+        t += step_s
+    return t - step_s
+
+
+# --- forecast -------------------------------------------------------------------------------
+
+def test_eta_along_flat_trend_equals_live():
+    live = np.array([60.0, 30.0, 45.0])
+    share = np.array([0.5, 1.0, 0.2])
+    d, tt = eta_along(live, np.zeros(3), ForecastConfig(), depart_in_s=900.0, share=share)
+    assert d == pytest.approx(float((live * share).sum()), rel=0, abs=1e-12)
+    np.testing.assert_allclose(tt, live * share, rtol=0, atol=1e-12)
+
+
+def test_pace_trend_flat_forecast_equals_live():
+    trend = PaceTrend(KEYS)
+    t = _feed(trend, 0.0)
+    slope = trend.slopes(t)
+    assert np.abs(slope).max() < 1e-9
+    live = np.array([10.0, 20.0, 30.0, 40.0, 50.0])
+    e = np.arange(5)
+    d, _ = eta_along(live, slope, ForecastConfig(), lag_s=trend.lags(t, e),
+                     pool_slope_per_s=trend.pool_slope())
+    assert d == pytest.approx(150.0, rel=1e-6)  # float32 sums: slope ~1e-10, not exactly 0
+
+
+def test_pace_trend_rising_slope_recovered():
+    trend = PaceTrend(KEYS, ForecastConfig(shrink_s=1.0, pool_prior_s2=1.0))
+    t = _feed(trend, 2e-4)
+    s = trend.slopes(t)
+    np.testing.assert_allclose(s[:3], 2e-4, rtol=1e-3)
+    assert trend.pool_slope() == pytest.approx(2e-4, rel=1e-3)
+    # Untouched edges take the pooled slope.
+    np.testing.assert_allclose(s[3:], trend.pool_slope(), rtol=1e-9)
+    # And a rising trend makes a later edge slower than live.
+    d, tt = eta_along(np.array([100.0, 100.0]), s[:2], ForecastConfig(), depart_in_s=600.0)
+    assert d > 200.0 and tt[1] > tt[0]
+
+
+def test_pace_trend_one_batch_or_many():
+    rng = np.random.default_rng(7)
+    n = 200
+    e = rng.integers(0, 5, n)
+    t = np.sort(rng.uniform(0, 600, n)) + 1e6
+    p = rng.uniform(0.05, 0.3, n)
+    w = rng.uniform(0.2, 1.0, n)
+    a, b = PaceTrend(KEYS), PaceTrend(KEYS)
+    a.update(e, t, p, w, 1e6 + 600)
+    for chunk in np.array_split(np.arange(n), 7):
+        b.update(e[chunk], t[chunk], p[chunk], w[chunk], 1e6 + 600)
+    for k in ("w", "t_mean", "x_mean", "ctt", "ctx"):
+        np.testing.assert_allclose(getattr(a, k), getattr(b, k), rtol=2e-4, atol=1e-3, err_msg=k)
+    assert a.pool_slope() == pytest.approx(b.pool_slope(), rel=1e-3)
+
+
+def test_pace_trend_empty_update():
+    trend = PaceTrend(KEYS)
+    trend.update(np.zeros(0, np.int64), np.zeros(0), np.zeros(0), np.zeros(0), 5.0)
+    assert trend.pool_slope() == 0.0
+    assert np.all(trend.slopes(5.0) == 0.0)
+
+
+def test_pace_trend_state_round_trip():
+    trend = PaceTrend(KEYS)
+    t = _feed(trend, 1e-4)
+    other = PaceTrend(KEYS)
+    other.load_state_dict(trend.state_dict())
+    np.testing.assert_array_equal(other.slopes(t), trend.slopes(t))
+    np.testing.assert_array_equal(other.lags(t), trend.lags(t))
+    # By key: a network with the keys reversed and one new edge.
+    keys2 = np.r_[KEYS[::-1], 999]
+    moved = PaceTrend(keys2)
+    moved.load_state_dict(trend.state_dict())
+    np.testing.assert_allclose(moved.slopes(t)[:5], trend.slopes(t)[::-1], rtol=1e-6)
+    assert moved.w[5] == 0.0
+
+
+def test_pace_trend_state_version_refused():
+    state = PaceTrend(KEYS).state_dict()
+    state["version"] = 99
+    with pytest.raises(EstimatorStateError, match="version 99"):
+        PaceTrend(KEYS).load_state_dict(state)
+
+
+def test_forecast_floor_and_clip():
+    cfg = ForecastConfig(max_log_change=0.5)
+    # A falling trend stops at min(live, free-flow).
+    out = forecast_travel_times(np.array([100.0, 50.0]), np.array([-1e-3, -1e-3]), 3600.0, cfg,
+                                floor_tt_s=np.array([80.0, 70.0]))
+    np.testing.assert_allclose(out, [80.0, 50.0])
+    ch = forecast_log_change(np.array([1.0, -1.0]), 3600.0, cfg)
+    np.testing.assert_allclose(ch, [0.5, -0.5])
+
+
+def test_forecast_profile_blend():
+    cfg = ForecastConfig(profile_blend_s=3600.0)
+    out = forecast_travel_times(np.array([100.0, 100.0]), np.zeros(2), np.array([1800.0, 7200.0]),
+                                cfg, profile_tt_s=np.array([200.0, np.nan]))
+    np.testing.assert_allclose(out, [150.0, 100.0])
+
+
+def test_forecast_config_invalid_value():
+    with pytest.raises(EstimatorConfigError, match="`damping_s`"):
+        ForecastConfig(damping_s=0.0)
+    with pytest.raises(EstimatorConfigError, match="`gain`"):
+        ForecastConfig(gain=float("nan"))
+
+
+# --- ranges ---------------------------------------------------------------------------------
+
+def test_duration_range_ordered():
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        d = float(rng.uniform(60, 3600))
+        lo, hi = duration_range(d, float(rng.uniform(0, 1)))
+        assert lo <= d <= hi
+    assert duration_range(100.0, 0.0) == (100.0, 100.0)
+
+
+def test_route_ranges_widen_with_uncertainty():
+    cfg = RangeConfig()
+    tt = np.full(10, 60.0)
+    pace = np.full(10, 0.1)
+    sigmas = []
+    # Low dispersion and much evidence < more dispersion < less evidence.
+    for var, evidence in (((0.01) ** 2, 20.0), ((0.03) ** 2, 20.0), ((0.03) ** 2, 1.0)):
+        spread, err = edge_uncertainty(pace, np.full(10, var), np.full(10, evidence),
+                                       prior_weight=0.3, config=cfg)
+        sigmas.append(route_sigma(tt, spread, err, np.cumsum(tt), cfg))
+    assert sigmas == sorted(sigmas) and sigmas[0] < sigmas[-1]
+    # No evidence (the prior alone) is wider than much consistent evidence.
+    spread, err = edge_uncertainty(pace, np.zeros(10), np.zeros(10), prior_weight=0.3, config=cfg)
+    assert route_sigma(tt, spread, err, np.cumsum(tt), cfg) > sigmas[0]
+    # Further ahead, wider; a forecast that moves far from live, wider.
+    spread, err = edge_uncertainty(pace, np.zeros(10), np.full(10, 5.0), prior_weight=0.3,
+                                   config=cfg)
+    near = route_sigma(tt, spread, err, np.cumsum(tt), cfg)
+    far = route_sigma(tt, spread, err, np.cumsum(tt) + 1800.0, cfg)
+    moved = route_sigma(tt, spread, err, np.cumsum(tt), cfg, live_tt_s=tt / 1.5)
+    assert near < far and near < moved
+
+
+def test_route_ranges_correlation_keeps_long_routes_wide():
+    # Independent spread shrinks relative to a long route; the correlated part does not.
+    cfg = RangeConfig(error_scale=0.0, horizon_rel_per_h=0.0, floor_rel=0.0)
+    spread, err = np.full(100, 0.3), np.full(100, 0.1)
+    short = route_sigma(np.full(4, 60.0), spread[:4], err[:4], 0.0, cfg)
+    long_ = route_sigma(np.full(100, 60.0), spread, err, 0.0, cfg)
+    assert long_ < short
+    cfg2 = RangeConfig(spread_scale=0.0, horizon_rel_per_h=0.0, floor_rel=0.0)
+    assert route_sigma(np.full(4, 60.0), spread[:4], err[:4], 0.0, cfg2) == pytest.approx(
+        route_sigma(np.full(100, 60.0), spread, err, 0.0, cfg2))
+
+
+def test_edge_uncertainty_no_evidence_is_prior():
+    cfg = RangeConfig(prior_rel=0.4, min_spread_rel=0.2)
+    spread, err = edge_uncertainty(np.array([0.1]), np.array([0.0]), np.array([0.0]),
+                                   prior_weight=0.3, config=cfg)
+    assert spread[0] == pytest.approx(0.2) and err[0] == pytest.approx(0.4)
+
+
+# --- router bias ----------------------------------------------------------------------------
+
+def test_route_bias_learns_and_round_trips():
+    b = RouteBiasLearner()
+    assert b.correct(np.array([400.0]))[0] == 400.0
+    b.observe(100.0, np.full(50, 400.0), np.full(50, 400.0 * 1.2))
+    r = float(b.log_correction(np.array([400.0]))[0])
+    assert 0 < r < math.log(1.2) and r == pytest.approx(math.log(1.2) * 50 / 55)
+    assert float(b.log_correction(np.array([100.0]))[0]) == 0.0  # another bucket
+    c = RouteBiasLearner()
+    c.load_state_dict(b.state_dict())
+    assert c.correct(np.array([400.0]))[0] == b.correct(np.array([400.0]))[0]
+    np.testing.assert_array_equal(bucket_of([10, 300, 599, 1200, 5000]), [0, 1, 1, 3, 3])
+
+
+def test_route_bias_empty_and_short_trips_ignored():
+    b = RouteBiasLearner()
+    b.observe(10.0, np.zeros(0), np.zeros(0))
+    b.observe(20.0, np.array([30.0, np.nan]), np.array([60.0, 100.0]))
+    assert b.trips == 0
+
+
+# --- probe trips ----------------------------------------------------------------------------
+
+def _out(trace, edge, off0, off1, t0, t1, ended=()):
+    f = np.asarray
+    z = np.zeros(0)
+    return MatchOutput(point_row=z.astype(np.int64), point_slot=z.astype(np.int64),
+                       point_trace=z.astype(np.int64), point_edge=z.astype(np.int32),
+                       point_offset_m=z, point_t_s=z, piece_trace=f(trace, np.int64),
+                       piece_edge=f(edge, np.int32), piece_off0_m=f(off0, float),
+                       piece_off1_m=f(off1, float), piece_t0_s=f(t0, float),
+                       piece_t1_s=f(t1, float), ended_traces=f(ended, np.int64))
+
+
+def test_probe_trip_collector_merges_and_closes():
+    c = ProbeTripCollector()
+    assert c.push(_out([1, 1, 2], [5, 5, 9], [0, 20, 0], [20, 50, 10], [0, 2, 0],
+                       [2, 5, 1])) == []
+    done = c.push(_out([1], [6], [0], [30], [5], [8], ended=[1]))
+    assert len(done) == 1 and c.open_count() == 1
+    trip = done[0]
+    np.testing.assert_array_equal(trip.edge, [5, 6])
+    np.testing.assert_allclose(trip.covered_m, [50, 30])
+    assert trip.duration_s == 8.0

@@ -1,0 +1,114 @@
+"""The router's optimism, learned online from completed probe trips and corrected.
+
+A router picks the path with the lowest *estimated* time, so its ETA is biased low: among
+paths whose estimates err, it prefers those that err low, and drivers often take another
+path. From each completed probe trip (:mod:`traffic.probe_trips`) we compare, on the same
+weights at the moment it completes, the estimate along the route the probe actually drove
+with the router's estimate between the same two junctions:
+``r = log(driven_eta / router_eta) >= 0``. Its decayed mean per bucket of router ETA
+(under 5, 5-10, 10-20, over 20 min) is the correction: ``corrected = router_eta *
+exp(r_bucket)``. Nothing is taken from a scenario's truth files.
+
+State: per bucket a decayed weight and a decayed sum (time constant ``tau_s``), versioned
+``state_dict``/``load_state_dict``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from traffic.errors import EstimatorConfigError, EstimatorStateError
+
+#: Upper bounds (s) of the router-ETA buckets; the last bucket is open.
+BUCKET_EDGES_S = (300.0, 600.0, 1200.0)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteBiasConfig:
+    """``tau_s``: decay of the evidence (s); ``prior_weight``: pseudo-trips at ratio 1 per
+    bucket; ``max_log``: bound on one trip's ``|r|``; ``min_eta_s``: shorter trips are not
+    used."""
+
+    tau_s: float = 1800.0
+    prior_weight: float = 5.0
+    max_log: float = 1.0
+    min_eta_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        for name in ("tau_s", "prior_weight", "max_log", "min_eta_s"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0) or (name == "tau_s" and v == 0):
+                raise EstimatorConfigError(f"`{name}` must be finite and >= 0; got {v!r}")
+
+
+def bucket_of(eta_s: Any) -> np.ndarray:
+    """Bucket index 0..3 of each ETA (s)."""
+    return np.searchsorted(np.asarray(BUCKET_EDGES_S), np.asarray(eta_s, dtype=np.float64),
+                           side="right")
+
+
+class RouteBiasLearner:
+    """Decayed mean of ``log(driven / router)`` per router-ETA bucket."""
+
+    STATE_VERSION = 1
+
+    def __init__(self, config: RouteBiasConfig | None = None) -> None:
+        self.config = config or RouteBiasConfig()
+        n = len(BUCKET_EDGES_S) + 1
+        self.w = np.zeros(n)
+        self.s = np.zeros(n)
+        self.t_s = -math.inf
+        self.trips = 0
+
+    def _decay_to(self, t_s: float) -> None:
+        if math.isfinite(self.t_s) and t_s > self.t_s:
+            d = math.exp(-(t_s - self.t_s) / self.config.tau_s)
+            self.w *= d
+            self.s *= d
+        self.t_s = max(self.t_s, t_s)
+
+    def observe(self, t_s: float, router_eta_s: Any, driven_eta_s: Any) -> None:
+        """Fold completed trips seen at ``t_s``: router and driven-route estimates (s)."""
+        r = np.asarray(router_eta_s, dtype=np.float64)
+        d = np.asarray(driven_eta_s, dtype=np.float64)
+        ok = np.isfinite(r) & np.isfinite(d) & (r >= self.config.min_eta_s) & (d > 0)
+        self._decay_to(t_s)
+        if not ok.any():
+            return
+        lr = np.clip(np.log(d[ok] / r[ok]), -self.config.max_log, self.config.max_log)
+        b = bucket_of(r[ok])
+        n = self.w.size
+        self.w += np.bincount(b, minlength=n)
+        self.s += np.bincount(b, weights=lr, minlength=n)
+        self.trips += int(ok.sum())
+
+    def log_correction(self, router_eta_s: Any) -> np.ndarray:
+        """``r_bucket`` for each router ETA (0 with no evidence)."""
+        b = bucket_of(router_eta_s)
+        return (self.s / (self.w + self.config.prior_weight))[b]
+
+    def correct(self, router_eta_s: Any) -> np.ndarray:
+        """Corrected router ETAs (s)."""
+        r = np.asarray(router_eta_s, dtype=np.float64)
+        return r * np.exp(self.log_correction(r))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Version 1: ``version``, ``w``, ``s`` (per bucket), ``t_s``, ``trips``."""
+        return {"version": self.STATE_VERSION, "w": self.w.copy(), "s": self.s.copy(),
+                "t_s": self.t_s, "trips": self.trips}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output (``EstimatorStateError`` on another version)."""
+        if state.get("version") != self.STATE_VERSION:
+            raise EstimatorStateError(f"route bias state has version {state.get('version')!r}; "
+                                      f"this code reads {self.STATE_VERSION}")
+        w, s = np.asarray(state["w"], float), np.asarray(state["s"], float)
+        if w.shape != self.w.shape or s.shape != self.s.shape:
+            raise EstimatorStateError(f"route bias state has {w.shape} buckets; expected "
+                                      f"{self.w.shape}")
+        self.w, self.s = w.copy(), s.copy()
+        self.t_s, self.trips = float(state["t_s"]), int(state["trips"])
