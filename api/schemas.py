@@ -116,7 +116,12 @@ class RouteOut(BaseModel):
     network_version: str
     weights_version: str
     weights_t: float | None = Field(description="event time (unix s) the travel times cover")
-    basis: Literal["live", "profile"]
+    basis: Literal["live", "profile", "forecast"] = Field(
+        description="forecast: each edge at its short-term forecast for when it is reached")
+    duration_p10_s: float | None = Field(default=None, description="with the forecast: 10th "
+                                         "percentile of the duration")
+    duration_p90_s: float | None = Field(default=None, description="with the forecast: 90th "
+                                         "percentile of the duration")
     legs: list[LegOut] | None = Field(default=None, description="with steps=true: one leg "
                                       "per stretch between waypoints, each with its steps")
     summary: str | None = Field(default=None, description="with any navigation option: the "
@@ -135,6 +140,8 @@ class LatLonIn(BaseModel):
 
 class TableIn(BaseModel):
     """The body of ``POST /v1/table``: points as ``[lat, lon]`` pairs."""
+
+    model_config = ConfigDict(extra="forbid")  # unknown fields: 422 (api/strict.py)
 
     sources: list[tuple[float, float]] = Field(min_length=1)
     destinations: list[tuple[float, float]] = Field(min_length=1)
@@ -269,6 +276,8 @@ class TracePointIn(BaseModel):
 
 class MatchIn(BaseModel):
     """The JSON body of ``POST /v1/match``: a trace of one vehicle, at most 10,000 points."""
+
+    model_config = ConfigDict(extra="forbid")  # unknown fields: 422 (api/strict.py)
 
     points: list[TracePointIn] = Field(min_length=1)
     ingest: bool = Field(default=False, description="also feed the trace to the estimator "

@@ -269,8 +269,8 @@ def learn_route_bias(router, bias: RouteBiasLearner, done: list, est: SpeedEstim
     bias.observe(now, np.array(r_eta), np.array(d_eta))
 
 
-def junction_delays(trips: list, net, routes, eta: np.ndarray, sel: np.ndarray, *,
-                    min_n: int = 3) -> dict:
+def junction_delays(trips: list, net, routes, eta: np.ndarray, sel: np.ndarray,
+                    true: np.ndarray, peak: np.ndarray, *, min_n: int = 3) -> dict:
     """Per-movement delay from consecutive full traversals of the probe trips (probe data).
 
     For each edge ``e`` followed by ``f``, ``delay(e, f)`` = mean time on ``e`` of the
@@ -313,6 +313,7 @@ def junction_delays(trips: list, net, routes, eta: np.ndarray, sel: np.ndarray, 
     table = dict(zip(uk[good & multi[ke]].tolist(), delay[good & multi[ke]].tolist()))
     # Held-out trips: summed |delay| and signed delay of their movements vs their ETA.
     rel_abs, rel_sig = [], []
+    with_delay = np.full(eta.shape, np.nan)
     for i in np.flatnonzero(sel):
         r = routes.edge[routes.first[i]:routes.first[i + 1]]
         if r.size < 2 or not np.isfinite(eta[i]):
@@ -320,12 +321,21 @@ def junction_delays(trips: list, net, routes, eta: np.ndarray, sel: np.ndarray, 
         d = [table.get(int(a) * m + int(b), 0.0) for a, b in zip(r[:-1], r[1:])]
         rel_abs.append(np.abs(d).sum() / eta[i])
         rel_sig.append(np.sum(d) / eta[i])
+        with_delay[i] = max(eta[i] + np.sum(d), 0.0)
+    ok = np.isfinite(with_delay) & sel
     return {"junction_traversal_pairs": int(e.size), "junction_movements": int(good.sum()),
             "junction_edges_multi": int(multi.sum()),
             "junction_variance_explained": float(1 - dev_within / dev_tot) if dev_tot > 0 else 0.0,
             "junction_trip_abs_share": float(np.median(rel_abs)) if rel_abs else float("nan"),
             "junction_trip_signed_share": float(np.median(rel_sig)) if rel_sig else float("nan"),
-            "junction_table_bytes_per_edge": 12.0 * len(table) / m}
+            "junction_table_bytes_per_edge": 12.0 * len(table) / m,
+            # ETA error with the movements' delays added (hindsight table: an upper bound).
+            "junction_eta_mdape": float(np.median(np.abs(with_delay[ok] - true[ok]) / true[ok])),
+            "junction_eta_mdape_without": float(np.median(np.abs(eta[ok] - true[ok]) / true[ok])),
+            "peak_junction_eta_mdape": float(np.median(
+                np.abs(with_delay[ok & peak] - true[ok & peak]) / true[ok & peak])),
+            "peak_junction_eta_mdape_without": float(np.median(
+                np.abs(eta[ok & peak] - true[ok & peak]) / true[ok & peak]))}
 
 
 def main() -> None:
@@ -581,7 +591,7 @@ def main() -> None:
                  "interval_median_rel_width")})
     res["forecast_config"] = asdict(fcfg)
     res["range_config"] = asdict(rcfg)
-    res.update(junction_delays(probe_trips, net, routes, eta, main_sel))
+    res.update(junction_delays(probe_trips, net, routes, eta, main_sel, truth, peak))
     if a.dump:
         np.savez(a.dump, eta=eta, live=eta_true, truth=truth, sel=main_sel, peak=peak,
                  ind=rng_ind, err=rng_err, h=rng_h, chg=rng_c, fc15=fc_ahead[15], fc30=fc_ahead[30],
@@ -692,7 +702,11 @@ def report(a: argparse.Namespace, sc: Scenario, res: dict) -> None:
                   f"variance; on held-out trips the movements' |delay| sums to a median "
                   f"{res['junction_trip_abs_share']:.1%} of the ETA (signed "
                   f"{res['junction_trip_signed_share']:+.1%}); table "
-                  f"{res['junction_table_bytes_per_edge']:.1f} B per edge.\n"]
+                  f"{res['junction_table_bytes_per_edge']:.1f} B per edge. ETA MdAPE with the "
+                  f"movements' delays added: {res['junction_eta_mdape']:.3f} all, "
+                  f"{res['peak_junction_eta_mdape']:.3f} peak (without: "
+                  f"{res['junction_eta_mdape_without']:.3f}, "
+                  f"{res['peak_junction_eta_mdape_without']:.3f}).\n"]
     lines += ["",
               f"Speed error, our live speed at each 5-min interval's end vs SUMO's space-mean "
               f"speed, on (edge, interval) pairs with >= {res['speed_min_traversals']:g} "

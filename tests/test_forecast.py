@@ -238,3 +238,64 @@ def test_probe_trip_collector_merges_and_closes():
     np.testing.assert_array_equal(trip.edge, [5, 6])
     np.testing.assert_allclose(trip.covered_m, [50, 30])
     assert trip.duration_s == 8.0
+
+
+# --- the router's model ---------------------------------------------------------------------
+
+def _model(slope: float = 0.0, n: int = 400):
+    from traffic.forecast import build_eta_model
+
+    trend = PaceTrend(np.arange(n, dtype=np.int64))
+    if slope:
+        _feed(trend, slope, edges=tuple(range(n)))
+    t = float(trend.pool_t) if math.isfinite(trend.pool_t) else 0.0
+    pace = np.full(n, 0.1)
+    return build_eta_model(trend, pace, np.full(n, 0.02 ** 2), np.full(n, 3.0),
+                           np.full(n, 5.0), t, prior_weight=0.3)
+
+
+def test_eta_model_flat_is_live_and_ordered():
+    m = _model()
+    live = np.full(50, 10.0)
+    d, lo, hi, tt = m.route_eta(np.arange(50), live)
+    assert d == pytest.approx(500.0) and lo < d < hi
+    np.testing.assert_allclose(tt.sum(), d)
+
+
+def test_eta_model_rising_trend_later_departure_longer_and_wider():
+    m = _model(2e-4)
+    live = np.full(50, 10.0)
+    now = m.route_eta(np.arange(50), live)
+    later = m.route_eta(np.arange(50), live, depart_in_s=1800.0)
+    assert now[0] > 500.0 and later[0] > now[0]
+    assert (later[2] - later[1]) / later[0] > (now[2] - now[1]) / now[0]
+
+
+def test_eta_model_route_cost_under_budget():
+    import time
+
+    m = _model(1e-4, n=5000)
+    edges = np.arange(0, 5000, 50)  # a 100-edge route
+    live = np.full(edges.size, 12.0)
+    m.route_eta(edges, live)
+    t0 = time.perf_counter()
+    for _ in range(200):
+        m.route_eta(edges, live)
+    per_call_ms = (time.perf_counter() - t0) / 200 * 1e3
+    # The budget is 0.1 ms on top of a route request; shared CI cores are slower.
+    assert per_call_ms < 1.0, per_call_ms
+
+
+def test_eta_along_fast_path_matches_reference():
+    # The inlined walk == the walk through forecast_travel_times (an all-NaN profile).
+    rng = np.random.default_rng(11)
+    for correct_lag, local in ((True, 900.0), (False, 900.0), (True, 1e9), (False, 1e9)):
+        cfg = ForecastConfig(correct_lag=correct_lag, local_tau_s=local, max_log_change=0.4)
+        n = 40
+        live = rng.uniform(5, 60, n)
+        args = dict(depart_in_s=300.0, share=rng.uniform(0.2, 1, n), lag_s=rng.uniform(0, 120, n),
+                    pool_slope_per_s=2e-4, floor_tt_s=live * rng.uniform(0.5, 1.2, n))
+        slope = rng.normal(0, 5e-4, n)
+        fast = eta_along(live, slope, cfg, **args)
+        ref = eta_along(live, slope, cfg, profile_tt_s=np.full(n, np.nan), **args)
+        np.testing.assert_allclose(fast[1], ref[1], rtol=1e-12 if local < 1e8 else 1e-5)

@@ -95,13 +95,17 @@ def test_route_depart_next_week_peak_uses_profile(learned):
 def test_route_depart_without_profile_data_is_live(learned):
     live = _route(learned.services, None)
     out = _route(learned.services, QUIET_T + WEEK_S)
-    assert out["basis"] == "live" == live["basis"]
-    assert out["duration_s"] == pytest.approx(live["duration_s"])
+    # Leaving now, the short-term forecast answers (issue 14); a week ahead, beyond its hour
+    # and without profile data, the live weights do, on the same route.
+    assert out["basis"] == "live" and live["basis"] in ("live", "forecast")
+    assert out["edges"] == live["edges"]
 
 
 def test_route_depart_within_horizon_is_live(learned):
     now = learned.services.now_s()
-    assert _route(learned.services, now + 60.0)["basis"] == "live"
+    # Within the horizon: the live weights, with the short-term forecast when the estimator
+    # publishes one (issue 14), never the profile.
+    assert _route(learned.services, now + 60.0)["basis"] in ("live", "forecast")
 
 
 def test_table_depart_next_week_peak_uses_profile(learned):

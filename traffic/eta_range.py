@@ -124,13 +124,15 @@ def route_sigma(tt_s: np.ndarray, spread_rel: np.ndarray, error_rel: np.ndarray,
     d = float(tt.sum())
     if d <= 0:
         return 0.0
-    var_ind = config.spread_scale * float(np.sum((spread_rel * tt) ** 2))
-    err = (config.error_scale * float(np.sum(tt * error_rel))
-           + config.horizon_rel_per_h * float(np.sum(tt * np.asarray(horizon_s))) / 3600.0)
-    if live_tt_s is not None:
+    st = spread_rel * tt
+    var_ind = config.spread_scale * float(st @ st)
+    # One weighted sum: error_scale * error_rel + horizon_rel_per_h * h / 3600 (+ trend).
+    w = config.error_scale * np.asarray(error_rel, dtype=np.float64) \
+        + (config.horizon_rel_per_h / 3600.0) * np.asarray(horizon_s, dtype=np.float64)
+    if live_tt_s is not None and config.trend_scale > 0:
         live = np.maximum(np.asarray(live_tt_s, dtype=np.float64), 1e-9)
-        err += config.trend_scale * float(np.sum(tt * np.abs(np.log(np.maximum(tt, 1e-9)
-                                                                    / live))))
+        w = w + config.trend_scale * np.abs(np.log(np.maximum(tt, 1e-9) / live))
+    err = float(tt @ w) if np.ndim(w) else float(w) * d
     return math.sqrt(var_ind + err * err + (config.floor_rel * d) ** 2) / d
 
 

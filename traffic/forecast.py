@@ -161,8 +161,8 @@ def forecast_travel_times(live_tt_s: Any, slope_per_s: Any, horizon_s: Any,
 def eta_along(live_tt_s: np.ndarray, slope_per_s: np.ndarray, config: ForecastConfig, *,
               depart_in_s: float = 0.0, share: np.ndarray | None = None,
               lag_s: np.ndarray | None = None, pool_slope_per_s: float | None = None,
-              floor_tt_s: np.ndarray | None = None,
-              profile_tt_s: np.ndarray | None = None, passes: int = 3) -> tuple[float, np.ndarray]:
+              floor_tt_s: np.ndarray | None = None, profile_tt_s: np.ndarray | None = None,
+              passes: int = 3) -> tuple[float, np.ndarray]:
     """Time-dependent ETA along a route: each edge at its forecast for its arrival time.
 
     Parameters
@@ -196,13 +196,39 @@ def eta_along(live_tt_s: np.ndarray, slope_per_s: np.ndarray, config: ForecastCo
     90.0
     """
     live = np.asarray(live_tt_s, dtype=np.float64)
-    sh = np.ones_like(live) if share is None else np.asarray(share, dtype=np.float64)
-    tt = live * sh
+    sh = None if share is None else np.asarray(share, dtype=np.float64)
+    tt = live if sh is None else live * sh
+    if profile_tt_s is not None:
+        for _ in range(max(int(passes), 1)):
+            arrive = np.cumsum(tt) - tt + depart_in_s
+            f = forecast_travel_times(live, slope_per_s, arrive, config, lag_s=lag_s,
+                                      pool_slope_per_s=pool_slope_per_s,
+                                      floor_tt_s=floor_tt_s, profile_tt_s=profile_tt_s)
+            tt = f if sh is None else sh * f
+        return float(tt.sum()), tt
+    # The same arithmetic as forecast_travel_times, inlined: a route answer's budget is 0.1 ms.
+    c = config
+    s = np.asarray(slope_per_s, dtype=np.float64)
+    pool = s if pool_slope_per_s is None else float(pool_slope_per_s)
+    lag = c.lag_s if lag_s is None else np.asarray(lag_s, dtype=np.float64)
+    g_pool = c.gain * pool
+    g_loc = c.gain * (s - pool)
+    off_d = 0.0 if c.correct_lag else damped_horizon_s(lag, c.damping_s)
+    off_l = 0.0 if c.correct_lag else damped_horizon_s(lag, c.local_tau_s)
+    floor = None if floor_tt_s is None else np.minimum(live, np.asarray(floor_tt_s, np.float64))
+    # A local horizon of 1e8 s or more does not fade within a day: D_loc(u) = u (to 1e-5).
+    no_fade = c.local_tau_s >= 1e8
     for _ in range(max(int(passes), 1)):
-        arrive = depart_in_s + np.concatenate(([0.0], np.cumsum(tt)[:-1]))
-        tt = sh * forecast_travel_times(live, slope_per_s, arrive, config, lag_s=lag_s,
-                                        pool_slope_per_s=pool_slope_per_s,
-                                        floor_tt_s=floor_tt_s, profile_tt_s=profile_tt_s)
+        u = np.cumsum(tt) - tt + (depart_in_s + lag)  # arrival offset + lag (>= 0)
+        ch = g_pool * (c.damping_s * -np.expm1(u * (-1.0 / c.damping_s)) - off_d)
+        if no_fade:
+            ch += g_loc * (u - lag if not c.correct_lag else u)
+        else:
+            ch += g_loc * (c.local_tau_s * -np.expm1(u * (-1.0 / c.local_tau_s)) - off_l)
+        f = live * np.exp(np.clip(ch, -c.max_log_change, c.max_log_change))
+        if floor is not None:
+            f = np.maximum(f, floor)
+        tt = f if sh is None else sh * f
     return float(tt.sum()), tt
 
 
@@ -353,3 +379,71 @@ class PaceTrend:
             setattr(self, k, arr)
         self.pool_tt, self.pool_tx = float(state["pool_tt"]), float(state["pool_tx"])
         self.pool_t = float(state["pool_t"])
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class EtaModel:
+    """What a router replica needs for forecast ETAs and ranges: per edge (float32, host)
+    the trend slope and lag, the relative spread and error (:mod:`traffic.eta_range`) and
+    the free-flow time, plus the pooled slope and the estimate's event time ``t_s``.
+
+    Built by :func:`build_eta_model` at the full-publication cadence (O(edges)); 20 B per
+    edge in each replica. :meth:`route_eta` costs O(route edges).
+    """
+
+    t_s: float
+    slope_per_s: np.ndarray
+    lag_s: np.ndarray
+    pool_slope_per_s: float
+    spread_rel: np.ndarray
+    error_rel: np.ndarray
+    freeflow_tt_s: np.ndarray
+    forecast: ForecastConfig
+    ranges: Any  # traffic.eta_range.RangeConfig
+
+    @property
+    def n_edges(self) -> int:
+        """Number of edges."""
+        return int(self.slope_per_s.shape[0])
+
+    def route_eta(self, edges: np.ndarray, live_tt_s: np.ndarray, *,
+                  depart_in_s: float = 0.0, share: np.ndarray | None = None,
+                  ) -> tuple[float, float, float, np.ndarray]:
+        """``(duration_s, p10_s, p90_s, tt_s)`` of a route: its ``edges`` in driving order
+        with their live whole-edge times ``live_tt_s`` (and driven ``share``), departing
+        ``depart_in_s`` after ``t_s``; ``tt_s`` the forecast driven time per edge.
+        ``p10 <= duration <= p90``."""
+        from traffic.eta_range import duration_range, route_sigma
+
+        e = np.asarray(edges, dtype=np.int64)
+        if e.size == 0:
+            return 0.0, 0.0, 0.0, np.zeros(0)
+        live = np.asarray(live_tt_s, dtype=np.float64)
+        sh = np.ones(e.size) if share is None else np.asarray(share, dtype=np.float64)
+        dep = max(float(depart_in_s), 0.0)
+        d, tt = eta_along(live, self.slope_per_s[e], self.forecast, depart_in_s=dep, share=sh,
+                          lag_s=self.lag_s[e], pool_slope_per_s=self.pool_slope_per_s,
+                          floor_tt_s=self.freeflow_tt_s[e])
+        arrive = np.cumsum(tt) - tt + dep
+        sigma = route_sigma(tt, self.spread_rel[e], self.error_rel[e], arrive, self.ranges,
+                            live_tt_s=live * sh)
+        lo, hi = duration_range(d, sigma)
+        return d, lo, hi, tt
+
+
+def build_eta_model(trend: PaceTrend, pace_s_per_m: np.ndarray, var: np.ndarray,
+                    evidence: np.ndarray, freeflow_tt_s: np.ndarray, t_s: float, *,
+                    prior_weight: float, ranges: Any = None) -> EtaModel:
+    """The :class:`EtaModel` at ``t_s`` from the trend and the estimator's arrays (host):
+    published pace, dispersion ``var`` and decayed evidence weight. O(edges)."""
+    from traffic.eta_range import RangeConfig, edge_uncertainty
+
+    rc = ranges or RangeConfig()
+    spread, err = edge_uncertainty(pace_s_per_m, var, evidence, prior_weight=prior_weight,
+                                   config=rc)
+    f32 = np.float32
+    return EtaModel(t_s=float(t_s), slope_per_s=trend.slopes(t_s).astype(f32),
+                    lag_s=trend.lags(t_s).astype(f32), pool_slope_per_s=trend.pool_slope(),
+                    spread_rel=spread.astype(f32), error_rel=err.astype(f32),
+                    freeflow_tt_s=np.asarray(freeflow_tt_s, dtype=f32), forecast=trend.config,
+                    ranges=rc)

@@ -115,6 +115,10 @@ class EstimatorCore(EstimatorState, ProfileLearning):
         self.profile_save_errors = 0
         ecfg = self.config.estimator if self.config.estimator is not None else EstimatorConfig()
         self.estimator = SpeedEstimator(net, ecfg, xp=xp, prior=prior)
+        from traffic.forecast import PaceTrend
+
+        #: Trend of traversal paces for forecasts (traffic.forecast), folded with the speeds.
+        self.trend = PaceTrend(net.edge_key)
         self.applied = 0
         self.folds = 0
         self.traversals = 0
@@ -169,6 +173,10 @@ class EstimatorCore(EstimatorState, ProfileLearning):
             self._seen_version = int(version)  # the state moved by this fold only
         if batch is not None and len(batch.edge):
             edge = np.asarray(batch.edge)
+            # The forecast's trend: O(batch), at the traversals' mid times (traffic.forecast).
+            mid_t = 0.5 * (np.asarray(batch.t_enter_s) + np.asarray(batch.t_exit_s))
+            self.trend.update(edge, mid_t, np.asarray(batch.pace_s_per_m),
+                              np.asarray(batch.weight), float(t_batch))
             self._touched.append(edge)  # O(batch): the next delta lists these edges
             self._covered[edge] = True
             self.traversals += int(edge.shape[0])
@@ -275,7 +283,8 @@ class EstimatorCore(EstimatorState, ProfileLearning):
         if full or not possible:
             version, tt = self.estimator.travel_times(self.watermark_t)  # float64, on the host
             pub = Publication(version=int(version), weights_t=self.watermark_t, travel_time_s=tt,
-                              network_version=self.net.version, published_wall_s=now)
+                              network_version=self.net.version, published_wall_s=now,
+                              eta=self.eta_model(tt))
             self._published = np.array(tt, dtype=np.float64)
             self._full_clock = self._clock(now)
             self._full_prior_bin = getattr(self.estimator, "_prior_bin", None)
@@ -301,6 +310,27 @@ class EstimatorCore(EstimatorState, ProfileLearning):
         self._unpublished.clear()
         self._last, self._last_publish_wall, self._dirty = pub, now, False
         return pub
+
+    def eta_model(self, travel_time_s: np.ndarray | None = None) -> Any:
+        """The forecast and range model (``traffic.forecast.EtaModel``) at the watermark, or
+        ``None`` before any event time. O(edges): built with full publications only."""
+        from traffic.estimator import decayed_weight
+        from traffic.forecast import build_eta_model
+
+        t = self.watermark_t
+        if t is None:
+            return None
+        est = self.estimator
+        if travel_time_s is None:
+            travel_time_s = est.travel_times(t)[1]
+        length = np.asarray(self.net.edge_length_m, dtype=np.float64)
+        pace = np.where(length > 0, np.asarray(travel_time_s, dtype=np.float64)
+                        / np.where(length > 0, length, 1.0), 1.0)
+        var, weight = est.state.var, decayed_weight(est.state, t, config=est.config)
+        var, weight = (np.asarray(a.get() if hasattr(a, "get") else a) for a in (var, weight))
+        return build_eta_model(self.trend, pace, var, weight,
+                               length / np.asarray(self.net.edge_freeflow_mps, np.float64), t,
+                               prior_weight=est.config.prior_weight)
 
     def _travel_times_of(self, edges: np.ndarray) -> np.ndarray:
         """Travel times (s, float64, host) of ``edges`` at the watermark: the same arithmetic
@@ -349,6 +379,11 @@ class EstimatorCore(EstimatorState, ProfileLearning):
         keep = net.edge_index_of_keys(self.net.edge_key)
         covered = np.zeros(net.n_edges, dtype=bool)
         covered[keep[(keep >= 0) & self._covered]] = True
+        from traffic.forecast import PaceTrend
+
+        trend = PaceTrend(net.edge_key, self.trend.config)
+        trend.load_state_dict(self.trend.state_dict())  # by edge key
+        self.trend = trend
         self.net, self._covered, self._last, self._dirty = net, covered, None, True
         self._published, self._touched = None, []  # the next publication is full
         return int(np.count_nonzero(keep >= 0))

@@ -25,7 +25,9 @@ class EstimatorState:
 
         Version 2: ``version``; ``speed.*`` (``SpeedEstimator.state_dict``); ``covered``
         (bool per edge); ``counters`` (``applied``, ``folds``, ``traversals``);
-        ``watermark_t`` (s); with a profile, ``profile.*``
+        ``watermark_t`` (s); ``trend.*`` (``traffic.forecast.PaceTrend.state_dict``, its
+        own version; a state without it loads with an empty trend); with a profile,
+        ``profile.*``
         (``TimeOfWeekProfile.state_dict``) and ``profile_observed_t`` (s). The profile is the
         estimator's prior, so it is part of what a replay must restore. Version 1 (the first
         release) stored the profile as dense rows ``profile.bins``/``mean_pace``/``weight``
@@ -39,6 +41,9 @@ class EstimatorState:
         out["counters"] = {"applied": int(self.applied), "folds": int(self.folds),
                            "traversals": int(self.traversals)}
         out["watermark_t"] = self.watermark_t
+        trend = getattr(self, "trend", None)
+        if trend is not None:
+            out.update(prefixed("trend", trend.state_dict()))
         if self.profile is not None:
             out.update(prefixed("profile", self.profile.state_dict()))
             out["profile_observed_t"] = self._profile_observed_t
@@ -69,6 +74,9 @@ class EstimatorState:
         self.folds = int(counters["folds"])
         self.traversals = int(counters["traversals"])
         self.watermark_t = state["watermark_t"]
+        trend = unprefixed("trend", state)
+        if trend and getattr(self, "trend", None) is not None:
+            self.trend.load_state_dict(trend)  # by edge key; absent in older states
         self._dirty = True
 
     def load_state_by_key(self, state: dict[str, Any], *, keep_applied: bool = True) -> None:

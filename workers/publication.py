@@ -54,6 +54,9 @@ class Publication:
     edges: np.ndarray | None = None
     base_version: int | None = None
     base_weights_t: float | None = None
+    #: With a full publication: the forecast and range model (``traffic.forecast.EtaModel``)
+    #: at ``weights_t``, or ``None``; routers keep the newest one they took.
+    eta: Any = None
 
     @property
     def full(self) -> bool:

@@ -58,6 +58,8 @@ class Queries:
             extra["exclude"] = tuple(exclude)
         if avoid is not None:
             extra["avoid"] = avoid
+        if profile is None and depart_at_s is not None:
+            extra["depart_at_s"] = depart_at_s  # the forecast ETA departs then (issue 14)
         return self._on_router("route", from_latlon, to_latlon, max_snap_m=max_snap_m,
                                profile=profile, **extra)
 

@@ -67,6 +67,8 @@ class RouterCore:
         self._ov_factor = np.zeros(0)
         self._ov_revision = -1
         self._key: tuple[int, float] | None = None  # the publication held (None: free-flow)
+        #: The forecast and range model of the newest full publication taken (None: none).
+        self._eta: Any = None
         #: How publications were taken: full, delta, caught_up (from the chain), stale
         #: (a delta not on our weights and no chain to catch up from), ignored (not newer).
         self.applied = {"full": 0, "delta": 0, "caught_up": 0, "stale": 0, "ignored": 0}
@@ -130,6 +132,10 @@ class RouterCore:
             if how not in ("ignored", "stale"):
                 self._took(newest.version, newest.weights_t, t0)
                 self._key = newest.key
+                first = newest if newest.full else _resolve_pub(chain[0]) \
+                    if how == "caught_up" else None
+                if first is not None and first.full:
+                    self._eta = getattr(first, "eta", None)
         return how
 
     def _catch_up(self, pubs: list[Any]) -> str:
@@ -222,9 +228,15 @@ class RouterCore:
         profile: tuple[Any, np.ndarray] | None = None,
         on_caller: bool = False, caller_queries: Any = None, steps: bool = False,
         exclude: tuple[str, ...] | list[str] = (), avoid: dict[str, Any] | None = None,
-        **nav: Any,
+        depart_at_s: float | None = None, **nav: Any,
     ) -> dict[str, Any]:
         """Route between two points; the JSON-ready answer with versions and ``basis``.
+
+        On live weights with a forecast model (:meth:`apply_publication` keeps the newest
+        full publication's), a plain route (no steps, navigation options or avoids) gets the
+        time-dependent ETA: each edge at its forecast for when it is reached, departing at
+        ``depart_at_s`` (default now; up to an hour ahead), ``duration_p10_s``/
+        ``duration_p90_s`` and ``basis`` ``forecast`` (:class:`traffic.forecast.EtaModel`).
 
         With ``profile=(key, travel_time_s)`` the route uses those (time-of-week) travel
         times, customized once per ``key`` and cached. ``on_caller``/``caller_queries``: run
@@ -255,11 +267,34 @@ class RouterCore:
         out = dict(res.to_json())
         out["weights_t"] = self.weights_t if basis == "live" else None
         out["basis"] = basis
+        if basis == "live" and not steps and not exclude and avoid is None:
+            self._forecast(out, res, depart_at_s)
         if steps:
             from graph.steps import route_legs
 
             out["legs"] = route_legs(self.net, res, travel_time_s=self._travel_times(key))
         return out
+
+    def _forecast(self, out: dict[str, Any], res: Any, depart_at_s: float | None) -> None:
+        """Put the forecast ETA and its range into a plain route's answer ``out`` (in place);
+        nothing without a model. O(route edges)."""
+        model, tt = self._eta, self._travel_times(None)
+        edges = res.edge_ids
+        if model is None or tt is None or edges.size == 0 or model.n_edges != tt.shape[0]:
+            return
+        live = tt[edges]
+        full = float(live.sum())
+        if not (full > 0 and np.isfinite(full)):
+            return
+        now = self.weights_t if self.weights_t is not None else model.t_s
+        depart_in = 0.0 if depart_at_s is None else max(float(depart_at_s) - now, 0.0)
+        if depart_in > model.forecast.profile_blend_s:
+            return  # a short-term forecast: beyond its hour the live weights answer, as before
+        d, lo, hi, _ = model.route_eta(edges, live, depart_in_s=depart_in)
+        # The route's partial first and last edges: scale by its own share of the full edges.
+        k = res.duration_s / full
+        out["duration_s"], out["duration_p10_s"], out["duration_p90_s"] = d * k, lo * k, hi * k
+        out["basis"] = "forecast"
 
     def _navigate(self, points: list[tuple[float, float]], key: Any, *, max_snap_m: float,
                   steps: bool, bearing: float | None = None, bearing_range: float | None = None,

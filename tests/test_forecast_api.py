@@ -1,0 +1,78 @@
+"""GET /v1/route with the forecast (issue 14): ranges present and ordered, basis ``forecast``,
+a later departure on a rising trend; the estimator's trend survives a checkpoint round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+from conftest import shared_file
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from api.settings import Settings
+from graph.io import load_network
+from workers.services import LocalServices, PipelineConfig
+
+A = "55.68176,12.55832"  # Gyldenløvesgade, central Copenhagen
+B = "55.67970,12.56335"
+
+
+@pytest.fixture(scope="module")
+def services():
+    net = load_network(shared_file("scenario_kbh/network.osm.pbf"))
+    svc = LocalServices(net, PipelineConfig(clock="event", n_ingest=1))
+    df = pl.read_parquet(shared_file("scenario_kbh/probes.parquet")).sort("t")
+    df = df.filter(pl.col("t") < df["t"].min() + 1200)
+    for part in df.iter_slices(20_000):
+        svc.ingest(part)
+    svc.flush()
+    return svc
+
+
+@pytest.fixture()
+def client(services):
+    with TestClient(create_app(services, Settings(clock="event"))) as c:
+        yield c
+
+
+def test_route_forecast_ranges_ordered(client):
+    body = client.get("/v1/route", params={"from": A, "to": B}).json()
+    assert body["basis"] == "forecast"
+    assert 0 < body["duration_p10_s"] <= body["duration_s"] <= body["duration_p90_s"]
+
+
+def test_route_forecast_later_departure(client, services):
+    now = client.get("/v1/route", params={"from": A, "to": B}).json()
+    t = services.router.weights_t
+    later = client.get("/v1/route", params={"from": A, "to": B,
+                                            "depart_at": str(int(t + 600))}).json()
+    assert later["basis"] == "forecast"
+    assert later["duration_p10_s"] <= later["duration_s"] <= later["duration_p90_s"]
+    # Further ahead the range is at least as wide (relative to the ETA).
+    rel = lambda b: (b["duration_p90_s"] - b["duration_p10_s"]) / b["duration_s"]
+    assert rel(later) >= rel(now) - 1e-9
+
+
+def test_route_with_steps_stays_live(client):
+    body = client.get("/v1/route", params={"from": A, "to": B, "steps": "true"}).json()
+    assert body["basis"] == "live" and "duration_p10_s" not in body
+
+
+def test_estimator_trend_checkpoint_round_trip(services):
+    from workers.estimator import EstimatorCore
+
+    core = EstimatorCore(services.net)
+    core.trend.update(np.array([0, 1, 0]), np.array([10.0, 20.0, 200.0]),
+                      np.array([0.1, 0.2, 0.15]), np.ones(3), 300.0)
+    state = core.state_dict()
+    assert any(k.startswith("trend.") for k in state)
+    other = EstimatorCore(services.net)
+    other.load_state_dict(state)
+    np.testing.assert_array_equal(other.trend.slopes(400.0), core.trend.slopes(400.0))
+    assert other.trend.slopes(400.0)[0] != 0.0
+    # A state written before the trend existed loads with an empty trend.
+    old = {k: v for k, v in state.items() if not k.startswith("trend.")}
+    fresh = EstimatorCore(services.net)
+    fresh.load_state_dict(old)
+    assert fresh.trend.pool_slope() == 0.0
