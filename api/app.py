@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import register_error_handlers
@@ -21,7 +21,7 @@ from api.osrm import router as osrm_router
 from api.routes import match, network, probes, routing, status
 from api.security import AuthMiddleware, warn_if_open
 from api.settings import Settings
-from api.strict import strict_parameters
+from api.strict import StrictQueryMiddleware
 from graph.query_threads import CallerQueries
 from workers.services import NotReady
 
@@ -83,10 +83,8 @@ def create_app(services: Any, settings: Settings | None = None, *,
         if close_services:
             services.close()
 
-    # Unknown query parameters and body fields on /v1 are 422s (api/strict.py).
     app = FastAPI(title=settings.title, version="0.1.0", lifespan=lifespan,
-                  description="Live traffic: probes in, speeds, routes and ETAs out.",
-                  dependencies=[Depends(strict_parameters)])
+                  description="Live traffic: probes in, speeds, routes and ETAs out.")
     app.state.services = services
     app.state.settings = settings
     app.state.metrics = Metrics(services.status)
@@ -111,6 +109,9 @@ def create_app(services: Any, settings: Settings | None = None, *,
 
     # Outermost last: metrics see every answer; keys are checked before limits count a
     # caller's rate, and both answer before the body is read.
+    # Unknown query parameters on /v1 are 422s before any handler (api/strict.py; unknown
+    # body fields: the body models forbid them).
+    app.add_middleware(StrictQueryMiddleware, schema=app.openapi)
     app.add_middleware(LimitsMiddleware, limits=settings.limits())
     app.add_middleware(AuthMiddleware, keys=settings.api_keys,
                        protect_reads=settings.protect_reads)

@@ -83,6 +83,16 @@ def _network_error_status(exc: NetworkError) -> tuple[int, str]:
     return 422, "invalid_network"
 
 
+def unknown_body_field(errors: list[dict[str, Any]]) -> str | None:
+    """The name of the first extra body field among pydantic's errors (body models forbid
+    unknown fields: api/strict.py), if any."""
+    for e in errors:
+        if e.get("type") == "extra_forbidden":
+            loc = [str(p) for p in e.get("loc", ()) if p != "body"]
+            return ".".join(loc) or None
+    return None
+
+
 def _validation_message(errors: list[dict[str, Any]]) -> str:
     first = errors[0]
     loc = list(first.get("loc", ()))
@@ -132,6 +142,11 @@ def register_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _request_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = list(exc.errors())
+        extra = unknown_body_field(errors)
+        if extra is not None:  # body models forbid unknown fields (api/strict.py)
+            return JSONResponse(error_body(
+                "unknown_parameter", f"unknown body field `{extra}`", {"field": extra}),
+                status_code=422)
         return JSONResponse(
             error_body("invalid_value", _validation_message(errors), _jsonable_errors(errors)),
             status_code=422,

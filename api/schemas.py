@@ -141,6 +141,8 @@ class LatLonIn(BaseModel):
 class TableIn(BaseModel):
     """The body of ``POST /v1/table``: points as ``[lat, lon]`` pairs."""
 
+    model_config = ConfigDict(extra="forbid")  # unknown fields: 422 (api/strict.py)
+
     sources: list[tuple[float, float]] = Field(min_length=1)
     destinations: list[tuple[float, float]] = Field(min_length=1)
     depart_at: str | float | None = Field(
@@ -274,6 +276,8 @@ class TracePointIn(BaseModel):
 
 class MatchIn(BaseModel):
     """The JSON body of ``POST /v1/match``: a trace of one vehicle, at most 10,000 points."""
+
+    model_config = ConfigDict(extra="forbid")  # unknown fields: 422 (api/strict.py)
 
     points: list[TracePointIn] = Field(min_length=1)
     ingest: bool = Field(default=False, description="also feed the trace to the estimator "
