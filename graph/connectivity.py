@@ -87,6 +87,7 @@ def keep_largest_scc(net: RoadNetwork) -> RoadNetwork:
         geom_offsets=offsets,
         geom_lat=net.geom_lat[point],
         geom_lon=net.geom_lon[point],
+        geom_osm_node=net.geom_osm_node[point],
         turn_from_edge=new_edge[net.turn_from_edge[keep_turn]],
         turn_via_node=new_node[net.turn_via_node[keep_turn]],
         turn_to_edge=new_edge[net.turn_to_edge[keep_turn]],

@@ -143,6 +143,8 @@ def export_geojson(net: RoadNetwork, path: str | os.PathLike[str]) -> Path:
         "turn_to_key": net.edge_key[net.turn_to_edge].tolist(),
         "turn_kind": net.turn_kind.tolist(),
     }
+    if bool((net.geom_osm_node != -1).any()):  # OSM node id of every geometry point, in order
+        member["geom_osm_node"] = net.geom_osm_node.tolist()
     doc = {"type": "FeatureCollection", EXPORT_MEMBER: member, "features": features}
     text = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
     write_atomic(path, lambda fh: fh.write(text))
@@ -259,6 +261,8 @@ def _load_exported(
             edge_reversed=np.array(col["reversed"], dtype=bool),
             edge_key=keys,
         )
+        if "geom_osm_node" in member:
+            arrays["geom_osm_node"] = np.array(member["geom_osm_node"], dtype=np.int64)
         arrays.update(_name_columns(props))
         kept = (turn_from >= 0) & (turn_to >= 0)
         turns = dict(

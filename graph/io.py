@@ -37,9 +37,11 @@ COMPILED_FORMAT = "traffic-road-network"
 #: Version of the compiled layout; bump when array names, dtypes or meanings change.
 #: 2 added the name table (``edge_name``, ``edge_ref``, ``edge_flags``, ``name_bytes``,
 #: ``name_offsets``); version-1 files still load, without names (same version as before).
-COMPILED_FORMAT_VERSION = 2
+#: 3 added ``geom_osm_node`` (OSM node id of every geometry point, 8 B per point); files of
+#: versions 1 and 2 load with -1 there (unknown), and keep their version.
+COMPILED_FORMAT_VERSION = 3
 #: Older layouts this program still reads.
-_READABLE_FORMAT_VERSIONS = (1, 2)
+_READABLE_FORMAT_VERSIONS = (1, 2, 3)
 _HEADER = "header.json"
 
 #: ``progress(stage, fraction)``: a loader reports its stage name and 0..1 progress.
@@ -62,7 +64,7 @@ _ARRAY_DTYPES: dict[str, str] = {
     "out_first": "i4", "out_edge": "i4", "in_first": "i4", "in_edge": "i4",
     "turn_from_edge": "i4", "turn_via_node": "i4", "turn_to_edge": "i4", "turn_kind": "i1",
     "edge_name": "i4", "edge_ref": "i4", "edge_flags": "u1", "name_bytes": "u1",
-    "name_offsets": "i8",
+    "name_offsets": "i8", "geom_osm_node": "i8",
 }
 
 
@@ -260,6 +262,8 @@ def load_compiled(path: str | os.PathLike[str], *, verify: bool = False,
         ) from exc
     if any(key not in arrays for key in NAME_ARRAYS):  # a version-1 file: no names
         arrays.update(empty_name_arrays(arrays["edge_src"].size))
+    if "geom_osm_node" not in arrays:  # before version 3: OSM node ids of points unknown
+        arrays["geom_osm_node"] = np.full(arrays["geom_lat"].size, -1, dtype=np.int64)
     _check_arrays(arrays, path)
     recorded = header.get("version")
     if not isinstance(recorded, str) or not recorded:
@@ -436,7 +440,7 @@ def _check_arrays(arrays: dict[str, np.ndarray], path: Path) -> None:
             "out_edge", "in_edge", "edge_name", "edge_ref", "edge_flags")),
         (n + 1, ("out_first", "in_first")),
         (m + 1, ("geom_offsets",)),
-        (g, ("geom_lat", "geom_lon")),
+        (g, ("geom_lat", "geom_lon", "geom_osm_node")),
         (r, ("turn_via_node", "turn_to_edge", "turn_kind")),
         (s, ("name_bytes",)),
     )
@@ -451,7 +455,10 @@ def _check_arrays(arrays: dict[str, np.ndarray], path: Path) -> None:
 
 
 def _optional(key: str, header: dict) -> bool:
-    """Whether array ``key`` may be absent: the name arrays, in a version-1 file."""
+    """Whether array ``key`` may be absent: the name arrays in a version-1 file,
+    ``geom_osm_node`` in a file before version 3."""
+    if key == "geom_osm_node":
+        return header.get("format_version") in (1, 2)
     return key in NAME_ARRAYS and header.get("format_version") == 1
 
 

@@ -105,6 +105,12 @@ class RoadNetwork:
     strings (a country has ~10^5 of them for ~10^7 edges). Read them with :meth:`string` /
     :meth:`edge_name_str` / :meth:`edge_ref_str`.
 
+    ``geom_osm_node`` (aligned with ``geom_lat``/``geom_lon``) is the OSM node id of every
+    geometry point, ``-1`` where unknown (DIMACS, GeoJSON, files written before format 3).
+    External speed feeds keyed by consecutive OSM node pairs (OSRM's segment-speed files)
+    map onto parts of an edge through it. It costs 8 bytes per geometry point: 8 x (points
+    per edge) bytes per edge (about 30 B/edge on an OSM extract, 16 B/edge on DIMACS).
+
     Build one with :func:`build_network`, which validates the arrays, derives the indexes,
     the stable edge keys and the content hash ``version``; the arrays are read-only.
     """
@@ -139,6 +145,7 @@ class RoadNetwork:
     edge_flags: np.ndarray  # uint8[m], EDGE_ROUNDABOUT | EDGE_TOLL | EDGE_FERRY
     name_bytes: np.ndarray  # uint8[s], the UTF-8 strings of the table, concatenated
     name_offsets: np.ndarray  # int64[k + 1], string i is name_bytes[off[i]:off[i + 1]]
+    geom_osm_node: np.ndarray  # int64[offsets[-1]], OSM node id of each geometry point; -1 unknown
     name: str = ""
     version: str = field(default="")
 
@@ -299,6 +306,7 @@ def build_network(
     edge_ref: np.ndarray | None = None,
     edge_flags: np.ndarray | None = None,
     strings: Sequence[str] | None = None,
+    geom_osm_node: np.ndarray | None = None,
     name: str = "",
     source: str = "<arrays>",
 ) -> RoadNetwork:
@@ -348,6 +356,9 @@ def build_network(
     _check(geom_lat.shape == geom_lon.shape == (int(geom_offsets[-1]),), source,
            "geometry coordinate arrays do not match geom_offsets")
     _check_coords(geom_lat, geom_lon, source, "geometry point")
+    geom_osm_node = _default(geom_osm_node, geom_lat.shape[0], -1, _INT64)
+    _check(geom_osm_node.shape == geom_lat.shape, source,
+           "geom_osm_node must have one entry per geometry point")
 
     if edge_length_m is None:
         edge_length_m = polyline_lengths_m(geom_offsets, geom_lat, geom_lon)
@@ -395,7 +406,7 @@ def build_network(
         edge_osm_to=np.ascontiguousarray(osm_to), edge_reversed=reversed_, edge_key=edge_key,
         geom_offsets=geom_offsets, geom_lat=geom_lat, geom_lon=geom_lon,
         out_first=out_first, out_edge=out_edge, in_first=in_first, in_edge=in_edge,
-        **turns, **names,
+        **turns, **names, geom_osm_node=geom_osm_node,
     )
     return assemble_network(arrays, name=name)
 
@@ -412,6 +423,8 @@ def assemble_network(
     """
     for key, a in empty_name_arrays(arrays["edge_src"].shape[0]).items():
         arrays.setdefault(key, a)
+    if "geom_osm_node" not in arrays:
+        arrays["geom_osm_node"] = np.full(arrays["geom_lat"].shape[0], -1, dtype=_INT64)
     for a in arrays.values():
         a.setflags(write=False)
     if version is None:
@@ -423,10 +436,14 @@ def content_version(arrays: dict[str, np.ndarray]) -> str:
     """Hash of every array's name, dtype, shape and bytes: the network's version (16 hex).
 
     The :data:`NAME_ARRAYS` are left out while they hold nothing (no string, no flag), so a
-    network without names has the version it had before names were part of the model.
+    network without names has the version it had before names were part of the model;
+    likewise ``geom_osm_node`` while every entry is -1 (DIMACS, GeoJSON, older files).
     """
     h = hashlib.blake2b(digest_size=8)
-    skip = () if has_names(arrays) else NAME_ARRAYS
+    skip: tuple[str, ...] = () if has_names(arrays) else NAME_ARRAYS
+    osm_nodes = arrays.get("geom_osm_node")
+    if osm_nodes is None or not bool((osm_nodes != -1).any()):
+        skip = (*skip, "geom_osm_node")
     for key in sorted(arrays):
         if key in skip:
             continue

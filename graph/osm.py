@@ -414,6 +414,7 @@ def _assemble(
         geom_offsets=geom_offsets,
         geom_lat=pt_y[geom_idx] * _COORD_SCALE,
         geom_lon=pt_x[geom_idx] * _COORD_SCALE,
+        geom_osm_node=pt_ref[geom_idx],
         edge_road_class=road_class[e_way],
         edge_oneway=fwd[e_way] != bwd[e_way],
         edge_osm_way=way_ids[e_way],
