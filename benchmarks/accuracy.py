@@ -22,7 +22,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -437,7 +437,7 @@ def main() -> None:
         if a.no_forecast:
             t_e = tt[e] * share
             return float(t_e.sum()), t_e
-        return eta_along(tt[e], slope[0][e], fcfg, depart_in_s=depart_in, share=share,
+        return eta_along(tt[e], slope[0][e], slope[3], depart_in_s=depart_in, share=share,
                          lag_s=slope[1][e], pool_slope_per_s=slope[2], floor_tt_s=ff_tt[e])
 
     def range_parts(e, t_e, depart_in, spread, err, live_e):
@@ -456,7 +456,8 @@ def main() -> None:
                  for h in (15, 30)}
         if sel.size or any(v.size for v in ahead.values()):
             _, tt = est.travel_times(now0)
-            slope = (trend.slopes(now0), trend.lags(now0), trend.pool_slope())
+            slope = (trend.slopes(now0), trend.lags(now0), trend.pool_slope(),
+                     replace(fcfg, gain=trend.gain()))
             spread, err = edge_uncertainty(tt / L, est.state.var,
                                            decayed_weight(est.state, now0, config=cfg),
                                            prior_weight=cfg.prior_weight, config=rcfg)
@@ -525,7 +526,7 @@ def main() -> None:
         rows_all.append(o.point_row)
         fold(ex.push(o), now)
         done += collector.push(o)
-        pool_trace.append((now, trend.pool_slope()))
+        pool_trace.append((now, trend.pool_slope(), trend.gain()))
         if done:
             probe_trips += done
             if router is not None and not a.no_bias:
@@ -550,6 +551,15 @@ def main() -> None:
     res.update(_errs("live_eta_", eta_true if use_true else eta_router, truth, main_sel, peak))
     res.update(_signed("live_", eta_true if use_true else eta_router, truth, main_sel, peak))
     res.update(_errs("freeflow_", ff_sumo, truth, main_sel, peak))
+    # Outside the peak, before and after it (the forecast must not make those worse).
+    live_eta = eta_true if use_true else eta_router
+    for tag, w in (("before_peak_", depart < sc.peak_s[0]), ("after_peak_", depart >= sc.peak_s[1])):
+        for name, p in (("eta_", eta), ("live_eta_", live_eta)):
+            ok = main_sel & w & np.isfinite(p)
+            r = (p[ok] - truth[ok]) / truth[ok]
+            res[f"{tag}{name}mdape"] = float(np.median(np.abs(r)))
+            res[f"{tag}{name}mape"] = float(np.mean(np.abs(r)))
+            res[f"{tag}{name}signed_median_error"] = float(np.median(r))
     res["eta_route"] = "true SUMO route mapped to our edges" if use_true else \
         "our router between snapped endpoints (true-route mapping covers too few trips)"
     res["true_route_coverage"] = cover
@@ -598,7 +608,7 @@ def main() -> None:
                  snap15=snap_ahead[15], snap30=snap_ahead[30], router=eta_router,
                  router_fc=eta_router_fc, router_corr=eta_router_corr, overlap=overlap,
                  r_ind=r_ind, r_err=r_err, r_h=r_h, r_chg=r_c, depart=depart - t0,
-                 pool=np.array(pool_trace) - [t0, 0])
+                 pool=np.array(pool_trace) - [t0, 0, 0])
     res.update(speed_errors(sc, em, pace_at, trav_w, net, min_traversals=a.min_traversals))
     res["sumo_edges_mapped"] = float(em.mapped.mean())
     res["estimator_config"] = {k: getattr(cfg, k) for k in ("decay_tau_s", "prior_weight",
@@ -670,6 +680,13 @@ def report(a: argparse.Namespace, sc: Scenario, res: dict) -> None:
                      f"{f(p + 'mape')} | {f('peak_' + p + 'mape')} | "
                      + (f"{g(sg + 'signed_median_error')} | {g('peak_' + sg + 'signed_median_error')} |"
                         if sg is not None else "– | – |"))
+    if "after_peak_eta_mdape" in res:
+        lines += ["", "Outside the peak (MdAPE / MAPE / signed median): " + "; ".join(
+            f"{tag.replace('_', ' ').strip()}: ours {res[tag + 'eta_mdape']:.3f} / "
+            f"{res[tag + 'eta_mape']:.3f} / {res[tag + 'eta_signed_median_error']:+.3f}, live "
+            f"{res[tag + 'live_eta_mdape']:.3f} / {res[tag + 'live_eta_mape']:.3f} / "
+            f"{res[tag + 'live_eta_signed_median_error']:+.3f}"
+            for tag in ("before_peak_", "after_peak_")) + "."]
     lines += ["", "Signed median error by true trip duration (all trips / peak):\n",
               "| trip length | trips | live | ours | oracle | router live | router (product) |",
               "|---|---:|---:|---:|---:|---:|---:|"]

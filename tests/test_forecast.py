@@ -59,7 +59,7 @@ def test_pace_trend_flat_forecast_equals_live():
 
 
 def test_pace_trend_rising_slope_recovered():
-    trend = PaceTrend(KEYS, ForecastConfig(shrink_s=1.0, pool_prior_s2=1.0))
+    trend = PaceTrend(KEYS, ForecastConfig(shrink_s=1.0, pool_prior_s2=1.0, adapt_gain=False))
     t = _feed(trend, 2e-4)
     s = trend.slopes(t)
     np.testing.assert_allclose(s[:3], 2e-4, rtol=1e-3)
@@ -299,3 +299,23 @@ def test_eta_along_fast_path_matches_reference():
         fast = eta_along(live, slope, cfg, **args)
         ref = eta_along(live, slope, cfg, profile_tt_s=np.full(n, np.nan), **args)
         np.testing.assert_allclose(fast[1], ref[1], rtol=1e-12 if local < 1e8 else 1e-5)
+
+
+def test_pace_trend_skill_follows_the_trend():
+    # A steady rise comes true: skill near 1. A rise that stops: skill falls.
+    trend = PaceTrend(KEYS, ForecastConfig(gain=1.0, pool_prior_s2=1.0))
+    t = _feed(trend, 2e-4, n=120, step_s=15.0)
+    assert 0.8 < trend.gain() < 1.3
+    _feed(trend, 0.0, t0=t + 15.0, n=60, step_s=15.0, pace0=0.1 * math.exp(2e-4 * (t - 1000.0)))
+    assert trend.gain() < 0.8
+
+
+def test_pace_trend_reads_version_1_state():
+    trend = PaceTrend(KEYS)
+    _feed(trend, 1e-4)
+    state = trend.state_dict()
+    state["version"] = 1
+    del state["skill_xy"], state["skill_xx"]
+    other = PaceTrend(KEYS)
+    other.load_state_dict(state)
+    assert other.skill_xx == 0.0 and other.pool_slope() == trend.pool_slope()
