@@ -293,8 +293,9 @@ def test_eta_along_fast_path_matches_reference():
         cfg = ForecastConfig(correct_lag=correct_lag, local_tau_s=local, max_log_change=0.4)
         n = 40
         live = rng.uniform(5, 60, n)
-        args = dict(depart_in_s=300.0, share=rng.uniform(0.2, 1, n), lag_s=rng.uniform(0, 120, n),
-                    pool_slope_per_s=2e-4, floor_tt_s=live * rng.uniform(0.5, 1.2, n))
+        args = {"depart_in_s": 300.0, "share": rng.uniform(0.2, 1, n),
+                "lag_s": rng.uniform(0, 120, n), "pool_slope_per_s": 2e-4,
+                "floor_tt_s": live * rng.uniform(0.5, 1.2, n)}
         slope = rng.normal(0, 5e-4, n)
         fast = eta_along(live, slope, cfg, **args)
         ref = eta_along(live, slope, cfg, profile_tt_s=np.full(n, np.nan), **args)
