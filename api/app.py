@@ -121,9 +121,10 @@ def create_app(services: Any, settings: Settings | None = None, *,
 
 def _include_congestion_and_map(app: FastAPI) -> None:
     """Analysts' routes: ``/v1/congestion*`` and the live map page at ``/``."""
-    from api.routes import closures, congestion, isochrone, map as map_page
+    from api.routes import closures, congestion, isochrone, map as map_page, speeds
 
     app.include_router(closures.router)
+    app.include_router(speeds.router)
     app.include_router(isochrone.router)
     app.include_router(congestion.router)
     app.include_router(map_page.router)

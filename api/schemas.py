@@ -237,6 +237,8 @@ class StatusOut(BaseModel):
     probes: ProbeCountsOut
     queues: dict[str, int]
     coverage: dict[str, float]
+    sources: dict[str, Any] = Field(default_factory=dict, description=(
+        "what the live times blend: `probes`, and `speed_feed` (POST /v1/speeds)"))
     workers: dict[str, Any]
 
 

@@ -37,6 +37,7 @@ WRITE_ROLES: dict[tuple[str, str], str | tuple[str, ...]] = {
     ("POST", "/v1/probes"): "probe-writer",
     ("PUT", "/v1/network"): "network-admin",
     ("POST", "/v1/closures"): ("operator", "network-admin"),
+    ("POST", "/v1/speeds"): "probe-writer",
 }
 #: The same for paths under a prefix (``DELETE /v1/closures/{id}``).
 WRITE_PREFIX_ROLES: dict[tuple[str, str], str | tuple[str, ...]] = {

@@ -55,6 +55,9 @@ def checkpoint(svc: Any, now_s: float | None) -> None:
         closures = getattr(svc, "closures", None)  # not yet there while a service starts
         if closures is not None:
             state.update(prefixed("closures", closures.state_dict()))
+        feeds = getattr(svc, "feeds", None)
+        if feeds is not None:
+            state.update(prefixed("feeds", feeds.state_dict()))
         durability.save(state, event_time_s=max(marks) if marks else None)
     except OSError:
         logger.exception("checkpoint failed; the probe log keeps everything since the last one")
@@ -90,6 +93,7 @@ def recover(svc: Any) -> int:
         svc.set_watermark(watermark)
         # Closures: their own file is newer (written at every change); this is the fallback.
         svc.checkpoint_closures = unprefixed("closures", rec.state) or None
+        svc.checkpoint_feeds = unprefixed("feeds", rec.state) or None
     svc.boot = f"{time.time_ns()}"
     svc.estimator_call("mark_boot", svc.boot)  # from here on the estimator's state is whole
     n, window = 0, []  # each batch's futures, oldest first: folded in log order

@@ -66,6 +66,11 @@ class RouterCore:
         self._ov_edges = np.zeros(0, dtype=np.int64)
         self._ov_factor = np.zeros(0)
         self._ov_revision = -1
+        # Speed-feed blend (set_feed): routed = published * keep + add on the fed edges.
+        self._fb_edges = np.zeros(0, dtype=np.int64)
+        self._fb_keep = np.zeros(0)
+        self._fb_add = np.zeros(0)
+        self._fb_revision = -1
         self._key: tuple[int, float] | None = None  # the publication held (None: free-flow)
         #: The forecast and range model of the newest full publication taken (None: none).
         self._eta: Any = None
@@ -177,6 +182,35 @@ class RouterCore:
                                          f"{self.weights_version}+closures{revision}")
         return True
 
+    def set_feed(self, edges: Any, keep: Any, add: Any, revision: int) -> bool:
+        """Blend a speed feed into every publication from now on: the travel time of
+        ``edges`` (sorted ids) becomes ``published * keep + add`` (``traffic.speed_feeds``),
+        under the closure multipliers; edges of the previous blend go back to their published
+        times. A partial update of the edges that changed; an older ``revision`` is ignored."""
+        edges = np.asarray(edges, dtype=np.int64)
+        with self._lock:
+            if revision <= self._fb_revision:
+                return False
+            old = self._fb_edges
+            self._fb_edges, self._fb_revision = edges, int(revision)
+            self._fb_keep = np.asarray(keep, dtype=np.float64)
+            self._fb_add = np.asarray(add, dtype=np.float64)
+            changed = np.union1d(old, edges)
+            if changed.size:
+                base = self._published()
+                self.router.update_edges(changed, self._overridden(changed, base[changed]),
+                                         f"{self.weights_version}+feed{revision}")
+        return True
+
+    def live_travel_times(self) -> np.ndarray:
+        """The travel times routed on now: published, feed blend and overrides applied."""
+        with self._lock:
+            tt = self._published().copy()
+            touched = np.union1d(self._ov_edges, self._fb_edges)
+            if touched.size:
+                tt[touched] = self._overridden(touched, tt[touched])
+        return tt
+
     def _published(self) -> np.ndarray:
         """The travel times as published (before overrides): free flow before any."""
         if self._base is None:
@@ -185,13 +219,18 @@ class RouterCore:
         return self._base
 
     def _overridden(self, edges: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """``values`` of ``edges`` (sorted ids) with the overrides in force applied."""
+        """``values`` of ``edges`` (sorted ids) with the feed blend, then the overrides in
+        force, applied."""
+        out = np.array(values, dtype=np.float64)
+        if self._fb_edges.size:
+            pos = np.minimum(np.searchsorted(self._fb_edges, edges), self._fb_edges.size - 1)
+            hit = self._fb_edges[pos] == edges
+            out[hit] = out[hit] * self._fb_keep[pos[hit]] + self._fb_add[pos[hit]]
         if self._ov_edges.size == 0:
-            return values
+            return out
         pos = np.searchsorted(self._ov_edges, edges)
         pos = np.minimum(pos, self._ov_edges.size - 1)
         hit = self._ov_edges[pos] == edges
-        out = np.array(values, dtype=np.float64)
         out[hit] = out[hit] * self._ov_factor[pos[hit]]
         return out
 
@@ -199,9 +238,11 @@ class RouterCore:
         """A whole published vector, overrides applied on top (caller holds the lock)."""
         self._base = np.array(travel_time_s, dtype=np.float64)
         tt = self._base
-        if self._ov_edges.size:
+        touched = (np.union1d(self._ov_edges, self._fb_edges) if self._fb_edges.size
+                   else self._ov_edges)
+        if touched.size:
             tt = tt.copy()
-            tt[self._ov_edges] = self._overridden(self._ov_edges, tt[self._ov_edges])
+            tt[touched] = self._overridden(touched, tt[touched])
         self.router.customize(tt, version)
 
     def _update_edges(self, edges: np.ndarray, values: np.ndarray, version: str) -> None:

@@ -27,6 +27,7 @@ from graph.network import RoadNetwork
 from workers.config import PipelineConfig, load_profile, profile_path
 from workers.publication import Publication, PublicationChain
 from workers.closure_ops import ClosureOps, UnknownClosure
+from workers.feed_ops import FeedOps
 from workers.intake import Intake, Overloaded
 from workers.network_jobs import NetworkJob, NetworkJobs, UnknownJob
 from workers.queries import NotReady, Queries
@@ -40,7 +41,7 @@ __all__ = ["Services", "LocalServices", "PipelineConfig", "Overloaded", "NotRead
 logger = logging.getLogger(__name__)
 
 
-class Services(Intake, Queries, ClosureOps):
+class Services(Intake, Queries, ClosureOps, FeedOps):
     """The service facade (see the module docstring).
 
     Parameters
@@ -134,6 +135,7 @@ class Services(Intake, Queries, ClosureOps):
         self._publish(self.estimator_call("publish"), wait=True)
         self._init_closures()
         self.push_overrides(wait=True)
+        self._init_feeds()
         self._ready = True
 
     @property
@@ -292,6 +294,7 @@ class Services(Intake, Queries, ClosureOps):
             self._collect_ticks(wait=False)  # in process, the ticks ran already
             self._publish(self.estimator_call("maybe_publish"))
             self.push_overrides()  # closures that started or ended by the clock
+            self.push_feed()  # the speed feed's blend fades with age (every refresh_s)
 
     def _collect_ticks(self, *, wait: bool) -> None:
         """Fold the replies of finished idle-flush ticks (of all, waiting, with ``wait``)."""
@@ -347,7 +350,8 @@ class Services(Intake, Queries, ClosureOps):
                             network_version=self.net.version, mode=s.kind,
                             ingest_inflight=int(sum(self._inflight)),
                             router_replicas=len(self.router_actors),
-                            estimator_on_gpu=self.estimator_on_gpu)
+                            estimator_on_gpu=self.estimator_on_gpu,
+                            sources={"speed_feed": self.feed_source()})
 
     def placement(self) -> dict[str, list[str]]:
         """Node id of every stage, by role (to check that a cluster spreads them)."""
@@ -407,6 +411,7 @@ class Services(Intake, Queries, ClosureOps):
             self.net, self.loaded_at = net, time.time()
             self.closures, self._closures_sent = self.closures.remap_to(net), None
             self.push_overrides(wait=True)
+            self._swap_feeds()
         finally:
             with self._cv:
                 self._swapping = False

@@ -7,13 +7,18 @@ from typing import Any
 
 def merge_status(parts: list[dict[str, Any]], est: dict[str, Any], router: dict[str, Any], *,
                  clock: str, network_version: str, mode: str, ingest_inflight: int,
-                 router_replicas: int, estimator_on_gpu: bool) -> dict[str, Any]:
+                 router_replicas: int, estimator_on_gpu: bool,
+                 sources: dict[str, Any] | None = None) -> dict[str, Any]:
     """One status document from every ingest partition's, the estimator's and a router's
     ``stats()``.
 
     Every probe received is in exactly one of ``rejected``, ``pending``, ``unmatched`` and
     ``applied``, or in flight between a matcher and the estimator (``fold_inflight``: decided
     as matched, not yet folded).
+
+    ``sources`` lists what feeds the live travel times: ``probes`` (folded by the estimator,
+    weight per traversal) and any other source the facade blends in (``speed_feed``:
+    its weight, age limit and live lines).
     """
     rejected: dict[str, int] = {}
     unmatched: dict[str, int] = {}
@@ -44,6 +49,9 @@ def merge_status(parts: list[dict[str, Any]], est: dict[str, Any], router: dict[
         "queues": {"ingest_inflight": int(ingest_inflight),
                    "fold_inflight": int(matched - int(est["applied"]))},
         "coverage": {"edges_observed": est["coverage_edges"]},
+        "sources": {"probes": {"applied": int(est["applied"]),
+                               "edges_observed": est["coverage_edges"]},
+                    **(sources or {})},
         "workers": {"mode": mode, "ingest": parts, "estimator": est, "router": router,
                     "router_replicas": int(router_replicas),
                     "estimator_on_gpu": bool(estimator_on_gpu)},
