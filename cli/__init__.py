@@ -17,7 +17,7 @@ from graph.errors import NetworkError
 
 _COMMANDS = (
     "cli.network", "cli.route", "cli.snapshot",
-    "cli.serve", "cli.replay",
+    "cli.serve", "cli.replay", "cli.speeds",
 )
 
 #: Exceptions that carry a message meant for the user; anything else is a bug and shows a traceback.

@@ -3,24 +3,28 @@ and out, part-of-edge blending, speed-0 closures, age limit, errors, roles, rest
 
 from __future__ import annotations
 
-import io
 import json
 import time
-import zipfile
 
 import numpy as np
 import pytest
+from conftest import shared_file
 from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.security import parse_api_keys
 from api.settings import Settings
-from conftest import shared_file
 from graph.io import load_compiled, save_network, write_array_archive
 from graph.network import build_network
 from graph.osm import load_osm
-from traffic.speed_feeds import (FeedConfig, FeedFormatError, FeedStore, export_speed_csv,
-                                 parse_speed_csv, segment_parts)
+from traffic.speed_feeds import (
+    FeedConfig,
+    FeedFormatError,
+    FeedStore,
+    export_speed_csv,
+    parse_speed_csv,
+    segment_parts,
+)
 from workers.services import LocalServices, PipelineConfig
 
 pytestmark = pytest.mark.shared_data
@@ -204,7 +208,7 @@ def test_speeds_over_http_errors_roles_and_status(net, tmp_path):
             cols = c.post("/v1/speeds", content="1,2\n", headers=pw)
             assert cols.status_code == 400 and "columns" in cols.json()["message"]
             a = int(net.geom_offsets[e])
-            n0, n1, n2 = (int(x) for x in net.geom_osm_node[a:a + 3])
+            n0, _, n2 = (int(x) for x in net.geom_osm_node[a:a + 3])
             body = good + f"{n0},{n2},30\n" + "1,2,40\n"
             r = c.post("/v1/speeds", content=body, headers=pw)
             assert r.status_code == 202, r.text
@@ -279,3 +283,37 @@ def test_speeds_csv_round_trip_liechtenstein(net, tmp_path):
     finally:
         first.close()
         second.close()
+
+
+def test_cli_speeds_import_and_export(net, tmp_path, monkeypatch, capsys):
+    import httpx
+
+    from cli import main
+
+    svc = _services(net, tmp_path)
+    try:
+        with TestClient(create_app(svc, Settings())) as c:
+            def post(url, **kw):  # type: ignore[no-untyped-def]
+                kw.pop("timeout", None)
+                return c.post(url.replace("http://srv", ""), **kw)
+
+            def get(url, **kw):  # type: ignore[no-untyped-def]
+                kw.pop("timeout", None)
+                return c.get(url.replace("http://srv", ""), **kw)
+
+            monkeypatch.setattr(httpx, "post", post)
+            monkeypatch.setattr(httpx, "get", get)
+            e = _long_edge(net)
+            feed = tmp_path / "feed.csv"
+            feed.write_text(_seg_line(net, e, 0, 12) + "1,2,30\n")
+            assert main(["speeds", "import", str(feed), "--url", "http://srv"]) == 0
+            out = capsys.readouterr()
+            assert json.loads(out.out)["applied"] == 1 and "row 2" in out.err
+            feed.write_text("1,2,x\n")
+            assert main(["speeds", "import", str(feed), "--url", "http://srv"]) == 2
+            assert "400" in capsys.readouterr().err
+            dest = tmp_path / "out.csv"
+            assert main(["speeds", "export", str(dest), "--url", "http://srv"]) == 0
+            assert dest.read_bytes() == svc.export_speeds()
+    finally:
+        svc.close()

@@ -201,7 +201,7 @@ class FeedStore:
             keep = ~np.isin(self._seg, s_new)
             seg_all = np.concatenate([self._seg[keep], s_new])
             order = np.argsort(seg_all, kind="stable")
-            cat = lambda old, new: np.concatenate([old[keep], new])[order]  # noqa: E731
+            cat = lambda old, new: np.concatenate([old[keep], new])[order]
             self._speed = cat(self._speed, v_new)
             self._t = cat(self._t, np.full(s_new.size, float(now_s)))
             self._edge = cat(self._edge, edge)
