@@ -317,3 +317,20 @@ def test_cli_speeds_import_and_export(net, tmp_path, monkeypatch, capsys):
             assert dest.read_bytes() == svc.export_speeds()
     finally:
         svc.close()
+
+
+def test_feed_line_sets_every_segment_of_its_pair():
+    # Two ways drawn over the same two OSM nodes: one line sets both edges' parts.
+    two = build_network(node_lat=[47.1, 47.1], node_lon=[9.5, 9.51], edge_src=[0, 0],
+                        edge_dst=[1, 1], edge_speed_kph=[50, 50], edge_osm_way=[1, 2],
+                        node_osm_id=[10, 11], geom_osm_node=[10, 11, 10, 11])
+    store = FeedStore(two)
+    f, t, v, _ = parse_speed_csv("10,11,25\n11,10,25\n")
+    rejected = store.apply(f, t, v, now_s=0.0)
+    assert [r for r, _ in rejected] == [1] and "one-way" in rejected[0][1]
+    edges, _, add = store.blend(0.0)
+    assert edges.tolist() == [0, 1]
+    np.testing.assert_allclose(add, two.edge_length_m / (25 / 3.6))
+    back = FeedStore(two)
+    back.load_state_dict(store.state_dict())
+    np.testing.assert_allclose(back.blend(0.0)[2], add)

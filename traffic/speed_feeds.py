@@ -119,6 +119,19 @@ class SegmentLookup:
         order = np.argsort(pairs, kind="stable")
         self.pairs, self.seg = pairs[order], seg[order]
 
+    def find_all(self, frm: np.ndarray, to: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(line, seg)``: every geometry segment running ``frm[line] -> to[line]`` (two
+        ways drawn over the same nodes give one pair several segments; a line sets all)."""
+        q = np.empty(frm.shape[0], dtype=_PAIR)
+        q["a"], q["b"] = frm, to
+        lo = np.searchsorted(self.pairs, q, side="left")
+        hi = np.searchsorted(self.pairs, q, side="right")
+        count = hi - lo
+        line = np.repeat(np.arange(q.shape[0]), count)
+        pos = np.repeat(lo, count) + (np.arange(line.size) - np.repeat(np.cumsum(count) - count,
+                                                                        count))
+        return line.astype(np.int64), self.seg[pos].astype(np.int64)
+
     def find(self, frm: np.ndarray, to: np.ndarray) -> np.ndarray:
         """Geometry segment id of each pair; -1 where no edge runs ``frm -> to`` directly."""
         q = np.empty(frm.shape[0], dtype=_PAIR)
@@ -179,8 +192,10 @@ class FeedStore:
         line for the same segment replaces an earlier one); returns ``(row, reason)`` of the
         others (row: 0-based position among the non-blank lines)."""
         lk = self.lookup()
-        seg = lk.find(frm, to)
-        bad = np.flatnonzero(seg < 0)
+        line, seg_all = lk.find_all(frm, to)
+        ok = np.zeros(frm.shape[0], dtype=bool)
+        ok[line] = True
+        bad = np.flatnonzero(~ok)
         rejected: list[tuple[int, str]] = []
         if bad.size:
             rev = lk.find(to[bad], frm[bad])
@@ -190,9 +205,8 @@ class FeedStore:
                        if r >= 0 else
                        f"OSM nodes {a} -> {b} are not consecutive nodes of any edge")
                 rejected.append((i, why))
-        ok = seg >= 0
         # Later lines of one file win: keep the last occurrence of each segment.
-        s_new, v_new = seg[ok][::-1], speed_kmh[ok][::-1]
+        s_new, v_new = seg_all[::-1], speed_kmh[line][::-1]
         s_new, first = np.unique(s_new, return_index=True)
         v_new = v_new[first]
         edge, length = segment_parts(self.net, s_new) if s_new.size else (
@@ -296,9 +310,10 @@ class FeedStore:
         to = np.asarray(state["to_osm"], dtype=np.int64)
         speed = np.asarray(state["speed_kmh"], dtype=np.float64)
         t = np.asarray(state["t_s"], dtype=np.float64)
-        seg = self.lookup().find(frm, to)
-        ok = seg >= 0
-        seg, speed, t = seg[ok], speed[ok], t[ok]
+        line, seg = self.lookup().find_all(frm, to)
+        # A pair of several segments was saved once per segment: keep each segment once.
+        seg, first = np.unique(seg, return_index=True)
+        speed, t = speed[line][first], t[line][first]
         order = np.argsort(seg, kind="stable")
         seg, speed, t = seg[order], speed[order], t[order]
         edge, length = segment_parts(self.net, seg) if seg.size else (
