@@ -310,7 +310,8 @@ class FeedStore:
         to = np.asarray(state["to_osm"], dtype=np.int64)
         speed = np.asarray(state["speed_kmh"], dtype=np.float64)
         t = np.asarray(state["t_s"], dtype=np.float64)
-        line, seg = self.lookup().find_all(frm, to)
+        line, seg = (self.lookup().find_all(frm, to) if frm.size else
+                     (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)))
         # A pair of several segments was saved once per segment: keep each segment once.
         seg, first = np.unique(seg, return_index=True)
         speed, t = speed[line][first], t[line][first]

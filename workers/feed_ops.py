@@ -88,11 +88,13 @@ class FeedOps:
         wall = time.monotonic()
         if not force and wall - self._feed_sent_wall < self.feed_config.refresh_s:
             return False
-        now = self.now_s()
-        if self.feeds.expire(now):
-            self._save_feeds()
-        edges, keep, add = self.feeds.blend(now)
+        # The blend is computed and numbered under the lock: a tick that read the lines
+        # before an import must not reach the routers with a later revision than it.
         with self._feed_lock:
+            now = self.now_s()
+            if self.feeds.expire(now):
+                self._save_feeds()
+            edges, keep, add = self.feeds.blend(now)
             self._feed_sent_wall = wall
             if not force and edges.size == 0 and not self._feed_nonempty:
                 return False  # nothing fed before or now: the routers hold no blend
