@@ -334,3 +334,21 @@ def test_feed_line_sets_every_segment_of_its_pair():
     back = FeedStore(two)
     back.load_state_dict(store.state_dict())
     np.testing.assert_allclose(back.blend(0.0)[2], add)
+
+
+def test_feed_carried_over_a_network_swap(net, tmp_path):
+    from graph.connectivity import keep_largest_scc
+
+    svc = _services(net, tmp_path)
+    try:
+        e = _long_edge(net)
+        svc.import_speeds(_seg_line(net, e, 1, 6).encode())
+        fed = svc.router.live_travel_times()[e]
+        new = keep_largest_scc(net)
+        assert new.version != net.version
+        svc._swap(new, svc._prepare(new))
+        (e2,) = new.edge_index_of_keys(np.array([net.edge_key[e]]))
+        assert e2 >= 0
+        assert svc.router.live_travel_times()[e2] == pytest.approx(fed, rel=1e-3)
+    finally:
+        svc.close()
