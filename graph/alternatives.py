@@ -24,6 +24,15 @@ costs two path queries; every candidate that lies on a path already tried (or on
 one) is skipped, since its own via path would be (nearly) the same. At most ``max_tries``
 candidates are tried.
 
+**Penalty candidates (fallback).** When the separator candidates give fewer than
+``penalty_below`` alternatives, up to ``penalty_rounds`` rounds of the penalty method name more
+via candidates: on a request-local scratch metric (a small pool per CCH index, kept between
+requests; its first use customizes it fully) the edges of the routes found so far weigh
+``penalty`` times their weight (a partial update of the edges penalised before and now), the
+fastest path there is taken, and the middle (by duration) of each of its two longest runs
+off the known routes is tried as a via node. What comes back is still a via route through
+the same admissibility checks below, so nothing is returned on the penalty path's word.
+
 **Local optimality, exactly and cheaply.** Both halves are fastest paths, so only sub-paths
 across ``v`` can fail. Every sub-path of duration ``<= T`` starting at node ``i`` lies inside
 a window from an *anchor* ``a_k <= i`` with ``cum(i) - cum(a_k) <= step`` to the first node at
@@ -43,12 +52,14 @@ dropped here).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
 import routingkit_cch as rk
 
-from graph.cch import INF_WEIGHT_MS, MS_PER_S, Metric, PathResult, QueryCache
+from graph.cch import (INF_WEIGHT_MS, MS_PER_S, Metric, PathResult, QueryCache, customize,
+                       recustomize, take_times)
 
 __all__ = ["MAX_ALTERNATIVES", "AlternativesConfig", "find_alternatives", "route_shares"]
 
@@ -72,6 +83,16 @@ class AlternativesConfig:
     #: Candidates within this share of the straight-line start-end distance of a route
     #: already tried (the fastest included) are skipped: their via routes are nearly the same.
     spread: float = 0.05
+    #: Penalty rounds (0: none): the routes found so far are made ``penalty`` times slower
+    #: on a request-local scratch metric and the fastest path there names via candidates.
+    penalty_rounds: int = 2
+    penalty: float = 1.5
+    #: The penalty rounds run only when the separator candidates gave fewer alternatives
+    #: than this (they cost a partial customization of a few hundred edges each).
+    penalty_below: int = 1
+    #: Scratch metrics kept per CCH index (one per concurrent request; a request finding
+    #: none free goes without penalty candidates).
+    scratch_metrics: int = 2
 
 
 def find_alternatives(
@@ -134,32 +155,106 @@ class _Search:
     # -- the search ------------------------------------------------------------------------
     def run(self, n: int) -> list[PathResult]:
         pins, length = self._candidates()
-        if pins.size == 0:
-            return []
         seen = np.zeros(pins.size, dtype=bool)
         self._setup_grid(pins)
         self._mark(seen, pins, self._routing_nodes(self.main.edges))
-        out: list[PathResult] = []
+        self._out: list[PathResult] = []
+        self._tried: set[int] = set()
         tries = 0
         for k in np.argsort(length, kind="stable"):
-            if len(out) >= n or tries >= self.cfg.max_tries:
+            if len(self._out) >= n or tries >= self.cfg.max_tries:
                 break
             if seen[k]:
                 continue
             tries += 1
-            found = self._via_path(int(pins[k]))
             seen[k] = True
-            if found is None:
-                continue
-            edges, iv = found
-            rnodes = self._routing_nodes(edges)
+            self._try(int(pins[k]), seen, pins)
+        if self.cfg.penalty_rounds > 0 and len(self._out) < min(n, self.cfg.penalty_below):
+            self._penalty_candidates(n, seen, pins)
+        return self._out
+
+    def _try(self, v: int, seen: np.ndarray, pins: np.ndarray) -> np.ndarray | None:
+        """Try the via route of ``v``; its edges (``None``: unreachable or tried before)."""
+        if v in self._tried:
+            return None
+        self._tried.add(v)
+        found = self._via_path(v)
+        if found is None:
+            return None
+        edges, iv = found
+        rnodes = self._routing_nodes(edges)
+        if pins.size:
             self._mark(seen, pins, rnodes)
-            if any(r[0].size == edges.size and np.array_equal(r[0], edges) for r in self.routes):
-                continue
-            res = self._admit(edges, rnodes, iv)
-            if res is not None:
-                out.append(res)
-        return out
+        if any(r[0].size == edges.size and np.array_equal(r[0], edges) for r in self.routes):
+            return edges
+        res = self._admit(edges, rnodes, iv)
+        if res is not None:
+            self._out.append(res)
+        return edges
+
+    def _penalty_candidates(self, n: int, seen: np.ndarray, pins: np.ndarray) -> None:
+        """Via candidates from the penalty method: on a scratch metric, the edges of the
+        routes found so far are ``penalty`` times slower; the middle of each detour of the
+        fastest path there (the longest first) is tried as a via node (so what is returned
+        is still a via route, admissible by the same checks)."""
+        slot = _acquire_scratch(self.metric, self.cfg.scratch_metrics)
+        if slot is None:
+            return
+        try:
+            factor = np.ones(0)
+            pen_edges = np.zeros(0, dtype=np.int64)
+            inner = self.main.edges[1:-1].astype(np.int64)
+            for _ in range(self.cfg.penalty_rounds):
+                if len(self._out) >= n:
+                    break
+                pen_edges, factor = _merge_penalty(pen_edges, factor, inner, self.cfg.penalty)
+                _sync_scratch(slot, self.metric, pen_edges, factor)
+                path = self._scratch_path(slot.metric)
+                if path is None:
+                    break
+                inner = path[1:-1]
+                vias = self._detour_vias(path)
+                if not vias:
+                    continue
+                for v in vias:
+                    if len(self._out) >= n:
+                        break
+                    got = self._try(v, seen, pins)
+                    if got is not None:  # penalise the via route too
+                        inner = np.union1d(inner, got[1:-1])
+        finally:
+            _release_scratch(slot, self.metric.index)
+
+    def _scratch_path(self, scratch: Metric) -> np.ndarray | None:
+        """The fastest path ``a -> b`` on ``scratch`` as route edges (start and end included)."""
+        path = scratch._run(None, None, self.a, self.b)  # a query object made and dropped here
+        if path is None:
+            return None
+        if self.turn:
+            return np.asarray(path, dtype=np.int64)
+        return np.asarray([self.e0, *path, self.e1], dtype=np.int64)
+
+    def _detour_vias(self, edges: np.ndarray) -> list[int]:
+        """Routing nodes in the middle (by duration) of each run of ``edges`` off every route
+        found so far, longest run first."""
+        on = np.zeros(edges.size, dtype=bool)
+        for r in self.routes:
+            on |= np.isin(edges, r[0])
+        on[0] = on[-1] = True
+        off = ~on
+        if not off.any():
+            return []
+        d = np.diff(np.concatenate([[0], off.astype(np.int8), [0]]))
+        starts, ends = np.flatnonzero(d == 1), np.flatnonzero(d == -1)
+        t = self.t[edges]
+        runs = []
+        for i, j in zip(starts.tolist(), ends.tolist()):
+            cum = np.cumsum(t[i:j])
+            k = i + int(np.searchsorted(cum, cum[-1] / 2))
+            node = int(edges[k]) if self.turn else int(self.metric.index.edge_dst[edges[k]])
+            runs.append((-float(cum[-1]), node))
+        runs.sort()
+        return [v for _, v in runs[:2]]
 
     def _candidates(self) -> tuple[np.ndarray, np.ndarray]:
         """Via candidates within the stretch bound and ``d(a, v) + d(v, b)`` (ms) of each."""
@@ -304,3 +399,92 @@ class _Search:
         dist = res.distance
         del res  # RoutingKit's binding requires it dropped before the next run
         return INF_WEIGHT_MS if dist is None else int(dist)
+
+
+# -- scratch metrics for the penalty rounds ---------------------------------------------------
+class _Scratch:
+    """A metric holding a source metric's weights with some edges penalised."""
+
+    __slots__ = ("metric", "key", "edges")
+
+    def __init__(self) -> None:
+        self.metric: Metric | None = None
+        self.key: tuple[int, str] | None = None  # (id of the source metric, its version)
+        self.edges = np.zeros(0, dtype=np.int64)  # edges whose weight differs from the source's
+
+
+_SCRATCH_LOCK = threading.Lock()
+#: id(CCHIndex) -> (the index, free slots, slots made), most recently used last; only the
+#: last few indexes are kept (a network swap leaves the old one to be collected).
+_SCRATCH: dict[int, tuple[object, list[_Scratch], list[int]]] = {}
+_SCRATCH_INDEXES = 2
+
+
+def _acquire_scratch(metric: Metric, limit: int) -> _Scratch | None:
+    index = metric.index
+    with _SCRATCH_LOCK:
+        entry = _SCRATCH.pop(id(index), None)
+        if entry is None or entry[0] is not index:
+            entry = (index, [], [0])
+        _SCRATCH[id(index)] = entry
+        while len(_SCRATCH) > _SCRATCH_INDEXES:
+            del _SCRATCH[next(iter(_SCRATCH))]
+        _, free, made = entry
+        if free:
+            return free.pop()
+        if made[0] < limit:
+            made[0] += 1
+            return _Scratch()
+        return None
+
+
+def _release_scratch(slot: _Scratch, index: object) -> None:
+    with _SCRATCH_LOCK:
+        entry = _SCRATCH.get(id(index))
+        if entry is None or entry[0] is not index:
+            return
+        if slot.metric is None:  # failed half-way: forgotten, a new one may be made
+            entry[2][0] -= 1
+        else:
+            entry[1].append(slot)
+
+
+def _merge_penalty(edges: np.ndarray, factor: np.ndarray, add: np.ndarray,
+                   penalty: float) -> tuple[np.ndarray, np.ndarray]:
+    """Penalised edges and their factors after multiplying ``add``'s by ``penalty``."""
+    add = np.unique(np.asarray(add, dtype=np.int64))
+    out = np.union1d(edges, add)
+    f = np.ones(out.size)
+    f[np.searchsorted(out, edges)] = factor
+    f[np.searchsorted(out, add)] *= penalty
+    return out, f
+
+
+def _sync_scratch(slot: _Scratch, source: Metric, edges: np.ndarray, factor: np.ndarray) -> None:
+    """Bring ``slot``'s metric to ``source``'s weights with ``edges`` times ``factor``.
+
+    Only the edges penalised before, now, or changed in the source since are updated
+    (a partial customization of a few hundred edges on NY); the first use customizes a new
+    metric (about 60-100 ms on NY).
+    """
+    key = (id(source), source.version)
+    try:
+        if slot.metric is None:
+            tt = np.array(source.travel_time_s)
+            tt[edges] = tt[edges] * factor
+            slot.metric = customize(source.index, tt, "alternatives-scratch")
+        else:
+            if slot.key != key:
+                slot.key = None
+                diff = take_times(slot.metric, source)
+                upd = np.union1d(np.union1d(diff, slot.edges), edges)
+            else:
+                upd = np.union1d(slot.edges, edges)
+            values = np.array(source.travel_time_s[upd])
+            pos = np.searchsorted(upd, edges)
+            values[pos] = values[pos] * factor
+            recustomize(slot.metric, upd, values, "alternatives-scratch", pause=0.0)
+    except BaseException:
+        slot.metric, slot.key = None, None
+        raise
+    slot.key, slot.edges = key, edges
