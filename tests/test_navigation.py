@@ -86,7 +86,13 @@ def _driven(li, w, route_edges, first_s, last_s):
     return d
 
 
-def test_alternatives_are_admissible_by_reference(li, core) -> None:
+@pytest.mark.parametrize("mode", ["default", "penalty_only"])
+def test_alternatives_are_admissible_by_reference(li, core, mode, monkeypatch) -> None:
+    if mode == "penalty_only":  # no separator candidates: every via node from the penalty rounds
+        import graph.navigation as nav
+        from graph.alternatives import AlternativesConfig
+        monkeypatch.setattr(nav, "AlternativesConfig",
+                            lambda: AlternativesConfig(max_tries=0, penalty_below=3, penalty_rounds=4))
     rng = np.random.default_rng(3)
     w = core.router._metric.travel_time_s
     bt = banned_turns(li)
