@@ -176,6 +176,15 @@ class RouteIn(BaseModel):
     depart_at: str | float | None = Field(
         default=None, description="unix seconds or ISO 8601; default now (live weights)")
     max_snap_m: float | None = Field(default=None, gt=0, le=5000)
+    via: str | list[PointIn] | None = Field(
+        default=None, description="up to 25 points between `from` and `to` (`\"lat,lon;"
+                                  "lat,lon\"` or a list of points): one leg each")
+    bearing: float | None = Field(default=None, ge=0, le=360,
+                                  description="origin's direction of travel (degrees)")
+    bearing_range: float | None = Field(default=None, ge=0, le=180)
+    alternatives: int = Field(default=0, ge=0, le=3)
+    annotations: bool = False
+    geometry_format: Literal["geojson", "polyline6"] = "geojson"
 
 
 class TableOut(BaseModel):

@@ -235,3 +235,27 @@ def test_strict_parameters(client) -> None:
     r = client.post("/v1/probes", json={"probes": [{"vehicle_id": "v", "t": 1.0, "lat": A[0],
                                                     "lon": A[1], "extra": 1}]})
     assert r.status_code == 202, r.text
+
+
+def test_http_post_route_takes_the_navigation_options_as_fields(client) -> None:
+    via = [[47.17, 9.51]]
+    got = client.get("/v1/route", params={**Q, "via": "47.17,9.51", "annotations": "true"})
+    assert got.status_code == 200, got.text
+    r = client.post("/v1/route", json={"from": list(A), "to": list(B), "via": via,
+                                       "annotations": True})
+    assert r.status_code == 200, r.text
+    post, get = r.json(), got.json()
+    assert len(post["legs"]) == 2
+    assert post["edges"] == get["edges"]
+    assert post["duration_s"] == pytest.approx(get["duration_s"])
+    assert post["annotations"]["edge_keys"] == get["annotations"]["edge_keys"]
+    as_text = client.post("/v1/route", json={"from": list(A), "to": list(B),
+                                             "via": "47.17,9.51"}).json()
+    assert as_text["edges"] == post["edges"]
+    ring = {"type": "Polygon", "coordinates": [[[9.0, 46.9], [9.01, 46.9], [9.01, 46.91],
+                                                [9.0, 46.91], [9.0, 46.9]]]}
+    r = client.post("/v1/route", json={"from": list(A), "to": list(B), "via": via,
+                                       "avoid": ring})
+    assert r.status_code == 422 and "`avoid` cannot be combined with `via`" in r.json()["message"]
+    r = client.post("/v1/route", json={"from": list(A), "to": list(B), "alternatives": 4})
+    assert r.status_code == 422 and "alternatives" in r.json()["message"]

@@ -123,8 +123,10 @@ async def get_route(
 
 @router.post("/route", response_model=RouteOut)
 def post_route(body: RouteIn, services: ServicesDep, settings: SettingsDep) -> Response:
-    """The route of ``GET /v1/route`` with its parameters as JSON fields, plus ``avoid``: a
-    GeoJSON Polygon or MultiPolygon the route never enters (no road that meets it is used).
+    """The route of ``GET /v1/route`` with its parameters as JSON fields (``via`` also as a
+    list of points), plus ``avoid``: a GeoJSON Polygon or MultiPolygon the route never
+    enters (no road that meets it is used). ``avoid`` and ``exclude`` cannot yet be combined
+    with via points, headings, alternatives or annotations (a 422 naming the field).
 
     404 ``no_route`` when every route enters it; 422 ``point_in_avoid`` when ``from`` or
     ``to`` lies in it; 422 ``invalid_value`` naming the field for a polygon that does not
@@ -149,9 +151,20 @@ def post_route(body: RouteIn, services: ServicesDep, settings: SettingsDep) -> R
                                f"the avoided area", details={"field": name})
         avoid = body.avoid
     snap_m = body.max_snap_m if body.max_snap_m is not None else settings.max_snap_m
+    via = body.via
+    if isinstance(via, list):  # points as [lat, lon] or "lat,lon": the GET form
+        via = ";".join(f"{p[0]},{p[1]}" if not isinstance(p, str) else p for p in via)
+    nav = navigation_options(via=via, bearing=body.bearing, bearing_range=body.bearing_range,
+                             alternatives=body.alternatives, annotations=body.annotations,
+                             geometry_format=body.geometry_format,
+                             exclude=",".join(classes) or None)
+    if nav and avoid is not None:
+        raise ApiError(422, "invalid_value",
+                       f"`avoid` cannot be combined with `{next(iter(nav))}` yet",
+                       details={"field": "avoid"})
     out = _route(services, a, b, depart_at_s=t, max_snap_m=snap_m,
                  profile_horizon_s=settings.profile_horizon_s, steps=body.steps,
-                 exclude=classes, avoid=avoid)
+                 exclude=classes, avoid=avoid, **nav)
     return Response(orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY),
                     media_type="application/json")
 
