@@ -226,35 +226,36 @@ def _cells_polygon(cells: np.ndarray, cell_m: float) -> shapely.Geometry:
     return shapely.coverage_union_all(boxes)
 
 
-@njit(cache=True, nogil=True)
-def _grow(heap_d, heap_v, cap):  # pragma: no cover - jitted
-    d = np.empty(cap)
-    v = np.empty(cap, dtype=np.int64)
-    d[:heap_d.shape[0]] = heap_d
-    v[:heap_v.shape[0]] = heap_v
-    return d, v
+@njit(cache=True, nogil=True, inline="always")
+def _push(heap_d, heap_v, size, d, v):  # pragma: no cover - jitted
+    """Push ``(d, v)`` on the binary min-heap of ``size`` entries; returns the (possibly
+    grown) arrays."""
+    if size == heap_d.shape[0]:
+        grown_d = np.empty(2 * size)
+        grown_v = np.empty(2 * size, dtype=np.int64)
+        grown_d[:size] = heap_d
+        grown_v[:size] = heap_v
+        heap_d, heap_v = grown_d, grown_v
+    j = size
+    while j > 0 and heap_d[(j - 1) >> 1] > d:
+        heap_d[j], heap_v[j] = heap_d[(j - 1) >> 1], heap_v[(j - 1) >> 1]
+        j = (j - 1) >> 1
+    heap_d[j], heap_v[j] = d, v
+    return heap_d, heap_v
 
 
 @njit(cache=True, nogil=True)
 def _dijkstra(first, edges, ends, tt, seed_node, seed_s, limit, n):  # pragma: no cover
     dist = np.full(n, np.inf)
-    cap = 1024
-    heap_d = np.empty(cap)
-    heap_v = np.empty(cap, dtype=np.int64)
+    heap_d = np.empty(1024)
+    heap_v = np.empty(1024, dtype=np.int64)
     size = 0
     for i in range(seed_node.shape[0]):
         v, d = seed_node[i], seed_s[i]
         if d <= limit and d < dist[v]:
             dist[v] = d
-            if size == cap:
-                cap *= 2
-                heap_d, heap_v = _grow(heap_d, heap_v, cap)
-            j = size
+            heap_d, heap_v = _push(heap_d, heap_v, size, d, v)
             size += 1
-            while j > 0 and heap_d[(j - 1) >> 1] > d:
-                heap_d[j], heap_v[j] = heap_d[(j - 1) >> 1], heap_v[(j - 1) >> 1]
-                j = (j - 1) >> 1
-            heap_d[j], heap_v[j] = d, v
     while size > 0:
         d, u = heap_d[0], heap_v[0]
         size -= 1
@@ -280,13 +281,6 @@ def _dijkstra(first, edges, ends, tt, seed_node, seed_s, limit, n):  # pragma: n
             w = ends[e]
             if nd <= limit and nd < dist[w]:
                 dist[w] = nd
-                if size == cap:
-                    cap *= 2
-                    heap_d, heap_v = _grow(heap_d, heap_v, cap)
-                j = size
+                heap_d, heap_v = _push(heap_d, heap_v, size, nd, w)
                 size += 1
-                while j > 0 and heap_d[(j - 1) >> 1] > nd:
-                    heap_d[j], heap_v[j] = heap_d[(j - 1) >> 1], heap_v[(j - 1) >> 1]
-                    j = (j - 1) >> 1
-                heap_d[j], heap_v[j] = nd, w
     return dist

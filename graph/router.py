@@ -294,6 +294,14 @@ class Router:
                 return metric
             metric.release()
 
+    def travel_times(self, profile: Hashable | None = None) -> np.ndarray:
+        """The travel times (s per edge) routes on the live weights (or ``profile``) use now.
+
+        Read without a lease: an update swapping metrics meanwhile only means the answer is
+        of the previous weights. Raises ``KeyError`` for a profile not customized here.
+        """
+        return self._metric_for(profile).travel_time_s
+
     def _metric_for(self, profile: Hashable | None) -> Metric:
         if profile is None:
             return self._metric

@@ -15,6 +15,7 @@ from api.security import parse_api_keys
 from api.settings import Settings
 from conftest import shared_file
 from graph.io import load_network
+from graph.spatial import build_spatial_index
 from traffic.closures import (Closure, ClosureError, ClosureStore, edges_along, edges_inside,
                               parse_closure)
 from workers.services import LocalServices, PipelineConfig
@@ -45,6 +46,10 @@ def test_edges_along_takes_both_directions_unless_forward(net):
     assert twins.size == 1
     fwd = edges_along(net, line, forward_only=True)
     assert e in fwd and twins[0] not in fwd
+    # Looking only where the spatial index says (as the service does) finds the same edges.
+    index = build_spatial_index(net)
+    np.testing.assert_array_equal(edges_along(net, line, spatial=index), both)
+    np.testing.assert_array_equal(edges_along(net, line, forward_only=True, spatial=index), fwd)
     # Every selected edge lies within 20 m of the line over its whole geometry.
     kx = 111_320.0 * math.cos(math.radians(55.68))
     for x in both:
@@ -65,6 +70,7 @@ def test_edges_inside_polygon(net):
         poly, lon[net.geom_offsets[x]:net.geom_offsets[x + 1]],
         lat[net.geom_offsets[x]:net.geom_offsets[x + 1]]))]
     assert inside.tolist() == brute
+    assert edges_inside(net, poly, spatial=build_spatial_index(net)).tolist() == brute
 
 
 def test_store_windows_overlaps_and_state(net):

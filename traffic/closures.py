@@ -70,10 +70,34 @@ def _project(lat0: float) -> float:
     return _M_PER_DEG_LON_EQ * math.cos(math.radians(lat0))
 
 
+def _all_points(net: RoadNetwork, edges: np.ndarray, ok: Any) -> np.ndarray:
+    """The ``edges`` (with geometry) every geometry point of which passes ``ok(lon, lat)``;
+    costs O(their points), not O(network)."""
+    off = np.asarray(net.geom_offsets, dtype=np.int64)
+    edges = edges[off[edges + 1] > off[edges]]
+    counts = off[edges + 1] - off[edges]
+    idx = np.repeat(off[edges] - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+    passed = ok(np.asarray(net.geom_lon)[idx], np.asarray(net.geom_lat)[idx])
+    all_ok = np.ones(edges.size, dtype=bool)
+    np.logical_and.at(all_ok, np.repeat(np.arange(edges.size), counts), passed)
+    return edges[all_ok]
+
+
+def _near(net: RoadNetwork, area: shapely.Geometry, spatial: Any) -> np.ndarray:
+    """Edges that may meet ``area``: found by the spatial index (``graph.avoid.area_edges``)
+    when one is given, else every edge."""
+    if spatial is None:
+        return np.arange(net.n_edges, dtype=np.int64)
+    from graph.avoid import area_edges
+
+    return area_edges(spatial, area).astype(np.int64)
+
+
 def edges_along(net: RoadNetwork, line: shapely.LineString, *, forward_only: bool = False,
-                within_m: float = ALONG_M) -> np.ndarray:
+                within_m: float = ALONG_M, spatial: Any = None) -> np.ndarray:
     """Edges whose whole geometry lies within ``within_m`` of ``line`` (lon/lat); with
-    ``forward_only``, only those drawn the line's way (their start nearer its start)."""
+    ``forward_only``, only those drawn the line's way (their start nearer its start).
+    ``spatial``: the network's spatial index, to look only at the edges near the line."""
     coords = np.asarray(line.coords)
     lat0 = float(coords[:, 1].mean())
     kx = _project(lat0)
@@ -82,17 +106,18 @@ def edges_along(net: RoadNetwork, line: shapely.LineString, *, forward_only: boo
         return np.column_stack([(lon - coords[0, 0]) * kx, (lat - lat0) * _M_PER_DEG_LAT])
 
     pline = shapely.LineString(xy(coords[:, 0], coords[:, 1]))
-    off = np.asarray(net.geom_offsets, dtype=np.int64)
-    pts = xy(np.asarray(net.geom_lon), np.asarray(net.geom_lat))
-    near_pt = shapely.dwithin(shapely.points(pts), pline, within_m)
-    edge_of_pt = np.repeat(np.arange(net.n_edges), np.diff(off))
-    all_near = np.ones(net.n_edges, dtype=bool)
-    np.logical_and.at(all_near, edge_of_pt, near_pt)
-    cand = np.flatnonzero(all_near & (np.diff(off) > 0))
+    x0, y0, x1, y1 = line.bounds
+    dx, dy = within_m / kx, within_m / _M_PER_DEG_LAT
+    near = _near(net, shapely.box(x0 - dx, y0 - dy, x1 + dx, y1 + dy), spatial)
+    cand = _all_points(net, near, lambda lon, lat: shapely.dwithin(
+        shapely.points(xy(lon, lat)), pline, within_m))
     # A segment merely crossing the line near a junction is not "along" it: it must cover
     # some of the line's length.
-    a = shapely.line_locate_point(pline, shapely.points(pts[off[cand]]))
-    b = shapely.line_locate_point(pline, shapely.points(pts[off[cand + 1] - 1]))
+    off = np.asarray(net.geom_offsets, dtype=np.int64)
+    lon, lat = np.asarray(net.geom_lon), np.asarray(net.geom_lat)
+    first, last = off[cand], off[cand + 1] - 1
+    a = shapely.line_locate_point(pline, shapely.points(xy(lon[first], lat[first])))
+    b = shapely.line_locate_point(pline, shapely.points(xy(lon[last], lat[last])))
     length = np.asarray(net.edge_length_m)[cand]
     keep = np.abs(b - a) >= np.minimum(0.5 * length, within_m)
     if forward_only:
@@ -100,19 +125,19 @@ def edges_along(net: RoadNetwork, line: shapely.LineString, *, forward_only: boo
     return cand[keep]
 
 
-def edges_inside(net: RoadNetwork, polygon: shapely.Geometry) -> np.ndarray:
-    """Edges whose every geometry point lies inside ``polygon`` (lon/lat)."""
-    off = np.asarray(net.geom_offsets, dtype=np.int64)
-    inside = shapely.contains_xy(polygon, np.asarray(net.geom_lon), np.asarray(net.geom_lat))
-    edge_of_pt = np.repeat(np.arange(net.n_edges), np.diff(off))
-    all_in = np.ones(net.n_edges, dtype=bool)
-    np.logical_and.at(all_in, edge_of_pt, inside)
-    return np.flatnonzero(all_in & (np.diff(off) > 0))
+def edges_inside(net: RoadNetwork, polygon: shapely.Geometry, *,
+                 spatial: Any = None) -> np.ndarray:
+    """Edges whose every geometry point lies inside ``polygon`` (lon/lat). ``spatial``: the
+    network's spatial index, to look only at the edges that meet the polygon."""
+    return _all_points(net, _near(net, polygon, spatial),
+                       lambda lon, lat: shapely.contains_xy(polygon, lon, lat))
 
 
-def parse_closure(net: RoadNetwork, body: dict[str, Any], *, now_s: float) -> tuple[Closure, np.ndarray]:
+def parse_closure(net: RoadNetwork, body: dict[str, Any], *, now_s: float,
+                  spatial: Any = None) -> tuple[Closure, np.ndarray]:
     """A :class:`Closure` and its edge ids from an API body; :class:`ClosureError` naming
-    the field when something is wrong (unknown kind, factor, times, geometry, no road)."""
+    the field when something is wrong (unknown kind, factor, times, geometry, no road).
+    ``spatial``: the network's spatial index (a geometry then costs what is near it)."""
     kind = body.get("kind")
     if kind not in ("closure", "slowdown"):
         raise ClosureError(f"`kind` must be `closure` or `slowdown`; got {kind!r}")
@@ -138,7 +163,7 @@ def parse_closure(net: RoadNetwork, body: dict[str, Any], *, now_s: float) -> tu
     if not isinstance(reason, str) or len(reason) > 500:
         raise ClosureError("`reason` must be a string of at most 500 characters")
     geometry = body.get("geometry")
-    edges = _edges_of(net, geometry, forward_only=direction == "forward")
+    edges = _edges_of(net, geometry, forward_only=direction == "forward", spatial=spatial)
     if edges.size == 0:
         raise ClosureError("`geometry` touches no road of the serving network")
     keys = tuple(int(k) for k in np.asarray(net.edge_key)[edges])
@@ -155,7 +180,8 @@ def _time(value: Any, name: str) -> float:
     return float(value)
 
 
-def _edges_of(net: RoadNetwork, geometry: Any, *, forward_only: bool) -> np.ndarray:
+def _edges_of(net: RoadNetwork, geometry: Any, *, forward_only: bool,
+              spatial: Any = None) -> np.ndarray:
     if not isinstance(geometry, dict):
         raise ClosureError("`geometry` must be a GeoJSON LineString or Polygon, or "
                            "{edge_keys: [...]}")
@@ -176,12 +202,12 @@ def _edges_of(net: RoadNetwork, geometry: Any, *, forward_only: bool) -> np.ndar
     if shape.geom_type == "LineString":
         if shape.length == 0:
             raise ClosureError("`geometry` LineString needs two distinct points")
-        return edges_along(net, shape, forward_only=forward_only)
+        return edges_along(net, shape, forward_only=forward_only, spatial=spatial)
     if shape.geom_type in ("Polygon", "MultiPolygon"):
         if not shape.is_valid or shape.area == 0:
             raise ClosureError("`geometry` polygon is not valid (closed, non-empty, not "
                                "self-intersecting)")
-        return edges_inside(net, shape)
+        return edges_inside(net, shape, spatial=spatial)
     raise ClosureError(f"`geometry` must be a LineString or Polygon; got {shape.geom_type}")
 
 

@@ -52,12 +52,8 @@ def checkpoint(svc: Any, now_s: float | None) -> None:
              if e["watermark_t"] is not None]
     try:
         state = compose(est, parts, svc.watermark_t())
-        closures = getattr(svc, "closures", None)  # not yet there while a service starts
-        if closures is not None:
-            state.update(prefixed("closures", closures.state_dict()))
-        feeds = getattr(svc, "feeds", None)
-        if feeds is not None:
-            state.update(prefixed("feeds", feeds.state_dict()))
+        state.update(prefixed("closures", svc.closures.state_dict()))
+        state.update(prefixed("feeds", svc.feeds.state_dict()))
         durability.save(state, event_time_s=max(marks) if marks else None)
     except OSError:
         logger.exception("checkpoint failed; the probe log keeps everything since the last one")
@@ -66,10 +62,13 @@ def checkpoint(svc: Any, now_s: float | None) -> None:
         journal.saved(mark, durability.log.position)
 
 
-def recover(svc: Any) -> int:
+def recover(svc: Any) -> dict[str, dict[str, Any] | None]:
     """Load the newest good checkpoint into ``svc``'s stages and replay the log after it.
 
-    The stages must be fresh (just started, or reset). Returns the batches replayed.
+    The stages must be fresh (just started, or reset). Returns the checkpoint's closures and
+    speed-feed parts (``{"closures": ..., "feeds": ...}``, ``None`` where it has none): the
+    service loads them only when their own files, written at every change and so newer,
+    are gone. The batches replayed are in ``svc.durability.replayed_batches``.
 
     Raises
     ------
@@ -85,15 +84,14 @@ def recover(svc: Any) -> int:
         svc.shards.journal = svc.shards.journal or FoldJournal(
             n_shards, max_bytes=svc.shards.JOURNAL_MAX_BYTES)
         svc.shards.journal.reset(rec.position if rec.state is not None else None)
+    overlays: dict[str, dict[str, Any] | None] = {"closures": None, "feeds": None}
     if rec.state is not None:
         est, parts, watermark = decompose(rec.state, len(svc.ingest_stages), n_shards)
         svc.estimator_call("load_state_dict", est)
         stages.get([stages.call(a, "load_state_dict", part)
                     for a, part in zip(svc.ingest_stages, parts, strict=True)])
         svc.set_watermark(watermark)
-        # Closures: their own file is newer (written at every change); this is the fallback.
-        svc.checkpoint_closures = unprefixed("closures", rec.state) or None
-        svc.checkpoint_feeds = unprefixed("feeds", rec.state) or None
+        overlays = {k: unprefixed(k, rec.state) or None for k in overlays}
     svc.boot = f"{time.time_ns()}"
     svc.estimator_call("mark_boot", svc.boot)  # from here on the estimator's state is whole
     n, window = 0, []  # each batch's futures, oldest first: folded in log order
@@ -117,7 +115,7 @@ def recover(svc: Any) -> int:
         svc.set_watermark(max(marks))
     durability.replayed_batches = n
     logger.info("replayed %d logged batches", n)
-    return n
+    return overlays
 
 
 def restore_if_restarted(svc: Any) -> bool:

@@ -33,17 +33,22 @@ class UnknownClosure(LookupError):
 class ClosureOps:
     """Closure methods of :class:`workers.services.Services` (see the module docstring)."""
 
-    def _init_closures(self) -> None:
+    def _new_closures(self) -> None:
+        """An empty store (before recovery, so a checkpoint can always read it)."""
         self.closures = ClosureStore(self.net)
         self._closure_lock = threading.Lock()
         self._closures_sent: tuple[bytes, bytes] | None = None
         self._closure_revision = 0
+
+    def _load_closures(self, checkpointed: dict[str, Any] | None) -> None:
+        """Load the closures file, else the checkpoint's part (older: the file is written
+        at every change)."""
         path = self._closures_path()
         if path is not None and path.exists():
             self.closures.load_state_dict(json.loads(path.read_text()))
             logger.info("restored %d closures from %s", len(self.closures.list()), path)
-        elif getattr(self, "checkpoint_closures", None):  # set by recovery
-            self.closures.load_state_dict(self.checkpoint_closures)
+        elif checkpointed:
+            self.closures.load_state_dict(checkpointed)
             logger.info("restored %d closures from the checkpoint", len(self.closures.list()))
 
     def _closures_path(self) -> Path | None:
@@ -53,7 +58,8 @@ class ClosureOps:
     def add_closure(self, body: dict[str, Any]) -> dict[str, Any]:
         """Validate and keep a closure (``traffic.closures.parse_closure``: ``ClosureError``
         naming the field); in force on the routers before this returns."""
-        closure, edges = parse_closure(self.net, body, now_s=self.now_s())
+        closure, edges = parse_closure(self.net, body, now_s=self.now_s(),
+                                       spatial=self.spatial_index())
         with self._closure_lock:
             self.closures.add(closure, edges)
             self._save_closures()

@@ -56,14 +56,10 @@ class EstimatorState:
         """
         from workers.state import unprefixed
 
-        version = state.get("version", 1)
-        if version not in (1, self.STATE_VERSION):
-            raise ValueError(f"estimator state version {version!r}; this code reads 1 and "
-                             f"{self.STATE_VERSION}")
+        version = self._state_version(state)
         profile = unprefixed("profile", state)
         if self.profile is not None and profile:
-            observed_t = profile.pop("observed_t", None) if version == 1 \
-                else state.get("profile_observed_t")
+            observed_t = _profile_observed_t(state, profile, version)
             # In place: the speed estimator holds this same object as its prior.
             self.profile.load_state_dict(profile)
             self._profile_observed_t = observed_t
@@ -92,10 +88,7 @@ class EstimatorState:
         from traffic.profiles import TimeOfWeekProfile, index_of_keys
         from workers.state import unprefixed
 
-        version = state.get("version", 1)
-        if version not in (1, self.STATE_VERSION):
-            raise ValueError(f"estimator state version {version!r}; this code reads 1 and "
-                             f"{self.STATE_VERSION}")
+        version = self._state_version(state)
         speed = unprefixed("speed", state)
         saved_keys = np.asarray(speed["edge_key"], dtype=np.int64)
         src = index_of_keys(saved_keys, np.asarray(self.net.edge_key, dtype=np.int64))
@@ -104,8 +97,7 @@ class EstimatorState:
                              f"shard's {src.size} edge keys (a checkpoint of another network)")
         profile = unprefixed("profile", state)
         if self.profile is not None and profile:
-            observed_t = profile.pop("observed_t", None) if version == 1 \
-                else state.get("profile_observed_t")
+            observed_t = _profile_observed_t(state, profile, version)
             whole = TimeOfWeekProfile(saved_keys, self.profile.config)
             whole.load_state_dict(profile)
             self.profile = self.prior = whole.remap_to(self.net.edge_key)
@@ -120,6 +112,15 @@ class EstimatorState:
         self.watermark_t = state["watermark_t"]
         self._dirty = True
 
+    def _state_version(self, state: dict[str, Any]) -> int:
+        """The state's version (1 when it has none); ``ValueError`` naming both versions for
+        one this code does not read."""
+        version = state.get("version", 1)
+        if version not in (1, self.STATE_VERSION):
+            raise ValueError(f"estimator state version {version!r}; this code reads 1 and "
+                             f"{self.STATE_VERSION}")
+        return int(version)
+
     def mark_boot(self, token: str) -> None:
         """Tag this live estimator; a restarted actor comes back without the tag (its state
         is then short of folds, and the pipeline restores it)."""
@@ -133,3 +134,12 @@ class EstimatorState:
         """:meth:`state_dict` if this estimator still carries ``token``, else ``None``: a
         restarted estimator lost folds, and its state must not go into a checkpoint."""
         return self.state_dict() if self._boot == token else None
+
+
+def _profile_observed_t(state: dict[str, Any], profile: dict[str, Any],
+                        version: int) -> float | None:
+    """When the profile last learned: ``profile.observed_t`` in version 1 (taken out of the
+    profile's part), ``profile_observed_t`` since."""
+    if version == 1:
+        return profile.pop("observed_t", None)
+    return state.get("profile_observed_t")

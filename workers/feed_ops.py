@@ -36,21 +36,25 @@ FEED_CLOSURE_PREFIX = "feed-"
 class FeedOps:
     """Speed-feed methods of :class:`workers.services.Services` (see the module docstring)."""
 
-    def _init_feeds(self, config: FeedConfig | None = None) -> None:
-        self.feed_config = config or getattr(self, "feed_config", None) or FeedConfig()
+    def _new_feeds(self, config: FeedConfig | None = None) -> None:
+        """An empty store (before recovery, so a checkpoint can always read it)."""
+        self.feed_config = config or FeedConfig()
         self.feeds = FeedStore(self.net, self.feed_config)
         self._feed_lock = threading.Lock()
         self._feed_revision = 0
         self._feed_sent_wall = 0.0
         self._feed_nonempty = False
+
+    def _load_feeds(self, checkpointed: dict[str, Any] | None) -> None:
+        """Load the feeds file, else the checkpoint's part; hand the blend to the routers."""
         path = self._feeds_path()
         if path is not None and path.exists():
             with np.load(path, allow_pickle=False) as z:
                 self.feeds.load_state_dict({k: z[k] for k in z.files})
             logger.info("restored %d speed-feed lines from %s", self.feeds.stats(
                 self.now_s())["parts_live"], path)
-        elif getattr(self, "checkpoint_feeds", None):  # set by recovery
-            self.feeds.load_state_dict(self.checkpoint_feeds)
+        elif checkpointed:
+            self.feeds.load_state_dict(checkpointed)
         self.push_feed(force=True)
 
     def _feeds_path(self) -> Path | None:

@@ -182,13 +182,23 @@ class Queries:
         net = self.net
         m = self.__dict__.get("_offline_matcher_")
         if m is None or m.network_version != net.version:
-            index = getattr(getattr(self.router, "router", None), "spatial", None)
-            if index is None or index.network_version != net.version:
+            m = self._offline_matcher_ = OfflineMatcher(net, self.spatial_index(),
+                                                        build_route_distances(net))
+        return m
+
+    def spatial_index(self) -> Any:
+        """The serving network's spatial index in this process: the in-process router's,
+        else the prepared one mapped from ``cache_dir`` (built there when absent)."""
+        net = self.net
+        index = getattr(getattr(self.router, "router", None), "spatial", None)
+        if index is None or index.network_version != net.version:
+            held = self.__dict__.get("_spatial_")
+            if held is None or held.network_version != net.version:
                 from graph.artifacts import spatial_index_for
 
-                index = spatial_index_for(net, getattr(self.config, "cache_dir", None))
-            m = self._offline_matcher_ = OfflineMatcher(net, index, build_route_distances(net))
-        return m
+                held = self._spatial_ = spatial_index_for(net, self.config.cache_dir)
+            index = held
+        return index
 
     def network_info(self) -> dict[str, Any]:
         """The serving network's identity and size."""

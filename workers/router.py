@@ -283,7 +283,7 @@ class RouterCore(RouterOverrides):
         to split a route's duration over its steps. Read without a lease: a swap in between
         only shifts the split (step durations still sum to the route's duration)."""
         try:
-            return self.router._metric_for(key).travel_time_s
+            return self.router.travel_times(key)
         except (AttributeError, KeyError):
             return None
 

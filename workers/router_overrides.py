@@ -30,11 +30,7 @@ class RouterOverrides:
                 return False
             old = self._ov_edges
             self._ov_edges, self._ov_factor, self._ov_revision = edges, factors, int(revision)
-            changed = np.union1d(old, edges)
-            if changed.size:
-                base = self._published()
-                self.router.update_edges(changed, self._overridden(changed, base[changed]),
-                                         f"{self.weights_version}+closures{revision}")
+            self._reapply(np.union1d(old, edges), f"closures{revision}")
         return True
 
     def set_feed(self, edges: Any, keep: Any, add: Any, revision: int) -> bool:
@@ -50,12 +46,16 @@ class RouterOverrides:
             self._fb_edges, self._fb_revision = edges, int(revision)
             self._fb_keep = np.asarray(keep, dtype=np.float64)
             self._fb_add = np.asarray(add, dtype=np.float64)
-            changed = np.union1d(old, edges)
-            if changed.size:
-                base = self._published()
-                self.router.update_edges(changed, self._overridden(changed, base[changed]),
-                                         f"{self.weights_version}+feed{revision}")
+            self._reapply(np.union1d(old, edges), f"feed{revision}")
         return True
+
+    def _reapply(self, changed: np.ndarray, tag: str) -> None:
+        """Bring ``changed`` (sorted ids) to their published times with what is in force now
+        (a partial update; caller holds the lock)."""
+        if changed.size:
+            base = self._published()
+            self.router.update_edges(changed, self._overridden(changed, base[changed]),
+                                     f"{self.weights_version}+{tag}")
 
     def live_travel_times(self) -> np.ndarray:
         """The travel times routed on now: published, feed blend and overrides applied."""
@@ -81,20 +81,17 @@ class RouterOverrides:
             pos = np.minimum(np.searchsorted(self._fb_edges, edges), self._fb_edges.size - 1)
             hit = self._fb_edges[pos] == edges
             out[hit] = out[hit] * self._fb_keep[pos[hit]] + self._fb_add[pos[hit]]
-        if self._ov_edges.size == 0:
-            return out
-        pos = np.searchsorted(self._ov_edges, edges)
-        pos = np.minimum(pos, self._ov_edges.size - 1)
-        hit = self._ov_edges[pos] == edges
-        out[hit] = out[hit] * self._ov_factor[pos[hit]]
+        if self._ov_edges.size:
+            pos = np.minimum(np.searchsorted(self._ov_edges, edges), self._ov_edges.size - 1)
+            hit = self._ov_edges[pos] == edges
+            out[hit] = out[hit] * self._ov_factor[pos[hit]]
         return out
 
     def _customize(self, travel_time_s: np.ndarray, version: str) -> None:
         """A whole published vector, overrides applied on top (caller holds the lock)."""
         self._base = np.array(travel_time_s, dtype=np.float64)
         tt = self._base
-        touched = (np.union1d(self._ov_edges, self._fb_edges) if self._fb_edges.size
-                   else self._ov_edges)
+        touched = np.union1d(self._ov_edges, self._fb_edges)
         if touched.size:
             tt = tt.copy()
             tt[touched] = self._overridden(touched, tt[touched])

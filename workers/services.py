@@ -122,10 +122,13 @@ class Services(Intake, Queries, ClosureOps, FeedOps):
         stages.get([stages.call(a, "stats") for a in self.ingest_stages])  # all started
         self.boot: str | None = None
         self.estimator_restores = 0
+        self._new_closures()
+        self._new_feeds()
+        overlays: dict[str, Any] = {}
         if self.durability is not None:
             from workers.checkpointing import recover
 
-            recover(self)
+            overlays = recover(self)
             if self.shards is not None and self.shards.journal.base is None:
                 # A shard restores from its part of a checkpoint and the fold journal after
                 # it: take one now when there is none yet (it changes nothing computed).
@@ -133,9 +136,9 @@ class Services(Intake, Queries, ClosureOps, FeedOps):
 
                 checkpoint(self, None)
         self._publish(self.estimator_call("publish"), wait=True)
-        self._init_closures()
+        self._load_closures(overlays.get("closures"))
         self.push_overrides(wait=True)
-        self._init_feeds()
+        self._load_feeds(overlays.get("feeds"))
         self._ready = True
 
     @property
