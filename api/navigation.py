@@ -3,8 +3,7 @@ here, answered by the router replica (:mod:`graph.navigation`).
 
 Bad input is a 422 in the usual shape naming the parameter: more than
 :data:`graph.navigation.MAX_VIA_POINTS` via points, ``alternatives`` with via points (as in
-OSRM, alternatives need exactly two points), navigation options with ``exclude`` (not
-combined yet). ``alternatives`` above 3 and bad bearings are refused by the parameters' own
+OSRM, alternatives need exactly two points). ``alternatives`` above 3 and bad bearings are refused by the parameters' own
 bounds.
 """
 
@@ -35,7 +34,7 @@ def via_points(value: str | None) -> list[tuple[float, float]]:
 
 def navigation_options(
     *, via: str | None, bearing: float | None, bearing_range: float | None,
-    alternatives: int, annotations: bool, geometry_format: str, exclude: str | None,
+    alternatives: int, annotations: bool, geometry_format: str,
 ) -> dict[str, Any]:
     """The options given, as ``Services.route`` keywords (empty: none of them)."""
     out: dict[str, Any] = {}
@@ -59,8 +58,4 @@ def navigation_options(
         out["annotations"] = True
     if geometry_format != "geojson":
         out["geometry_format"] = geometry_format
-    if out and exclude:
-        raise ApiError(422, "invalid_value",
-                       f"`exclude` cannot be combined with `{next(iter(out))}` yet",
-                       details={"field": "exclude"})
     return out

@@ -361,6 +361,42 @@ class AvoidRouter:
         return self.router._build_route(version, res, offset[s][res.src], offset[d][res.dst],
                                         frac[s][res.src], frac[d][res.dst])
 
+    def plan(
+        self, points_latlon: Sequence[tuple[float, float]], *, exclude: Sequence[str] = (),
+        avoid: shapely.Geometry | dict[str, Any] | None = None,
+        max_snap_m: float = DEFAULT_SNAP_RADIUS_M, profile: Hashable | None = None,
+        **options: Any,
+    ) -> Any:
+        """A navigation plan (:func:`graph.navigation.plan_route`: via points, a heading,
+        alternatives) that uses no excluded class and no edge meeting ``avoid``.
+
+        ``points_latlon`` is origin, via points..., destination; every one of them must lie
+        outside ``avoid``. ``options`` are :func:`~graph.navigation.plan_route`'s
+        (``bearing_deg``, ``bearing_range_deg``, ``alternatives``, ``config``). All legs and
+        alternatives are searched on one overlay metric, on the calling thread.
+
+        Raises
+        ------
+        PointInAvoidError, NoCandidateError, NoRouteError
+            As :meth:`route`; a leg that cannot be driven is named.
+        """
+        from graph.navigation import plan_route
+
+        pts = np.asarray(points_latlon, dtype=np.float64).reshape(-1, 2)
+        n = pts.shape[0]
+        labels = ("origin", *(f"via point {i}" for i in range(1, n - 1)), "destination")
+        closed, allowed, signature, classes = self._closed(exclude, avoid, pts[:, 0],
+                                                           pts[:, 1], labels)
+        try:
+            return plan_route(self.router, pts.tolist(), max_snap_m=max_snap_m,
+                              allowed=allowed, **options,
+                              overlay=lambda: self._overlay(closed, signature, classes, profile))
+        except NoRouteError as exc:
+            what = " and ".join(x for x in (
+                f"excluding {', '.join(classes)}" if classes else "",
+                "avoiding the given area" if avoid is not None else "") if x)
+            raise NoRouteError(f"{exc} {what}") from None
+
     def table(
         self, sources_latlon: np.ndarray, destinations_latlon: np.ndarray, *,
         exclude: Sequence[str] = (), avoid: shapely.Geometry | dict[str, Any] | None = None,

@@ -20,6 +20,8 @@ metric, so they share one weights version.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
@@ -27,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from graph.alternatives import AlternativesConfig, find_alternatives
+from graph.cch import QueryCache
 from graph.errors import NoCandidateError, NoRouteError
 from graph.network import NO_NAME, RoadNetwork
 from graph.polyline import encode_polyline
@@ -77,10 +80,16 @@ def plan_route(
     router: Any, points_latlon: list[tuple[float, float]], *, max_snap_m: float,
     profile: Any = None, bearing_deg: float | None = None,
     bearing_range_deg: float = DEFAULT_BEARING_RANGE_DEG, alternatives: int = 0,
-    config: AlternativesConfig | None = None,
+    config: AlternativesConfig | None = None, allowed: np.ndarray | None = None,
+    overlay: Callable[[], AbstractContextManager[Any]] | None = None,
 ) -> Plan:
     """Fastest route through ``points_latlon`` (origin, via points, destination) and, for two
     points, up to ``alternatives`` admissible alternatives.
+
+    ``allowed`` (bool per edge) and ``overlay`` route around closed edges
+    (:meth:`graph.avoid.AvoidRouter.plan`): every point snaps only to allowed edges, and the
+    search runs on the calling thread on the metric that ``overlay()`` holds exclusively for
+    its ``with`` block, instead of on the router's query threads on its leased metric.
 
     Raises
     ------
@@ -93,9 +102,11 @@ def plan_route(
     pts = np.asarray(points_latlon, dtype=np.float64).reshape(-1, 2)
     n = pts.shape[0]
     labels = ("origin", *(f"via point {i}" for i in range(1, n - 1)), "destination")
-    pt, edge, off = router._snap(pts[:, 0], pts[:, 1], max_snap_m, labels=labels)
+    pt, edge, off = router._snap(pts[:, 0], pts[:, 1], max_snap_m, labels=labels,
+                                 **({} if allowed is None else {"allowed": allowed}))
     if bearing_deg is not None:
-        e0, o0 = _snap_heading(router, pts[0], max_snap_m, bearing_deg, bearing_range_deg)
+        e0, o0 = _snap_heading(router, pts[0], max_snap_m, bearing_deg, bearing_range_deg,
+                               allowed)
         keep = pt != 0
         pt = np.concatenate([np.zeros(e0.size, dtype=pt.dtype), pt[keep]])
         edge = np.concatenate([e0, edge[keep]])
@@ -104,13 +115,29 @@ def plan_route(
     frac = np.divide(off, length, out=np.zeros_like(off), where=length > 0).clip(0.0, 1.0)
     bounds = np.searchsorted(pt, np.arange(n + 1))
     ends = [(edge[a:b], frac[a:b], off[a:b]) for a, b in pairwise(bounds.tolist())]
-    metric = router._lease(profile)
-    try:
-        found = router._threads.call(_search, metric, ends, int(alternatives),
-                                     config or AlternativesConfig())
-        version = metric.version  # read under the lease
-    finally:
-        metric.release()
+    cfg = config or AlternativesConfig()
+    if overlay is None:
+        metric = router._lease(profile)
+        try:
+            found = router._threads.call(_search, metric, ends, int(alternatives), cfg)
+            return _plan(router, pts, labels, ends, found, metric)  # under the lease
+        finally:
+            metric.release()
+    with overlay() as metric:
+        queries = QueryCache()  # this thread's, dropped before the metric goes back
+        try:
+            found = _search(metric, ends, int(alternatives), cfg, queries=queries)
+        finally:
+            queries.clear()
+        return _plan(router, pts, labels, ends, found, metric)
+
+
+def _plan(router: Any, pts: np.ndarray, labels: tuple[str, ...],
+          ends: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+          found: tuple[list[Any], list[Any]], metric: Any) -> Plan:
+    """The :class:`Plan` of the searches' results, while ``metric`` is still held."""
+    n = pts.shape[0]
+    version = metric.version
     legs: list[Leg] = []
     for i, res in enumerate(found[0]):
         if res is None:
@@ -164,12 +191,16 @@ def _leg(router: Any, version: str, res: Any, start: tuple[np.ndarray, ...],
 
 
 def _snap_heading(router: Any, point: np.ndarray, max_snap_m: float, bearing_deg: float,
-                  range_deg: float) -> tuple[np.ndarray, np.ndarray]:
+                  range_deg: float, allowed: np.ndarray | None = None,
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """The nearest origin positions whose direction of travel is within range of the bearing:
-    ``(edge, offset_m)`` (equally near ones all kept)."""
+    ``(edge, offset_m)`` (equally near ones all kept; only ``allowed`` edges when given)."""
     lat, lon = np.array([point[0]]), np.array([point[1]])
     _, ei, dist, off = candidates(router.spatial, lat, lon, radius_m=max_snap_m,
                                   k=_BEARING_CANDIDATES)
+    if allowed is not None and ei.size:
+        ok = allowed[ei]
+        ei, dist, off = ei[ok], dist[ok], off[ok]
     if ei.size:
         b = edge_bearing_at(router.net, router._pt_cum_m, ei, off)
         diff = np.abs((b - float(bearing_deg) + 180.0) % 360.0 - 180.0)

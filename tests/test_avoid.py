@@ -268,6 +268,56 @@ def test_overlay_follows_live_weights(li) -> None:
         router.customize(tt, "3")
 
 
+@pytest.mark.shared_data
+def test_plan_combines_exclude_with_via_alternatives_and_bearing(li) -> None:
+    """Navigation options on an overlay: each leg of a via route equals the oracle between
+    its points; alternatives use no closed edge and stay within 1.3x; a heading snaps the
+    origin to an open edge running that way."""
+    from graph.navigation import edge_bearing_at
+
+    net, router, tt = li
+    avoid = AvoidRouter(router)
+    closed = excluded_edges(net, ["motorway"])
+    rng = np.random.default_rng(31)
+    legs_checked = alts_seen = 0
+    for a, b in _pairs(net, rng, 40):
+        k = int(rng.integers(net.n_nodes))
+        v = (float(net.node_lat[k]) + 2e-5, float(net.node_lon[k]))
+        try:
+            plan = avoid.plan([a, v, b], exclude=["motorway"])
+        except (NoRouteError, NoCandidateError):
+            continue
+        assert len(plan.legs) == 2
+        for leg, (p, q) in zip(plan.legs, [(a, v), (v, b)]):
+            assert not closed[leg.route.edge_ids].any()
+            want = _oracle(router, tt, closed, p, q)
+            assert leg.route.duration_s == pytest.approx(
+                want, abs=1e-3 * (leg.route.edge_ids.size + 2))
+            assert leg.edge_duration_s.sum() == pytest.approx(leg.route.duration_s, abs=1e-6)
+            legs_checked += 1
+        plan = avoid.plan([a, b], exclude=["motorway"], alternatives=2)
+        main = plan.legs[0].route
+        for alt in plan.alternatives:
+            alts_seen += 1
+            assert not closed[alt.route.edge_ids].any()
+            assert alt.route.duration_s <= 1.3 * main.duration_s + 1e-6
+            assert not np.array_equal(alt.route.edge_ids, main.edge_ids)
+        first = main.edge_ids[0]
+        heading = float(edge_bearing_at(net, router._pt_cum_m, np.array([first]),
+                                        np.array([0.0]))[0])
+        turned = avoid.plan([a, b], exclude=["motorway"], bearing_deg=heading,
+                            bearing_range_deg=30.0)
+        e0 = int(turned.legs[0].route.edge_ids[0])
+        assert not closed[e0]
+    assert legs_checked >= 8 and alts_seen >= 2
+    # A via point inside the avoided area is refused, naming it.
+    a, b = next(_pairs(net, np.random.default_rng(2), 1))
+    mid = (float(net.node_lat[7]), float(net.node_lon[7]))
+    with pytest.raises(PointInAvoidError, match="via point 1") as err:
+        avoid.plan([a, mid, b], avoid=_square(mid[1], mid[0], 0.001))
+    assert err.value.label == "via point 1"
+
+
 def test_point_in_avoid_and_no_route(li) -> None:
     net, router, _ = li
     avoid = AvoidRouter(router)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import shapely
 from conftest import shared_file
 from fastapi.testclient import TestClient
 
@@ -252,10 +253,37 @@ def test_http_post_route_takes_the_navigation_options_as_fields(client) -> None:
     as_text = client.post("/v1/route", json={"from": list(A), "to": list(B),
                                              "via": "47.17,9.51"}).json()
     assert as_text["edges"] == post["edges"]
-    ring = {"type": "Polygon", "coordinates": [[[9.0, 46.9], [9.01, 46.9], [9.01, 46.91],
-                                                [9.0, 46.91], [9.0, 46.9]]]}
+    # avoid and exclude combine with via points, alternatives and annotations: a square on
+    # the first leg's middle is avoided by both legs, and a via point inside it is refused.
+    coords = get["geometry"]["coordinates"]
+    lon, lat = coords[len(coords) // 4]
+    d = 0.0006
+    square = {"type": "Polygon", "coordinates": [[[lon - d, lat - d], [lon + d, lat - d],
+                                                  [lon + d, lat + d], [lon - d, lat + d],
+                                                  [lon - d, lat - d]]]}
     r = client.post("/v1/route", json={"from": list(A), "to": list(B), "via": via,
-                                       "avoid": ring})
-    assert r.status_code == 422 and "`avoid` cannot be combined with `via`" in r.json()["message"]
+                                       "avoid": square, "exclude": "ferry",
+                                       "annotations": True, "steps": True})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["legs"]) == 2 and body["legs"][0]["steps"]
+    assert body["edges"] != get["edges"]
+    assert not shapely.LineString(body["geometry"]["coordinates"]).intersects(
+        shapely.Polygon(square["coordinates"][0]))
+    assert sum(body["annotations"]["duration_s"]) == pytest.approx(body["duration_s"], abs=1e-6)
+    r = client.post("/v1/route", json={"from": list(A), "to": list(B), "via": [[lat, lon]],
+                                       "avoid": square})
+    assert r.status_code == 422 and r.json()["code"] == "point_in_avoid"
+    assert r.json()["details"] == {"field": "via[0]"}
+    r = client.post("/v1/route", json={"from": list(A), "to": list(B), "alternatives": 2,
+                                       "avoid": square})
+    assert r.status_code == 200, r.text
+    for route in (r.json(), *r.json()["alternatives"]):
+        assert not shapely.LineString(route["geometry"]["coordinates"]).intersects(
+            shapely.Polygon(square["coordinates"][0]))
+    got = client.get("/v1/route", params={**Q, "alternatives": "1", "exclude": "motorway",
+                                          "bearing": "90", "geometry_format": "polyline6"})
+    assert got.status_code == 200, got.text
+    assert isinstance(got.json()["geometry"], str)
     r = client.post("/v1/route", json={"from": list(A), "to": list(B), "alternatives": 4})
     assert r.status_code == 422 and "alternatives" in r.json()["message"]

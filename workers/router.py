@@ -197,11 +197,12 @@ class RouterCore(RouterOverrides):
         (:mod:`graph.avoid`; the search then runs on the calling thread).
         """
         basis, key = self._profile_key(profile)
-        if (steps or nav) and not exclude and avoid is None:
+        if steps or nav:
             # Navigation options (via, bearing, alternatives, annotations, geometry_format):
-            # graph.navigation, on the query threads.
+            # graph.navigation, on the query threads; with closed edges on an avoid overlay.
             out = self._navigate([tuple(from_latlon), *nav.pop("via", ()), tuple(to_latlon)],
-                                 key, max_snap_m=max_snap_m, steps=steps, **nav)
+                                 key, max_snap_m=max_snap_m, steps=steps, exclude=exclude,
+                                 avoid=avoid, **nav)
             for r in (out, *out.get("alternatives", ())):
                 r["weights_t"] = self.weights_t if basis == "live" else None
                 r["basis"] = basis
@@ -217,12 +218,8 @@ class RouterCore(RouterOverrides):
         out = dict(res.to_json())
         out["weights_t"] = self.weights_t if basis == "live" else None
         out["basis"] = basis
-        if basis == "live" and not steps and not exclude and avoid is None:
+        if basis == "live" and not exclude and avoid is None:
             self._forecast(out, res, depart_at_s)
-        if steps:
-            from graph.steps import route_legs
-
-            out["legs"] = route_legs(self.net, res, travel_time_s=self._travel_times(key))
         return out
 
     def _forecast(self, out: dict[str, Any], res: Any, depart_at_s: float | None) -> None:
@@ -249,15 +246,22 @@ class RouterCore(RouterOverrides):
     def _navigate(self, points: list[tuple[float, float]], key: Any, *, max_snap_m: float,
                   steps: bool, bearing: float | None = None, bearing_range: float | None = None,
                   alternatives: int = 0, annotations: bool = False,
-                  geometry_format: str = "geojson") -> dict[str, Any]:
+                  geometry_format: str = "geojson", exclude: tuple[str, ...] | list[str] = (),
+                  avoid: dict[str, Any] | None = None) -> dict[str, Any]:
         """A route through ``points`` with legs, summaries and the asked-for extras
-        (:func:`graph.navigation.plan_route` and :func:`graph.navigation.plan_answer`)."""
+        (:func:`graph.navigation.plan_route` and :func:`graph.navigation.plan_answer`); with
+        ``exclude``/``avoid`` on an avoid overlay (:meth:`graph.avoid.AvoidRouter.plan`)."""
         from graph.navigation import DEFAULT_BEARING_RANGE_DEG, plan_answer, plan_route
 
-        plan = plan_route(self.router, points, max_snap_m=max_snap_m, profile=key,
-                          bearing_deg=bearing, alternatives=alternatives,
-                          bearing_range_deg=DEFAULT_BEARING_RANGE_DEG if bearing_range is None
-                          else bearing_range)
+        options = {"bearing_deg": bearing, "alternatives": alternatives,
+                   "bearing_range_deg": DEFAULT_BEARING_RANGE_DEG if bearing_range is None
+                   else bearing_range}
+        if exclude or avoid is not None:
+            plan = self.avoid_router().plan(points, exclude=exclude, avoid=avoid,
+                                            max_snap_m=max_snap_m, profile=key, **options)
+        else:
+            plan = plan_route(self.router, points, max_snap_m=max_snap_m, profile=key,
+                              **options)
         tt = self._travel_times(key)
         out = plan_answer(self.net, plan, steps=steps, annotations=annotations,
                           geometry_format=geometry_format, travel_time_s=tt,

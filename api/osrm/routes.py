@@ -92,16 +92,9 @@ def osrm_route_service(profile: str, coordinates: str, request: Request, service
         if o["annotations"]:
             nav["annotations"] = True
         exclude = o.get("exclude") or ()
-        if exclude and (len(nav) > 1):
-            raise OsrmError("NotImplemented", "`exclude` cannot be combined with via points, "
-                            "alternatives, bearings or annotations")
-        if exclude:
-            out = services.route(pts[0], pts[-1], max_snap_m=snap_m, steps=True,
-                                 exclude=exclude)
-        else:
-            out = services.route(pts[0], pts[-1], max_snap_m=snap_m, steps=o["steps"],
-                                 annotations=True, **{k: v for k, v in nav.items()
-                                                      if k != "annotations"})
+        out = services.route(pts[0], pts[-1], max_snap_m=snap_m, steps=o["steps"],
+                             annotations=True, **({"exclude": exclude} if exclude else {}),
+                             **{k: v for k, v in nav.items() if k != "annotations"})
         routes = [out, *out.get("alternatives", ())]
         body: dict[str, Any] = {"code": "Ok", "routes": [
             osrm_route(r, fmt=o["geometries"], overview=o["overview"], steps=o["steps"],

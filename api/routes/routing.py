@@ -91,18 +91,15 @@ async def get_route(
     t = _departure(depart_at)
     nav = navigation_options(via=via, bearing=bearing, bearing_range=bearing_range,
                              alternatives=alternatives, annotations=annotations,
-                             geometry_format=geometry_format,
-                             exclude=request.query_params.get("exclude"))
-    if nav:  # via points, headings, alternatives, annotations: graph.navigation, threadpool
-        out = await run_in_threadpool(partial(
-            services.route, a, b, depart_at_s=t,
-            max_snap_m=max_snap_m if max_snap_m is not None else settings.max_snap_m,
-            profile_horizon_s=settings.profile_horizon_s, **({"steps": True} if steps else {}),
-            **nav))
-        return Response(orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY),
-                        media_type="application/json")
+                             geometry_format=geometry_format)
     classes = exclude_query(exclude)
     snap_m = max_snap_m if max_snap_m is not None else settings.max_snap_m
+    if nav:  # via points, headings, alternatives, annotations: graph.navigation, threadpool
+        out = await run_in_threadpool(partial(
+            _route, services, a, b, depart_at_s=t, max_snap_m=snap_m,
+            profile_horizon_s=settings.profile_horizon_s, steps=steps, exclude=classes, **nav))
+        return Response(orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY),
+                        media_type="application/json")
     # Steps cost O(route edges) in Python, avoids a customization: in the threadpool, never
     # on the event loop.
     core = inline_router(services) if t is None and not steps and not classes else None
@@ -125,8 +122,8 @@ async def get_route(
 def post_route(body: RouteIn, services: ServicesDep, settings: SettingsDep) -> Response:
     """The route of ``GET /v1/route`` with its parameters as JSON fields (``via`` also as a
     list of points), plus ``avoid``: a GeoJSON Polygon or MultiPolygon the route never
-    enters (no road that meets it is used). ``avoid`` and ``exclude`` cannot yet be combined
-    with via points, headings, alternatives or annotations (a 422 naming the field).
+    enters (no road that meets it is used). ``avoid`` and ``exclude`` combine with via
+    points (each must lie outside the area), headings, alternatives and annotations.
 
     404 ``no_route`` when every route enters it; 422 ``point_in_avoid`` when ``from`` or
     ``to`` lies in it; 422 ``invalid_value`` naming the field for a polygon that does not
@@ -143,12 +140,6 @@ def post_route(body: RouteIn, services: ServicesDep, settings: SettingsDep) -> R
             area = parse_avoid(body.avoid)
         except AvoidGeometryError as exc:
             raise ApiError(422, "invalid_value", str(exc), details={"field": exc.field}) from None
-        inside = points_in_area(area, [a[0], b[0]], [a[1], b[1]])
-        for name, point, hit in (("from", a, inside[0]), ("to", b, inside[1])):
-            if hit:
-                raise ApiError(422, "point_in_avoid",
-                               f"`{name}` (lat={point[0]:.6f}, lon={point[1]:.6f}) lies inside "
-                               f"the avoided area", details={"field": name})
         avoid = body.avoid
     snap_m = body.max_snap_m if body.max_snap_m is not None else settings.max_snap_m
     via = body.via
@@ -156,12 +147,16 @@ def post_route(body: RouteIn, services: ServicesDep, settings: SettingsDep) -> R
         via = ";".join(f"{p[0]},{p[1]}" if not isinstance(p, str) else p for p in via)
     nav = navigation_options(via=via, bearing=body.bearing, bearing_range=body.bearing_range,
                              alternatives=body.alternatives, annotations=body.annotations,
-                             geometry_format=body.geometry_format,
-                             exclude=",".join(classes) or None)
-    if nav and avoid is not None:
-        raise ApiError(422, "invalid_value",
-                       f"`avoid` cannot be combined with `{next(iter(nav))}` yet",
-                       details={"field": "avoid"})
+                             geometry_format=body.geometry_format)
+    if avoid is not None:
+        named = [("from", a), *((f"via[{i}]", p) for i, p in enumerate(nav.get("via", ()))),
+                 ("to", b)]
+        inside = points_in_area(area, [p[0] for _, p in named], [p[1] for _, p in named])
+        for (name, point), hit in zip(named, inside):
+            if hit:
+                raise ApiError(422, "point_in_avoid",
+                               f"`{name}` (lat={point[0]:.6f}, lon={point[1]:.6f}) lies inside "
+                               f"the avoided area", details={"field": name})
     out = _route(services, a, b, depart_at_s=t, max_snap_m=snap_m,
                  profile_horizon_s=settings.profile_horizon_s, steps=body.steps,
                  exclude=classes, avoid=avoid, **nav)
