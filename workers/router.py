@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -78,6 +79,9 @@ class RouterCore(RouterOverrides):
         #: How publications were taken: full, delta, caught_up (from the chain), stale
         #: (a delta not on our weights and no chain to catch up from), ignored (not newer).
         self.applied = {"full": 0, "delta": 0, "caught_up": 0, "stale": 0, "ignored": 0}
+        #: Seconds from each taken publication's ``published_wall_s`` to its weights serving
+        #: here (published -> serving freshness; the newest 1,024).
+        self._serving_lag_s: deque[float] = deque(maxlen=1024)
 
     @property
     def index(self) -> Any:
@@ -137,6 +141,8 @@ class RouterCore(RouterOverrides):
             self.applied[how] += 1
             if how not in ("ignored", "stale"):
                 self._took(newest.version, newest.weights_t, t0)
+                if newest.published_wall_s > 0:
+                    self._serving_lag_s.append(max(time.time() - newest.published_wall_s, 0.0))
                 self._key = newest.key
                 first = newest if newest.full else _resolve_pub(chain[0]) \
                     if how == "caught_up" else None
@@ -368,7 +374,15 @@ class RouterCore(RouterOverrides):
                 "updated_wall_s": self.updated_wall_s,
                 "publications": dict(self.applied),
                 "last_update": dict(getattr(self.router, "last_update", {})),
-                "metric_fallbacks": int(getattr(self.router, "fallbacks", 0))}
+                "metric_fallbacks": int(getattr(self.router, "fallbacks", 0)),
+                **_percentiles("serving_lag", self._serving_lag_s)}
+
+
+def _percentiles(name: str, values: Any) -> dict[str, float | None]:
+    """``{name}_p50_s`` and ``{name}_p99_s`` of ``values`` (None when there are none)."""
+    a = np.asarray(values, dtype=np.float64)
+    return {f"{name}_p50_s": float(np.percentile(a, 50)) if a.size else None,
+            f"{name}_p99_s": float(np.percentile(a, 99)) if a.size else None}
 
 
 def _resolve_pub(item: Any) -> Any:
