@@ -199,7 +199,10 @@ def measure_components(net_path: str, artifacts: str) -> dict[str, float]:
     spatial = grew("spatial_anon", lambda: spatial_index_for(net, artifacts))
     out["spatial"] = spatial.nbytes
     index = grew("cch", lambda: cch_index_for(net, artifacts))
-    grew("metric", lambda: customize(index, net.edge_freeflow_time_s, "m1"))
+    metric = grew("metric", lambda: customize(index, net.edge_freeflow_time_s, "m1"))
+    from _scale_checks import query_latency
+
+    out.update(query_latency(metric, net.n_nodes))
     grew("estimator", lambda: EstimatorCore(net))
     grew("profile", lambda: TimeOfWeekProfile.for_network(net, ProfileConfig()))
     core = grew("matcher", lambda: IngestCore(net, IngestConfig(cache_dir=artifacts)))
@@ -224,70 +227,152 @@ def measure_components(net_path: str, artifacts: str) -> dict[str, float]:
 _SERVING = re.compile(rb"serving on (http://\S+)")
 
 
-def serve_and_measure(net_path: Path, work: Path, *, settle_s: float, k: int) -> dict[str, Any]:
-    """Start ``traffic serve``, time /readyz, load it a little, then sum PSS per role."""
+def _start(net_path: Path, run_dir: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
+    """``traffic serve`` on ``net_path`` with ``run_dir`` as data dir: (process, base url)."""
+    start = log_path.stat().st_size if log_path.exists() else 0
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(traffic_cmd() + ["serve", "--network", str(net_path), "--port", "0",
+                                                 "--data-dir", str(run_dir),
+                                                 "--checkpoint-every", "1m"],
+                                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    while True:
+        found = _SERVING.search(log_path.read_bytes()[start:])
+        if found and proc.poll() is None:
+            return proc, found.group(1).decode()
+        if proc.poll() is not None:
+            raise RuntimeError(f"traffic serve exited {proc.returncode}: see {log_path}")
+        time.sleep(0.05)
+
+
+def _ready(client: Any) -> None:
+    import httpx
+
+    while True:
+        try:
+            if client.get("/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+
+
+def _stop(proc: subprocess.Popen) -> float:
+    """SIGINT (a clean stop: the final checkpoint) and the seconds until it exits."""
+    t0 = time.perf_counter()
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    return time.perf_counter() - t0
+
+
+def _settled(client: Any, accepted: int, timeout_s: float = 120.0) -> dict[str, Any]:
+    """The status once every accepted probe is applied, pending or unmatched and a
+    publication newer than that has reached the router (or ``timeout_s`` passed)."""
+    deadline = time.time() + timeout_s
+    st = client.get("/v1/status").json()
+    while time.time() < deadline:
+        p = st["probes"]
+        done = p["applied"] + p["pending"] + p["unmatched"] >= accepted and \
+            st["queues"]["fold_inflight"] == 0
+        if done and (st["workers"]["router"].get("updated_wall_s") or 0) > time.time() - 5:
+            break
+        time.sleep(1.0)
+        st = client.get("/v1/status").json()
+    return st
+
+
+def serve_and_measure(net_path: Path, work: Path, *, settle_s: float, k: int,
+                      load_vehicles: int, load_steps: int) -> dict[str, Any]:
+    """Start ``traffic serve``, time /readyz, load it with simulated probes, run the serving
+    checks, sum PSS per role; then stop it and time the restart from its checkpoint."""
+    import shutil
+
     import httpx
     import numpy as np
+    from _scale_checks import closure_latency, congestion_latency, probe_load, pss_kinds
 
     from graph.io import load_network
 
     run_dir = work / f"run-k{k}"
+    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh start, nothing to recover
     log_path = work / f"serve-k{k}.log"
     out: dict[str, Any] = {}
-    with open(log_path, "wb") as log:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(traffic_cmd() + ["serve", "--network", str(net_path), "--port", "0",
-                                                 "--data-dir", str(run_dir)],
-                                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    t0 = time.perf_counter()
+    proc, url = _start(net_path, run_dir, log_path)
     try:
-        url = None
-        while url is None:
-            found = _SERVING.search(log_path.read_bytes())
-            if found:
-                url = found.group(1).decode()
-            elif proc.poll() is not None:
-                raise RuntimeError(f"traffic serve exited {proc.returncode}: see {log_path}")
-            else:
-                time.sleep(0.05)
-        client = httpx.Client(base_url=url, timeout=60)
-        while True:
-            try:
-                if client.get("/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
+        client = httpx.Client(base_url=url, timeout=120)
+        _ready(client)
         out["ready_s"] = time.perf_counter() - t0
         out["pss_ready"] = pss_by_role(proc.pid)
         net = load_network(net_path, mmap=True)
-        probes = walk_probes(net, n_vehicles=500, n_steps=24, t0_s=time.time() - 120.0, seed=2)
-        posted = accepted = 0
-        for _, batch in probes.group_by((probes["t"] // 10).alias("w"), maintain_order=True):
-            body = {"probes": batch.select("vehicle_id", "t", "lat", "lon").to_dicts()}
-            r = client.post("/v1/probes", json=body)
-            posted += batch.height
-            accepted += int(r.json().get("accepted", 0)) if r.status_code == 202 else 0
-        out["probes_posted"], out["probes_accepted"] = posted, accepted
         tiles = max(net.n_nodes // NY_NODES, 1)
         a, b = 1000, (tiles - 1) * NY_NODES + 200_000
+        across = {"from": f"{net.node_lat[a]:.6f},{net.node_lon[a]:.6f}",
+                  "to": f"{net.node_lat[b]:.6f},{net.node_lon[b]:.6f}"}
         t1 = time.perf_counter()
-        r = client.get("/v1/route", params={
-            "from": f"{net.node_lat[a]:.6f},{net.node_lon[a]:.6f}",
-            "to": f"{net.node_lat[b]:.6f},{net.node_lon[b]:.6f}"})
+        r = client.get("/v1/route", params=across)
         out["route_ms"] = (time.perf_counter() - t1) * 1000
         out["route_status"] = r.status_code
         out["route_km"] = r.json().get("distance_m", float("nan")) / 1000 if r.status_code == 200 else None
-        del net, np
+        # Load: vehicles on random drives over the whole network, up to now.
+        probes = walk_probes(net, n_vehicles=load_vehicles, n_steps=load_steps,
+                             t0_s=time.time() - 5.0 * load_steps, seed=2)
+        load = probe_load(url, probes, work)
+        out["load"] = load
+        out["probes_posted"], out["probes_accepted"] = load["posted"], load["accepted"]
+        st = _settled(client, load["accepted"])
+        if not st["workers"]["estimator"].get("durability", {}).get("checkpoints_saved"):
+            # A checkpoint is taken by the first batch after a minute boundary.
+            time.sleep(61.0 - time.time() % 60.0)
+            tail = walk_probes(net, n_vehicles=100, n_steps=2, t0_s=time.time() - 10.0, seed=3)
+            client.post("/v1/probes", json={"probes": tail.to_dicts()})
+            time.sleep(5.0)
+            st = client.get("/v1/status").json()
+        out["status"] = {"probes": st["probes"], "estimator": {
+            key: st["workers"]["estimator"].get(key) for key in (
+                "freshness_p50_s", "freshness_p99_s", "durability", "publications_full",
+                "publications_delta", "last_publication", "coverage_edges")},
+            "router": st["workers"]["router"]}
+        # Congestion for 10 km x 10 km boxes around nodes of the first tile.
+        rng = np.random.default_rng(4)
+        boxes = []
+        for node in rng.integers(0, min(NY_NODES, net.n_nodes), 10).tolist():
+            lat, lon = float(net.node_lat[node]), float(net.node_lon[node])
+            dlat, dlon = 5000 / 111_320, 5000 / (111_320 * np.cos(np.radians(lat)))
+            boxes.append((lon - dlon, lat - dlat, lon + dlon, lat + dlat))
+        out["congestion"] = congestion_latency(client, boxes)
+        # Closures on a route within the first tile (about 10-20 km).
+        c, d = 2000, 150_000
+        inner = {"from": f"{net.node_lat[c]:.6f},{net.node_lon[c]:.6f}",
+                 "to": f"{net.node_lat[d]:.6f},{net.node_lon[d]:.6f}"}
+        out["closures"] = closure_latency(client, inner, cycles=5)
+        del net
         time.sleep(settle_s)
         out["pss"] = pss_by_role(proc.pid)
+        out["pss_kinds"] = {str(pid): {"role": role_of(pid, proc.pid), **pss_kinds(pid)}
+                            for pid in process_tree(proc.pid)}
         out["processes"] = len(process_tree(proc.pid))
+        out["accepted_before_stop"] = st["probes"]["accepted"]
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        out["stop_s"] = _stop(proc)
+    # Recovery: the same data dir, from the final checkpoint (and the log after it).
+    t0 = time.perf_counter()
+    proc, url = _start(net_path, run_dir, log_path)
+    try:
+        client = httpx.Client(base_url=url, timeout=120)
+        _ready(client)
+        out["recovery_ready_s"] = time.perf_counter() - t0
+        st = client.get("/v1/status").json()
+        out["recovered"] = {"accepted": st["probes"]["accepted"], "applied": st["probes"]["applied"],
+                            "replayed_batches": st["workers"]["estimator"].get(
+                                "durability", {}).get("replayed_batches")}
+    finally:
+        _stop(proc)
+    ckpts = sorted((run_dir / "checkpoints").glob("*"), key=lambda p: p.stat().st_mtime)
+    out["checkpoint_files_b"] = [p.stat().st_size for p in ckpts if p.is_file()]
     return out
 
 
@@ -344,7 +429,83 @@ def report(k: int, r: dict[str, Any], command: str) -> str:
                    f"{(total - ray_fixed) / m:.0f} B per edge. Target at K=6: at most 500 B per "
                    "edge in total. Snapshots are written to disk (not resident); the API's share "
                    "is inside its process row."), ""]
+    lines += _kinds_table(s, m) + _checks_table(c, s)
     return "\n".join(lines)
+
+
+def _kinds_table(s: dict[str, Any], m: int) -> list[str]:
+    """Steady PSS by role and by what backs it (B per edge)."""
+    kinds = ("anon", "object store", "network file", "artifacts", "code and other files")
+    by_role: dict[str, dict[str, int]] = {}
+    for entry in s.get("pss_kinds", {}).values():
+        row = by_role.setdefault(entry["role"], {})
+        for kind in kinds:
+            row[kind] = row.get(kind, 0) + int(entry.get(kind, 0))
+    if not by_role:
+        return []
+    lines = ["Steady PSS by what backs it, B per edge (`/proc/PID/smaps`; the object store is "
+             "Ray's shared memory, the files are mapped read-only and shared):", "",
+             "| process role | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+    for role, row in sorted(by_role.items(), key=lambda x: -sum(x[1].values())):
+        lines.append(f"| {role} | " + " | ".join(f"{row[kind] / m:.0f}" for kind in kinds) + " |")
+    tot = {kind: sum(row[kind] for row in by_role.values()) for kind in kinds}
+    lines.append("| **all** | " + " | ".join(f"**{tot[kind] / m:.0f}**" for kind in kinds) + " |")
+    return lines + [""]
+
+
+def _checks_table(c: dict[str, Any], s: dict[str, Any]) -> list[str]:
+    """Routing, load, freshness, checkpoint, congestion and closure figures with targets."""
+    import numpy as np
+
+    if "load" not in s:
+        return []
+    ld, st = s["load"], s["status"]
+    est, router = st["estimator"], st["router"]
+    dur = est.get("durability") or {}
+    cl = s["closures"]
+
+    def fin(xs: list[float]) -> str:
+        a = np.asarray(xs, dtype=float)
+        return f"p50 {np.median(a):.2f} s, max {a.max():.2f} s ({len(a)} rounds)"
+
+    def sec(x: Any) -> str:
+        return "n/a" if x is None else f"{x:.2f} s"
+
+    ck = s.get("checkpoint_files_b") or []
+    rows = [
+        ("CCH node-to-node query (path included), in process",
+         f"p50 {c['query_p50_ms']:.2f} ms, p99 {c['query_p99_ms']:.2f} ms ({c['queries']})", "p50 <= 1 ms"),
+        ("full customization of one metric, one core", f"{c['metric_s']:.2f} s", "<= 6 s"),
+        (f"probe load: {ld['posted']:,} probes of random drives, 2 loader processes",
+         f"{ld['rate_per_s']:,.0f} accepted/s over {ld['seconds']:.1f} s ({ld['accepted']:,} "
+         f"accepted; POST p50 {ld['post_p50_ms']:.0f} ms, p99 {ld['post_p99_ms']:.0f} ms)",
+         ">= 10,000 /s"),
+        ("freshness accepted -> published", f"p50 {sec(est.get('freshness_p50_s'))}, "
+         f"p99 {sec(est.get('freshness_p99_s'))}", "p99 <= 5 s"),
+        ("freshness published -> serving in the router",
+         f"p50 {sec(router.get('serving_lag_p50_s'))}, p99 {sec(router.get('serving_lag_p99_s'))}",
+         "p99 <= 10 s"),
+        ("checkpoint (live, stream paused while the stages hand over state)",
+         f"{sec(dur.get('last_checkpoint_took_s'))}, "
+         f"{(dur.get('last_checkpoint_bytes') or 0) / 2**20:,.0f} MiB", ""),
+        ("clean stop (final checkpoint)", f"{s['stop_s']:.1f} s; newest checkpoint file "
+         f"{(ck[-1] if ck else 0) / 2**20:,.0f} MiB", ""),
+        ("restart on the same data dir to /readyz (recovery)",
+         f"{s['recovery_ready_s']:.1f} s; accepted {s['recovered']['accepted']:,} of "
+         f"{s['accepted_before_stop']:,} before the stop, applied {s['recovered']['applied']:,}, "
+         f"{s['recovered']['replayed_batches']} log batches replayed", ""),
+        ("`GET /v1/congestion`, 10 km x 10 km boxes",
+         f"p50 {s['congestion']['congestion_p50_ms']:.0f} ms, p99 "
+         f"{s['congestion']['congestion_p99_ms']:.0f} ms "
+         f"({s['congestion']['congestion_edges_p50']:.0f} edges each, median)", ""),
+        ("closure in effect on routes (POST -> first route around it)", fin(cl["closure_s"]),
+         "<= 10 s"),
+        ("closure removed (DELETE -> first route back on it)", fin(cl["reopen_s"]), "<= 10 s"),
+    ]
+    lines = ["Serving checks (same server, same run):", "", "| check | measured | target |",
+             "|---|---|---|"]
+    lines += [f"| {a} | {b} | {t} |" for a, b, t in rows]
+    return lines + [""]
 
 
 def main() -> None:
@@ -352,6 +513,11 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=1, help="K x K tiles of New York (1: New York as is)")
     ap.add_argument("--work-dir", default=None, help="where inputs and outputs go (default: temporary)")
     ap.add_argument("--settle-s", type=float, default=10.0, help="pause before the steady PSS")
+    ap.add_argument("--load-vehicles", type=int, default=20_000,
+                    help="simulated vehicles of the probe load (random drives)")
+    ap.add_argument("--load-steps", type=int, default=30, help="fixes per vehicle, 5 s apart")
+    ap.add_argument("--skip-prepare", action="store_true",
+                    help="reuse the work dir's compiled network and artifacts")
     ap.add_argument("--no-append", action="store_true", help="print only; do not append to BENCHMARKS.md")
     ap.add_argument("--components", nargs=2, metavar=("NET", "ARTIFACTS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -364,19 +530,26 @@ def main() -> None:
     work = Path(tmp.name if tmp is not None else args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     r: dict[str, Any] = {}
-    gr, co, r["gen_s"] = make_input(args.k, work)
     net_path = work / f"k{args.k}.net"
-    r["import_s"] = _timed(traffic_cmd() + ["network", "import", str(gr), "--co", str(co), "-o", str(net_path)],
-                           stdout=subprocess.DEVNULL)
-    r["net_file_b"] = net_path.stat().st_size
-    r["prepare_s"] = _timed(traffic_cmd() + ["network", "prepare", str(net_path), "--force"],
-                            stdout=subprocess.DEVNULL)
     prepared = Path(f"{net_path}.prepared")
-    r["artifacts_b"] = sum(p.stat().st_size for p in prepared.iterdir())
+    saved = work / f"scale-k{args.k}.json"
+    if args.skip_prepare and net_path.exists() and prepared.exists() and saved.exists():
+        r = {key: v for key, v in json.loads(saved.read_text()).items()
+             if key in ("gen_s", "import_s", "net_file_b", "prepare_s", "artifacts_b")}
+    else:
+        gr, co, r["gen_s"] = make_input(args.k, work)
+        r["import_s"] = _timed(traffic_cmd() + ["network", "import", str(gr), "--co", str(co),
+                                                "-o", str(net_path)], stdout=subprocess.DEVNULL)
+        r["net_file_b"] = net_path.stat().st_size
+        r["prepare_s"] = _timed(traffic_cmd() + ["network", "prepare", str(net_path), "--force"],
+                                stdout=subprocess.DEVNULL)
+        r["artifacts_b"] = sum(p.stat().st_size for p in prepared.iterdir())
+        saved.write_text(json.dumps(r))
     comp = subprocess.run([sys.executable, __file__, "--components", str(net_path), str(prepared)],
                           check=True, capture_output=True, text=True, cwd=ROOT)
     r["components"] = json.loads(comp.stdout.strip().splitlines()[-1])
-    r["serve"] = serve_and_measure(net_path, work, settle_s=args.settle_s, k=args.k)
+    r["serve"] = serve_and_measure(net_path, work, settle_s=args.settle_s, k=args.k,
+                                   load_vehicles=args.load_vehicles, load_steps=args.load_steps)
     text = report(args.k, r, f"python benchmarks/scale.py --k {args.k}")
     print(text)
     (work / f"scale-k{args.k}.json").write_text(json.dumps(r, indent=1, default=str))

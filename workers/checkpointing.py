@@ -40,6 +40,7 @@ def checkpoint(svc: Any, now_s: float | None) -> None:
     """
     durability = svc.durability
     journal = None if svc.shards is None else svc.shards.journal
+    t0 = time.perf_counter()
     with svc.quiet():  # every batch handed on is folded
         est = svc.estimator_call("state_dict_if_booted", svc.boot)
         if est is None:
@@ -54,7 +55,9 @@ def checkpoint(svc: Any, now_s: float | None) -> None:
         state = compose(est, parts, svc.watermark_t())
         state.update(prefixed("closures", svc.closures.state_dict()))
         state.update(prefixed("feeds", svc.feeds.state_dict()))
-        durability.save(state, event_time_s=max(marks) if marks else None)
+        path = durability.save(state, event_time_s=max(marks) if marks else None)
+        durability.last_checkpoint_took_s = time.perf_counter() - t0
+        durability.last_checkpoint_bytes = path.stat().st_size
     except OSError:
         logger.exception("checkpoint failed; the probe log keeps everything since the last one")
         return

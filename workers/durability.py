@@ -163,6 +163,10 @@ class Durability:
         self.checkpoints_saved = 0
         self.replayed_batches = 0
         self.last_checkpoint_s: float | None = None
+        #: The last checkpoint's cost: seconds from asking the stages for their state to the
+        #: file being durable (the stream waits that long), and the file's bytes.
+        self.last_checkpoint_took_s: float | None = None
+        self.last_checkpoint_bytes: int | None = None
 
     # -- write path ---------------------------------------------------------------------
     def prepare(self, probes: pl.DataFrame, now_s: float, *,
@@ -282,7 +286,9 @@ class Durability:
         return {"log_seq": pos.seq, "log_rows": pos.row,
                 "checkpoints_saved": self.checkpoints_saved,
                 "replayed_batches": self.replayed_batches,
-                "last_checkpoint_unix_s": self.last_checkpoint_s}
+                "last_checkpoint_unix_s": self.last_checkpoint_s,
+                "last_checkpoint_took_s": self.last_checkpoint_took_s,
+                "last_checkpoint_bytes": self.last_checkpoint_bytes}
 
     def close(self) -> None:
         """Close the log (appends then fail)."""
