@@ -20,12 +20,24 @@ What a contour guarantees, by construction:
 
 Polygons are in lon/lat (GeoJSON order), areas in km² on the projection. Cost: the search
 over the reached region, plus O(reached road length / cell) for the polygons.
+
+**On the forecast** (``forecast``, a :class:`traffic.forecast.EtaModel`): the search is
+time-dependent, as route ETAs are (:func:`traffic.forecast.eta_along`): each edge takes its
+forecast travel time for the moment it is reached (``depart_in_s`` after the model's time plus
+the node's reach time), the same formula per edge, so a point inside a contour of ``c``
+minutes is one whose route ETA is within ``c`` (the forecast changes slowly with time, so
+waiting never arrives earlier and the labels are final when settled). It costs one ``exp``
+per relaxed edge more than the static search. Only forward: a reverse contour fixes the
+arrival, not the departure, and each start point would need its own search; reverse contours
+stay on the static times (the caller says ``basis: live``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import shapely
@@ -65,14 +77,51 @@ def check_minutes(minutes: list[float]) -> list[float]:
     return sorted(set(vals))
 
 
+def _forecast_args(forecast: Any, n_edges: int) -> tuple[Any, ...]:
+    """The model's arrays and scalars in :func:`_forecast_tt`'s order (after ``h``)."""
+    if forecast.n_edges != n_edges:
+        raise ValueError(f"the forecast model holds {forecast.n_edges} edges; the network "
+                         f"has {n_edges} (a model of another network version?)")
+    c = forecast.forecast
+    return (forecast.slope_per_s, forecast.lag_s, forecast.freeflow_tt_s, float(c.gain),
+            float(forecast.pool_slope_per_s), float(c.damping_s), float(c.local_tau_s),
+            bool(c.correct_lag), bool(c.local_tau_s >= 1e8), float(c.max_log_change))
+
+
+def forecast_edge_times(forecast: Any, travel_time_s: np.ndarray, edges: np.ndarray,
+                        horizon_s: np.ndarray) -> np.ndarray:
+    """Forecast travel time (s, whole edge) of each of ``edges`` entered ``horizon_s`` after
+    the model's time: the formula of :func:`traffic.forecast.eta_along` (with its free-flow
+    floor), from the live ``travel_time_s`` (per network edge)."""
+    e = np.asarray(edges, dtype=np.int64)
+    h = np.broadcast_to(np.asarray(horizon_s, dtype=np.float64), e.shape)
+    tt = np.ascontiguousarray(travel_time_s, dtype=np.float64)
+    return _forecast_times(tt, e, np.ascontiguousarray(h), *_forecast_args(forecast, tt.size))
+
+
 def reach_times(net: RoadNetwork, travel_time_s: np.ndarray, seed_node: np.ndarray,
-                seed_s: np.ndarray, limit_s: float, *, reverse: bool = False) -> np.ndarray:
+                seed_s: np.ndarray, limit_s: float, *, reverse: bool = False,
+                forecast: Any = None, depart_in_s: float = 0.0) -> np.ndarray:
     """Seconds from the seeds to every node (``reverse``: from every node to the seeds)
-    within ``limit_s``; ``inf`` where not reached in time. ``travel_time_s`` per edge."""
+    within ``limit_s``; ``inf`` where not reached in time. ``travel_time_s`` per edge.
+
+    With ``forecast`` (a :class:`traffic.forecast.EtaModel`; forward only) ``travel_time_s``
+    are the live times it forecasts from, and each edge takes its forecast for the moment
+    it is entered: ``depart_in_s`` (s after the model's time) plus the node's time."""
     tt = np.ascontiguousarray(travel_time_s, dtype=np.float64)
     if tt.shape != (net.n_edges,):
         raise ValueError(f"`travel_time_s` must hold one time per edge ({net.n_edges}); "
                          f"got shape {tt.shape}")
+    if forecast is not None:
+        if reverse:
+            raise ValueError("forecast reach times run forward only (a reverse search fixes "
+                             "the arrival, not the departure); pass forecast=None")
+        return _dijkstra_td(np.asarray(net.out_first, np.int64),
+                            np.asarray(net.out_edge, np.int64),
+                            np.asarray(net.edge_dst, np.int64), tt,
+                            np.asarray(seed_node, np.int64), np.asarray(seed_s, np.float64),
+                            float(limit_s), net.n_nodes, float(depart_in_s),
+                            *_forecast_args(forecast, net.n_edges))
     if reverse:
         first, edges, ends = net.in_first, net.in_edge, net.edge_src
     else:
@@ -85,11 +134,15 @@ def reach_times(net: RoadNetwork, travel_time_s: np.ndarray, seed_node: np.ndarr
 def isochrones(net: RoadNetwork, travel_time_s: np.ndarray, origin_edge: np.ndarray,
                origin_offset_m: np.ndarray, minutes: list[float], *, reverse: bool = False,
                cell_m: float = DEFAULT_CELL_M,
-               geometry: EdgeGeometry | None = None) -> list[Contour]:
+               geometry: EdgeGeometry | None = None, forecast: Any = None,
+               depart_in_s: float = 0.0) -> list[Contour]:
     """Contours reached from the origin (edges it snapped to, offsets along them, m).
 
     ``reverse``: the areas from which the origin is reached within each time.
     ``geometry``: the network's :class:`EdgeGeometry`, built once by the caller (else here).
+    ``forecast``: a :class:`traffic.forecast.EtaModel` (forward only): the contours of the
+    time-dependent search departing ``depart_in_s`` after its time (module docstring), with
+    ``travel_time_s`` the live times it forecasts from.
     """
     mins = check_minutes(minutes)
     tt = np.asarray(travel_time_s, dtype=np.float64)
@@ -97,8 +150,20 @@ def isochrones(net: RoadNetwork, travel_time_s: np.ndarray, origin_edge: np.ndar
     length = np.asarray(net.edge_length_m, dtype=np.float64)
     frac = np.clip(np.asarray(origin_offset_m, np.float64) / np.maximum(length[e], 1e-9), 0, 1)
     limit = mins[-1] * 60.0
+    tt_at = None
+    if forecast is not None:
+        if reverse:
+            raise ValueError("forecast isochrones run forward only (a reverse contour fixes "
+                             "the arrival, not the departure); pass forecast=None")
+        dep = max(float(depart_in_s), 0.0)
+        def tt_at(edges: np.ndarray, t_s: np.ndarray) -> np.ndarray:
+            return forecast_edge_times(forecast, tt, edges, dep + t_s)
     if reverse:  # to the origin: from the start of its edge, then backwards
         times = reach_times(net, tt, net.edge_src[e], frac * tt[e], limit, reverse=True)
+    elif tt_at is not None:
+        seed = (1.0 - frac) * tt_at(e, np.zeros(e.size))
+        times = reach_times(net, tt, net.edge_dst[e], seed, limit, forecast=forecast,
+                            depart_in_s=dep)
     else:
         times = reach_times(net, tt, net.edge_dst[e], (1.0 - frac) * tt[e], limit)
     lat0 = float(np.mean(net.node_lat[net.edge_src[e]]))
@@ -108,7 +173,7 @@ def isochrones(net: RoadNetwork, travel_time_s: np.ndarray, origin_edge: np.ndar
     out, cells = [], np.zeros(0, dtype=np.int64)
     for m in mins:
         c = m * 60.0
-        stretch = _stretches(net, tt, times, e, frac, c, reverse=reverse)
+        stretch = _stretches(net, tt, times, e, frac, c, reverse=reverse, tt_at=tt_at)
         lat, lon = geom.sample(*stretch, step_m=cell_m / 2.0)
         new = _cell_ids((lon - lon0) * kx, (lat - lat0) * _M_PER_DEG_LAT, cell_m)
         # Nesting: every smaller contour's cells stay.
@@ -122,20 +187,24 @@ def isochrones(net: RoadNetwork, travel_time_s: np.ndarray, origin_edge: np.ndar
 
 
 def _stretches(net: RoadNetwork, tt: np.ndarray, times: np.ndarray, oe: np.ndarray,
-               ofrac: np.ndarray, c: float, *, reverse: bool
+               ofrac: np.ndarray, c: float, *, reverse: bool,
+               tt_at: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(edge, from fraction, to fraction)`` of every road stretch reached within ``c`` s."""
+    """``(edge, from fraction, to fraction)`` of every road stretch reached within ``c`` s.
+    ``tt_at(edges, t_s)``: an edge's time when entered ``t_s`` after the start (default its
+    ``tt``)."""
     near = net.edge_dst if reverse else net.edge_src
     t_near = times[near]
     ok = np.flatnonzero(t_near <= c)
-    edge_tt = np.maximum(tt[ok], 1e-9)
+    edge_tt = np.maximum(tt[ok] if tt_at is None else tt_at(ok, t_near[ok]), 1e-9)
     reach = np.clip((c - t_near[ok]) / edge_tt, 0.0, 1.0)
     if reverse:  # the part of the edge ending at its reached end node
         a, b = 1.0 - reach, np.ones_like(reach)
     else:
         a, b = np.zeros_like(reach), reach
     # The origin's own edges: from the origin onwards (reverse: up to it).
-    o_reach = np.clip(c / np.maximum(tt[oe], 1e-9), 0.0, 1.0)
+    o_tt = tt[oe] if tt_at is None else tt_at(oe, np.zeros(oe.size))
+    o_reach = np.clip(c / np.maximum(o_tt, 1e-9), 0.0, 1.0)
     if reverse:
         oa, ob = np.maximum(ofrac - o_reach, 0.0), ofrac
     else:
@@ -278,6 +347,85 @@ def _dijkstra(first, edges, ends, tt, seed_node, seed_s, limit, n):  # pragma: n
         for k in range(first[u], first[u + 1]):
             e = edges[k]
             nd = d + tt[e]
+            w = ends[e]
+            if nd <= limit and nd < dist[w]:
+                dist[w] = nd
+                heap_d, heap_v = _push(heap_d, heap_v, size, nd, w)
+                size += 1
+    return dist
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _forecast_tt(live, slope, lag, floor, h, gain, pool, damping_s, local_tau_s, correct_lag,
+                 no_fade, max_change):  # pragma: no cover - jitted
+    """One edge's forecast travel time (s) entered ``h`` s after the model's time: the
+    arithmetic of :func:`traffic.forecast.eta_along` for one edge."""
+    u = h + lag
+    ch_pool = damping_s * -math.expm1(-u / damping_s)
+    if not correct_lag:
+        ch_pool -= damping_s * -math.expm1(-lag / damping_s)
+    if no_fade:
+        ch_loc = u if correct_lag else u - lag
+    else:
+        ch_loc = local_tau_s * -math.expm1(-u / local_tau_s)
+        if not correct_lag:
+            ch_loc -= local_tau_s * -math.expm1(-lag / local_tau_s)
+    ch = gain * pool * ch_pool + gain * (slope - pool) * ch_loc
+    ch = min(max(ch, -max_change), max_change)
+    return max(live * math.exp(ch), min(live, floor))
+
+
+@njit(cache=True, nogil=True)
+def _forecast_times(tt, edges, h, slope, lag, floor, gain, pool, damping_s, local_tau_s,
+                    correct_lag, no_fade, max_change):  # pragma: no cover - jitted
+    out = np.empty(edges.shape[0])
+    for i in range(edges.shape[0]):
+        e = edges[i]
+        out[i] = _forecast_tt(tt[e], float(slope[e]), float(lag[e]), float(floor[e]), h[i],
+                              gain, pool, damping_s, local_tau_s, correct_lag, no_fade,
+                              max_change)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _dijkstra_td(first, edges, ends, tt, seed_node, seed_s, limit, n, depart_in, slope, lag,
+                 floor, gain, pool, damping_s, local_tau_s, correct_lag, no_fade,
+                 max_change):  # pragma: no cover - jitted
+    """:func:`_dijkstra` with each edge at its forecast for the time it is entered."""
+    dist = np.full(n, np.inf)
+    heap_d = np.empty(1024)
+    heap_v = np.empty(1024, dtype=np.int64)
+    size = 0
+    for i in range(seed_node.shape[0]):
+        v, d = seed_node[i], seed_s[i]
+        if d <= limit and d < dist[v]:
+            dist[v] = d
+            heap_d, heap_v = _push(heap_d, heap_v, size, d, v)
+            size += 1
+    while size > 0:
+        d, u = heap_d[0], heap_v[0]
+        size -= 1
+        ld, lv = heap_d[size], heap_v[size]
+        j = 0
+        while True:
+            c = 2 * j + 1
+            if c >= size:
+                break
+            if c + 1 < size and heap_d[c + 1] < heap_d[c]:
+                c += 1
+            if heap_d[c] >= ld:
+                break
+            heap_d[j], heap_v[j] = heap_d[c], heap_v[c]
+            j = c
+        if size > 0:
+            heap_d[j], heap_v[j] = ld, lv
+        if d > dist[u]:
+            continue
+        for k in range(first[u], first[u + 1]):
+            e = edges[k]
+            nd = d + _forecast_tt(tt[e], float(slope[e]), float(lag[e]), float(floor[e]),
+                                  depart_in + d, gain, pool, damping_s, local_tau_s,
+                                  correct_lag, no_fade, max_change)
             w = ends[e]
             if nd <= limit and nd < dist[w]:
                 dist[w] = nd

@@ -16,17 +16,26 @@ query threads; the router's own :meth:`~graph.router.Router.route` stays the lea
 
 All legs (and the alternatives) are searched in one call on a query thread, on one leased
 metric, so they share one weights version.
+
+**One duration.** Every figure of an answer sums one vector of per-edge driven seconds
+(:attr:`Leg.edge_duration_s`): the route's and each leg's ``duration_s``, the steps'
+(:func:`graph.steps.route_steps`) and the annotations'. On the live weights they are the
+metric's times times each edge's driven share; :func:`forecast_legs` replaces them with the
+forecast driven times (:meth:`traffic.forecast.EtaModel.route_eta`: each edge at its forecast
+for when the car reaches it; a via leg departs when the previous one arrives, an alternative
+at the departure), and a plain route (:func:`route_edge_shares`) gets the very same numbers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import pairwise
 from typing import Any
 
 import numpy as np
+from numba import njit
 
 from graph.alternatives import AlternativesConfig, find_alternatives
 from graph.cch import QueryCache
@@ -42,7 +51,9 @@ __all__ = [
     "Leg",
     "Plan",
     "congestion_levels",
+    "forecast_legs",
     "plan_route",
+    "route_edge_shares",
     "route_summary",
 ]
 
@@ -60,11 +71,13 @@ _SNAP_TIE_M = 0.01
 @dataclass(frozen=True, slots=True, eq=False)
 class Leg:
     """One stretch of a route: the :class:`graph.router.Route` and, per edge of it, the
-    seconds and metres driven on it (the first and last edges in part)."""
+    seconds and metres driven on it and the driven share of the edge (0..1; below 1 only
+    for the first and last edges). ``route.duration_s`` is the sum of ``edge_duration_s``."""
 
     route: Any  # graph.router.Route
     edge_duration_s: np.ndarray  # float64[k]
     edge_distance_m: np.ndarray  # float64[k]
+    edge_share: np.ndarray  # float64[k]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -178,16 +191,102 @@ def _leg(router: Any, version: str, res: Any, start: tuple[np.ndarray, ...],
     edges = res.edges
     dur = np.array(tt[edges], dtype=np.float64)
     dist = np.array(router.net.edge_length_m[edges], dtype=np.float64)
+    share = np.ones(edges.size)
     if edges.size == 1:
-        dur[0] *= ft - fs
+        share[0] = ft - fs
         dist[0] = ot - os_
     else:
-        dur[0] *= 1.0 - fs
-        dur[-1] *= ft
+        share[0], share[-1] = 1.0 - fs, ft
         dist[0] -= os_
         dist[-1] = ot
     # The route's duration is the float sum of exactly these terms (graph.cch); keep it exact.
-    return Leg(route, dur, dist)
+    dur[0] *= share[0]
+    if edges.size > 1:
+        dur[-1] *= share[-1]
+    return Leg(route, dur, dist, share)
+
+
+def forecast_legs(legs: list[Leg], eta: Any, travel_time_s: np.ndarray, *,
+                  depart_in_s: float) -> tuple[list[Leg], tuple[float, float, float]]:
+    """The legs driven one after the other on the forecast, and the route's
+    ``(duration_s, p10_s, p90_s)``.
+
+    ``eta`` is a :class:`traffic.forecast.EtaModel`; ``travel_time_s`` the live times (s per
+    network edge) it forecasts from; ``depart_in_s`` the departure after the model's time
+    (s). One :meth:`~traffic.forecast.EtaModel.route_eta` over all legs' edges with their
+    driven shares: each edge at its forecast for when the car reaches it, so a leg departs
+    when the previous one arrives. Each returned leg's ``edge_duration_s`` is its slice of the
+    forecast driven times and its ``route.duration_s`` their sum; distances and shares are
+    kept. O(route edges).
+    """
+    edges = np.concatenate([lg.route.edge_ids for lg in legs])
+    share = np.concatenate([lg.edge_share for lg in legs])
+    d, lo, hi, tt = eta.route_eta(edges, travel_time_s[edges], depart_in_s=depart_in_s,
+                                  share=share)
+    out, i = [], 0
+    for lg in legs:
+        k = lg.route.edge_ids.size
+        part = tt[i:i + k]
+        i += k
+        out.append(Leg(replace(lg.route, duration_s=float(part.sum())), part,
+                       lg.edge_distance_m, lg.edge_share))
+    return out, (float(d), float(lo), float(hi))
+
+
+def route_edge_shares(router: Any, route: Any) -> np.ndarray:
+    """Driven share (0..1) of each edge of a :class:`graph.router.Route` built by
+    ``router`` (``Router.route``, ``AvoidRouter.route``): 1 but for the first and last edges.
+
+    A Route does not keep its end positions' offsets, so they are read back from its
+    polyline, whose first and last points ``Router._point_at`` placed by linear
+    interpolation along the end edges' geometry (``Router._pt_cum_m``): each is projected on
+    its edge's segments (O(points of the two end edges), ~2 us). The shares match those
+    :func:`plan_route` gives its legs (:class:`Leg`) to ~1e-12.
+    """
+    edges = route.edge_ids
+    k = edges.size
+    share = np.ones(k)
+    if k == 0:
+        return share
+    net = router.net
+    length = net.edge_length_m
+    e0, e1 = int(edges[0]), int(edges[-1])
+    lat, lon = route.lat, route.lon
+    go, cum = net.geom_offsets, router._pt_cum_m
+    off_s = _offset_on_edge(net.geom_lat, net.geom_lon, cum, int(go[e0]), int(go[e0 + 1]),
+                            float(lat[0]), float(lon[0]))
+    off_t = _offset_on_edge(net.geom_lat, net.geom_lon, cum, int(go[e1]), int(go[e1 + 1]),
+                            float(lat[-1]), float(lon[-1]))
+    l0, l1 = float(length[e0]), float(length[e1])
+    fs = min(max(off_s / l0, 0.0), 1.0) if l0 > 0 else 0.0
+    ft = min(max(off_t / l1, 0.0), 1.0) if l1 > 0 else 0.0
+    if k == 1:
+        share[0] = max(ft - fs, 0.0)
+    else:
+        share[0], share[-1] = 1.0 - fs, ft
+    return share
+
+
+@njit(cache=True, nogil=True)
+def _offset_on_edge(glat, glon, cum, a, b, plat, plon):  # pragma: no cover - jitted
+    """Offset (m, ``cum`` units) along the edge whose geometry points are ``a..b-1`` of the
+    point ``(plat, plon)`` on it: the nearest segment's start offset plus the projected part
+    of its length (local equirectangular plane)."""
+    kx = np.cos(np.radians(plat))
+    best, off = np.inf, cum[a]
+    for i in range(a, b - 1):
+        dx = (glon[i + 1] - glon[i]) * kx
+        dy = glat[i + 1] - glat[i]
+        px = (plon - glon[i]) * kx
+        py = plat - glat[i]
+        den = dx * dx + dy * dy
+        t = 0.0 if den <= 0.0 else min(max((px * dx + py * dy) / den, 0.0), 1.0)
+        ex, ey = px - t * dx, py - t * dy
+        err = ex * ex + ey * ey
+        if err < best:
+            best = err
+            off = cum[i] + t * (cum[i + 1] - cum[i])
+    return off
 
 
 def _snap_heading(router: Any, point: np.ndarray, max_snap_m: float, bearing_deg: float,
@@ -300,8 +399,10 @@ def plan_answer(
     """The JSON fields of a planned route: the fastest route's totals (sums over its legs),
     joined geometry and edges, ``summary``, ``legs`` (each with ``summary``; ``steps`` when
     asked), ``annotations`` when asked, and ``alternatives`` (the same fields, one leg each)
-    when any were asked for. ``travel_time_s`` is the metric's per-edge times (annotations'
-    speeds and congestion, step durations)."""
+    when any were asked for. Every duration sums the legs' :attr:`Leg.edge_duration_s`
+    (live or, after :func:`forecast_legs`, forecast); ``travel_time_s`` is the metric's
+    per-edge times (congestion, which tells the roads as they are now, and the speed of an
+    edge not driven at all)."""
     out = _route_fields(net, plan.legs, steps=steps, annotations=annotations,
                         geometry_format=geometry_format, travel_time_s=travel_time_s,
                         observed=observed)
@@ -334,7 +435,10 @@ def _route_fields(net: RoadNetwork, legs: list[Leg], *, steps: bool, annotations
         tt = net.edge_freeflow_time_s if travel_time_s is None else travel_time_s
         length = net.edge_length_m[edges]
         full = tt[edges]
+        # The speed the durations are driven at (forecast or live); an edge not driven at
+        # all (a zero share at an end) gets its whole-edge speed on the metric.
         speed = np.divide(length, full, out=np.zeros_like(length), where=full > 0)
+        np.divide(dist, dur, out=speed, where=(dur > 0) & (dist > 0))
         out["annotations"] = {
             "speed_mps": speed.tolist(), "duration_s": dur.tolist(),
             "congestion": congestion_levels(edges, tt, net.edge_freeflow_time_s,
@@ -352,5 +456,6 @@ def _leg_fields(net: RoadNetwork, leg: Leg, *, steps: bool,
     if steps:
         from graph.steps import route_steps
 
-        out["steps"] = route_steps(net, r, travel_time_s=travel_time_s)
+        out["steps"] = route_steps(net, r, travel_time_s=travel_time_s,
+                                   edge_duration_s=leg.edge_duration_s)
     return out

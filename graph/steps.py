@@ -80,9 +80,13 @@ arrive             You have arrived at your destination
 
 **Distances and durations.** Each route edge's driven length is its ``edge_length_m`` (the
 first and last edges only in part: the share of their polyline the route's polyline covers);
-the last edge takes whatever makes the sum the route's ``distance_m`` exactly. Durations split
-the route's ``duration_s`` in proportion to each edge's travel time (the live times the route
-was computed on, when given, else free-flow) times its driven share, so they add up to it.
+the last edge takes whatever makes the sum the route's ``distance_m`` exactly. Durations are
+the route's own per-edge driven seconds when the caller has them (``edge_duration_s``: the
+live times the route was computed on, or the forecast driven times of
+:meth:`traffic.forecast.EtaModel.route_eta`; the route's ``duration_s`` is their sum, so the
+steps add up to it, the way annotations do). Without them they split the route's
+``duration_s`` in proportion to each edge's travel time (the live times when given, else
+free-flow) times its driven share, so they add up to it as well.
 Step geometries are the route's polyline cut at the manoeuvre points: joined, they are the
 route's geometry.
 
@@ -391,8 +395,12 @@ def _polyline_m(lat: np.ndarray, lon: np.ndarray) -> float:
 
 
 def _edge_amounts(net: RoadNetwork, route: Any, cut: np.ndarray,
-                  travel_time_s: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Driven metres and seconds of each route edge; they sum to the route's totals."""
+                  travel_time_s: np.ndarray | None,
+                  edge_duration_s: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Driven metres and seconds of each route edge; they sum to the route's totals.
+
+    ``edge_duration_s`` (s per route edge, first and last in part) are taken as the seconds
+    as they are; otherwise the route's ``duration_s`` is split as the module doc says."""
     edges = np.asarray(route.edge_ids, dtype=np.int64)
     k = edges.size
     length = net.edge_length_m[edges].astype(np.float64)
@@ -411,6 +419,8 @@ def _edge_amounts(net: RoadNetwork, route: Any, cut: np.ndarray,
         dist[-1] = max(total_m - float(dist[:-1].sum()), 0.0)
         if length[-1] > 0:
             share[-1] = min(dist[-1] / length[-1], 1.0)
+    if edge_duration_s is not None:
+        return dist, edge_duration_s
     tt = (net.edge_freeflow_time_s[edges] if travel_time_s is None
           else np.asarray(travel_time_s, dtype=np.float64)[edges])
     weight = np.where(np.isfinite(tt), tt, 0.0) * share
@@ -423,8 +433,8 @@ def _edge_amounts(net: RoadNetwork, route: Any, cut: np.ndarray,
     return dist, secs
 
 
-def route_steps(net: RoadNetwork, route: Any, *,
-                travel_time_s: np.ndarray | None = None) -> list[dict[str, Any]]:
+def route_steps(net: RoadNetwork, route: Any, *, travel_time_s: np.ndarray | None = None,
+                edge_duration_s: np.ndarray | None = None) -> list[dict[str, Any]]:
     """The steps of one driven route (see the module docstring), JSON-ready dicts.
 
     Parameters
@@ -437,12 +447,28 @@ def route_steps(net: RoadNetwork, route: Any, *,
     travel_time_s
         Per-edge travel times (s, one per network edge) the route was computed on; they
         split the route's duration over its edges. Free-flow times when ``None``.
+    edge_duration_s
+        The seconds driven on each route edge (one per route edge, in driving order, the
+        first and last in part), summing to the route's ``duration_s``: the steps' durations
+        are sums of them (:class:`graph.navigation.Leg`'s, live or forecast). Takes the
+        place of ``travel_time_s``.
+
+    Raises
+    ------
+    ValueError
+        When ``edge_duration_s`` does not hold one finite value per route edge.
     """
     edges = np.asarray(route.edge_ids, dtype=np.int64)
+    if edge_duration_s is not None:
+        edge_duration_s = np.asarray(edge_duration_s, dtype=np.float64)
+        if edge_duration_s.shape != edges.shape or not np.isfinite(edge_duration_s).all():
+            raise ValueError(
+                f"`edge_duration_s` must hold one finite time (s) per route edge "
+                f"({edges.size}); got shape {edge_duration_s.shape}")
     lat, lon = np.asarray(route.lat, dtype=np.float64), np.asarray(route.lon, dtype=np.float64)
     h = _Edges(net)
     cut = _split_points(net, edges, lat, lon)
-    dist, secs = _edge_amounts(net, route, cut, travel_time_s)
+    dist, secs = _edge_amounts(net, route, cut, travel_time_s, edge_duration_s)
     # Each step: (first route edge, polyline index it starts at, maneuver fields).
     starts: list[tuple[int, int, dict[str, Any]]] = []
     first_after = _bearing(lat[0], lon[0], lat[1], lon[1]) if lat.size > 1 and (
@@ -513,10 +539,12 @@ def _step(man: dict[str, Any], name: str | None, ref: str | None, distance_m: fl
             "instruction": text}
 
 
-def route_legs(net: RoadNetwork, route: Any, *,
-               travel_time_s: np.ndarray | None = None) -> list[dict[str, Any]]:
+def route_legs(net: RoadNetwork, route: Any, *, travel_time_s: np.ndarray | None = None,
+               edge_duration_s: np.ndarray | None = None) -> list[dict[str, Any]]:
     """The ``legs`` of a route answer: one leg (``distance_m``, ``duration_s``, ``steps``)
-    per stretch between waypoints; a route without via points has one."""
-    steps = route_steps(net, route, travel_time_s=travel_time_s)
+    per stretch between waypoints; a route without via points has one.
+    ``travel_time_s``/``edge_duration_s`` as in :func:`route_steps`."""
+    steps = route_steps(net, route, travel_time_s=travel_time_s,
+                        edge_duration_s=edge_duration_s)
     return [{"distance_m": float(route.distance_m), "duration_s": float(route.duration_s),
              "steps": steps}]

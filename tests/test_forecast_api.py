@@ -54,9 +54,16 @@ def test_route_forecast_later_departure(client, services):
     assert rel(later) >= rel(now) - 1e-9
 
 
-def test_route_with_steps_stays_live(client):
+def test_route_with_steps_is_forecast(client):
+    """Steps no longer change a route's duration (one duration everywhere; more in
+    tests/test_one_duration.py)."""
+    plain = client.get("/v1/route", params={"from": A, "to": B}).json()
     body = client.get("/v1/route", params={"from": A, "to": B, "steps": "true"}).json()
-    assert body["basis"] == "live" and "duration_p10_s" not in body
+    assert body["basis"] == "forecast"
+    assert body["duration_s"] == pytest.approx(plain["duration_s"], abs=1e-6)
+    assert body["duration_p10_s"] <= body["duration_s"] <= body["duration_p90_s"]
+    steps = body["legs"][0]["steps"]
+    assert sum(s["duration_s"] for s in steps) == pytest.approx(body["duration_s"], abs=1e-6)
 
 
 def test_estimator_trend_checkpoint_round_trip(services):

@@ -189,10 +189,15 @@ class RouterCore(RouterOverrides):
         """Route between two points; the JSON-ready answer with versions and ``basis``.
 
         On live weights with a forecast model (:meth:`apply_publication` keeps the newest
-        full publication's), a plain route (no steps, navigation options or avoids) gets the
-        time-dependent ETA: each edge at its forecast for when it is reached, departing at
-        ``depart_at_s`` (default now; up to an hour ahead), ``duration_p10_s``/
-        ``duration_p90_s`` and ``basis`` ``forecast`` (:class:`traffic.forecast.EtaModel`).
+        full publication's), every route answer gets the time-dependent ETA: each edge at
+        its forecast for when it is reached, departing at ``depart_at_s`` (default now; up
+        to the model's ``profile_blend_s`` ahead), ``duration_p10_s``/``duration_p90_s`` and
+        ``basis`` ``forecast`` (:class:`traffic.forecast.EtaModel`). One vector of forecast
+        per-edge driven times then gives every duration of the answer: the route's, its
+        legs' (a via leg departs when the previous one arrives), steps' and annotations';
+        each alternative is forecast on its own from the departure. So the same trip has the
+        same ``duration_s`` plain, with steps, annotations, alternatives, an exclusion that
+        does not change its path, and over the OSRM facade.
 
         With ``profile=(key, travel_time_s)`` the route uses those (time-of-week) travel
         times, customized once per ``key`` and cached. ``on_caller``/``caller_queries``: run
@@ -208,10 +213,10 @@ class RouterCore(RouterOverrides):
             # graph.navigation, on the query threads; with closed edges on an avoid overlay.
             out = self._navigate([tuple(from_latlon), *nav.pop("via", ()), tuple(to_latlon)],
                                  key, max_snap_m=max_snap_m, steps=steps, exclude=exclude,
-                                 avoid=avoid, **nav)
+                                 avoid=avoid, depart_at_s=depart_at_s, **nav)
             for r in (out, *out.get("alternatives", ())):
                 r["weights_t"] = self.weights_t if basis == "live" else None
-                r["basis"] = basis
+                r.setdefault("basis", basis)
             return out
         if exclude or avoid is not None:
             res = self.avoid_router().route(tuple(from_latlon), tuple(to_latlon),
@@ -224,40 +229,67 @@ class RouterCore(RouterOverrides):
         out = dict(res.to_json())
         out["weights_t"] = self.weights_t if basis == "live" else None
         out["basis"] = basis
-        if basis == "live" and not exclude and avoid is None:
+        if basis == "live":
             self._forecast(out, res, depart_at_s)
         return out
 
-    def _forecast(self, out: dict[str, Any], res: Any, depart_at_s: float | None) -> None:
-        """Put the forecast ETA and its range into a plain route's answer ``out`` (in place);
-        nothing without a model. O(route edges)."""
+    def _forecast_on(self, depart_at_s: float | None) -> tuple[Any, np.ndarray, float] | None:
+        """``(model, live travel_time_s, depart_in_s)`` when live answers use the forecast:
+        a model for this network and a departure within its ``profile_blend_s`` (beyond that
+        hour the live weights answer, as before); else ``None``."""
         model, tt = self._eta, self._travel_times(None)
-        edges = res.edge_ids
-        if model is None or tt is None or edges.size == 0 or model.n_edges != tt.shape[0]:
-            return
-        live = tt[edges]
-        full = float(live.sum())
-        if not (full > 0 and np.isfinite(full)):
-            return
+        if model is None or tt is None or model.n_edges != tt.shape[0]:
+            return None
         now = self.weights_t if self.weights_t is not None else model.t_s
         depart_in = 0.0 if depart_at_s is None else max(float(depart_at_s) - now, 0.0)
         if depart_in > model.forecast.profile_blend_s:
-            return  # a short-term forecast: beyond its hour the live weights answer, as before
-        d, lo, hi, _ = model.route_eta(edges, live, depart_in_s=depart_in)
-        # The route's partial first and last edges: scale by its own share of the full edges.
-        k = res.duration_s / full
-        out["duration_s"], out["duration_p10_s"], out["duration_p90_s"] = d * k, lo * k, hi * k
+            return None
+        return model, tt, depart_in
+
+    def _forecast(self, out: dict[str, Any], res: Any, depart_at_s: float | None) -> None:
+        """Put the forecast ETA and its range into a route's answer ``out`` (in place; the
+        route of ``Router.route`` or ``AvoidRouter.route``); nothing without a model.
+
+        The partial first and last edges count with their driven shares
+        (:func:`graph.navigation.route_edge_shares`), as :func:`graph.navigation.forecast_legs`
+        counts them, so a route with steps or other options gets the same figures.
+        O(route edges)."""
+        on = self._forecast_on(depart_at_s)
+        edges = res.edge_ids
+        if on is None or edges.size == 0:
+            return
+        from graph.navigation import route_edge_shares
+
+        model, tt, depart_in = on
+        live = tt[edges]
+        if not np.isfinite(live.sum()):
+            return
+        d, lo, hi, _ = model.route_eta(edges, live, depart_in_s=depart_in,
+                                       share=route_edge_shares(self.router, res))
+        out["duration_s"], out["duration_p10_s"], out["duration_p90_s"] = d, lo, hi
         out["basis"] = "forecast"
 
     def _navigate(self, points: list[tuple[float, float]], key: Any, *, max_snap_m: float,
                   steps: bool, bearing: float | None = None, bearing_range: float | None = None,
                   alternatives: int = 0, annotations: bool = False,
                   geometry_format: str = "geojson", exclude: tuple[str, ...] | list[str] = (),
-                  avoid: dict[str, Any] | None = None) -> dict[str, Any]:
+                  avoid: dict[str, Any] | None = None,
+                  depart_at_s: float | None = None) -> dict[str, Any]:
         """A route through ``points`` with legs, summaries and the asked-for extras
         (:func:`graph.navigation.plan_route` and :func:`graph.navigation.plan_answer`); with
-        ``exclude``/``avoid`` on an avoid overlay (:meth:`graph.avoid.AvoidRouter.plan`)."""
-        from graph.navigation import DEFAULT_BEARING_RANGE_DEG, plan_answer, plan_route
+        ``exclude``/``avoid`` on an avoid overlay (:meth:`graph.avoid.AvoidRouter.plan`).
+
+        On the live weights with a forecast model (:meth:`_forecast_on`) the legs are
+        driven on the forecast (:func:`graph.navigation.forecast_legs`), and so is each
+        alternative, from the departure: the route and each alternative get ``basis``
+        ``forecast`` and ``duration_p10_s``/``duration_p90_s``."""
+        from graph.navigation import (
+            DEFAULT_BEARING_RANGE_DEG,
+            Plan,
+            forecast_legs,
+            plan_answer,
+            plan_route,
+        )
 
         options = {"bearing_deg": bearing, "alternatives": alternatives,
                    "bearing_range_deg": DEFAULT_BEARING_RANGE_DEG if bearing_range is None
@@ -269,9 +301,25 @@ class RouterCore(RouterOverrides):
             plan = plan_route(self.router, points, max_snap_m=max_snap_m, profile=key,
                               **options)
         tt = self._travel_times(key)
+        on = self._forecast_on(depart_at_s) if key is None else None
+        ranges: list[tuple[float, float, float]] = []
+        if on is not None:
+            model, live, depart_in = on
+            legs, main = forecast_legs(plan.legs, model, live, depart_in_s=depart_in)
+            alts = []
+            for lg in plan.alternatives:
+                (alt,), rng = forecast_legs([lg], model, live, depart_in_s=depart_in)
+                alts.append(alt)
+                ranges.append(rng)
+            ranges.insert(0, main)
+            plan = Plan(legs, alts, plan.weights_version)
         out = plan_answer(self.net, plan, steps=steps, annotations=annotations,
                           geometry_format=geometry_format, travel_time_s=tt,
                           observed=plan.weights_version != "freeflow")
+        for r, (d, lo, hi) in zip((out, *out["alternatives"]), ranges):
+            # The total as a plain route answers it (the legs' sum, to float rounding).
+            r["duration_s"], r["duration_p10_s"], r["duration_p90_s"] = d, lo, hi
+            r["basis"] = "forecast"
         if not alternatives:
             out.pop("alternatives")
         return out
@@ -316,8 +364,12 @@ class RouterCore(RouterOverrides):
     ) -> dict[str, Any]:
         """Duration matrix (s; ``None`` where unreachable) between two point lists.
 
-        ``profile`` as in :meth:`route`; ``basis`` says which weights answered. ``exclude``
-        as in :meth:`route`.
+        ``profile`` as in :meth:`route`; ``basis`` says which weights answered: ``live`` or
+        ``profile``, never ``forecast``. A table stays on the static weights even where
+        routes get the forecast: its cells come from one many-to-many search over one metric,
+        and a time-dependent cell would need a search (or a route) per cell. So a cell may
+        differ from the ``duration_s`` of a route between the same points by the forecast's
+        change (``basis`` says which). ``exclude`` as in :meth:`route`.
         """
         basis, key = self._profile_key(profile)
         on = self.avoid_router().table if exclude else self.router.table
@@ -334,10 +386,19 @@ class RouterCore(RouterOverrides):
 
     def isochrone(self, from_latlon: tuple[float, float], minutes: list[float], *,
                   reverse: bool = False, max_snap_m: float = 200.0,
-                  profile: tuple[Any, np.ndarray] | None = None) -> dict[str, Any]:
+                  profile: tuple[Any, np.ndarray] | None = None,
+                  depart_at_s: float | None = None) -> dict[str, Any]:
         """Reachable areas from (``reverse``: to) a point within each of ``minutes``, on the
         live weights or ``profile``'s: a GeoJSON FeatureCollection, one (Multi)Polygon per
-        contour with ``minutes`` and ``area_km2`` (see :mod:`graph.isochrone`)."""
+        contour with ``minutes`` and ``area_km2`` (see :mod:`graph.isochrone`).
+
+        On the live weights with a forecast model (as :meth:`route`) a forward isochrone is
+        on the forecast, departing at ``depart_at_s`` (default now): each edge at its
+        forecast for when it is reached, the per-edge times route ETAs sum, so a point
+        inside the ``c``-minute contour is one a route reaches within ``c`` minutes
+        (``basis`` ``forecast``). A ``reverse`` one stays on the live weights (``basis``
+        ``live``): it fixes the arrival, not the departure, and a departure-time search
+        would need one search per start point (:mod:`graph.isochrone`)."""
         import shapely
 
         from graph.errors import NoCandidateError
@@ -357,14 +418,19 @@ class RouterCore(RouterOverrides):
         near = dist <= dist[0] + 1.0  # the nearest road, both directions where two-way
         if self._geometry is None:
             self._geometry = EdgeGeometry(self.net)
+        on = self._forecast_on(depart_at_s) if key is None and not reverse else None
+        fc: dict[str, Any] = {}
+        if on is not None:
+            tt, basis = on[1], "forecast"
+            fc = {"forecast": on[0], "depart_in_s": on[2]}
         contours = isochrones(self.net, tt, edge[near], off[near], minutes, reverse=reverse,
-                              geometry=self._geometry)
+                              geometry=self._geometry, **fc)
         return {"type": "FeatureCollection", "features": [
             {"type": "Feature", "geometry": shapely.geometry.mapping(c.polygon),
              "properties": {"minutes": c.minutes, "area_km2": round(c.area_km2, 4)}}
             for c in contours],
             "network_version": self.net.version, "weights_version": self.weights_version,
-            "weights_t": self.weights_t if basis == "live" else None, "basis": basis,
+            "weights_t": self.weights_t if basis != "profile" else None, "basis": basis,
             "reverse": bool(reverse)}
 
     def stats(self) -> dict[str, Any]:

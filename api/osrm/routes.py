@@ -1,7 +1,8 @@
 """OSRM v5 endpoints: ``GET /route/v1/{profile}/{coordinates}``, ``/table/v1/...``,
 ``/nearest/v1/...`` and ``/match/v1/...`` (Project-OSRM ``docs/http.md``), over the same
 services as ``/v1``: routes, via legs, alternatives, steps and exclusions from
-``Services.route`` (live weights), tables from ``Services.table``, snapping from
+``Services.route`` (the same durations as ``/v1/route``: the forecast where it answers,
+else the live weights), tables from ``Services.table`` (live weights), snapping from
 ``Services.nearest`` and matching from ``Services.match`` (the offline HMM of ``POST
 /v1/match``). Any profile name means the car profile. Errors answer OSRM's ``{code,
 message}`` with HTTP 400 (``InvalidUrl``, ``InvalidQuery``, ``InvalidValue``,

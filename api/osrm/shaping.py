@@ -2,9 +2,13 @@
 ``Annotation``) shaped from ``/v1`` answers, so both APIs tell the same route.
 
 Distances are metres, durations seconds; ``weight`` is the duration (``weight_name``
-``duration``). Annotations are per coordinate pair of the full geometry, as OSRM's are: each
-pair's distance is its great-circle length, its speed the speed of the edge under its
-midpoint (``/v1``'s per-edge annotations), its duration distance / speed.
+``duration``). Every duration comes from the ``/v1`` answer's (the route's, legs' and steps'
+as they are; they sum one vector of per-edge driven times, live or forecast). Annotations
+are per coordinate pair of the full geometry, as OSRM's are: each pair's distance is its
+great-circle length, its speed the speed of the edge under its midpoint (``/v1``'s per-edge
+annotations), its duration its share (by length) of that edge's driven duration; each leg's
+pair durations are then scaled to sum to the leg's duration exactly (an edge shorter than
+the pairs' spacing may have no pair of its own).
 """
 
 from __future__ import annotations
@@ -71,11 +75,21 @@ def _segment_annotations(lat: np.ndarray, lon: np.ndarray, ann: dict[str, Any],
     cum = np.cumsum(seg)
     mid = cum - seg / 2
     speed_e = np.asarray(ann["speed_mps"], dtype=np.float64)
-    dist_e = np.asarray(ann["duration_s"], dtype=np.float64) * speed_e
+    dur_e = np.asarray(ann["duration_s"], dtype=np.float64)
+    dist_e = dur_e * speed_e
     edge = np.clip(np.searchsorted(np.cumsum(dist_e), mid, side="right"), 0,
                    max(speed_e.size - 1, 0))
     sp = speed_e[edge] if speed_e.size else np.zeros(seg.size)
-    dur = np.divide(seg, sp, out=np.zeros_like(seg), where=sp > 0)
+    # Each edge's driven duration, split over its pairs by length (by count where they have
+    # none); distance / speed where the edge has no duration to split.
+    if speed_e.size:
+        seg_e = np.bincount(edge, weights=seg, minlength=speed_e.size)
+        n_e = np.bincount(edge, minlength=speed_e.size)
+        by_len = seg_e[edge] > 0
+        dur = np.where(by_len, dur_e[edge] * seg / np.where(by_len, seg_e[edge], 1.0),
+                       dur_e[edge] / np.maximum(n_e[edge], 1))
+    else:
+        dur = np.divide(seg, sp, out=np.zeros_like(seg), where=sp > 0)
     vals = {"distance": seg, "duration": dur, "speed": np.round(sp, 1), "weight": dur}
     return {k: vals[k] for k in names}, mid
 
@@ -97,7 +111,12 @@ def osrm_route(r: dict[str, Any], *, fmt: str, overview: str, steps: bool,
                "steps": [_step(s, fmt) for s in lg.get("steps", ())] if steps else []}
         if annotations:
             sel = leg_of == i
-            leg["annotation"] = {k: v[sel].tolist() for k, v in seg_ann.items()}
+            leg["annotation"] = {k: v[sel] for k, v in seg_ann.items()}
+            for k in ("duration", "weight"):  # sum to the leg's duration exactly
+                v = leg["annotation"].get(k)
+                if v is not None and v.sum() > 0:
+                    leg["annotation"][k] = v * (float(lg["duration_s"]) / float(v.sum()))
+            leg["annotation"] = {k: v.tolist() for k, v in leg["annotation"].items()}
         legs.append(leg)
     out = {"distance": r["distance_m"], "duration": r["duration_s"],
            "weight": r["duration_s"], "weight_name": "duration", "legs": legs}
