@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the process exit status."""
+    from traffic.native_memory import set_jemalloc_default
+
+    set_jemalloc_default()  # before any sub-command imports polars
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

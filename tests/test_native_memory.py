@@ -71,8 +71,12 @@ def test_environment_variables_win_and_are_passed_on(monkeypatch):
     applied = tune_malloc(MallocConfig())
     assert "MALLOC_MMAP_THRESHOLD_" not in applied
     assert applied["MALLOC_TRIM_THRESHOLD_"] == 4 * 2**20
+    monkeypatch.delenv("_RJEM_MALLOC_CONF", raising=False)
     env = malloc_env(MallocConfig(trim_threshold_bytes=2**20))
-    assert env == {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "1048576"}
+    assert env == {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "1048576",
+                   "_RJEM_MALLOC_CONF": MallocConfig().jemalloc_conf}
+    monkeypatch.setenv("_RJEM_MALLOC_CONF", "dirty_decay_ms:0")
+    assert malloc_env()["_RJEM_MALLOC_CONF"] == "dirty_decay_ms:0"
     assert release_free_heap() is True
 
 
@@ -80,3 +84,17 @@ def test_environment_variables_win_and_are_passed_on(monkeypatch):
 def test_config_rejects_bad_thresholds(bad):
     with pytest.raises(ValueError, match="mmap_threshold_bytes"):
         MallocConfig(mmap_threshold_bytes=bad)
+
+
+
+def test_jemalloc_default_is_set_only_when_unset(monkeypatch):
+    """polars reads its allocator options at import: the command line puts ours in the
+    environment first (the measured effect is in traffic/native_memory.py's docstring)."""
+    from traffic.native_memory import set_jemalloc_default
+
+    monkeypatch.delenv("_RJEM_MALLOC_CONF", raising=False)
+    set_jemalloc_default()
+    assert os.environ["_RJEM_MALLOC_CONF"] == MallocConfig().jemalloc_conf
+    monkeypatch.setenv("_RJEM_MALLOC_CONF", "dirty_decay_ms:0")
+    set_jemalloc_default()
+    assert os.environ["_RJEM_MALLOC_CONF"] == "dirty_decay_ms:0"

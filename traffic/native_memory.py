@@ -19,6 +19,16 @@ probe (BENCHMARKS.md, ingest: 17.6 -> 23.0 CPU-ms per 1,000 probes); a 4 MiB thr
 less but let the soak grow again (+8.8% in 4 minutes, still climbing). The glibc environment
 variables (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``) win over these settings
 when set, for operators who prefer throughput. Elsewhere than glibc (musl, macOS) the calls do nothing.
+
+polars brings its own allocator (jemalloc, configured by ``_RJEM_MALLOC_CONF``), which keeps
+freed pages for reuse until they decay, and decays only while it is called. A 26M-edge
+network's congestion snapshot is a 1.6 GB frame built and written every minute by the
+estimator actor: measured on New York (``benchmarks/scale.py``), 125 B per edge stayed
+resident after the write with jemalloc's defaults, 6 B per edge with a background purging
+thread and a 1 s decay (:attr:`MallocConfig.jemalloc_conf`), at the same write time. The
+variable must be in the environment before polars is first imported: :func:`malloc_env`
+passes it to Ray workers, and :func:`set_jemalloc_default` sets it for this process (the
+command line calls it first thing).
 """
 
 from __future__ import annotations
@@ -29,13 +39,16 @@ import functools
 import os
 from dataclasses import dataclass
 
-__all__ = ["MallocConfig", "malloc_env", "release_free_heap", "tune_malloc"]
+__all__ = ["MallocConfig", "malloc_env", "release_free_heap", "set_jemalloc_default",
+           "tune_malloc"]
 
 # mallopt parameter numbers, from glibc's <malloc.h>.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _ENV_TRIM = "MALLOC_TRIM_THRESHOLD_"
 _ENV_MMAP = "MALLOC_MMAP_THRESHOLD_"
+#: polars' jemalloc (built with the ``_rjem_`` prefix) reads its options from this variable.
+_ENV_JEMALLOC = "_RJEM_MALLOC_CONF"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,12 +66,16 @@ class MallocConfig:
 
     mmap_threshold_bytes: int = 256 * 1024
     trim_threshold_bytes: int = 4 * 2**20
+    #: polars' jemalloc: purge freed pages in a background thread after 1 s unused.
+    jemalloc_conf: str = "background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0"
 
     def __post_init__(self) -> None:
         for name in ("mmap_threshold_bytes", "trim_threshold_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 2**31 - 1:
                 raise ValueError(f"`{name}` must be an int in (0, 2**31); got {value!r}")
+        if not isinstance(self.jemalloc_conf, str):
+            raise ValueError(f"`jemalloc_conf` must be a string; got {self.jemalloc_conf!r}")
 
 
 @functools.cache  # find_library runs `ldconfig -p` in a subprocess: look it up once
@@ -100,7 +117,17 @@ def malloc_env(config: MallocConfig | None = None) -> dict[str, str]:
     them at start); variables already set in this environment are passed on unchanged."""
     config = config or MallocConfig()
     return {_ENV_MMAP: os.environ.get(_ENV_MMAP, str(config.mmap_threshold_bytes)),
-            _ENV_TRIM: os.environ.get(_ENV_TRIM, str(config.trim_threshold_bytes))}
+            _ENV_TRIM: os.environ.get(_ENV_TRIM, str(config.trim_threshold_bytes)),
+            _ENV_JEMALLOC: os.environ.get(_ENV_JEMALLOC, config.jemalloc_conf)}
+
+
+def set_jemalloc_default(config: MallocConfig | None = None) -> bool:
+    """Put :attr:`MallocConfig.jemalloc_conf` in this process's environment unless the
+    variable is set; whether polars could still read it (not imported yet)."""
+    import sys
+
+    os.environ.setdefault(_ENV_JEMALLOC, (config or MallocConfig()).jemalloc_conf)
+    return "polars" not in sys.modules
 
 
 def release_free_heap() -> bool:
