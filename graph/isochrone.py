@@ -313,6 +313,29 @@ def _push(heap_d, heap_v, size, d, v):  # pragma: no cover - jitted
     return heap_d, heap_v
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _pop(heap_d, heap_v, size):  # pragma: no cover - jitted
+    """Pop the least ``(d, v)`` off the binary min-heap of ``size`` entries (in place);
+    returns ``(d, v, size - 1)``."""
+    d, v = heap_d[0], heap_v[0]
+    size -= 1
+    ld, lv = heap_d[size], heap_v[size]
+    j = 0
+    while True:
+        c = 2 * j + 1
+        if c >= size:
+            break
+        if c + 1 < size and heap_d[c + 1] < heap_d[c]:
+            c += 1
+        if heap_d[c] >= ld:
+            break
+        heap_d[j], heap_v[j] = heap_d[c], heap_v[c]
+        j = c
+    if size > 0:
+        heap_d[j], heap_v[j] = ld, lv
+    return d, v, size
+
+
 @njit(cache=True, nogil=True)
 def _dijkstra(first, edges, ends, tt, seed_node, seed_s, limit, n):  # pragma: no cover
     dist = np.full(n, np.inf)
@@ -326,22 +349,7 @@ def _dijkstra(first, edges, ends, tt, seed_node, seed_s, limit, n):  # pragma: n
             heap_d, heap_v = _push(heap_d, heap_v, size, d, v)
             size += 1
     while size > 0:
-        d, u = heap_d[0], heap_v[0]
-        size -= 1
-        ld, lv = heap_d[size], heap_v[size]
-        j = 0
-        while True:
-            c = 2 * j + 1
-            if c >= size:
-                break
-            if c + 1 < size and heap_d[c + 1] < heap_d[c]:
-                c += 1
-            if heap_d[c] >= ld:
-                break
-            heap_d[j], heap_v[j] = heap_d[c], heap_v[c]
-            j = c
-        if size > 0:
-            heap_d[j], heap_v[j] = ld, lv
+        d, u, size = _pop(heap_d, heap_v, size)
         if d > dist[u]:
             continue
         for k in range(first[u], first[u + 1]):
@@ -403,22 +411,7 @@ def _dijkstra_td(first, edges, ends, tt, seed_node, seed_s, limit, n, depart_in,
             heap_d, heap_v = _push(heap_d, heap_v, size, d, v)
             size += 1
     while size > 0:
-        d, u = heap_d[0], heap_v[0]
-        size -= 1
-        ld, lv = heap_d[size], heap_v[size]
-        j = 0
-        while True:
-            c = 2 * j + 1
-            if c >= size:
-                break
-            if c + 1 < size and heap_d[c + 1] < heap_d[c]:
-                c += 1
-            if heap_d[c] >= ld:
-                break
-            heap_d[j], heap_v[j] = heap_d[c], heap_v[c]
-            j = c
-        if size > 0:
-            heap_d[j], heap_v[j] = ld, lv
+        d, u, size = _pop(heap_d, heap_v, size)
         if d > dist[u]:
             continue
         for k in range(first[u], first[u + 1]):
