@@ -71,7 +71,7 @@ from graph.cch import (
 from graph.errors import NoRouteError
 from graph.network import EDGE_FERRY, EDGE_TOLL, ROAD_CLASS_INDEX, RoadNetwork
 from graph.router import Route, Router, _as_points, _fractions
-from graph.spatial import DEFAULT_SNAP_RADIUS_M, SpatialIndex
+from graph.spatial import DEFAULT_SNAP_RADIUS_M, SpatialIndex, segments_in_box
 
 #: Tag classes ``exclude`` accepts, in the order answers list them.
 EXCLUDE_CLASSES: tuple[str, ...] = ("motorway", "toll", "ferry")
@@ -232,7 +232,7 @@ def area_edges(spatial: SpatialIndex, area: shapely.Geometry) -> np.ndarray:
     xmin, ymin, xmax, ymax = area.bounds
     x0, y0 = spatial.project(np.array([ymin]), np.array([xmin]))
     x1, y1 = spatial.project(np.array([ymax]), np.array([xmax]))
-    seg = _segments_in_box(spatial, float(x0[0]), float(y0[0]), float(x1[0]), float(y1[0]))
+    seg = segments_in_box(spatial, float(x0[0]), float(y0[0]), float(x1[0]), float(y1[0]))
     if seg.size == 0:
         return np.zeros(0, dtype=np.int32)
     sx0, sy0, sx1, sy1 = (a[seg] for a in (spatial.seg_x0, spatial.seg_y0, spatial.seg_x1,
@@ -247,25 +247,6 @@ def area_edges(spatial: SpatialIndex, area: shapely.Geometry) -> np.ndarray:
                                           np.column_stack([sx1, sy1])], axis=1))
     hit = shapely.intersects(local, lines)
     return np.unique(spatial.seg_edge[seg[hit]]).astype(np.int32)
-
-
-def _segments_in_box(spatial: SpatialIndex, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
-    """Distinct segment ids registered in the grid cells that can hold a piece of a segment
-    meeting the box ``[x0, x1] x [y0, y1]`` (projected metres)."""
-    c, nx, ny = spatial.cell_m, spatial.grid_nx, spatial.grid_ny
-    pad_x, pad_y = spatial.reach_x_m + 1e-6, spatial.reach_y_m + 1e-6
-    col0 = max(0, int(np.floor((x0 - pad_x - spatial.grid_x0) / c)))
-    col1 = min(nx - 1, int(np.floor((x1 + pad_x - spatial.grid_x0) / c)))
-    row0 = max(0, int(np.floor((y0 - pad_y - spatial.grid_y0) / c)))
-    row1 = min(ny - 1, int(np.floor((y1 + pad_y - spatial.grid_y0) / c)))
-    if col1 < col0 or row1 < row0:
-        return np.zeros(0, dtype=np.int64)
-    rows = np.arange(row0, row1 + 1, dtype=np.int64)
-    lo = np.asarray(spatial.cell_start[rows * nx + col0], dtype=np.int64)
-    hi = np.asarray(spatial.cell_start[rows * nx + col1 + 1], dtype=np.int64)
-    cnt = hi - lo
-    idx = np.repeat(lo - (np.cumsum(cnt) - cnt), cnt) + np.arange(int(cnt.sum()))
-    return np.unique(spatial.cell_seg[idx])
 
 
 # -- the pool of overlay metrics ----------------------------------------------------------

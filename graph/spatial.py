@@ -404,3 +404,46 @@ def _project_on_segments(
     t = np.clip(t, 0.0, 1.0)
     qx, qy = x0 + t * dx, y0 + t * dy
     return np.hypot(px - qx, py - qy), t * np.sqrt(len2)
+
+
+def segments_in_box(spatial: SpatialIndex, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+    """Distinct segment ids registered in the grid cells that can hold a piece of a segment
+    meeting the box ``[x0, x1] x [y0, y1]`` (projected metres): a superset of the segments
+    meeting it, found in O(cells and segments under the box), independent of network size."""
+    c, nx, ny = spatial.cell_m, spatial.grid_nx, spatial.grid_ny
+    pad_x, pad_y = spatial.reach_x_m + 1e-6, spatial.reach_y_m + 1e-6
+    col0 = max(0, int(np.floor((x0 - pad_x - spatial.grid_x0) / c)))
+    col1 = min(nx - 1, int(np.floor((x1 + pad_x - spatial.grid_x0) / c)))
+    row0 = max(0, int(np.floor((y0 - pad_y - spatial.grid_y0) / c)))
+    row1 = min(ny - 1, int(np.floor((y1 + pad_y - spatial.grid_y0) / c)))
+    if col1 < col0 or row1 < row0:
+        return np.zeros(0, dtype=np.int64)
+    rows = np.arange(row0, row1 + 1, dtype=np.int64)
+    lo = np.asarray(spatial.cell_start[rows * nx + col0], dtype=np.int64)
+    hi = np.asarray(spatial.cell_start[rows * nx + col1 + 1], dtype=np.int64)
+    cnt = hi - lo
+    idx = np.repeat(lo - (np.cumsum(cnt) - cnt), cnt) + np.arange(int(cnt.sum()))
+    return np.unique(spatial.cell_seg[idx])
+
+
+def edges_in_box(spatial: SpatialIndex, minlon: float, minlat: float, maxlon: float,
+                 maxlat: float) -> np.ndarray:
+    """Sorted distinct ids of the edges with a geometry segment whose bounding box meets the
+    box (degrees, boundary included).
+
+    Every edge that enters the box is in; an edge that only passes near a corner may be too
+    (its segment's box meets the box), as with a per-edge bounding-box test, but a long
+    edge whose polyline merely surrounds the box is not. Costs O(segments under the box),
+    whatever the network's size (the grid rows under it, then one vectorized test).
+    """
+    x0, y0 = spatial.project(np.array([minlat]), np.array([minlon]))
+    x1, y1 = spatial.project(np.array([maxlat]), np.array([maxlon]))
+    x0, y0, x1, y1 = float(x0[0]), float(y0[0]), float(x1[0]), float(y1[0])
+    seg = segments_in_box(spatial, x0, y0, x1, y1)
+    if seg.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    sx0, sy0, sx1, sy1 = (a[seg] for a in (spatial.seg_x0, spatial.seg_y0, spatial.seg_x1,
+                                           spatial.seg_y1))
+    meets = ((np.maximum(sx0, sx1) >= x0) & (np.minimum(sx0, sx1) <= x1)
+             & (np.maximum(sy0, sy1) >= y0) & (np.minimum(sy0, sy1) <= y1))
+    return np.unique(np.asarray(spatial.seg_edge[seg[meets]], dtype=np.int64))

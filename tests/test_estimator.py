@@ -315,6 +315,21 @@ def test_speed_estimator_snapshot_columns():
     assert 0 < row["confidence"] < 1
 
 
+def test_speed_estimator_snapshot_of_some_edges_equals_those_rows():
+    net = _line_network(6)
+    rng = np.random.default_rng(2)
+    edge, pace, weight, t_obs, _ = _random_stream(rng, net.n_edges, 100, T0, 600)
+    est = SpeedEstimator(net, CONFIG)
+    est.apply(_batch(edge, pace, t_obs, weight))
+    full = est.snapshot(T0 + 900)
+    ids = np.array([4, 0, 2])
+    part = est.snapshot(T0 + 900, edges=ids)
+    assert part.equals(full[ids.tolist()])
+    assert est.snapshot(edges=np.zeros(0, dtype=np.int64)).height == 0
+    with pytest.raises(ValueError, match="edge id 6 is out of range"):
+        est.snapshot(edges=[1, 6])
+
+
 def test_speed_estimator_snapshot_is_not_changed_by_later_folds():
     est = SpeedEstimator(_line_network(3), CONFIG)
     est.apply(_batch([0], [0.2], T0))

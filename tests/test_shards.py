@@ -108,6 +108,8 @@ def test_three_shards_publish_exactly_what_one_estimator_publishes(net, batches,
     try:
         st3 = svc.status()
         speeds3 = _speeds(svc)
+        some = np.sort(np.random.default_rng(1).choice(net.n_edges, 40, replace=False))
+        some_speeds3 = svc.live_snapshot(some)[1]
     finally:
         svc.close()
     assert len(pubs1) >= 10
@@ -125,6 +127,9 @@ def test_three_shards_publish_exactly_what_one_estimator_publishes(net, batches,
     assert p["accepted"] == p["applied"] + p["pending"] + p["unmatched"]
     assert len(st3["workers"]["estimator"]["shards"]) == 3
     assert speeds3.equals(speeds1)
+    # A bbox query asks the shards for some edges only: each answers its own, merged in order.
+    some = np.sort(np.random.default_rng(1).choice(net.n_edges, 40, replace=False))
+    assert some_speeds3.equals(speeds1[some.tolist()])
 
 
 def _state(svc) -> dict:

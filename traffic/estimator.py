@@ -604,24 +604,45 @@ class SpeedEstimator:
         """Confidence in ``[0, 1]`` per edge on the host."""
         return to_host(confidence(self.state, at_t_s, config=self.config))
 
-    def snapshot(self, at_t_s: float | None = None) -> polars.DataFrame:
+    def snapshot(self, at_t_s: float | None = None, edges: Any = None) -> polars.DataFrame:
         """Per-edge table: ``edge, edge_key, speed_mps, freeflow_mps, ratio, confidence,
-        observations, last_update_t`` (``last_update_t`` null where never updated)."""
+        observations, last_update_t`` (``last_update_t`` null where never updated).
+
+        ``edges`` (edge ids) restricts it to those rows, in that order, at O(len(edges))
+        cost: a bbox query reads its few thousand edges, not the whole network's state.
+        Raises ``ValueError`` naming an id out of range.
+        """
         import polars as pl
 
-        speed = self.speeds_mps(at_t_s)
-        freeflow = numpy.asarray(self.net.edge_freeflow_mps, dtype=numpy.float64)
+        if edges is None:
+            state, ids = self.state, numpy.arange(self.net.n_edges, dtype=numpy.int32)
+            freeflow = numpy.asarray(self.net.edge_freeflow_mps, dtype=numpy.float64)
+            keys = numpy.asarray(self.net.edge_key)
+        else:
+            ids = numpy.asarray(edges, dtype=numpy.int64).reshape(-1)
+            bad = (ids < 0) | (ids >= self.net.n_edges)
+            if bad.any():
+                raise ValueError(f"edge id {int(ids[numpy.argmax(bad)])} is out of range "
+                                 f"[0, {self.net.n_edges})")
+            at = self.xp.asarray(ids)
+            state = EstimatorState(**{k: getattr(self.state, k)[at] for k in _STATE_ARRAYS},
+                                   prior=self.state.prior[at], t_s=self.state.t_s,
+                                   version=self.state.version)
+            freeflow = numpy.asarray(self.net.edge_freeflow_mps[ids], dtype=numpy.float64)
+            keys = numpy.asarray(self.net.edge_key[ids])
+            ids = ids.astype(numpy.int32)
+        speed = 1.0 / to_host(current_pace(state, at_t_s, config=self.config)).astype(numpy.float64)
         # A copy: polars may wrap NumPy memory without copying, and later folds update the
         # state in place; a snapshot handed out must not change.
-        last = to_host(self.state.last_t_s).copy()
+        last = to_host(state.last_t_s).copy()
         return pl.DataFrame({
-            "edge": numpy.arange(self.net.n_edges, dtype=numpy.int32),
-            "edge_key": numpy.asarray(self.net.edge_key),
+            "edge": ids,
+            "edge_key": keys,
             "speed_mps": speed,
             "freeflow_mps": freeflow,
             "ratio": speed / freeflow,
-            "confidence": self.confidence(at_t_s).astype(numpy.float64),
-            "observations": to_host(self.state.count).astype(numpy.int64),
+            "confidence": to_host(confidence(state, at_t_s, config=self.config)).astype(numpy.float64),
+            "observations": to_host(state.count).astype(numpy.int64),
             "last_update_t": pl.Series(last).replace(-numpy.inf, None),
         })
 

@@ -12,15 +12,22 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
 
-from graph.network import RoadNetwork
+from graph.network import ROAD_CLASS_INDEX, ROAD_CLASSES, RoadNetwork
+from graph.spatial import edges_in_box
 from traffic.errors import NoSnapshotError, SnapshotQueryError
-from traffic.snapshots import SNAPSHOT_COLUMNS, SnapshotStore, edge_bboxes, keys_in_bbox
+from traffic.snapshots import (
+    SNAPSHOT_COLUMNS,
+    SnapshotStore,
+    check_bbox,
+    edge_bboxes,
+    keys_in_bbox,
+)
 
 #: Default look-back of a history or aggregate query without ``t_from`` (s).
 DEFAULT_HISTORY_S = 6 * 3600.0
@@ -76,22 +83,54 @@ class CongestionQueries:
         self.store = store
         self._bboxes: tuple[str, tuple[np.ndarray, ...]] | None = None
 
+    def edges(self, net: RoadNetwork, spatial: Any, bbox: Sequence[float], *,
+              road_class: str | Sequence[str] | None = None) -> np.ndarray:
+        """Ids of ``net``'s edges with a segment meeting ``bbox`` (degrees), optionally of some
+        classes, from the spatial index (:func:`graph.spatial.edges_in_box`): O(edges under
+        the box), whatever the network's size.
+
+        Raises
+        ------
+        SnapshotQueryError
+            A bad box or an unknown road class.
+        """
+        minlon, minlat, maxlon, maxlat = check_bbox(bbox)
+        ids = edges_in_box(spatial, minlon, minlat, maxlon, maxlat)
+        if road_class is not None:
+            names = [road_class] if isinstance(road_class, str) else list(road_class)
+            unknown = [n for n in names if n not in ROAD_CLASS_INDEX]
+            if unknown:
+                raise SnapshotQueryError(f"unknown road class {unknown}; known: "
+                                         f"{', '.join(ROAD_CLASSES)}")
+            ids = ids[np.isin(net.edge_road_class[ids], [ROAD_CLASS_INDEX[n] for n in names])]
+        return ids
+
     def keys(self, net: RoadNetwork, bbox: Sequence[float], *,
-             road_class: str | Sequence[str] | None = None) -> np.ndarray:
-        """Stable keys of ``net``'s edges meeting ``bbox`` (degrees), optionally of some classes."""
+             road_class: str | Sequence[str] | None = None, spatial: Any = None) -> np.ndarray:
+        """Stable keys of ``net``'s edges meeting ``bbox`` (degrees), optionally of some
+        classes: through the spatial index when given (:meth:`edges`), else by a pass over
+        every edge's bounding box (:func:`traffic.snapshots.keys_in_bbox`, cached per
+        network; 32 B per edge and O(edges) per query)."""
+        if spatial is not None:
+            return np.asarray(net.edge_key[self.edges(net, spatial, bbox, road_class=road_class)],
+                              dtype=np.int64)
         cached = self._bboxes
         if cached is None or cached[0] != net.version:
             cached = self._bboxes = (net.version, edge_bboxes(net))
         return keys_in_bbox(net, *bbox, road_class=road_class, bboxes=cached[1])  # type: ignore[arg-type]
 
     def congestion(self, net: RoadNetwork, bbox: Sequence[float], *,
-                   live: Callable[[], tuple[float | None, pl.DataFrame]],
+                   live: Callable[..., tuple[float | None, pl.DataFrame]],
                    at_s: float | None = None, road_class: str | Sequence[str] | None = None,
-                   min_ratio: float | None = None, max_ratio: float | None = None) -> CongestionAnswer:
+                   min_ratio: float | None = None, max_ratio: float | None = None,
+                   spatial: Any = None) -> CongestionAnswer:
         """Per-edge state in ``bbox``: live (``at_s is None``) or the snapshot at or before ``at_s``.
 
         ``min_ratio``/``max_ratio`` keep edges whose speed / free-flow ratio lies within them
-        (an analyst asking for jams passes ``max_ratio=0.5``).
+        (an analyst asking for jams passes ``max_ratio=0.5``). With the network's ``spatial``
+        index the edges come from it and ``live`` is called with their ids (it answers only
+        those rows): the cost follows the box, not the network. Without, ``live()`` answers
+        every edge and the box filters them.
 
         Raises
         ------
@@ -103,10 +142,16 @@ class CongestionQueries:
         for name, bound in (("min_ratio", min_ratio), ("max_ratio", max_ratio)):
             if bound is not None and not (math.isfinite(bound) and bound >= 0):
                 raise SnapshotQueryError(f"`{name}` must be a finite number >= 0; got {bound!r}")
-        keys = self.keys(net, bbox, road_class=road_class)
+        if spatial is not None:
+            ids = self.edges(net, spatial, bbox, road_class=road_class)
+            keys = np.asarray(net.edge_key[ids], dtype=np.int64)
+        else:
+            keys = self.keys(net, bbox, road_class=road_class)
         if at_s is None:
-            as_of, snap = live()
-            frame = live_frame(snap).filter(pl.col("key").is_in(keys))
+            as_of, snap = live(ids) if spatial is not None else live()
+            frame = live_frame(snap)
+            if spatial is None:
+                frame = frame.filter(pl.col("key").is_in(keys))
             answer = CongestionAnswer(frame, as_of, "live", net.version)
         else:
             store = self._require_store()
@@ -127,7 +172,8 @@ class CongestionQueries:
 
     def aggregate(self, net: RoadNetwork, bbox: Sequence[float], t_from: float | None,
                   t_to: float | None, *, interval_s: float, now_s: float,
-                  road_class: str | Sequence[str] | None = None) -> pl.DataFrame:
+                  road_class: str | Sequence[str] | None = None,
+                  spatial: Any = None) -> pl.DataFrame:
         """Mean ratio over the edges of ``bbox`` per ``interval_s`` bucket of snapshot time.
 
         Raises
@@ -143,7 +189,7 @@ class CongestionQueries:
             raise SnapshotQueryError(
                 f"`interval` {interval_s:g} s over {t_to - t_from:g} s makes {math.ceil(n_buckets)} "
                 f"buckets; at most {MAX_AGGREGATE_BUCKETS}")
-        keys = self.keys(net, bbox, road_class=road_class)
+        keys = self.keys(net, bbox, road_class=road_class, spatial=spatial)
         return self._require_store().aggregate_ratio(keys, t_from, t_to, interval_s=interval_s)
 
     def snapshot_times(self, t_from: float | None = None, t_to: float | None = None) -> np.ndarray:

@@ -357,16 +357,19 @@ class EstimatorCore(EstimatorState, ProfileLearning):
         """The newest publication (``None`` before the first)."""
         return self._last
 
-    def snapshot(self, at_t_s: float | None = None) -> Any:
-        """Per-segment speed state as a polars DataFrame (see ``SpeedEstimator.snapshot``).
+    def snapshot(self, at_t_s: float | None = None, edges: Any = None) -> Any:
+        """Per-segment speed state as a polars DataFrame (see ``SpeedEstimator.snapshot``;
+        ``edges``: only those edge ids' rows).
 
         The frame owns its memory: later folds do not change it.
         """
-        return self.estimator.snapshot(self.watermark_t if at_t_s is None else at_t_s)
+        return self.estimator.snapshot(self.watermark_t if at_t_s is None else at_t_s,
+                                       edges=edges)
 
-    def live_snapshot(self) -> tuple[float | None, Any]:
-        """``(watermark_t, snapshot())``: the live state and the event time it stands at."""
-        return self.watermark_t, self.snapshot()
+    def live_snapshot(self, edges: Any = None) -> tuple[float | None, Any]:
+        """``(watermark_t, snapshot(edges=edges))``: the live state and the event time it
+        stands at."""
+        return self.watermark_t, self.snapshot(edges=edges)
 
     def remap_to(self, net: RoadNetwork) -> int:
         """Carry speed state over to a new network by stable edge keys; returns edges kept."""

@@ -123,8 +123,9 @@ class Queries:
         """Reachable areas within each of ``minutes`` (GeoJSON), on the weights
         :meth:`route` would use for ``depart_at_s``."""
         profile = self._profile_for(depart_at_s, profile_horizon_s)
+        extra = {"depart_at_s": depart_at_s} if profile is None and depart_at_s is not None else {}
         return self._on_router("isochrone", from_latlon, minutes, reverse=reverse,
-                               max_snap_m=max_snap_m, profile=profile)
+                               max_snap_m=max_snap_m, profile=profile, **extra)
 
     def match(self, t: np.ndarray, lat: np.ndarray, lon: np.ndarray, *,
               speed_mps: np.ndarray | None = None, heading_deg: np.ndarray | None = None,
@@ -207,9 +208,13 @@ class Queries:
                 "n_edges": net.n_edges, "bbox": net.bbox, "loaded_at": self.loaded_at}
 
     # -- congestion (analysts; see workers/congestion.py) --------------------------------
-    def live_snapshot(self) -> tuple[float | None, pl.DataFrame]:
-        """``(event time, per-edge table)`` of the estimator's live state."""
-        return self.estimator_call("live_snapshot", timeout=30)
+    def live_snapshot(self, edges: np.ndarray | None = None) -> tuple[float | None, pl.DataFrame]:
+        """``(event time, per-edge table)`` of the estimator's live state (only the rows of
+        the edge ids ``edges`` when given)."""
+        if edges is None:
+            return self.estimator_call("live_snapshot", timeout=30)
+        return self.estimator_call("live_snapshot", np.asarray(edges, dtype=np.int64),
+                                   timeout=30)
 
     def congestion(self, bbox: tuple[float, float, float, float], *, at_s: float | None = None,
                    road_class: list[str] | None = None, min_ratio: float | None = None,
@@ -222,7 +227,8 @@ class Queries:
         """
         answer = self._congestion.congestion(self.net, bbox, live=self.live_snapshot,
                                              at_s=at_s, road_class=road_class,
-                                             min_ratio=min_ratio, max_ratio=max_ratio)
+                                             min_ratio=min_ratio, max_ratio=max_ratio,
+                                             spatial=self.spatial_index())
         edges, factors = self.override_factors()
         if at_s is not None or edges.size == 0:
             return answer
@@ -245,7 +251,8 @@ class Queries:
                   road_class: list[str] | None = None) -> pl.DataFrame:
         """Mean congestion ratio over ``bbox`` per interval of snapshot time."""
         return self._congestion.aggregate(self.net, bbox, t_from, t_to, interval_s=interval_s,
-                                          now_s=self.now_s(), road_class=road_class)
+                                          now_s=self.now_s(), road_class=road_class,
+                                          spatial=self.spatial_index())
 
     def snapshot_times(self, t_from: float | None = None, t_to: float | None = None) -> np.ndarray:
         """Stored snapshot times (unix s, ascending)."""

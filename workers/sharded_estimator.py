@@ -157,9 +157,17 @@ class ShardedEstimator:
         """The shards' snapshots merged (global edge ids, sorted by edge)."""
         return self.map.merge_frames(self._all("snapshot", at_t_s))
 
-    def live_snapshot(self) -> tuple[float | None, pl.DataFrame]:
-        """``(watermark, merged snapshot)`` (every shard holds the same watermark)."""
-        got = self._all("live_snapshot")
+    def live_snapshot(self, edges: Any = None) -> tuple[float | None, pl.DataFrame]:
+        """``(watermark, merged snapshot)`` (every shard holds the same watermark); with
+        ``edges`` (global ids) each shard answers only its own of them."""
+        if edges is None:
+            got = self._all("live_snapshot")
+        else:
+            ids = np.asarray(edges, dtype=np.int64)
+            part, local = self.map.shard[ids], self.map.local[ids]
+            s = self.stages
+            got = s.get([s.call(h, "live_snapshot", edges=local[part == i])
+                         for i, h in enumerate(self.handles)])
         marks = [w for w, _ in got if w is not None]
         return (max(marks) if marks else None), self.map.merge_frames([f for _, f in got])
 
