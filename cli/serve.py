@@ -77,6 +77,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--upload-timeout", type=parse_duration, default=300.0, metavar="DURATION",
                    help="a network upload's import and preparation may take this long before "
                         "it is stopped and the job fails with `timeout` (default 300 s)")
+    p.add_argument("--max-upload-gb", type=parse_upload_gb, default=None, metavar="GB",
+                   help="largest network file `PUT /v1/network` accepts, in GB (1e9 bytes; "
+                        "default 0.5 GiB); a compiled network takes about 140 B per edge, so "
+                        "11.7M edges need about 1.7")
     p.add_argument("--api-keys", metavar="FILE", default=None,
                    help="API keys, one `key:role` per line (roles: reader, probe-writer, "
                         "network-admin); merged with TRAFFIC_API_KEYS=key:role,...; none: open")
@@ -96,9 +100,27 @@ def http_settings(args: argparse.Namespace, clock: str) -> Any:
 
     keys = load_api_keys(env_value=os.environ.get("TRAFFIC_API_KEYS"),
                          file=getattr(args, "api_keys", None))
+    upload_gb = getattr(args, "max_upload_gb", None)
+    extra = {} if upload_gb is None else {"max_upload_bytes": int(upload_gb * 1e9)}
     return Settings(clock=clock, api_keys=keys,
                     protect_reads=bool(getattr(args, "protect_reads", False)),
-                    rate_per_s=getattr(args, "rate_per_s", None))
+                    rate_per_s=getattr(args, "rate_per_s", None), **extra)
+
+
+#: Largest ``--max-upload-gb``: the upload is written to the data dir before it is imported.
+MAX_UPLOAD_GB = 1000.0
+
+
+def parse_upload_gb(value: str) -> float:
+    """``--max-upload-gb``: a finite number of GB, > 0 and at most :data:`MAX_UPLOAD_GB`."""
+    try:
+        gb = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of GB (e.g. 2); got {value!r}") from None
+    if not 0 < gb <= MAX_UPLOAD_GB:
+        raise argparse.ArgumentTypeError(
+            f"must be > 0 and at most {MAX_UPLOAD_GB:g} GB; got {value!r}")
+    return gb
 
 
 def parse_duration(value: str) -> float:
