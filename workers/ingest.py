@@ -154,6 +154,9 @@ class IngestCore:
         from traffic.traversals import TraversalExtractor
 
         self.net = net
+        # The network's extent, read once: RoadNetwork.bbox is a pass over every geometry
+        # point (1.4 s of every 2.4 s of matching at K=6 when read per batch).
+        self._bbox = net.bbox
         # Mapped from the prepared artifacts in cache_dir (shared by every process), when set.
         index = index if index is not None else spatial_index_for(net, self.config.cache_dir)
         if routes is None:  # nothing precomputed: searches run on demand, cached
@@ -176,7 +179,7 @@ class IngestCore:
         """
         t0 = time.perf_counter()
         res = validate_probes(probes, config=self.config.validation, now_s=now_s,
-                              bbox=self.net.bbox, last_seen=self.last_seen)
+                              bbox=self._bbox, last_seen=self.last_seen)
         t1 = time.perf_counter()
         acc = res.accepted
         self._counts["received"] += probes.height
