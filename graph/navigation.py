@@ -432,16 +432,17 @@ def _route_fields(net: RoadNetwork, legs: list[Leg], *, steps: bool, annotations
     }
     out["legs"] = [_leg_fields(net, lg, steps=steps, travel_time_s=travel_time_s) for lg in legs]
     if annotations:
-        tt = net.edge_freeflow_time_s if travel_time_s is None else travel_time_s
+        freeflow = net.freeflow_time_s_at(edges)  # O(route edges), not O(network)
+        full = freeflow if travel_time_s is None else np.asarray(travel_time_s)[edges]
         length = net.edge_length_m[edges]
-        full = tt[edges]
         # The speed the durations are driven at (forecast or live); an edge not driven at
         # all (a zero share at an end) gets its whole-edge speed on the metric.
         speed = np.divide(length, full, out=np.zeros_like(length), where=full > 0)
         np.divide(dist, dur, out=speed, where=(dur > 0) & (dist > 0))
         out["annotations"] = {
             "speed_mps": speed.tolist(), "duration_s": dur.tolist(),
-            "congestion": congestion_levels(edges, tt, net.edge_freeflow_time_s,
+            # Both arrays already per route edge: positions 0..k-1 index them.
+            "congestion": congestion_levels(np.arange(edges.size), full, freeflow,
                                             observed=observed and travel_time_s is not None),
             "edge_keys": net.edge_key[edges].tolist(),
         }

@@ -169,6 +169,16 @@ class RoadNetwork:
         """Free-flow travel time of each edge in seconds (length / free-flow speed)."""
         return self.edge_length_m / self.edge_freeflow_mps
 
+    def freeflow_mps_at(self, edges: np.ndarray) -> np.ndarray:
+        """Free-flow speed (m/s) of the given edges only: O(len(edges)), where
+        :attr:`edge_freeflow_mps` computes every edge's (per request at country scale, that
+        is 26M divisions)."""
+        return np.asarray(self.edge_speed_kph[edges], dtype=np.float64) / 3.6
+
+    def freeflow_time_s_at(self, edges: np.ndarray) -> np.ndarray:
+        """Free-flow travel time (s) of the given edges only (see :meth:`freeflow_mps_at`)."""
+        return np.asarray(self.edge_length_m[edges], dtype=np.float64) / self.freeflow_mps_at(edges)
+
     @property
     def bbox(self) -> tuple[float, float, float, float]:
         """``(min_lon, min_lat, max_lon, max_lat)`` of all geometry, in degrees."""

@@ -421,7 +421,7 @@ def _edge_amounts(net: RoadNetwork, route: Any, cut: np.ndarray,
             share[-1] = min(dist[-1] / length[-1], 1.0)
     if edge_duration_s is not None:
         return dist, edge_duration_s
-    tt = (net.edge_freeflow_time_s[edges] if travel_time_s is None
+    tt = (net.freeflow_time_s_at(edges) if travel_time_s is None
           else np.asarray(travel_time_s, dtype=np.float64)[edges])
     weight = np.where(np.isfinite(tt), tt, 0.0) * share
     if weight.sum() > 0:

@@ -628,7 +628,7 @@ class SpeedEstimator:
             state = EstimatorState(**{k: getattr(self.state, k)[at] for k in _STATE_ARRAYS},
                                    prior=self.state.prior[at], t_s=self.state.t_s,
                                    version=self.state.version)
-            freeflow = numpy.asarray(self.net.edge_freeflow_mps[ids], dtype=numpy.float64)
+            freeflow = self.net.freeflow_mps_at(ids)
             keys = numpy.asarray(self.net.edge_key[ids])
             ids = ids.astype(numpy.int32)
         speed = 1.0 / to_host(current_pace(state, at_t_s, config=self.config)).astype(numpy.float64)

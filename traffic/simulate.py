@@ -282,7 +282,7 @@ def true_speed_mps(net: RoadNetwork, config: SimConfig, edge: np.ndarray,
     """The simulated speed (m/s) on ``edge`` at absolute time ``t_s`` (the ground truth)."""
     edge = np.asarray(edge, dtype=np.int64)
     f = _field(net, config)
-    return net.edge_freeflow_mps[edge] * _factor(f, config, edge, np.asarray(t_s) - config.t0_s)
+    return net.freeflow_mps_at(edge) * _factor(f, config, edge, np.asarray(t_s) - config.t0_s)
 
 
 class _Routes:
@@ -369,7 +369,7 @@ def simulate_probes(net: RoadNetwork, config: SimConfig = SimConfig()) -> Iterat
             assign(stuck, rng.integers(0, net.n_nodes, stuck.size))
             pos[stuck], off[stuck] = 0, 0.0
         edge = flat[np.minimum(start + np.minimum(pos, np.maximum(length - 1, 0)), flat.size - 1)]
-        speed = net.edge_freeflow_mps[edge] * _factor(field, cfg, edge, t_rel)
+        speed = net.freeflow_mps_at(edge) * _factor(field, cfg, edge, t_rel)
         report = ((step + phase) % every == 0) & (length > 0)
         if report.any():
             buf.append(_emit(net, geo, cfg, rng, names[report], t_rel, edge[report], off[report],
@@ -386,7 +386,7 @@ def simulate_probes(net: RoadNetwork, config: SimConfig = SimConfig()) -> Iterat
             if not moving.any():
                 break
             edge = flat[np.minimum(start + np.minimum(pos, np.maximum(length - 1, 0)), flat.size - 1)]
-            v = net.edge_freeflow_mps[edge] * _factor(field, cfg, edge, t_rel)
+            v = net.freeflow_mps_at(edge) * _factor(field, cfg, edge, t_rel)
             rest = np.maximum(net.edge_length_m[edge] - off, 0.0)
             go = np.where(moving, np.minimum(left, rest / v), 0.0)
             off += go * v
