@@ -389,12 +389,16 @@ class PaceTrend:
         return np.clip(lag, 0.0, self.config.lag_s)
 
     def state_dict(self) -> dict[str, Any]:
-        """Checkpoint (host arrays, copies). Version 2: ``version``, ``edge_key``, ``w``,
+        """Checkpoint (host arrays, copies) of the edges with evidence (``edge_key`` names
+        them; every other edge is empty). Version 2: ``version``, ``edge_key``, ``w``,
         ``t_mean``, ``x_mean``, ``ctt``, ``ctx``, ``t_last``, ``pool_tt``, ``pool_tx``,
         ``pool_t``, ``skill_xy``, ``skill_xx``, ``config`` (version 1 had no skill; it loads
         with none)."""
-        out: dict[str, Any] = {k: getattr(self, k).copy() for k in self._ARRAYS}
-        out.update(version=self.STATE_VERSION, edge_key=self.edge_key.copy(),
+        # Only the edges with evidence: the loader matches rows by key and starts every
+        # other edge empty, so a checkpoint costs what the probes touched.
+        keep = np.flatnonzero((self.w != 0) | np.isfinite(self.t_last))
+        out: dict[str, Any] = {k: getattr(self, k)[keep] for k in self._ARRAYS}
+        out.update(version=self.STATE_VERSION, edge_key=self.edge_key[keep],
                    pool_tt=self.pool_tt, pool_tx=self.pool_tx, pool_t=self.pool_t,
                    skill_xy=self.skill_xy, skill_xx=self.skill_xx, config=asdict(self.config))
         return out

@@ -90,7 +90,16 @@ class EstimatorState:
 
         version = self._state_version(state)
         speed = unprefixed("speed", state)
-        saved_keys = np.asarray(speed["edge_key"], dtype=np.int64)
+        if bool(speed.get("sparse", False)):
+            # A sparse state lists only its touched edges; the coordinator that splits it
+            # adds the whole network's keys (``network_keys``), which ``covered`` and the
+            # profile's edge ids follow.
+            if "network_keys" not in state:
+                raise ValueError("a sparse estimator state needs `network_keys` (the saved "
+                                 "network's edge keys, in order) to be split by key")
+            saved_keys = np.asarray(state["network_keys"], dtype=np.int64)
+        else:
+            saved_keys = np.asarray(speed["edge_key"], dtype=np.int64)
         src = index_of_keys(saved_keys, np.asarray(self.net.edge_key, dtype=np.int64))
         if np.any(src < 0):
             raise ValueError(f"the saved estimator state lacks {int(np.sum(src < 0))} of this "

@@ -204,6 +204,7 @@ class ShardedEstimator:
         """Load a sharded state (a list, one per shard) or split an unsharded one by key."""
         s = self.stages
         if isinstance(state, dict):
+            state = {**state, "network_keys": np.asarray(self.net.edge_key)}
             s.get([s.call(h, "load_state_by_key", state, keep_applied=(i == 0))
                    for i, h in enumerate(self.handles)])
             self._all("forget_publications")

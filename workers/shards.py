@@ -96,7 +96,8 @@ def shard_of_keys(edge_key: np.ndarray, n_shards: int) -> np.ndarray:
 class EdgeShard:
     """The segments of one shard, shaped as much like a ``RoadNetwork`` as the estimator
     reads: ``edge_length_m``, ``edge_freeflow_mps``, ``edge_key`` (local order: ascending
-    global id), ``n_edges``, ``version`` (the whole network's) and ``edge_index_of_keys``."""
+    global id), ``n_edges``, ``version`` (the whole network's), ``edge_index_of_keys`` and
+    ``freeflow_mps_at``."""
 
     edge_length_m: np.ndarray
     edge_freeflow_mps: np.ndarray
@@ -109,6 +110,10 @@ class EdgeShard:
     def n_edges(self) -> int:
         """Number of segments in this shard."""
         return int(self.edge_key.shape[0])
+
+    def freeflow_mps_at(self, edges: np.ndarray) -> np.ndarray:
+        """Free-flow speed (m/s) of the given local edges."""
+        return np.asarray(self.edge_freeflow_mps[edges], dtype=np.float64)
 
     def edge_index_of_keys(self, keys: np.ndarray) -> np.ndarray:
         """Map stable edge keys to local edge ids; ``-1`` where a key is not in this shard."""
