@@ -557,3 +557,32 @@ def test_write_round_trip_speed_estimator(store):
     # The live frame also renders as GeoJSON as it is (``edge_key``).
     fc = to_geojson(net, live, as_of_t_s=T0 + 60)
     assert [f["properties"]["key"] for f in fc["features"]] == [100, 200, 300]
+
+
+def test_stored_snapshot_holds_touched_edges_and_reads_back_whole(store):
+    """A stored snapshot keeps only the edges with state; filled with the free-flow rows of
+    the others it equals the estimator's whole table, and the aggregate over every key
+    counts the absent edges at ratio 1."""
+    from traffic.snapshots import fill_absent
+
+    net = three_edges_with_detour()
+    est = SpeedEstimator(net)
+    batch = TraversalBatch(
+        edge=np.array([2], dtype=np.int32), t_enter_s=np.array([T0]),
+        t_exit_s=np.array([T0 + 50]), pace_s_per_m=np.array([0.5]), weight=np.array([1.0]))
+    est.apply(batch, t_s=T0 + 60)
+    assert est.stored_edges().tolist() == [2]
+    whole = validate_snapshot_frame(est.snapshot(at_t_s=T0 + 60)).sort("key")
+    store.write(est.snapshot(T0 + 60, edges=est.stored_edges()), t_s=T0 + 60,
+                network_version=net.version)
+    _, back = store.at(T0 + 60)
+    assert back.height == 1
+    keys = np.asarray(net.edge_key)
+    filled = fill_absent(back, keys, net.freeflow_mps_at(np.arange(net.n_edges)))
+    assert_frame_equal(filled, whole, check_exact=True)
+    agg = store.aggregate_ratio(keys, T0, T0 + 120, interval_s=600,
+                                network_version=net.version)
+    assert agg["n"].to_list() == [3]
+    assert agg["mean_ratio"][0] == pytest.approx(whole["ratio"].mean())
+    plain = store.aggregate_ratio(keys, T0, T0 + 120, interval_s=600)
+    assert plain["n"].to_list() == [1]  # without the version: the stored rows only

@@ -604,6 +604,20 @@ class SpeedEstimator:
         """Confidence in ``[0, 1]`` per edge on the host."""
         return to_host(confidence(self.state, at_t_s, config=self.config))
 
+    def stored_edges(self) -> numpy.ndarray:
+        """Ids of the edges a stored snapshot must hold: any evidence, a clock, or a prior
+        that makes the speed other than free-flow. Every other edge reads free-flow speed,
+        ratio 1, confidence 0, no observations and no update (what
+        :func:`traffic.snapshots.fill_absent` puts back). O(edges) over the state, with no
+        table built for the edges left out."""
+        host = {k: to_host(getattr(self.state, k)) for k in ("count", "c", "last_t_s", "prior")}
+        free = numpy.asarray(self._freeflow_pace, dtype=host["prior"].dtype)
+        cfg = self.config
+        clipped = numpy.clip(free, cfg.min_pace_s_per_m, cfg.max_pace_s_per_m) != free
+        return numpy.flatnonzero((host["count"] != 0) | (host["c"] != 0)
+                                 | numpy.isfinite(host["last_t_s"]) | (host["prior"] != free)
+                                 | clipped)
+
     def snapshot(self, at_t_s: float | None = None, edges: Any = None) -> polars.DataFrame:
         """Per-edge table: ``edge, edge_key, speed_mps, freeflow_mps, ratio, confidence,
         observations, last_update_t`` (``last_update_t`` null where never updated).

@@ -1,6 +1,6 @@
 """Congestion snapshots: an hourly-partitioned Parquet history of the estimator's state.
 
-A snapshot is every edge's estimate at one event time ``t``: one Parquet file per snapshot,
+A snapshot is the estimator's state at one event time ``t``: one Parquet file per snapshot,
 under a Hive-style partition of its UTC date and hour::
 
     <root>/date=2026-11-23/hour=08/snap-<t_ms>-<network_version>.parquet
@@ -12,6 +12,13 @@ that crashed is never read. Queries plan the file list from the names (no data s
 only the partitions that overlap the asked time range, then run a polars lazy scan over those
 files with projection and predicate push-down. Rows inside a file are sorted by edge key and
 carry Parquet statistics, so a one-edge query decodes one row group per file.
+
+A file holds the edges with any state (evidence, a clock, a prior other than free-flow);
+the service writes only those (``EstimatorCore.stored_snapshot``), so a snapshot of a
+26M-edge network costs what the probes touched. An edge of the file's network that is
+absent had none: free-flow speed, ratio 1, confidence 0, no observations and no
+``last_update_t``; :func:`fill_absent` puts such rows back for the keys a query asked for.
+Files that hold every edge (older ones) read the same.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ __all__ = [
     "validate_snapshot_frame",
     "check_bbox",
     "edge_bboxes",
+    "fill_absent",
     "keys_in_bbox",
 ]
 
@@ -317,14 +325,16 @@ class SnapshotStore:
         ))
 
     def aggregate_ratio(self, keys: np.ndarray | Sequence[int], t_from: float, t_to: float, *,
-                        interval_s: float) -> pl.DataFrame:
+                        interval_s: float, network_version: str | None = None) -> pl.DataFrame:
         """Mean congestion ratio over a set of edges per time interval.
 
         Buckets are ``floor(t / interval_s) * interval_s`` (aligned to the epoch, UTC), so
         15-minute buckets start on the quarter hours. ``mean_ratio`` is the plain mean over
         every (snapshot, edge) row of the bucket with a non-null, non-NaN ratio; ``n`` counts
-        those rows. Returns columns ``t_bucket`` (unix s), ``mean_ratio``, ``n``, by time;
-        buckets without rows are absent.
+        those rows. With ``network_version`` (the network ``keys`` belong to), each
+        snapshot of that version also counts every asked key it lacks, at ratio 1 (an edge
+        with no state; see the module docstring). Returns columns ``t_bucket`` (unix s),
+        ``mean_ratio``, ``n``, by time; buckets without rows are absent.
         """
         if not (math.isfinite(interval_s) and interval_s > 0):
             raise SnapshotQueryError(f"`interval_s` must be a finite number > 0 s; got {interval_s!r}")
@@ -334,16 +344,32 @@ class SnapshotStore:
         if key_arr.size == 0:
             return pl.DataFrame(schema=out_schema)
         ratio = pl.col("ratio")
-        return _retry_once(lambda: (
+        bucket = ((pl.col("t") / interval_s).floor() * interval_s).alias("t_bucket")
+        per_t = _retry_once(lambda: (
             self.scan(t_from, t_to)
             .filter(pl.col("key").is_in(key_arr) & ratio.is_not_null() & ratio.is_not_nan())
-            .select(((pl.col("t") / interval_s).floor() * interval_s).alias("t_bucket"), ratio)
-            .group_by("t_bucket")
-            .agg(ratio.mean().alias("mean_ratio"), pl.len().cast(pl.Int64).alias("n"))
-            .sort("t_bucket")
+            .group_by("t")
+            .agg(ratio.sum().alias("s"), pl.len().cast(pl.Int64).alias("n"))
             .collect()
-            .cast(out_schema)
         ))
+        if network_version is not None:
+            # Snapshots of this network without some asked keys: those edges had no state.
+            times = pl.DataFrame({"t": [r.t_s for r in self.snapshots(t_from, t_to)
+                                        if r.network_version == network_version]},
+                                 schema={"t": pl.Float64()})
+            per_t = (times.join(per_t, on="t", how="full", coalesce=True)
+                     .with_columns(pl.col("s").fill_null(0.0), pl.col("n").fill_null(0))
+                     .with_columns(pl.when(pl.col("t").is_in(times["t"].implode()))
+                                   .then(pl.lit(key_arr.size, dtype=pl.Int64))
+                                   .otherwise(pl.col("n")).alias("n_all"))
+                     .with_columns((pl.col("s") + (pl.col("n_all") - pl.col("n"))).alias("s"),
+                                   pl.col("n_all").alias("n"))
+                     .drop("n_all"))
+        # Sorted and in order: float sums must not depend on the threads' order.
+        return (per_t.filter(pl.col("n") > 0).sort("t").group_by(bucket, maintain_order=True)
+                .agg((pl.col("s").sum() / pl.col("n").sum()).alias("mean_ratio"),
+                     pl.col("n").sum().cast(pl.Int64).alias("n"))
+                .sort("t_bucket").cast(out_schema))
 
     # ------------------------------------------------------------------ internals
     def _partitions(self, lo_ms: int | None, hi_ms: int | None, *,
@@ -412,6 +438,25 @@ def validate_snapshot_frame(df: pl.DataFrame) -> pl.DataFrame:
 
 
 # ---------------------------------------------------------------------- query arguments
+def fill_absent(frame: pl.DataFrame, keys: np.ndarray, freeflow_mps: np.ndarray) -> pl.DataFrame:
+    """``frame`` (:data:`SNAPSHOT_COLUMNS`) with a row for each of ``keys`` it lacks: an edge
+    with no state (free-flow speed ``freeflow_mps`` of that key, ratio 1, confidence 0, no
+    observations, null ``last_update_t``); sorted by key. ``freeflow_mps`` is per key of
+    ``keys``. O(rows + keys)."""
+    keys = np.asarray(keys, dtype=np.int64)
+    missing = ~np.isin(keys, frame["key"].to_numpy())
+    if not missing.any():
+        return frame.sort("key")
+    ff = np.asarray(freeflow_mps, dtype=np.float64)[missing]
+    n = int(missing.sum())
+    rows = pl.DataFrame({
+        "key": keys[missing], "speed_mps": ff, "freeflow_mps": ff, "ratio": np.ones(n),
+        "confidence": np.zeros(n), "observations": np.zeros(n, dtype=np.int64),
+        "last_update_t": pl.Series(np.zeros(n)).replace(0.0, None),
+    }, schema=SNAPSHOT_SCHEMA)
+    return pl.concat([frame.select(SNAPSHOT_COLUMNS).cast(SNAPSHOT_SCHEMA), rows]).sort("key")
+
+
 def check_bbox(bbox: Sequence[float], *, shown: str | None = None) -> tuple[float, float, float, float]:
     """Check a box ``(minlon, minlat, maxlon, maxlat)`` in degrees; return it as floats.
 

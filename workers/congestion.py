@@ -26,6 +26,7 @@ from traffic.snapshots import (
     SnapshotStore,
     check_bbox,
     edge_bboxes,
+    fill_absent,
     keys_in_bbox,
 )
 
@@ -157,6 +158,9 @@ class CongestionQueries:
             store = self._require_store()
             ref = store.find(at_s)
             t_s, frame = store.at(at_s, keys=keys)
+            if ref.network_version == net.version:  # the edges it lacks had no state
+                ids = ids if spatial is not None else net.edge_index_of_keys(keys)
+                frame = fill_absent(frame, keys, net.freeflow_mps_at(ids))
             answer = CongestionAnswer(frame, t_s, "snapshot", ref.network_version)
         if min_ratio is not None:
             answer = _with_frame(answer, answer.frame.filter(pl.col("ratio") >= min_ratio))
@@ -165,10 +169,31 @@ class CongestionQueries:
         return answer
 
     def edge_history(self, key: int, t_from: float | None, t_to: float | None, *,
-                     now_s: float) -> pl.DataFrame:
-        """One edge's snapshots in ``[t_from, t_to]`` (defaults: the last 6 h before ``now_s``)."""
+                     now_s: float, net: RoadNetwork | None = None) -> pl.DataFrame:
+        """One edge's snapshots in ``[t_from, t_to]`` (defaults: the last 6 h before ``now_s``).
+
+        With ``net``: a snapshot of ``net``'s version that lacks the edge (it had no state
+        then) gives a free-flow row, as a stored row would have said."""
         t_from, t_to = _range(t_from, t_to, now_s)
-        return self._require_store().edge_history(key, t_from, t_to)
+        store = self._require_store()
+        frame = store.edge_history(key, t_from, t_to)
+        if net is None:
+            return frame
+        edge = int(net.edge_index_of_keys(np.array([key], dtype=np.int64))[0])
+        if edge < 0:
+            return frame
+        have = set(frame["t"].to_list())
+        lack = [r.t_s for r in store.snapshots(t_from, t_to)
+                if r.network_version == net.version and r.t_s not in have]
+        if not lack:
+            return frame
+        ff = float(net.freeflow_mps_at(np.array([edge]))[0])
+        n = len(lack)
+        rows = pl.DataFrame({"t": lack, "speed_mps": [ff] * n, "freeflow_mps": [ff] * n,
+                             "ratio": [1.0] * n, "confidence": [0.0] * n,
+                             "observations": [0] * n, "last_update_t": [None] * n},
+                            schema=frame.schema)
+        return pl.concat([frame, rows]).sort("t")
 
     def aggregate(self, net: RoadNetwork, bbox: Sequence[float], t_from: float | None,
                   t_to: float | None, *, interval_s: float, now_s: float,
@@ -190,7 +215,8 @@ class CongestionQueries:
                 f"`interval` {interval_s:g} s over {t_to - t_from:g} s makes {math.ceil(n_buckets)} "
                 f"buckets; at most {MAX_AGGREGATE_BUCKETS}")
         keys = self.keys(net, bbox, road_class=road_class, spatial=spatial)
-        return self._require_store().aggregate_ratio(keys, t_from, t_to, interval_s=interval_s)
+        return self._require_store().aggregate_ratio(keys, t_from, t_to, interval_s=interval_s,
+                                                     network_version=net.version)
 
     def snapshot_times(self, t_from: float | None = None, t_to: float | None = None) -> np.ndarray:
         """Stored snapshot times (unix s, ascending); empty when snapshots are not written."""

@@ -244,7 +244,8 @@ class Queries:
     def edge_history(self, key: int, t_from: float | None = None,
                      t_to: float | None = None) -> pl.DataFrame:
         """One edge's stored snapshots over time (default: the last 6 h)."""
-        return self._congestion.edge_history(key, t_from, t_to, now_s=self.now_s())
+        return self._congestion.edge_history(key, t_from, t_to, now_s=self.now_s(),
+                                             net=self.net)
 
     def aggregate(self, bbox: tuple[float, float, float, float], t_from: float | None = None,
                   t_to: float | None = None, *, interval_s: float = 300.0,

@@ -157,6 +157,11 @@ class ShardedEstimator:
         """The shards' snapshots merged (global edge ids, sorted by edge)."""
         return self.map.merge_frames(self._all("snapshot", at_t_s))
 
+    def stored_snapshot(self, at_t_s: float) -> pl.DataFrame:
+        """The shards' stored snapshots merged (each only its edges with state; see
+        ``EstimatorCore.stored_snapshot``)."""
+        return self.map.merge_frames(self._all("stored_snapshot", at_t_s))
+
     def live_snapshot(self, edges: Any = None) -> tuple[float | None, pl.DataFrame]:
         """``(watermark, merged snapshot)`` (every shard holds the same watermark); with
         ``edges`` (global ids) each shard answers only its own of them."""

@@ -33,7 +33,9 @@ class SnapshotWriter:
         if boundary is None:
             return
         try:
-            self.store.write(core.snapshot(boundary), t_s=boundary,
+            frame = core.stored_snapshot(boundary) if hasattr(core, "stored_snapshot") \
+                else core.snapshot(boundary)
+            self.store.write(frame, t_s=boundary,
                              network_version=core.net.version)
             self.store.prune(boundary)
         except OSError:
