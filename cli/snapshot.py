@@ -22,7 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     ex = actions.add_parser(
         "export", help="write the snapshot at or before a time, optionally cut to a bbox",
         description="Write the nearest snapshot at or before --at to a file; the format "
-                    "follows the suffix of -o (.parquet, .csv, .arrow/.ipc/.feather, .geojson).",
+                    "follows the suffix of -o (.parquet, .csv, .arrow/.ipc/.feather, .geojson). "
+                    "A snapshot stores the edges with state; with --network (of the snapshot's "
+                    "version) every other edge is written too, as free-flow.",
     )
     ex.add_argument("--data-dir", required=True, type=Path, help="the snapshot dataset directory")
     ex.add_argument("--at", required=True, help="unix seconds or ISO 8601 (UTC when no offset)")
@@ -69,6 +71,13 @@ def _export(args: argparse.Namespace) -> int:
     store = SnapshotStore(args.data_dir, retention_s=None)
     ref = store.find(t_s)
     snap_t, df = store.at(t_s, keys=keys)
+    if net is not None and ref.network_version == net.version:
+        # A stored snapshot lists the edges with state; with the network the others are
+        # put back as free-flow rows (traffic.snapshots.fill_absent).
+        from traffic.snapshots import fill_absent
+
+        want = np.asarray(net.edge_key if keys is None else keys, dtype=np.int64)
+        df = fill_absent(df, want, net.freeflow_mps_at(net.edge_index_of_keys(want)))
     if fmt == "geojson":
         import json
 
