@@ -251,6 +251,22 @@ def _serve(net_path: Path, run_dir: Path, log_path: Path, extra: list[str]) -> t
         time.sleep(0.05)
 
 
+def _poll(client: Any, path: str, tries: int = 5) -> dict[str, Any]:
+    """``GET path`` as JSON, retried on a connection error: the server closes keep-alive
+    connections it found idle, and while a swap step holds the GIL (a CCH contraction) its
+    event loop can close one just as the next poll goes out on it."""
+    import httpx
+
+    for attempt in range(tries):
+        try:
+            return client.get(path).json()
+        except httpx.TransportError:
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.5)
+    raise AssertionError("unreachable")
+
+
 def swap_under_load(a_net: Path, b_net: Path, work: Path, *, k: int, rate_per_s: float,
                     conns: int, steady_s: float, settle_s: float, after_s: float,
                     upload_timeout_s: float) -> dict[str, Any]:
@@ -310,7 +326,7 @@ def swap_under_load(a_net: Path, b_net: Path, work: Path, *, k: int, rate_per_s:
             if not stages or stages[-1][1] != stage:
                 stages.append((time.time(), stage))
             time.sleep(0.5)
-            job = client.get(f"/v1/network/jobs/{job['id']}").json()
+            job = _poll(client, f"/v1/network/jobs/{job['id']}")
         out["job_end"] = time.time()
         stages.append((out["job_end"], job["state"]))
         out["job"], out["stages"] = job, stages
@@ -329,6 +345,7 @@ def swap_under_load(a_net: Path, b_net: Path, work: Path, *, k: int, rate_per_s:
             sampler.stop()
         out["samples"], out["roles"] = sampler.samples, sampler.roles
         out["stop_s"] = _stop(proc)
+        (work / f"swap-k{k}.json").write_text(json.dumps(out, default=str))  # kept on failure
     return out
 
 

@@ -55,15 +55,20 @@ class ImportTimeout(RuntimeError):
     """A network import ran past its time limit and was stopped."""
 
 
-def import_in_child(path: str | Path, *, timeout_s: float,
-                    cache_dir: str | None = None) -> RoadNetwork:
+def import_in_child(path: str | Path, *, timeout_s: float, cache_dir: str | None = None,
+                    keep_as: str | Path | None = None, by_path: bool = False) -> RoadNetwork:
     """Import a network file in a fresh child process, killed after ``timeout_s`` wall s.
 
     The child parses ``path`` (:func:`graph.io.load_network`), prepares its routing index
     into ``cache_dir`` (when given, so the caller's preparation then reads the cache) and
-    writes the network in the compiled format next to ``path``; the caller reads that back
-    (:func:`graph.io.load_compiled`, a plain read). A thread cannot be stopped; a process
-    can, so a hostile or huge file cannot hold the import forever.
+    writes the network in the compiled format next to ``path``. Without ``keep_as`` the
+    caller reads that back (:func:`graph.io.load_compiled`, a plain read) and removes it.
+    With ``keep_as`` the compiled file is renamed there and *mapped* (read-only, shared page
+    cache, as ``traffic serve`` maps the network it starts with): the serving process then
+    holds no private copy of the new network, and with ``by_path`` it pickles as its path,
+    so Ray actors on this machine map the same file instead of an object-store copy. The
+    caller owns ``keep_as`` from then on. A thread cannot be stopped; a process can, so a
+    hostile or huge file cannot hold the import forever.
 
     Raises
     ------
@@ -105,7 +110,11 @@ def import_in_child(path: str | Path, *, timeout_s: float,
             raise OSError(message)
         if kind != "ok":
             raise RuntimeError(message)
-        return load_compiled(out)
+        if keep_as is None:
+            return load_compiled(out)
+        Path(keep_as).parent.mkdir(parents=True, exist_ok=True)
+        out.replace(keep_as)
+        return load_compiled(keep_as, mmap=True, pickle_by_path=by_path)
     finally:
         recv.close()
         child.join(timeout=5)
@@ -154,23 +163,38 @@ class NetworkJobs:
     cache_dir
         Where the child may prepare the routing index for the service to reuse.
     data_dir
-        Root of ``uploads/`` (``None``: the system temporary directory).
+        Root of ``uploads/`` and ``networks/`` (``None``: the system temporary directory).
+    by_path
+        Whether a new network may be shared with the workers as the path of its compiled
+        file (they see this file system; true when the serving network is shared so).
+
+    An imported network is kept compiled as ``networks/<job id>.net`` and mapped while it
+    serves (no private copy in this process, none in the object store with ``by_path``);
+    the file of the network it replaced is removed after a swap (processes still mapping
+    it keep their pages until they let go).
     """
 
     def __init__(self, *, prepare: Callable[[RoadNetwork], Any],
                  swap: Callable[[RoadNetwork, Any], int], current_version: Callable[[], str],
-                 upload_timeout_s: float, cache_dir: str | None, data_dir: str | None) -> None:
+                 upload_timeout_s: float, cache_dir: str | None, data_dir: str | None,
+                 by_path: Callable[[], bool] = lambda: False) -> None:
         self._prepare, self._swap, self._current_version = prepare, swap, current_version
         self.upload_timeout_s = upload_timeout_s
         self.cache_dir, self.data_dir = cache_dir, data_dir
+        self._by_path = by_path
         self.swap_lock = threading.RLock()
         self._jobs: dict[str, NetworkJob] = {}
+        self._serving_file: Path | None = None  # the kept file of an uploaded network serving
 
     def upload_dir(self) -> str:
         """Directory for network uploads in progress (created when missing)."""
         root = Path(self.data_dir or tempfile.gettempdir()) / "uploads"
         root.mkdir(parents=True, exist_ok=True)
         return str(root)
+
+    def network_dir(self) -> Path:
+        """Directory of the compiled files of uploaded networks (mapped while they serve)."""
+        return Path(self.data_dir or tempfile.gettempdir()) / "networks"
 
     def submit(self, path: str | Path) -> NetworkJob:
         """Start importing ``path`` in the background; the job swaps it in when ready."""
@@ -190,15 +214,20 @@ class NetworkJobs:
     def _run(self, job: NetworkJob) -> None:
         job.state, job.stage = "running", "import"
         state = "failed"
+        kept = self.network_dir() / f"{job.id}.net"
         try:
             net = import_in_child(job.path, timeout_s=self.upload_timeout_s,
-                                  cache_dir=self.cache_dir)
+                                  cache_dir=self.cache_dir, keep_as=kept,
+                                  by_path=self._by_path())
             job.stage = "prepare"
             prepared = self._prepare(net)
             job.stage = "swap"
             with self.swap_lock:
                 job.previous_version = self._current_version()
                 job.edges_carried = self._swap(net, prepared)
+                replaced, self._serving_file = self._serving_file, kept
+            if replaced is not None:
+                replaced.unlink(missing_ok=True)
             job.network_version = net.version
             state, job.stage = "done", None
         except ImportTimeout as exc:
@@ -214,5 +243,7 @@ class NetworkJobs:
             # The upload is gone before the job reads as finished, so a client that sees
             # `done`/`failed` never finds the file still there.
             Path(job.path).unlink(missing_ok=True)
+            if state != "done":
+                kept.unlink(missing_ok=True)
             job.finished_at = time.time()
             job.state = state

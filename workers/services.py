@@ -88,7 +88,8 @@ class Services(Intake, Queries, ClosureOps, FeedOps):
         self.jobs = NetworkJobs(prepare=self._prepare, swap=self._swap,
                                 current_version=lambda: self.net.version,
                                 upload_timeout_s=config.upload_timeout_s,
-                                cache_dir=config.cache_dir, data_dir=config.data_dir)
+                                cache_dir=config.cache_dir, data_dir=config.data_dir,
+                                by_path=lambda: getattr(self.net, "source", None) is not None)
         self.durability: Any = None
         self._order_lock: Any = threading.Lock()
         if config.durability is not None:
