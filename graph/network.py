@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 
@@ -148,6 +149,9 @@ class RoadNetwork:
     geom_osm_node: np.ndarray  # int64[offsets[-1]], OSM node id of each geometry point; -1 unknown
     name: str = ""
     version: str = field(default="")
+    #: ``(edge_key array, order)`` for :meth:`edge_index_of_keys`, filled on first use
+    #: (``order`` None when the keys are ascending already); not part of the network.
+    _key_order: Any = field(default=None, repr=False, compare=False)
 
     @property
     def n_nodes(self) -> int:
@@ -197,16 +201,42 @@ class RoadNetwork:
         return self.geom_lat[a:b], self.geom_lon[a:b]
 
     def edge_index_of_keys(self, keys: np.ndarray) -> np.ndarray:
-        """Map stable edge keys to edge ids; ``-1`` where a key is not in this network."""
+        """Map stable edge keys to edge ids; ``-1`` where a key is not in this network.
+
+        The key order (an argsort, int32: 4 B per edge) is found once per network and
+        kept, not sorted again per call (at 26M edges a sort takes seconds): a few keys
+        (a request's) cost a binary search through it, O(len(keys) log m); many keys (a
+        network swap's) one pass over the sorted keys."""
         keys = np.asarray(keys, dtype=_INT64)
-        order = np.argsort(self.edge_key, kind="stable")
-        sorted_keys = self.edge_key[order]
-        pos = np.searchsorted(sorted_keys, keys)
-        pos = np.clip(pos, 0, max(len(sorted_keys) - 1, 0))
-        if len(sorted_keys) == 0:
+        edge_key = self.edge_key
+        m = len(edge_key)
+        if m == 0:
             return np.full(keys.shape, -1, dtype=_INT64)
-        found = sorted_keys[pos] == keys
-        return np.where(found, order[pos], -1).astype(_INT64)
+        cached = self._key_order
+        if cached is None or cached[0] is not edge_key:
+            order = np.argsort(edge_key, kind="stable").astype(np.int32 if m < 2**31 else _INT64)
+            cached = (edge_key, order)
+            object.__setattr__(self, "_key_order", cached)
+        order = cached[1]
+        flat = keys.reshape(-1)
+        if flat.size * 16 >= m:
+            sorted_keys = edge_key[order]
+            pos = np.clip(np.searchsorted(sorted_keys, flat), 0, m - 1)
+            found = sorted_keys[pos] == flat
+        else:
+            lo = np.zeros(flat.size, dtype=_INT64)
+            hi = np.full(flat.size, m, dtype=_INT64)
+            while True:
+                active = lo < hi
+                if not active.any():
+                    break
+                mid = (lo + hi) // 2
+                right = edge_key[order[np.minimum(mid, m - 1)]] < flat
+                lo = np.where(active & right, mid + 1, lo)
+                hi = np.where(active & ~right, mid, hi)
+            pos = np.minimum(lo, m - 1)
+            found = edge_key[order[pos]] == flat
+        return np.where(found, order[pos], -1).astype(_INT64).reshape(keys.shape)
 
     @property
     def n_strings(self) -> int:

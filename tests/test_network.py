@@ -126,3 +126,24 @@ def test_build_network_empty():
     net = build_network(node_lat=[], node_lon=[], edge_src=[], edge_dst=[], edge_speed_kph=[])
     assert (net.n_nodes, net.n_edges) == (0, 0)
     assert net.out_first.tolist() == [0]
+
+
+def test_edge_index_of_keys_small_and_large_asks_match_a_sort():
+    """A few keys go through a binary search of the kept order, many through the sorted
+    keys; both equal a plain sort-and-search, and the order is computed once."""
+    rng = np.random.default_rng(3)
+    n = 3000
+    net = build_network(node_lat=55 + rng.random(n + 1) * 0.01, node_lon=12 + rng.random(n + 1) * 0.01,
+                        edge_src=np.arange(n), edge_dst=np.arange(1, n + 1),
+                        edge_speed_kph=np.full(n, 50.0),
+                        edge_key=rng.permutation(np.arange(10**6, 10**6 + 5 * n, 5)))
+    keys = net.edge_key
+    order = np.argsort(keys)
+    for ask in (keys[[7]], np.array([keys[3], 42, keys[-1], keys[0]]), np.concatenate(
+            [keys[rng.integers(0, n, 400)], rng.integers(0, 10**7, 400)])):
+        pos = np.clip(np.searchsorted(keys[order], ask), 0, n - 1)
+        want = np.where(keys[order][pos] == ask, order[pos], -1)
+        assert net.edge_index_of_keys(ask).tolist() == want.tolist()
+    first = net._key_order
+    net.edge_index_of_keys(keys[:2])
+    assert net._key_order is first  # kept, not recomputed
