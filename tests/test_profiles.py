@@ -418,3 +418,19 @@ def test_profile_load_newer_format_refused(tmp_path):
     np.savez(path, **data)
     with pytest.raises(EstimatorStateError, match=r"format version 3.*version 2"):
         TimeOfWeekProfile.load(path)
+
+
+def test_index_of_keys_fast_paths_match_a_plain_search():
+    """Same keys in the same order: the identity; many unsorted keys (searched in sorted
+    order) and a few: a plain sort-and-search's answer."""
+    from traffic.profiles import index_of_keys
+
+    rng = np.random.default_rng(5)
+    old = rng.permutation(np.arange(0, 60_000, 3, dtype=np.int64) * 7919)
+    assert index_of_keys(old, old.copy()).tolist() == list(range(old.size))
+    for n in (5, 9000):
+        new = np.concatenate([rng.choice(old, n), rng.integers(1, 10**9, n // 2) * 2 + 1])
+        order = np.argsort(old)
+        pos = np.clip(np.searchsorted(old[order], new), 0, old.size - 1)
+        want = np.where(old[order][pos] == new, order[pos], -1)
+        assert index_of_keys(old, new).tolist() == want.tolist()
