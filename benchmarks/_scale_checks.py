@@ -57,6 +57,17 @@ def pss_kinds(pid: int) -> dict[str, int]:
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` so far (0 when it is gone)."""
+    import os
+
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def query_latency(metric: Any, n_nodes: int, *, n: int = 1000, seed: int = 7) -> dict[str, float]:
     """Node-to-node queries (path included) on ``metric`` between random nodes, reusing one
     query object as the router's query threads do: p50/p99 ms."""

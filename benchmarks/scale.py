@@ -292,7 +292,13 @@ def serve_and_measure(net_path: Path, work: Path, *, settle_s: float, k: int,
 
     import httpx
     import numpy as np
-    from _scale_checks import closure_latency, congestion_latency, probe_load, pss_kinds
+    from _scale_checks import (
+        closure_latency,
+        congestion_latency,
+        cpu_seconds,
+        probe_load,
+        pss_kinds,
+    )
 
     from graph.io import load_network
 
@@ -320,7 +326,14 @@ def serve_and_measure(net_path: Path, work: Path, *, settle_s: float, k: int,
         # Load: vehicles on random drives over the whole network, up to now.
         probes = walk_probes(net, n_vehicles=load_vehicles, n_steps=load_steps,
                              t0_s=time.time() - 5.0 * load_steps, seed=2)
+        tree = process_tree(proc.pid)
+        cpu0 = {pid: cpu_seconds(pid) for pid in tree}
         load = probe_load(url, probes, work)
+        cpu = {}
+        for pid in tree:
+            role = role_of(pid, proc.pid)
+            cpu[role] = cpu.get(role, 0.0) + cpu_seconds(pid) - cpu0[pid]
+        load["cpu_s_by_role"] = cpu
         out["load"] = load
         out["probes_posted"], out["probes_accepted"] = load["posted"], load["accepted"]
         st = _settled(client, load["accepted"])
@@ -480,6 +493,9 @@ def _checks_table(c: dict[str, Any], s: dict[str, Any]) -> list[str]:
          f"{ld['rate_per_s']:,.0f} accepted/s over {ld['seconds']:.1f} s ({ld['accepted']:,} "
          f"accepted; POST p50 {ld['post_p50_ms']:.0f} ms, p99 {ld['post_p99_ms']:.0f} ms)",
          ">= 10,000 /s"),
+        ("CPU during the load, by process (s; the machine has 2 cores)",
+         ", ".join(f"{role} {sec_:.0f}" for role, sec_ in sorted(
+             ld.get("cpu_s_by_role", {}).items(), key=lambda x: -x[1])), ""),
         ("freshness accepted -> published", f"p50 {sec(est.get('freshness_p50_s'))}, "
          f"p99 {sec(est.get('freshness_p99_s'))}", "p99 <= 5 s"),
         ("freshness published -> serving in the router",
