@@ -45,7 +45,12 @@ class Settings:
     rate_per_s, rate_burst
         Token bucket per API key (per client address when open); ``None``: no rate limit.
     keep_alive_s
-        Seconds an idle keep-alive connection is held (uvicorn ``timeout_keep_alive``).
+        Seconds an idle keep-alive connection is held (uvicorn ``timeout_keep_alive``). 75 s,
+        longer than the 60 s idle timeout load balancers use in front of a backend, and
+        longer than any pause of the event loop: uvicorn's 5 s default closed, when a loop
+        stalled for 6 s (a router built in the API process during a network swap, RoutingKit
+        holding the GIL), the idle connections a client was just sending on (3 failed
+        routes in the K=4 swap benchmark).
     """
 
     clock: Literal["wall", "event"] = "wall"
@@ -66,7 +71,7 @@ class Settings:
     body_timeout_s: float = 60.0
     rate_per_s: float | None = None
     rate_burst: int = 20
-    keep_alive_s: float = 5.0
+    keep_alive_s: float = 75.0
 
     def limits(self) -> Limits:
         """The request limits these settings ask for."""
