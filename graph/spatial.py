@@ -156,10 +156,20 @@ def load_spatial_index(path: str | os.PathLike[str], *, mmap: bool = True) -> Sp
     return SpatialIndex(**scalars, **{k: arrays[k] for k in _SPATIAL_ARRAYS})
 
 
+#: Segments handled per chunk while building: bounds the build's temporaries (about 100 B
+#: per segment of a chunk) whatever the network's size.
+BUILD_CHUNK_SEGMENTS = 1 << 21
+
+
 def build_spatial_index(
-    net: RoadNetwork, *, cell_m: float = DEFAULT_CELL_M, piece_m: float | None = None
+    net: RoadNetwork, *, cell_m: float = DEFAULT_CELL_M, piece_m: float | None = None,
+    chunk: int = BUILD_CHUNK_SEGMENTS,
 ) -> SpatialIndex:
     """Explode edge geometry into segments and grid them; O(points log points).
+
+    Memory: the index itself (about 60 B per segment) plus temporaries of ``chunk``
+    segments at a time and one sort of the (cell, segment) keys (16 B per piece): a network
+    swap at country scale prepares the new network beside the serving one.
 
     Parameters
     ----------
@@ -169,39 +179,60 @@ def build_spatial_index(
     piece_m
         Longest piece (m) a segment is registered by (default: the cell side); long segments
         are registered once per piece, so a query's margin stays half a piece.
+    chunk
+        Segments per chunk of the build (the result does not depend on it).
     """
     if not (np.isfinite(cell_m) and cell_m > 0):
         raise ValueError(f"`cell_m` must be a positive number of metres; got {cell_m!r}")
     if piece_m is not None and not (np.isfinite(piece_m) and piece_m > 0):
         raise ValueError(f"`piece_m` must be a positive number of metres; got {piece_m!r}")
+    chunk = max(int(chunk), 1)
     min_lon, min_lat, max_lon, max_lat = net.bbox
     lat0, lon0 = (min_lat + max_lat) / 2, (min_lon + max_lon) / 2
     ky = np.pi * EARTH_RADIUS_M / 180.0
     kx = ky * float(np.cos(np.radians(lat0)))
-    x = (net.geom_lon - lon0) * kx
-    y = (net.geom_lat - lat0) * ky
+    glat, glon = net.geom_lat, net.geom_lon
 
-    n_pts = np.diff(net.geom_offsets)
-    owner = np.repeat(np.arange(net.n_edges, dtype=np.int32), n_pts)
-    # Segment i joins points i and i+1 when both belong to the same edge.
-    keep = np.flatnonzero(owner[:-1] == owner[1:]) if owner.size > 1 else np.zeros(0, np.int64)
-    seg_edge = owner[keep]
-    x0, y0, x1, y1 = x[keep], y[keep], x[keep + 1], y[keep + 1]
-    proj_len = np.hypot(x1 - x0, y1 - y0)
+    # Segment i joins points keep[i] and keep[i] + 1: every point but each edge's last.
+    n_seg_e = np.maximum(np.diff(net.geom_offsets) - 1, 0)
+    seg_edge = np.repeat(np.arange(net.n_edges, dtype=np.int32), n_seg_e)
+    first_seg = np.cumsum(n_seg_e) - n_seg_e
+    n_seg = int(seg_edge.size)
+    x0, y0, x1, y1 = (np.empty(n_seg) for _ in range(4))
+    proj_len, true_len = np.empty(n_seg), np.empty(n_seg)
+    for lo in range(0, n_seg, chunk):
+        hi = min(lo + chunk, n_seg)
+        e = seg_edge[lo:hi]
+        keep = net.geom_offsets[:-1][e] + (np.arange(lo, hi) - first_seg[e])
+        x0[lo:hi] = (glon[keep] - lon0) * kx
+        y0[lo:hi] = (glat[keep] - lat0) * ky
+        x1[lo:hi] = (glon[keep + 1] - lon0) * kx
+        y1[lo:hi] = (glat[keep + 1] - lat0) * ky
+        proj_len[lo:hi] = np.hypot(x1[lo:hi] - x0[lo:hi], y1[lo:hi] - y0[lo:hi])
+        true_len[lo:hi] = haversine_m(glat[keep], glon[keep], glat[keep + 1], glon[keep + 1])
 
     # Positions along an edge are measured in great-circle metres per segment (as the edge's
     # length is), then scaled so the edge ends exactly at edge_length_m.
-    true_len = haversine_m(net.geom_lat[keep], net.geom_lon[keep], net.geom_lat[keep + 1], net.geom_lon[keep + 1])
     edge_true_len = np.bincount(seg_edge, weights=true_len, minlength=net.n_edges)
     with np.errstate(divide="ignore", invalid="ignore"):
         scale_e = np.where(edge_true_len > 0, net.edge_length_m / edge_true_len, 1.0)
-        seg_scale = np.where(proj_len > 0, true_len / proj_len, 1.0) * scale_e[seg_edge]
-    seg_len_m = true_len * scale_e[seg_edge]
+    del edge_true_len
+    seg_scale = proj_len  # filled in place, chunk by chunk
+    seg_len_m = true_len
+    for lo in range(0, n_seg, chunk):
+        hi = min(lo + chunk, n_seg)
+        se = scale_e[seg_edge[lo:hi]]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            seg_scale[lo:hi] = np.where(proj_len[lo:hi] > 0, true_len[lo:hi] / proj_len[lo:hi],
+                                        1.0) * se
+        seg_len_m[lo:hi] = true_len[lo:hi] * se
+    del scale_e
     cum = np.cumsum(seg_len_m) - seg_len_m
-    edge_first_seg = np.searchsorted(seg_edge, seg_edge)
-    seg_start_m = cum - cum[edge_first_seg]
+    del seg_len_m, true_len
+    seg_start_m = cum - cum[first_seg[seg_edge]]
+    del cum
 
-    grid = _build_grid(x0, y0, x1, y1, cell_m=cell_m, piece_m=piece_m)
+    grid = _build_grid(x0, y0, x1, y1, cell_m=cell_m, piece_m=piece_m, chunk=chunk)
     return SpatialIndex(
         network_version=net.version, lat0=lat0, lon0=lon0, kx_m_per_deg=kx, ky_m_per_deg=ky,
         seg_edge=seg_edge, seg_x0=x0, seg_y0=y0, seg_x1=x1, seg_y1=y1,
@@ -211,10 +242,11 @@ def build_spatial_index(
 
 def _build_grid(
     x0: np.ndarray, y0: np.ndarray, x1: np.ndarray, y1: np.ndarray, *, cell_m: float,
-    piece_m: float | None,
+    piece_m: float | None, chunk: int = BUILD_CHUNK_SEGMENTS,
 ) -> dict:
     """Cut segments into pieces of at most ``piece_m``, register each piece in the cell of its
-    midpoint, and return the grid fields of :class:`SpatialIndex`."""
+    midpoint, and return the grid fields of :class:`SpatialIndex` (``chunk`` segments at a
+    time; one sort of all (cell, segment) keys at the end)."""
     n_seg = x0.shape[0]
     if n_seg:
         gx0 = float(min(x0.min(), x1.min()))
@@ -230,24 +262,34 @@ def _build_grid(
         cell *= 1.25
         nx, ny = int(wx // cell) + 1, int(wy // cell) + 1
     piece = cell if piece_m is None else float(piece_m)
-    dx, dy = x1 - x0, y1 - y0
-    n_piece = np.maximum(np.ceil(np.hypot(dx, dy) / piece), 1.0).astype(np.int64)
-    seg = np.repeat(np.arange(n_seg, dtype=np.int32), n_piece)
-    first = np.cumsum(n_piece) - n_piece
-    i = np.arange(seg.size) - np.repeat(first, n_piece)
-    t = (i + 0.5) / n_piece[seg]
-    mx, my = x0[seg] + t * dx[seg], y0[seg] + t * dy[seg]
-    col = np.clip(((mx - gx0) // cell).astype(np.int64), 0, nx - 1)
-    row = np.clip(((my - gy0) // cell).astype(np.int64), 0, ny - 1)
+    stride = max(n_seg, 1)
+    pairs: list[np.ndarray] = []
+    reach_x = reach_y = 0.0
+    for lo in range(0, n_seg, chunk):
+        hi = min(lo + chunk, n_seg)
+        dx, dy = x1[lo:hi] - x0[lo:hi], y1[lo:hi] - y0[lo:hi]
+        n_piece = np.maximum(np.ceil(np.hypot(dx, dy) / piece), 1.0).astype(np.int64)
+        local = np.repeat(np.arange(hi - lo, dtype=np.int64), n_piece)
+        first = np.cumsum(n_piece) - n_piece
+        i = np.arange(local.size) - np.repeat(first, n_piece)
+        t = (i + 0.5) / n_piece[local]
+        mx = x0[lo:hi][local] + t * dx[local]
+        my = y0[lo:hi][local] + t * dy[local]
+        col = np.clip(((mx - gx0) // cell).astype(np.int64), 0, nx - 1)
+        row = np.clip(((my - gy0) // cell).astype(np.int64), 0, ny - 1)
+        pairs.append(np.unique((row * nx + col) * stride + (local + lo)))
+        reach_x = max(reach_x, float((np.abs(dx) / n_piece).max(initial=0.0)) / 2)
+        reach_y = max(reach_y, float((np.abs(dy) / n_piece).max(initial=0.0)) / 2)
     # One entry per (cell, segment), sorted by cell.
-    pair = np.unique((row * nx + col) * max(n_seg, 1) + seg)
-    cell_of = pair // max(n_seg, 1)
+    pair = np.unique(np.concatenate(pairs)) if pairs else np.zeros(0, dtype=np.int64)
+    del pairs
+    cell_of = pair // stride
     cell_start = np.searchsorted(cell_of, np.arange(nx * ny + 1))
-    reach_x = float((np.abs(dx) / n_piece).max(initial=0.0)) / 2
-    reach_y = float((np.abs(dy) / n_piece).max(initial=0.0)) / 2
+    del cell_of
     return dict(cell_m=cell, grid_x0=gx0, grid_y0=gy0, grid_nx=nx, grid_ny=ny,
-                reach_x_m=reach_x, reach_y_m=reach_y, cell_start=cell_start.astype(np.int32 if pair.size < 2**31 else np.int64),
-                cell_seg=(pair % max(n_seg, 1)).astype(np.int32))
+                reach_x_m=reach_x, reach_y_m=reach_y,
+                cell_start=cell_start.astype(np.int32 if pair.size < 2**31 else np.int64),
+                cell_seg=(pair % stride).astype(np.int32))
 
 
 def candidates(

@@ -213,3 +213,23 @@ def test_build_spatial_index_long_segments_bounded():
 def test_build_spatial_index_invalid_cell():
     with pytest.raises(ValueError, match="cell_m"):
         build_spatial_index(_random_grid(seed=1, n=3), cell_m=0.0)
+
+
+@pytest.mark.shared_data
+def test_build_in_chunks_gives_the_same_index():
+    """The build's chunk size bounds its memory and changes nothing in the result."""
+    import dataclasses
+
+    from graph.io import load_network
+    from graph.spatial import build_spatial_index
+
+    net = load_network(shared_file("osm/liechtenstein-latest.osm.pbf"))
+    whole = build_spatial_index(net, chunk=10**9)
+    for chunk in (1, 777):
+        part = build_spatial_index(net, chunk=chunk)
+        for f in dataclasses.fields(whole):
+            a, b = getattr(whole, f.name), getattr(part, f.name)
+            if isinstance(a, np.ndarray):
+                assert a.dtype == b.dtype and np.array_equal(a, b), (chunk, f.name)
+            else:
+                assert a == b, (chunk, f.name)
