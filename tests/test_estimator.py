@@ -742,3 +742,31 @@ def test_kernels_check_edge_range():
     _kernels.check_edge_range(np.zeros(0, np.int32), 0)
     with pytest.raises(TraversalBatchError, match=r"within 0..4 .*got 5 at index 1"):
         _kernels.check_edge_range(np.array([0, 5, -3], np.int32), 5)
+
+
+def test_profile_learning_on_evidence_edges_equals_the_whole_network():
+    """What the estimator folds into the profile from its evidence edges only equals what
+    folding every edge's pace and confidence gives (the others cannot be confident)."""
+    from traffic.profiles import ProfileConfig, TimeOfWeekProfile
+
+    net = _line_network(30)
+    rng = np.random.default_rng(9)
+    edge, pace, weight, t_obs, _ = _random_stream(rng, 12, 300, T0, 600)
+    est = SpeedEstimator(net, CONFIG)
+    est.apply(_batch(edge, pace, t_obs, weight))
+    at = T0 + 620
+    whole = TimeOfWeekProfile(net.edge_key, ProfileConfig())
+    _, tt = est.travel_times(at)
+    conf = est.confidence(at).astype(np.float32)
+    conf[conf < 0.2] = 0.0
+    whole.observe(tt / net.edge_length_m, conf, at)
+    part = TimeOfWeekProfile(net.edge_key, ProfileConfig())
+    ids = est.evidence_edges()
+    assert 0 < ids.size <= 12
+    p, c = est.pace_and_confidence_of(ids, at)
+    c = c.astype(np.float32)
+    c[c < 0.2] = 0.0
+    part.observe_edges(ids, p, c, at)
+    assert whole.n_entries > 0
+    for k, v in whole.state_dict().items():
+        np.testing.assert_array_equal(part.state_dict()[k], v, err_msg=k)
