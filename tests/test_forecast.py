@@ -320,3 +320,26 @@ def test_pace_trend_reads_version_1_state():
     other = PaceTrend(KEYS)
     other.load_state_dict(state)
     assert other.skill_xx == 0.0 and other.pool_slope() == trend.pool_slope()
+
+
+def test_edge_uncertainty_without_evidence_is_the_constants_and_the_rest_the_formula():
+    """Edges without evidence get min_spread_rel and prior_rel (computed for the others
+    only); every entry equals the whole-array formula."""
+    from traffic.eta_range import RangeConfig, edge_uncertainty
+
+    rng = np.random.default_rng(0)
+    n = 5000
+    pace = rng.uniform(0.03, 0.3, n)
+    var = rng.uniform(0, 0.01, n) * (rng.random(n) < 0.7)
+    ev = np.where(rng.random(n) < 0.3, rng.uniform(0, 20, n), 0.0)
+    ev[:3] = [-1.0, 1e-12, 3.0]
+    cfg = RangeConfig(prior_rel=0.123456789)
+    spread, err = edge_uncertainty(pace, var, ev, prior_weight=2.0, config=cfg)
+    c = np.maximum(ev, 0.0)
+    want_spread = np.where(c > 0, np.maximum(np.sqrt(var) / pace, cfg.min_spread_rel),
+                           cfg.min_spread_rel)
+    share = c / (c + 2.0)
+    se = want_spread / np.sqrt(np.maximum(c, 1e-9))
+    want_err = np.sqrt((share * se) ** 2 + ((1.0 - share) * cfg.prior_rel) ** 2)
+    assert np.array_equal(spread, want_spread) and np.array_equal(err, want_err)
+    assert (err[c == 0] == cfg.prior_rel).all()

@@ -326,8 +326,19 @@ class EstimatorCore(EstimatorState, ProfileLearning):
         length = np.asarray(self.net.edge_length_m, dtype=np.float64)
         pace = np.where(length > 0, np.asarray(travel_time_s, dtype=np.float64)
                         / np.where(length > 0, length, 1.0), 1.0)
-        var, weight = est.state.var, decayed_weight(est.state, t, config=est.config)
-        var, weight = (np.asarray(a.get() if hasattr(a, "get") else a) for a in (var, weight))
+        # The decayed evidence weight is 0 where there is none: computed on the others only.
+        from traffic.estimator import EstimatorState
+
+        st = est.state
+        idx = est.evidence_edges()
+        at = est.xp.asarray(idx)
+        sub = EstimatorState(mu=st.mu[at], c=st.c[at], var=st.var[at], prior=st.prior[at],
+                             last_t_s=st.last_t_s[at], count=st.count[at], t_s=st.t_s,
+                             version=st.version)
+        w = decayed_weight(sub, t, config=est.config)
+        weight = np.zeros(self.net.n_edges, dtype=np.float64)
+        weight[idx] = np.asarray(w.get() if hasattr(w, "get") else w, dtype=np.float64)
+        var = np.asarray(st.var.get() if hasattr(st.var, "get") else st.var)
         return build_eta_model(self.trend, pace, var, weight,
                                length / np.asarray(self.net.edge_freeflow_mps, np.float64), t,
                                prior_weight=est.config.prior_weight)
