@@ -158,7 +158,7 @@ def load_spatial_index(path: str | os.PathLike[str], *, mmap: bool = True) -> Sp
 
 #: Segments handled per chunk while building: bounds the build's temporaries (about 100 B
 #: per segment of a chunk) whatever the network's size.
-BUILD_CHUNK_SEGMENTS = 1 << 21
+BUILD_CHUNK_SEGMENTS = 1 << 19
 
 
 def build_spatial_index(

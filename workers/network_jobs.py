@@ -129,7 +129,9 @@ def _import_child(src: str, out: str, cache_dir: str | None, send: Any) -> None:
     try:
         from graph.io import load_network, save_network
 
-        net = load_network(src)
+        # A compiled upload is mapped, not read: its pages are the page cache's, and only
+        # what preparing touches is resident (other formats are parsed into memory).
+        net = load_network(src, mmap=True)
         if cache_dir is not None:  # CCH order and spatial index (graph.artifacts)
             from graph.artifacts import prepare_artifacts
 
