@@ -239,7 +239,7 @@ def route_edge_shares(router: Any, route: Any) -> np.ndarray:
 
     A Route does not keep its end positions' offsets, so they are read back from its
     polyline, whose first and last points ``Router._point_at`` placed by linear
-    interpolation along the end edges' geometry (``Router._pt_cum_m``): each is projected on
+    interpolation along the end edges' geometry (``Router.point_positions``): each is projected on
     its edge's segments (O(points of the two end edges), ~2 us). The shares match those
     :func:`plan_route` gives its legs (:class:`Leg`) to ~1e-12.
     """
@@ -252,11 +252,12 @@ def route_edge_shares(router: Any, route: Any) -> np.ndarray:
     length = net.edge_length_m
     e0, e1 = int(edges[0]), int(edges[-1])
     lat, lon = route.lat, route.lon
-    go, cum = net.geom_offsets, router._pt_cum_m
-    off_s = _offset_on_edge(net.geom_lat, net.geom_lon, cum, int(go[e0]), int(go[e0 + 1]),
-                            float(lat[0]), float(lon[0]))
-    off_t = _offset_on_edge(net.geom_lat, net.geom_lon, cum, int(go[e1]), int(go[e1 + 1]),
-                            float(lat[-1]), float(lon[-1]))
+    go = net.geom_offsets
+    a0, b0, a1, b1 = int(go[e0]), int(go[e0 + 1]), int(go[e1]), int(go[e1 + 1])
+    off_s = _offset_on_edge(net.geom_lat[a0:b0], net.geom_lon[a0:b0], router.point_positions(e0),
+                            0, b0 - a0, float(lat[0]), float(lon[0]))
+    off_t = _offset_on_edge(net.geom_lat[a1:b1], net.geom_lon[a1:b1], router.point_positions(e1),
+                            0, b1 - a1, float(lat[-1]), float(lon[-1]))
     l0, l1 = float(length[e0]), float(length[e1])
     fs = min(max(off_s / l0, 0.0), 1.0) if l0 > 0 else 0.0
     ft = min(max(off_t / l1, 0.0), 1.0) if l1 > 0 else 0.0
@@ -301,7 +302,7 @@ def _snap_heading(router: Any, point: np.ndarray, max_snap_m: float, bearing_deg
         ok = allowed[ei]
         ei, dist, off = ei[ok], dist[ok], off[ok]
     if ei.size:
-        b = edge_bearing_at(router.net, router._pt_cum_m, ei, off)
+        b = edge_bearing_at(router.net, router.point_positions, ei, off)
         diff = np.abs((b - float(bearing_deg) + 180.0) % 360.0 - 180.0)
         ok = diff <= float(range_deg)
         ei, dist, off = ei[ok], dist[ok], off[ok]
@@ -313,16 +314,16 @@ def _snap_heading(router: Any, point: np.ndarray, max_snap_m: float, bearing_deg
     return ei[keep], off[keep]
 
 
-def edge_bearing_at(net: RoadNetwork, point_cum_m: np.ndarray, edges: np.ndarray,
+def edge_bearing_at(net: RoadNetwork, point_positions: Any, edges: np.ndarray,
                     offset_m: np.ndarray) -> np.ndarray:
     """Direction of travel (degrees clockwise from north, 0..360) of each edge at the given
-    offset: the bearing of its geometry segment there. ``point_cum_m`` is each geometry
-    point's distance from its edge's start (``Router._pt_cum_m``)."""
+    offset: the bearing of its geometry segment there. ``point_positions(edge)`` is each of
+    the edge's geometry points' distance from its start (``Router.point_positions``)."""
     go = net.geom_offsets
     out = np.empty(edges.size, dtype=np.float64)
     for k, (e, o) in enumerate(zip(edges.tolist(), offset_m.tolist())):
         a, b = int(go[e]), int(go[e + 1])
-        seg = int(np.searchsorted(point_cum_m[a:b], o, side="right")) - 1
+        seg = int(np.searchsorted(point_positions(e), o, side="right")) - 1
         i = a + min(max(seg, 0), b - a - 2)
         la1, lo1, la2, lo2 = np.radians([net.geom_lat[i], net.geom_lon[i],
                                          net.geom_lat[i + 1], net.geom_lon[i + 1]])

@@ -140,7 +140,10 @@ class Router:
         # Mapped from the prepared artifacts in cache_dir (graph.artifacts) when given.
         self.spatial = spatial if spatial is not None else spatial_index_for(net, cache_dir)
         self._freeflow_s = net.edge_freeflow_time_s
-        self._pt_cum_m = _point_positions_m(net, self.spatial)
+        # Every edge has at least two points: its segments are points go[e]..go[e+1]-2,
+        # the spatial index's segments go[e]-e onwards (see point_positions).
+        if net.n_edges and int(np.diff(net.geom_offsets).min()) < 2:
+            raise ValueError("every edge needs at least two geometry points")
         self._swap_lock = threading.Lock()
         self._metric: Metric = customize(self.index, self._freeflow_s, FREEFLOW_VERSION)
         # Double buffer: the idle metric and the edges where its times differ from the live
@@ -522,11 +525,10 @@ class Router:
         e0, e1 = int(edges[0]), int(edges[-1])
         first_lo = go[e0]
         last_hi = go[e1 + 1]
-        cum = self._pt_cum_m
         # Interior points strictly between the cuts: skip points of the first edge at or before
         # off_s and points of the last edge at or after off_t.
-        skip_head = int(np.searchsorted(cum[first_lo:go[e0 + 1]], off_s, side="right"))
-        keep_tail = int(np.searchsorted(cum[go[e1]:last_hi], off_t, side="left"))
+        skip_head = int(np.searchsorted(self.point_positions(e0), off_s, side="right"))
+        keep_tail = int(np.searchsorted(self.point_positions(e1), off_t, side="left"))
         if edges.size == 1:
             inner = np.arange(first_lo + skip_head, go[e1] + keep_tail)
         else:
@@ -539,29 +541,27 @@ class Router:
         lon = np.concatenate([[lo0], net.geom_lon[inner], [lo1]])
         return lat, lon
 
+    def point_positions(self, edge: int) -> np.ndarray:
+        """Distance (m, ``edge_length_m`` units) of each of ``edge``'s geometry points from
+        its start: the spatial index's segment starts (so a snapped offset maps back to
+        exactly the point the index projected onto), then the edge's length. Read from the
+        mapped index per call (O(points of the edge)) instead of a per-point array held in
+        every router process (16 B per edge)."""
+        go = self.net.geom_offsets
+        a, b = int(go[edge]), int(go[edge + 1])
+        out = np.empty(b - a, dtype=np.float64)
+        s0 = a - int(edge)
+        out[:-1] = self.spatial.seg_start_m[s0:s0 + b - a - 1]
+        out[-1] = self.net.edge_length_m[edge]
+        return out
+
     def _point_at(self, edge: int, off_m: float) -> tuple[float, float]:
         """Position ``off_m`` metres along ``edge`` (linear between its geometry points)."""
         go = self.net.geom_offsets
         a, b = int(go[edge]), int(go[edge + 1])
-        cum = self._pt_cum_m[a:b]
+        cum = self.point_positions(edge)
         la, lo = self.net.geom_lat[a:b], self.net.geom_lon[a:b]
         return float(np.interp(off_m, cum, la)), float(np.interp(off_m, cum, lo))
-
-
-def _point_positions_m(net: RoadNetwork, spatial: SpatialIndex) -> np.ndarray:
-    """Distance (m, ``edge_length_m`` units) of every geometry point from its edge's start.
-
-    Taken from the spatial index's segment starts, so a snapped offset maps back to exactly
-    the point the index projected onto.
-    """
-    n_pts = int(net.geom_offsets[-1])
-    cum = np.empty(n_pts, dtype=np.float64)
-    last = net.geom_offsets[1:] - 1
-    not_last = np.ones(n_pts, dtype=bool)
-    not_last[last] = False
-    cum[not_last] = spatial.seg_start_m
-    cum[last] = net.edge_length_m
-    return cum
 
 
 def _fractions(offset_m: np.ndarray, length_m: np.ndarray) -> np.ndarray:

@@ -303,7 +303,7 @@ def test_plan_combines_exclude_with_via_alternatives_and_bearing(li) -> None:
             assert alt.route.duration_s <= 1.3 * main.duration_s + 1e-6
             assert not np.array_equal(alt.route.edge_ids, main.edge_ids)
         first = main.edge_ids[0]
-        heading = float(edge_bearing_at(net, router._pt_cum_m, np.array([first]),
+        heading = float(edge_bearing_at(net, router.point_positions, np.array([first]),
                                         np.array([0.0]))[0])
         turned = avoid.plan([a, b], exclude=["motorway"], bearing_deg=heading,
                             bearing_range_deg=30.0)

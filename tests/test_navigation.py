@@ -149,12 +149,12 @@ def test_bearing_picks_the_direction_of_travel(li, core) -> None:
     plain = core.route(A, B)
     first = li.edge_index_of_keys(np.array(plain["edges"][:1]))
     lat, lon = plain["geometry"]["coordinates"][0][1], plain["geometry"]["coordinates"][0][0]
-    b0 = edge_bearing_at(li, core.router._pt_cum_m, first, np.array([0.0]))[0]
+    b0 = edge_bearing_at(li, core.router.point_positions, first, np.array([0.0]))[0]
     for heading in (b0, (b0 + 180.0) % 360.0):
         out = core.route((lat, lon), B, bearing=heading, bearing_range=30)
         e = li.edge_index_of_keys(np.array(out["edges"][:1]))
         start = out["geometry"]["coordinates"][0]
-        pts = core.router._pt_cum_m
+        pts = core.router.point_positions
         # the first edge's direction at the start point is within range of the heading
         lo, la = start
         from graph.spatial import candidates
