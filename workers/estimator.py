@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -308,7 +308,10 @@ class EstimatorCore(EstimatorState, ProfileLearning):
         for accepted_s, n in self._unpublished:
             self._freshness_s.extend([max(now - accepted_s, 0.0)] * min(n, 64))
         self._unpublished.clear()
-        self._last, self._last_publish_wall, self._dirty = pub, now, False
+        # The ETA model (20 B per edge) travels with the returned publication only: what the
+        # estimator keeps of its newest publication is the key and the times.
+        kept = pub if getattr(pub, "eta", None) is None else replace(pub, eta=None)
+        self._last, self._last_publish_wall, self._dirty = kept, now, False
         return pub
 
     def eta_model(self, travel_time_s: np.ndarray | None = None) -> Any:
