@@ -71,12 +71,8 @@ def test_environment_variables_win_and_are_passed_on(monkeypatch):
     applied = tune_malloc(MallocConfig())
     assert "MALLOC_MMAP_THRESHOLD_" not in applied
     assert applied["MALLOC_TRIM_THRESHOLD_"] == 4 * 2**20
-    monkeypatch.delenv("_RJEM_MALLOC_CONF", raising=False)
     env = malloc_env(MallocConfig(trim_threshold_bytes=2**20))
-    assert env == {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "1048576",
-                   "_RJEM_MALLOC_CONF": MallocConfig().jemalloc_conf}
-    monkeypatch.setenv("_RJEM_MALLOC_CONF", "dirty_decay_ms:0")
-    assert malloc_env()["_RJEM_MALLOC_CONF"] == "dirty_decay_ms:0"
+    assert env == {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "1048576"}
     assert release_free_heap() is True
 
 

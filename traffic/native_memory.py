@@ -26,9 +26,10 @@ network's congestion snapshot is a 1.6 GB frame built and written every minute b
 estimator actor: measured on New York (``benchmarks/scale.py``), 125 B per edge stayed
 resident after the write with jemalloc's defaults, 6 B per edge with a background purging
 thread and a 1 s decay (:attr:`MallocConfig.jemalloc_conf`), at the same write time. The
-variable must be in the environment before polars is first imported: :func:`malloc_env`
-passes it to Ray workers, and :func:`set_jemalloc_default` sets it for this process (the
-command line calls it first thing).
+variable must be in the environment before polars is first imported (polars sets its own
+default there on import): :func:`set_jemalloc_default` sets it for this process, first
+thing in the command line, and the Ray processes it starts inherit it. It is not passed in
+a runtime environment: Ray merged it with a worker's own value (seen doubled).
 """
 
 from __future__ import annotations
@@ -117,8 +118,7 @@ def malloc_env(config: MallocConfig | None = None) -> dict[str, str]:
     them at start); variables already set in this environment are passed on unchanged."""
     config = config or MallocConfig()
     return {_ENV_MMAP: os.environ.get(_ENV_MMAP, str(config.mmap_threshold_bytes)),
-            _ENV_TRIM: os.environ.get(_ENV_TRIM, str(config.trim_threshold_bytes)),
-            _ENV_JEMALLOC: os.environ.get(_ENV_JEMALLOC, config.jemalloc_conf)}
+            _ENV_TRIM: os.environ.get(_ENV_TRIM, str(config.trim_threshold_bytes))}
 
 
 def set_jemalloc_default(config: MallocConfig | None = None) -> bool:
