@@ -139,13 +139,12 @@ class Router:
         self.index = index if index is not None else prepare_cch(net, cache_dir=cache_dir)
         # Mapped from the prepared artifacts in cache_dir (graph.artifacts) when given.
         self.spatial = spatial if spatial is not None else spatial_index_for(net, cache_dir)
-        self._freeflow_s = net.edge_freeflow_time_s
         # Every edge has at least two points: its segments are points go[e]..go[e+1]-2,
         # the spatial index's segments go[e]-e onwards (see point_positions).
         if net.n_edges and int(np.diff(net.geom_offsets).min()) < 2:
             raise ValueError("every edge needs at least two geometry points")
         self._swap_lock = threading.Lock()
-        self._metric: Metric = customize(self.index, self._freeflow_s, FREEFLOW_VERSION)
+        self._metric: Metric = customize(self.index, net.edge_freeflow_time_s, FREEFLOW_VERSION)
         # Double buffer: the idle metric and the edges where its times differ from the live
         # metric's (None: not known, compare whole vectors).
         self._idle: Metric | None = None
@@ -197,7 +196,10 @@ class Router:
                 recustomize(idle, changed, t[changed], version, full_fraction=self.full_fraction)
                 metric = idle
             old = self._swap_in(metric, wait_s)
-            self._idle_stale = np.flatnonzero(old._tt != metric._tt)
+            stale = np.flatnonzero(old._tt != metric._tt)
+            # Kept for the next partial update when small; after a full vector most edges
+            # differ, and a list of them (8 B per edge) is found again when needed instead.
+            self._idle_stale = stale if stale.size * 8 < m else None
 
     def update_edges(self, edges: np.ndarray, travel_time_s: np.ndarray, version: str) -> None:
         """Change the travel times (s) of ``edges`` (distinct ids) on the live weights; swap in.
@@ -393,7 +395,7 @@ class Router:
         return Route(
             duration_s=res.duration_s,
             distance_m=float(self.net.edge_length_m[edges].sum()),
-            freeflow_duration_s=float(self._freeflow_s[edges].sum()),
+            freeflow_duration_s=float(self.net.freeflow_time_s_at(edges).sum()),
             edge_ids=edges, edge_keys=self.net.edge_key[edges], lat=la, lon=lo,
             network_version=self.net.version, weights_version=version,
         )
@@ -487,16 +489,17 @@ class Router:
     ) -> Route:
         net = self.net
         edges = res.edges
-        length, ff = net.edge_length_m, self._freeflow_s
+        length = net.edge_length_m
+        # Free-flow times of the route's edges only (no per-edge array kept per router).
+        ff = net.freeflow_time_s_at(edges)
         if edges.size == 1:
-            e = int(edges[0])
             distance = off_t - off_s
-            freeflow = (frac_t - frac_s) * ff[e]
+            freeflow = (frac_t - frac_s) * ff[0]
             la, lo = self._cut_geometry(edges, off_s, off_t)
         else:
-            e0, e1, mid = int(edges[0]), int(edges[-1]), edges[1:-1]
+            e0, mid = int(edges[0]), edges[1:-1]
             distance = (length[e0] - off_s) + length[mid].sum() + off_t
-            freeflow = (1.0 - frac_s) * ff[e0] + ff[mid].sum() + frac_t * ff[e1]
+            freeflow = (1.0 - frac_s) * ff[0] + ff[1:-1].sum() + frac_t * ff[-1]
             la, lo = self._cut_geometry(edges, off_s, off_t)
         return Route(
             duration_s=float(res.duration_s), distance_m=float(distance),
