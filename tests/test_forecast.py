@@ -343,3 +343,24 @@ def test_edge_uncertainty_without_evidence_is_the_constants_and_the_rest_the_for
     want_err = np.sqrt((share * se) ** 2 + ((1.0 - share) * cfg.prior_rel) ** 2)
     assert np.array_equal(spread, want_spread) and np.array_equal(err, want_err)
     assert (err[c == 0] == cfg.prior_rel).all()
+
+
+def test_eta_model_travels_without_free_flow_and_the_router_attaches_it():
+    """A model built without free-flow times (as full publications ship it) answers exactly
+    as one built with them once the router attaches its network's."""
+    from traffic.forecast import build_eta_model, with_freeflow
+
+    n = 400
+    trend = PaceTrend(np.arange(n, dtype=np.int64))
+    _feed(trend, 2e-4, edges=tuple(range(n)))
+    t = float(trend.pool_t)
+    args = (trend, np.full(n, 0.1), np.full(n, 0.02 ** 2), np.full(n, 3.0))
+    full = build_eta_model(*args, np.full(n, 5.0), t, prior_weight=0.3)
+    bare = build_eta_model(*args, None, t, prior_weight=0.3)
+    assert bare.freeflow_tt_s is None
+    got = with_freeflow(bare, np.full(n, 5.0))
+    assert with_freeflow(got, np.zeros(n)) is got  # kept when present
+    live = np.full(60, 10.0)
+    for a, b in zip(full.route_eta(np.arange(60), live, depart_in_s=900.0),
+                    got.route_eta(np.arange(60), live, depart_in_s=900.0)):
+        np.testing.assert_array_equal(a, b)

@@ -449,7 +449,7 @@ class EtaModel:
     pool_slope_per_s: float
     spread_rel: np.ndarray
     error_rel: np.ndarray
-    freeflow_tt_s: np.ndarray
+    freeflow_tt_s: np.ndarray | None
     forecast: ForecastConfig
     ranges: Any  # traffic.eta_range.RangeConfig
 
@@ -484,10 +484,14 @@ class EtaModel:
 
 
 def build_eta_model(trend: PaceTrend, pace_s_per_m: np.ndarray, var: np.ndarray,
-                    evidence: np.ndarray, freeflow_tt_s: np.ndarray, t_s: float, *,
+                    evidence: np.ndarray, freeflow_tt_s: np.ndarray | None, t_s: float, *,
                     prior_weight: float, ranges: Any = None) -> EtaModel:
     """The :class:`EtaModel` at ``t_s`` from the trend and the estimator's arrays (host):
-    published pace, dispersion ``var`` and decayed evidence weight. O(edges)."""
+    published pace, dispersion ``var`` and decayed evidence weight. O(edges).
+
+    ``freeflow_tt_s`` ``None``: the model travels without it (16 B instead of 20 per edge
+    in every copy of every full publication) and the receiver attaches its own with
+    :func:`with_freeflow` (the network's, which it holds anyway)."""
     from traffic.eta_range import RangeConfig, edge_uncertainty
 
     rc = ranges or RangeConfig()
@@ -497,6 +501,14 @@ def build_eta_model(trend: PaceTrend, pace_s_per_m: np.ndarray, var: np.ndarray,
     return EtaModel(t_s=float(t_s), slope_per_s=trend.slopes(t_s).astype(f32),
                     lag_s=trend.lags(t_s).astype(f32), pool_slope_per_s=trend.pool_slope(),
                     spread_rel=spread.astype(f32), error_rel=err.astype(f32),
-                    freeflow_tt_s=np.asarray(freeflow_tt_s, dtype=f32),
+                    freeflow_tt_s=None if freeflow_tt_s is None
+                    else np.asarray(freeflow_tt_s, dtype=f32),
                     forecast=replace(trend.config, gain=trend.gain()),
                     ranges=rc)
+
+
+def with_freeflow(model: EtaModel | None, freeflow_tt_s: np.ndarray) -> EtaModel | None:
+    """``model`` with its free-flow times (s per edge, float32) set when it came without."""
+    if model is None or model.freeflow_tt_s is not None:
+        return model
+    return replace(model, freeflow_tt_s=np.asarray(freeflow_tt_s, dtype=np.float32))

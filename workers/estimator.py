@@ -342,8 +342,8 @@ class EstimatorCore(EstimatorState, ProfileLearning):
         weight = np.zeros(self.net.n_edges, dtype=np.float64)
         weight[idx] = np.asarray(w.get() if hasattr(w, "get") else w, dtype=np.float64)
         var = np.asarray(st.var.get() if hasattr(st.var, "get") else st.var)
-        return build_eta_model(self.trend, pace, var, weight,
-                               length / np.asarray(self.net.edge_freeflow_mps, np.float64), t,
+        # Without the free-flow times: the routers attach their network's (forecast.with_freeflow).
+        return build_eta_model(self.trend, pace, var, weight, None, t,
                                prior_weight=est.config.prior_weight)
 
     def _travel_times_of(self, edges: np.ndarray) -> np.ndarray:

@@ -147,8 +147,20 @@ class RouterCore(RouterOverrides):
                 first = newest if newest.full else _resolve_pub(chain[0]) \
                     if how == "caught_up" else None
                 if first is not None and first.full:
-                    self._eta = getattr(first, "eta", None)
+                    self._eta = self._with_freeflow(getattr(first, "eta", None))
         return how
+
+    def _with_freeflow(self, eta: Any) -> Any:
+        """The ETA model with this network's free-flow times (float32, computed once per
+        router and shared by every model it takes) when it came without them."""
+        if eta is None or getattr(eta, "freeflow_tt_s", 0) is not None:
+            return eta
+        from traffic.forecast import with_freeflow
+
+        ff = self.__dict__.get("_freeflow32")
+        if ff is None:
+            ff = self._freeflow32 = np.asarray(self.net.edge_freeflow_time_s, dtype=np.float32)
+        return with_freeflow(eta, ff)
 
     def _catch_up(self, pubs: list[Any]) -> str:
         """Reach ``pubs[-1]`` along a chain ``[full, delta, ...]``; ``stale`` if it is broken."""
