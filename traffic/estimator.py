@@ -180,6 +180,14 @@ class EstimatorState:
         """Number of segments."""
         return int(self.mu.shape[0])
 
+    def subset(self, edges: Any) -> EstimatorState:
+        """The state of ``edges`` only (copies; ``edges`` an index array of this state's
+        module), with the same clock and version: the per-edge formulas on it give each
+        entry exactly as on the whole state, at O(len(edges))."""
+        return EstimatorState(mu=self.mu[edges], c=self.c[edges], var=self.var[edges],
+                              prior=self.prior[edges], last_t_s=self.last_t_s[edges],
+                              count=self.count[edges], t_s=self.t_s, version=self.version)
+
     @classmethod
     def initial(cls, prior_pace_s_per_m: Any, *, xp: ModuleType = numpy,
                 dtype: Any = None) -> EstimatorState:
@@ -616,9 +624,7 @@ class SpeedEstimator:
         entry equal to theirs), at O(len(edges)): pace is travel time / length, as there."""
         ids = numpy.asarray(edges, dtype=numpy.int64)
         at = self.xp.asarray(ids)
-        sub = EstimatorState(**{k: getattr(self.state, k)[at] for k in _STATE_ARRAYS},
-                             prior=self.state.prior[at], t_s=self.state.t_s,
-                             version=self.state.version)
+        sub = self.state.subset(at)
         length = numpy.asarray(self.net.edge_length_m[ids])
         tt = length * to_host(current_pace(sub, at_t_s, config=self.config)).astype(numpy.float64)
         with numpy.errstate(divide="ignore", invalid="ignore"):
@@ -660,9 +666,7 @@ class SpeedEstimator:
                 raise ValueError(f"edge id {int(ids[numpy.argmax(bad)])} is out of range "
                                  f"[0, {self.net.n_edges})")
             at = self.xp.asarray(ids)
-            state = EstimatorState(**{k: getattr(self.state, k)[at] for k in _STATE_ARRAYS},
-                                   prior=self.state.prior[at], t_s=self.state.t_s,
-                                   version=self.state.version)
+            state = self.state.subset(at)
             freeflow = self.net.freeflow_mps_at(ids)
             keys = numpy.asarray(self.net.edge_key[ids])
             ids = ids.astype(numpy.int32)

@@ -330,14 +330,9 @@ class EstimatorCore(EstimatorState, ProfileLearning):
         pace = np.where(length > 0, np.asarray(travel_time_s, dtype=np.float64)
                         / np.where(length > 0, length, 1.0), 1.0)
         # The decayed evidence weight is 0 where there is none: computed on the others only.
-        from traffic.estimator import EstimatorState
-
         st = est.state
         idx = est.evidence_edges()
-        at = est.xp.asarray(idx)
-        sub = EstimatorState(mu=st.mu[at], c=st.c[at], var=st.var[at], prior=st.prior[at],
-                             last_t_s=st.last_t_s[at], count=st.count[at], t_s=st.t_s,
-                             version=st.version)
+        sub = st.subset(est.xp.asarray(idx))
         w = decayed_weight(sub, t, config=est.config)
         weight = np.zeros(self.net.n_edges, dtype=np.float64)
         weight[idx] = np.asarray(w.get() if hasattr(w, "get") else w, dtype=np.float64)
@@ -349,14 +344,12 @@ class EstimatorCore(EstimatorState, ProfileLearning):
     def _travel_times_of(self, edges: np.ndarray) -> np.ndarray:
         """Travel times (s, float64, host) of ``edges`` at the watermark: the same arithmetic
         as ``SpeedEstimator.travel_times`` on those entries only, so the values are equal."""
-        from traffic.estimator import EstimatorState, current_pace
+        from traffic.estimator import current_pace
 
         est = self.estimator
         st = est.state
         idx = est.xp.asarray(edges)
-        sub = EstimatorState(mu=st.mu[idx], c=st.c[idx], var=st.var[idx], prior=st.prior[idx],
-                             last_t_s=st.last_t_s[idx], count=st.count[idx], t_s=st.t_s,
-                             version=st.version)
+        sub = st.subset(idx)
         pace = current_pace(sub, self.watermark_t, config=est.config)
         pace = np.asarray(pace.get() if hasattr(pace, "get") else pace).astype(np.float64)
         return np.asarray(self.net.edge_length_m)[edges] * pace
