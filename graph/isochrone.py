@@ -337,7 +337,8 @@ def _pop(heap_d, heap_v, size):  # pragma: no cover - jitted
 
 
 @njit(cache=True, nogil=True)
-def _dijkstra(first, edges, ends, tt, seed_node, seed_s, limit, n):  # pragma: no cover
+def _seeded(seed_node, seed_s, limit, n):  # pragma: no cover - jitted
+    """Distances (inf but at the seeds within ``limit``) and the heap holding the seeds."""
     dist = np.full(n, np.inf)
     heap_d = np.empty(1024)
     heap_v = np.empty(1024, dtype=np.int64)
@@ -348,6 +349,12 @@ def _dijkstra(first, edges, ends, tt, seed_node, seed_s, limit, n):  # pragma: n
             dist[v] = d
             heap_d, heap_v = _push(heap_d, heap_v, size, d, v)
             size += 1
+    return dist, heap_d, heap_v, size
+
+
+@njit(cache=True, nogil=True)
+def _dijkstra(first, edges, ends, tt, seed_node, seed_s, limit, n):  # pragma: no cover
+    dist, heap_d, heap_v, size = _seeded(seed_node, seed_s, limit, n)
     while size > 0:
         d, u, size = _pop(heap_d, heap_v, size)
         if d > dist[u]:
@@ -400,16 +407,7 @@ def _dijkstra_td(first, edges, ends, tt, seed_node, seed_s, limit, n, depart_in,
                  floor, gain, pool, damping_s, local_tau_s, correct_lag, no_fade,
                  max_change):  # pragma: no cover - jitted
     """:func:`_dijkstra` with each edge at its forecast for the time it is entered."""
-    dist = np.full(n, np.inf)
-    heap_d = np.empty(1024)
-    heap_v = np.empty(1024, dtype=np.int64)
-    size = 0
-    for i in range(seed_node.shape[0]):
-        v, d = seed_node[i], seed_s[i]
-        if d <= limit and d < dist[v]:
-            dist[v] = d
-            heap_d, heap_v = _push(heap_d, heap_v, size, d, v)
-            size += 1
+    dist, heap_d, heap_v, size = _seeded(seed_node, seed_s, limit, n)
     while size > 0:
         d, u, size = _pop(heap_d, heap_v, size)
         if d > dist[u]:

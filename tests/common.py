@@ -100,3 +100,22 @@ def serve_url(proc: subprocess.Popen, log_path: Path, timeout_s: float = 120.0) 
                                  f"{log_path.read_text(errors='replace')[-2000:]}")
         time.sleep(0.1)
     raise AssertionError(f"traffic serve printed no URL in {timeout_s} s (log: {log_path})")
+
+
+def kbh_services_after(seconds: float = 1200.0) -> Any:
+    """A ``LocalServices`` on scenario_kbh (event clock, one ingest partition) that has
+    ingested the scenario's first ``seconds`` of probes and flushed: real estimator state
+    with a forecast model (needs ../shared/data; the caller closes it)."""
+    from conftest import shared_file
+
+    from graph.io import load_network
+    from workers.services import LocalServices, PipelineConfig
+
+    net = load_network(shared_file("scenario_kbh/network.osm.pbf"))
+    svc = LocalServices(net, PipelineConfig(clock="event", n_ingest=1))
+    df = pl.read_parquet(shared_file("scenario_kbh/probes.parquet")).sort("t")
+    df = df.filter(pl.col("t") < df["t"].min() + seconds)
+    for part in df.iter_slices(20_000):
+        svc.ingest(part)
+    svc.flush()
+    return svc

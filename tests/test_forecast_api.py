@@ -4,15 +4,12 @@ a later departure on a rising trend; the estimator's trend survives a checkpoint
 from __future__ import annotations
 
 import numpy as np
-import polars as pl
 import pytest
-from conftest import shared_file
+from common import kbh_services_after
 from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.settings import Settings
-from graph.io import load_network
-from workers.services import LocalServices, PipelineConfig
 
 A = "55.68176,12.55832"  # Gyldenløvesgade, central Copenhagen
 B = "55.67970,12.56335"
@@ -20,13 +17,7 @@ B = "55.67970,12.56335"
 
 @pytest.fixture(scope="module")
 def services():
-    net = load_network(shared_file("scenario_kbh/network.osm.pbf"))
-    svc = LocalServices(net, PipelineConfig(clock="event", n_ingest=1))
-    df = pl.read_parquet(shared_file("scenario_kbh/probes.parquet")).sort("t")
-    df = df.filter(pl.col("t") < df["t"].min() + 1200)
-    for part in df.iter_slices(20_000):
-        svc.ingest(part)
-    svc.flush()
+    svc = kbh_services_after(1200.0)
     return svc
 
 

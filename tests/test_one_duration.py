@@ -9,18 +9,15 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
-import polars as pl
 import pytest
-from conftest import shared_file
+from common import kbh_services_after
 from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.settings import Settings
-from graph.io import load_network
 from graph.isochrone import reach_times
 from graph.navigation import plan_route, route_edge_shares
 from graph.steps import route_steps
-from workers.services import LocalServices, PipelineConfig
 
 pytestmark = pytest.mark.shared_data
 
@@ -37,13 +34,7 @@ def _q(p: tuple[float, float]) -> str:
 
 @pytest.fixture(scope="module")
 def services():
-    net = load_network(shared_file("scenario_kbh/network.osm.pbf"))
-    svc = LocalServices(net, PipelineConfig(clock="event", n_ingest=1))
-    df = pl.read_parquet(shared_file("scenario_kbh/probes.parquet")).sort("t")
-    df = df.filter(pl.col("t") < df["t"].min() + 1200)
-    for part in df.iter_slices(20_000):
-        svc.ingest(part)
-    svc.flush()
+    svc = kbh_services_after(1200.0)
     yield svc
     svc.close()
 

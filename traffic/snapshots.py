@@ -50,6 +50,7 @@ __all__ = [
     "edge_bboxes",
     "fill_absent",
     "keys_in_bbox",
+    "of_road_class",
 ]
 
 #: Columns of an estimator snapshot, in stored order (``key`` is the stable edge key).
@@ -518,12 +519,24 @@ def keys_in_bbox(net: RoadNetwork, minlon: float, minlat: float, maxlon: float, 
     e_minlon, e_minlat, e_maxlon, e_maxlat = edge_bboxes(net) if bboxes is None else bboxes
     inside = (e_minlon <= maxlon) & (e_maxlon >= minlon) & (e_minlat <= maxlat) & (e_maxlat >= minlat)
     if road_class is not None:
-        names = [road_class] if isinstance(road_class, str) else list(road_class)
-        unknown = [n for n in names if n not in ROAD_CLASS_INDEX]
-        if unknown:
-            raise SnapshotQueryError(f"unknown road class {unknown}; known: {', '.join(ROAD_CLASSES)}")
-        inside &= np.isin(net.edge_road_class, [ROAD_CLASS_INDEX[n] for n in names])
+        inside &= of_road_class(net.edge_road_class, road_class)
     return np.asarray(net.edge_key[inside], dtype=np.int64)
+
+
+def of_road_class(edge_road_class: np.ndarray, road_class: str | Sequence[str]) -> np.ndarray:
+    """Bool per entry of ``edge_road_class`` (codes): whether it is one of the named classes
+    (names of :data:`graph.network.ROAD_CLASSES`).
+
+    Raises
+    ------
+    SnapshotQueryError
+        An unknown class name.
+    """
+    names = [road_class] if isinstance(road_class, str) else list(road_class)
+    unknown = [n for n in names if n not in ROAD_CLASS_INDEX]
+    if unknown:
+        raise SnapshotQueryError(f"unknown road class {unknown}; known: {', '.join(ROAD_CLASSES)}")
+    return np.isin(edge_road_class, [ROAD_CLASS_INDEX[n] for n in names])
 
 
 # ---------------------------------------------------------------------- helpers

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from graph.network import ROAD_CLASS_INDEX, ROAD_CLASSES, RoadNetwork
+from graph.network import RoadNetwork
 from graph.spatial import edges_in_box
 from traffic.errors import NoSnapshotError, SnapshotQueryError
 from traffic.snapshots import (
@@ -28,6 +28,7 @@ from traffic.snapshots import (
     edge_bboxes,
     fill_absent,
     keys_in_bbox,
+    of_road_class,
 )
 
 #: Default look-back of a history or aggregate query without ``t_from`` (s).
@@ -98,12 +99,7 @@ class CongestionQueries:
         minlon, minlat, maxlon, maxlat = check_bbox(bbox)
         ids = edges_in_box(spatial, minlon, minlat, maxlon, maxlat)
         if road_class is not None:
-            names = [road_class] if isinstance(road_class, str) else list(road_class)
-            unknown = [n for n in names if n not in ROAD_CLASS_INDEX]
-            if unknown:
-                raise SnapshotQueryError(f"unknown road class {unknown}; known: "
-                                         f"{', '.join(ROAD_CLASSES)}")
-            ids = ids[np.isin(net.edge_road_class[ids], [ROAD_CLASS_INDEX[n] for n in names])]
+            ids = ids[of_road_class(net.edge_road_class[ids], road_class)]
         return ids
 
     def keys(self, net: RoadNetwork, bbox: Sequence[float], *,
