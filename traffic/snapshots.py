@@ -346,13 +346,13 @@ class SnapshotStore:
             return pl.DataFrame(schema=out_schema)
         ratio = pl.col("ratio")
         bucket = ((pl.col("t") / interval_s).floor() * interval_s).alias("t_bucket")
-        per_t = _retry_once(lambda: (
+        rows = _retry_once(lambda: (
             self.scan(t_from, t_to)
             .filter(pl.col("key").is_in(key_arr) & ratio.is_not_null() & ratio.is_not_nan())
-            .group_by("t")
-            .agg(ratio.sum().alias("s"), pl.len().cast(pl.Int64).alias("n"))
+            .select("t", "key", "ratio")
             .collect()
         ))
+        per_t = _sums_per_time(rows)
         if network_version is not None:
             # Snapshots of this network without some asked keys: those edges had no state.
             times = pl.DataFrame({"t": [r.t_s for r in self.snapshots(t_from, t_to)
@@ -366,11 +366,16 @@ class SnapshotStore:
                      .with_columns((pl.col("s") + (pl.col("n_all") - pl.col("n"))).alias("s"),
                                    pl.col("n_all").alias("n"))
                      .drop("n_all"))
-        # Sorted and in order: float sums must not depend on the threads' order.
-        return (per_t.filter(pl.col("n") > 0).sort("t").group_by(bucket, maintain_order=True)
-                .agg((pl.col("s").sum() / pl.col("n").sum()).alias("mean_ratio"),
-                     pl.col("n").sum().cast(pl.Int64).alias("n"))
-                .sort("t_bucket").cast(out_schema))
+        per_t = per_t.filter(pl.col("n") > 0).sort("t").with_columns(bucket)
+        # Added in time order with NumPy: float sums must not depend on the threads' order.
+        b = per_t["t_bucket"].to_numpy()
+        if b.size == 0:
+            return pl.DataFrame(schema=out_schema)
+        starts = np.flatnonzero(np.r_[True, b[1:] != b[:-1]])
+        s_sum = np.add.reduceat(per_t["s"].to_numpy().astype(np.float64), starts)
+        n_sum = np.add.reduceat(per_t["n"].to_numpy().astype(np.int64), starts)
+        return pl.DataFrame({"t_bucket": b[starts], "mean_ratio": s_sum / n_sum, "n": n_sum},
+                            schema=out_schema)
 
     # ------------------------------------------------------------------ internals
     def _partitions(self, lo_ms: int | None, hi_ms: int | None, *,
@@ -394,6 +399,24 @@ class SnapshotStore:
             for start_ms, hour_dir in (reversed(hours) if newest_first else hours):
                 if (lo_ms is None or start_ms + _HOUR_MS > lo_ms) and (hi_ms is None or start_ms <= hi_ms):
                     yield date_dir, hour_dir, start_ms
+
+
+def _sums_per_time(rows: pl.DataFrame) -> pl.DataFrame:
+    """Sum of ``ratio`` and row count per snapshot time, the same bits on every call.
+
+    A parallel group-by adds each group's floats in whatever order its threads finish, so
+    two identical queries could differ in the last bit. Rows are put in (t, key) order and
+    each time's run is added left to right.
+    """
+    if rows.height == 0:
+        return pl.DataFrame(schema={"t": pl.Float64(), "s": pl.Float64(), "n": pl.Int64()})
+    t = rows["t"].to_numpy()
+    order = np.lexsort((rows["key"].to_numpy(), t))
+    t = t[order]
+    ratio = rows["ratio"].cast(pl.Float64).to_numpy()[order]
+    starts = np.flatnonzero(np.r_[True, t[1:] != t[:-1]])
+    return pl.DataFrame({"t": t[starts], "s": np.add.reduceat(ratio, starts),
+                         "n": np.diff(np.r_[starts, t.size]).astype(np.int64)})
 
 
 def validate_snapshot_frame(df: pl.DataFrame) -> pl.DataFrame:
