@@ -16,11 +16,13 @@ State: per bucket a decayed weight and a decayed sum (time constant ``tau_s``), 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from graph.errors import NoRouteError
 from traffic.errors import EstimatorConfigError, EstimatorStateError
 
 #: Upper bounds (s) of the router-ETA buckets; the last bucket is open.
@@ -91,6 +93,11 @@ class RouteBiasLearner:
         b = bucket_of(router_eta_s)
         return (self.s / (self.w + self.config.prior_weight))[b]
 
+    def log_corrections(self) -> np.ndarray:
+        """``r_bucket`` of every bucket (a copy; 0 with no evidence), in
+        :data:`BUCKET_EDGES_S` order."""
+        return self.s / (self.w + self.config.prior_weight)
+
     def correct(self, router_eta_s: Any) -> np.ndarray:
         """Corrected router ETAs (s)."""
         r = np.asarray(router_eta_s, dtype=np.float64)
@@ -112,3 +119,29 @@ class RouteBiasLearner:
                                       f"{self.w.shape}")
         self.w, self.s = w.copy(), s.copy()
         self.t_s, self.trips = float(state["t_s"]), int(state["trips"])
+
+
+#: Names of the buckets, in :data:`BUCKET_EDGES_S` order (status reports).
+BUCKET_NAMES = ("under_5_min", "5_to_10_min", "10_to_20_min", "over_20_min")
+
+
+def trip_etas(trips: Any, travel_time_s: np.ndarray,
+              route_eta_s: Callable[[int, int], float]) -> tuple[np.ndarray, np.ndarray]:
+    """``(router_eta_s, driven_eta_s)`` of each trip of ``trips``
+    (:class:`traffic.probe_trips.RouteTrips`) on the per-edge ``travel_time_s`` (s): the
+    router's ETA between the trip's junctions, ``route_eta_s(src_node, dst_node)`` (NaN
+    where it raises ``NoRouteError`` or ``ValueError``), and the sum of ``travel_time_s`` over the edges the
+    probe drove between them. One route query per trip plus O(trip edges)."""
+    k = len(trips)
+    if k == 0:
+        return np.zeros(0), np.zeros(0)
+    tt = np.asarray(travel_time_s, dtype=np.float64)
+    driven = np.add.reduceat(tt[trips.edge], trips.edge_first[:-1])
+    router = np.full(k, np.nan)
+    for i, (a, b) in enumerate(zip(trips.src_node.tolist(), trips.dst_node.tolist(),
+                                   strict=True)):
+        try:
+            router[i] = float(route_eta_s(a, b))
+        except (NoRouteError, ValueError):  # unreachable (or not a node): not learned from
+            continue
+    return router, driven
