@@ -24,6 +24,8 @@ metric's times times each edge's driven share; :func:`forecast_legs` replaces th
 forecast driven times (:meth:`traffic.forecast.EtaModel.route_eta`: each edge at its forecast
 for when the car reaches it; a via leg departs when the previous one arrives, an alternative
 at the departure), and a plain route (:func:`route_edge_shares`) gets the very same numbers.
+:func:`scale_legs` multiplies them by one factor (the router's learned correction of its
+optimism, ``workers.router.RouterCore``), so the figures still sum the same vector.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ __all__ = [
     "plan_route",
     "route_edge_shares",
     "route_summary",
+    "scale_legs",
 ]
 
 #: Most via points a request may give (as OSRM's default ``max-viaroute-size`` leaves room for).
@@ -231,6 +234,20 @@ def forecast_legs(legs: list[Leg], eta: Any, travel_time_s: np.ndarray, *,
         out.append(Leg(replace(lg.route, duration_s=float(part.sum())), part,
                        lg.edge_distance_m, lg.edge_share))
     return out, (float(d), float(lo), float(hi))
+
+
+def scale_legs(legs: list[Leg], factor: float) -> list[Leg]:
+    """``legs`` with every per-edge driven time (:attr:`Leg.edge_duration_s`) times
+    ``factor`` and each leg's ``route.duration_s`` their sum; distances and shares kept.
+    ``factor`` 1 returns ``legs`` as they are. O(route edges)."""
+    if factor == 1.0:
+        return legs
+    out = []
+    for lg in legs:
+        part = lg.edge_duration_s * float(factor)
+        out.append(Leg(replace(lg.route, duration_s=float(part.sum())), part,
+                       lg.edge_distance_m, lg.edge_share))
+    return out
 
 
 def route_edge_shares(router: Any, route: Any) -> np.ndarray:
