@@ -138,6 +138,8 @@ def test_forecast_config_invalid_value():
         ForecastConfig(damping_s=0.0)
     with pytest.raises(EstimatorConfigError, match="`gain`"):
         ForecastConfig(gain=float("nan"))
+    with pytest.raises(EstimatorConfigError, match="`skill_tau_s`"):
+        ForecastConfig(skill_tau_s=-1.0)
 
 
 # --- ranges ---------------------------------------------------------------------------------
@@ -309,6 +311,20 @@ def test_pace_trend_skill_follows_the_trend():
     assert 0.8 < trend.gain() < 1.3
     _feed(trend, 0.0, t0=t + 15.0, n=60, step_s=15.0, pace0=0.1 * math.exp(2e-4 * (t - 1000.0)))
     assert trend.gain() < 0.8
+
+
+def test_pace_trend_short_skill_memory_fades_sooner_after_a_turn():
+    # Ten minutes after a rise stops, a skill with 150 s of memory has faded more than one
+    # with the slopes' 900 s: the trend stops extrapolating growth sooner.
+    gains = {}
+    for tau in (150.0, 900.0):
+        trend = PaceTrend(KEYS, ForecastConfig(gain=1.0, pool_prior_s2=1.0, skill_tau_s=tau))
+        t = _feed(trend, 2e-4, n=120, step_s=15.0)
+        assert 0.7 < trend.gain() < 1.3
+        _feed(trend, 0.0, t0=t + 15.0, n=40, step_s=15.0,
+              pace0=0.1 * math.exp(2e-4 * (t - 1000.0)))
+        gains[tau] = trend.gain()
+    assert gains[150.0] < 0.75 and gains[150.0] < gains[900.0] - 0.1
 
 
 def test_pace_trend_reads_version_1_state():
