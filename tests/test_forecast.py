@@ -203,7 +203,12 @@ def test_route_bias_learns_and_round_trips():
     b.observe(100.0, np.full(50, 400.0), np.full(50, 400.0 * 1.2))
     r = float(b.log_correction(np.array([400.0]))[0])
     assert 0 < r < math.log(1.2) and r == pytest.approx(math.log(1.2) * 50 / 55)
-    assert float(b.log_correction(np.array([100.0]))[0]) == 0.0  # another bucket
+    assert float(b.log_correction(np.array([100.0]))[0]) == 0.0  # a shorter bucket
+    # Longer buckets without evidence take the shorter neighbour's correction.
+    np.testing.assert_allclose(b.log_correction(np.array([900.0, 3000.0])), [r, r])
+    b.observe(100.0, np.full(20, 900.0), np.full(20, 900.0 * 1.5))
+    r10 = (20 * math.log(1.5) + 5 * r) / 25
+    np.testing.assert_allclose(b.log_corrections(), [0.0, r, r10, r10])
     c = RouteBiasLearner()
     c.load_state_dict(b.state_dict())
     assert c.correct(np.array([400.0]))[0] == b.correct(np.array([400.0]))[0]

@@ -31,8 +31,8 @@ BUCKET_EDGES_S = (300.0, 600.0, 1200.0)
 
 @dataclass(frozen=True, slots=True)
 class RouteBiasConfig:
-    """``tau_s``: decay of the evidence (s); ``prior_weight``: pseudo-trips at ratio 1 per
-    bucket; ``max_log``: bound on one trip's ``|r|``; ``min_eta_s``: shorter trips are not
+    """``tau_s``: decay of the evidence (s); ``prior_weight``: pseudo-trips per bucket at
+    the correction of the bucket below (the first: ratio 1); ``max_log``: bound on one trip's ``|r|``; ``min_eta_s``: shorter trips are not
     used."""
 
     tau_s: float = 1800.0
@@ -89,14 +89,23 @@ class RouteBiasLearner:
         self.trips += int(ok.sum())
 
     def log_correction(self, router_eta_s: Any) -> np.ndarray:
-        """``r_bucket`` for each router ETA (0 with no evidence)."""
-        b = bucket_of(router_eta_s)
-        return (self.s / (self.w + self.config.prior_weight))[b]
+        """``r_bucket`` for each router ETA (:meth:`log_corrections`)."""
+        return self.log_corrections()[bucket_of(router_eta_s)]
 
     def log_corrections(self) -> np.ndarray:
-        """``r_bucket`` of every bucket (a copy; 0 with no evidence), in
-        :data:`BUCKET_EDGES_S` order."""
-        return self.s / (self.w + self.config.prior_weight)
+        """``r_bucket`` of every bucket, in :data:`BUCKET_EDGES_S` order (a new array).
+
+        Each bucket's mean is shrunk by ``prior_weight`` pseudo-trips towards the bucket
+        below it (the first towards 0): the optimism grows with the trip's length, and
+        probe traces are shorter than many asked trips, so a bucket without evidence takes
+        its shorter neighbour's correction rather than none (scenario_kbh: no probe trace
+        had a router ETA over 20 min)."""
+        out = np.zeros(self.w.size)
+        below = 0.0
+        for b in range(self.w.size):
+            below = out[b] = (self.s[b] + self.config.prior_weight * below) / (
+                self.w[b] + self.config.prior_weight)
+        return out
 
     def correct(self, router_eta_s: Any) -> np.ndarray:
         """Corrected router ETAs (s)."""
