@@ -9,7 +9,10 @@ cached), so every rate includes filling that cache from cold.
         [--sim-vehicles 2000] [--sim-duration-s 600] [--probes-cache FILE.parquet]
 
 With ``--dimacs`` the network is a DIMACS graph and the probes come from traffic/simulate.py
-(simulation time is reported apart; ``--probes-cache`` keeps them for the next run).
+(simulation time is reported apart; ``--probes-cache`` keeps them for the next run). For a
+graph tiled by ../shared/tools/tile_network.py add ``--tile-base ../shared/data/graphs/USA-road-d.NY.gr.gz``:
+the probes are simulated on that base graph and car i is copied into tile i mod K*K
+(traffic/simulate.py routes with one-to-all Dijkstra, which at K=6 would hold ~29 GB per chunk).
 """
 
 from __future__ import annotations
@@ -47,9 +50,10 @@ def run(net, index, batches, *, validate: bool) -> tuple[float, int, int, RouteD
     routes = build_route_distances(net)
     m, ex = OnlineMatcher(net, index, routes, MatcherConfig()), TraversalExtractor(net)
     last, vcfg, n_tr = VehicleLastSeen(), ProbeValidationConfig(), 0
+    bbox = net.bbox  # once, as workers/ingest.py does: the property scans all geometry
     for b in batches:
         if validate:
-            b = validate_probes(b, config=vcfg, now_s=float(b["t"].max()), bbox=net.bbox,
+            b = validate_probes(b, config=vcfg, now_s=float(b["t"].max()), bbox=bbox,
                                 last_seen=last).accepted
         o = m.push(b["vehicle_id"].to_numpy(), b["t"].to_numpy(), b["lat"].to_numpy(),
                    b["lon"].to_numpy(), speed_mps=b["speed_mps"].to_numpy(),
@@ -73,6 +77,9 @@ def main() -> None:
     ap.add_argument("--sim-duration-s", type=float, default=600.0)
     ap.add_argument("--probes-cache", default=None,
                     help="with --dimacs: parquet of the simulated probes, read if present, else written")
+    ap.add_argument("--tile-base", default=None,
+                    help="with --dimacs on a tile_network.py graph: simulate on this base DIMACS "
+                         "graph and copy car i into tile i mod K*K")
     a = ap.parse_args()
     t0 = time.perf_counter()
     sim_note = ""
@@ -98,15 +105,27 @@ def main() -> None:
         probes = pl.read_parquet(d / "probes.parquet")
     elif a.probes_cache and Path(a.probes_cache).exists():
         probes = pl.read_parquet(a.probes_cache)
-        sim_note = f" Probes: {a.probes_cache} (traffic/simulate.py, earlier run)."
+        tiled = f" on {Path(a.tile_base).name}, cars copied into the tiles" if a.tile_base else ""
+        sim_note = f" Probes: {a.probes_cache} (traffic/simulate.py{tiled}, earlier run)."
     else:
         from traffic.simulate import SimConfig, simulate_probes
 
         ts = time.perf_counter()
-        probes = pl.concat(list(simulate_probes(net, SimConfig(
+        base = load_dimacs(a.tile_base, find_coordinates(a.tile_base)) if a.tile_base else net
+        probes = pl.concat(list(simulate_probes(base, SimConfig(
             n_vehicles=a.sim_vehicles, duration_s=a.sim_duration_s))))
         sim_note = (f" Probes simulated by traffic/simulate.py ({a.sim_vehicles} cars, "
-                    f"{a.sim_duration_s:g} s, one every 5 s) in {time.perf_counter() - ts:.0f} s.")
+                    f"{a.sim_duration_s:g} s, one every 5 s) in {time.perf_counter() - ts:.0f} s")
+        if a.tile_base:  # tile i = row i // K, column i % K; offsets from the tiles' first nodes
+            n, k = base.n_nodes, round((net.n_nodes / base.n_nodes) ** 0.5)
+            assert k * k * n == net.n_nodes, "--tile-base: the network is not K*K copies of it"
+            dlon = float(net.node_lon[n] - net.node_lon[0]) if k > 1 else 0.0
+            dlat = float(net.node_lat[k * n] - net.node_lat[0]) if k > 1 else 0.0
+            tile = (pl.col("vehicle_id").rank("dense") - 1) % (k * k)
+            probes = probes.with_columns(pl.col("lon") + (tile % k) * dlon,
+                                         pl.col("lat") + (tile // k) * dlat)
+            sim_note += f" on {Path(a.tile_base).name}, car i copied into tile i mod {k * k}"
+        sim_note += "."
         if a.probes_cache:
             probes.write_parquet(a.probes_cache)
     batches = _ticks(probes, a.tick_s)
@@ -123,6 +142,8 @@ def main() -> None:
         f"`.venv/bin/python benchmarks/matching.py"
         + (f" --dimacs {a.dimacs} --sim-vehicles {a.sim_vehicles} --sim-duration-s "
            f"{a.sim_duration_s:g}" if a.dimacs else "")
+        + (f" --tile-base {a.tile_base}" if a.tile_base else "")
+        + (f" --probes-cache {a.probes_cache}" if a.dimacs and a.probes_cache else "")
         + f" --tick-s {a.tick_s:g} --repeat {a.repeat}` — "
         f"{utc_now()}, {machine_description(note='one used')} "
         "(other work may be running on the machine, so rates are lower bounds).\n",
