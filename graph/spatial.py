@@ -30,8 +30,16 @@ DEFAULT_SNAP_RADIUS_M = 200.0
 #: Default grid cell side and longest registered piece of a segment (m).
 DEFAULT_CELL_M = 25.0
 
-#: Most grid cells an index allocates (the cell side grows beyond ``cell_m`` to stay under it).
+#: Grid cells an index may always allocate (the cell side grows beyond ``cell_m`` to stay
+#: under the limit, :func:`grid_cell_limit`).
 MAX_GRID_CELLS = 1 << 22
+
+#: Above :data:`MAX_GRID_CELLS`, cells allowed per segment: the grid's offsets then cost at most
+#: 2 B per segment against the ~56 B each segment's own arrays take.
+GRID_CELLS_PER_SEGMENT = 0.5
+
+#: Hard ceiling on grid cells (256 MiB of int32 offsets).
+GRID_CELLS_CEILING = 1 << 26
 
 #: Most (point, grid row) ranges one query step expands; larger batches are cut into steps.
 _MAX_ROWS_PER_STEP = 1 << 20
@@ -240,6 +248,20 @@ def build_spatial_index(
     )
 
 
+def grid_cell_limit(n_segments: int) -> int:
+    """Most grid cells an index over ``n_segments`` segments allocates.
+
+    A fixed cap made a country's cells wide: at 26M edges (the 6 x 6 tiling of New York) 4M
+    cells are 350 m across, and a probe's candidate search then scans every segment of the
+    cells within its radius. Matching New York with cells of 330 m, 166 m and 59 m ran
+    validate+match+traversals at 34.8k, 45.3k and 51.9k probes/s. So the limit grows with
+    the segments, at :data:`GRID_CELLS_PER_SEGMENT`, between :data:`MAX_GRID_CELLS` and
+    :data:`GRID_CELLS_CEILING`.
+    """
+    return int(min(max(MAX_GRID_CELLS, int(n_segments * GRID_CELLS_PER_SEGMENT)),
+                   GRID_CELLS_CEILING))
+
+
 def _build_grid(
     x0: np.ndarray, y0: np.ndarray, x1: np.ndarray, y1: np.ndarray, *, cell_m: float,
     piece_m: float | None, chunk: int = BUILD_CHUNK_SEGMENTS,
@@ -256,9 +278,10 @@ def _build_grid(
     else:
         gx0 = gy0 = wx = wy = 0.0
     # Widen the cells when the extent would need too many of them.
-    cell = max(float(cell_m), float(np.sqrt((wx + 1.0) * (wy + 1.0) / MAX_GRID_CELLS)))
+    limit = grid_cell_limit(n_seg)
+    cell = max(float(cell_m), float(np.sqrt((wx + 1.0) * (wy + 1.0) / limit)))
     nx, ny = int(wx // cell) + 1, int(wy // cell) + 1
-    while nx * ny > MAX_GRID_CELLS:
+    while nx * ny > limit:
         cell *= 1.25
         nx, ny = int(wx // cell) + 1, int(wy // cell) + 1
     piece = cell if piece_m is None else float(piece_m)

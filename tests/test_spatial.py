@@ -233,3 +233,12 @@ def test_build_in_chunks_gives_the_same_index():
                 assert a.dtype == b.dtype and np.array_equal(a, b), (chunk, f.name)
             else:
                 assert a == b, (chunk, f.name)
+
+
+def test_grid_cell_limit_grows_with_the_segments_within_bounds():
+    from graph.spatial import GRID_CELLS_CEILING, MAX_GRID_CELLS, grid_cell_limit
+
+    assert grid_cell_limit(0) == MAX_GRID_CELLS
+    assert grid_cell_limit(730_100) == MAX_GRID_CELLS  # New York keeps its grid
+    assert grid_cell_limit(26_287_800) == 13_143_900  # the 6 x 6 tiling gets finer cells
+    assert grid_cell_limit(10**10) == GRID_CELLS_CEILING
