@@ -122,6 +122,11 @@ class RouteOut(BaseModel):
                                          "percentile of the duration")
     duration_p90_s: float | None = Field(default=None, description="with the forecast: 90th "
                                          "percentile of the duration")
+    eta_correction: float | None = Field(
+        default=None, description="with the forecast: the router's learned optimism "
+        "correction from completed probe trips, the factor every duration of this route "
+        "(legs, steps, annotations, percentiles) was multiplied by; 1.0 while none is "
+        "learned; null where the answer is not on the forecast")
     legs: list[LegOut] | None = Field(default=None, description="with steps=true: one leg "
                                       "per stretch between waypoints, each with its steps")
     summary: str | None = Field(default=None, description="with any navigation option: the "

@@ -113,7 +113,8 @@ def test_alternatives_annotations_are_forecast(client, services):
 
 def test_alternatives_match_route_eta(client, services):
     """Each alternative's figures are route_eta over its edges with their driven shares,
-    departing at the departure (not after the main route)."""
+    departing at the departure (not after the main route), corrected by the router's learned
+    optimism for its own ETA (tests/test_route_bias_product.py)."""
     core = services.router
     plan = plan_route(core.router, [A, C], max_snap_m=200.0, alternatives=1)
     assert plan.alternatives
@@ -122,14 +123,17 @@ def test_alternatives_match_route_eta(client, services):
     for lg, alt in zip(plan.alternatives, body["alternatives"]):
         e = lg.route.edge_ids
         d, lo, hi, _ = model.route_eta(e, tt[e], depart_in_s=0.0, share=lg.edge_share)
-        assert alt["duration_s"] == pytest.approx(d, abs=TOL_S)
-        assert alt["duration_p10_s"] == pytest.approx(lo, abs=TOL_S)
-        assert alt["duration_p90_s"] == pytest.approx(hi, abs=TOL_S)
+        f = alt["eta_correction"]
+        assert f == pytest.approx(core.eta_correction(d), rel=1e-12)
+        assert alt["duration_s"] == pytest.approx(d * f, abs=TOL_S)
+        assert alt["duration_p10_s"] == pytest.approx(lo * f, abs=TOL_S)
+        assert alt["duration_p90_s"] == pytest.approx(hi * f, abs=TOL_S)
 
 
 def test_plain_route_counts_partial_edges_by_share(services):
     """The plain route's ETA is route_eta with the driven shares of its end edges (not the
-    whole edges scaled by the route's share of them), the same as its legs'."""
+    whole edges scaled by the route's share of them), the same as its legs' (both corrected
+    by the router's learned optimism)."""
     core = services.router
     model, tt = core._eta, core._travel_times(None)
     for b in (B, C, VIA):
@@ -142,8 +146,10 @@ def test_plain_route_counts_partial_edges_by_share(services):
         e = leg.route.edge_ids
         d, lo, hi, _ = model.route_eta(e, tt[e], share=leg.edge_share)
         out = core.route(A, b)
-        assert out["duration_s"] == pytest.approx(d, abs=TOL_S)
-        assert (out["duration_p10_s"], out["duration_p90_s"]) == pytest.approx((lo, hi),
+        f = out["eta_correction"]
+        assert f == pytest.approx(core.eta_correction(d), rel=1e-12)
+        assert out["duration_s"] == pytest.approx(d * f, abs=TOL_S)
+        assert (out["duration_p10_s"], out["duration_p90_s"]) == pytest.approx((lo * f, hi * f),
                                                                                abs=TOL_S)
 
 
@@ -164,11 +170,13 @@ def test_via_legs_sum_and_chain(client, services):
     plan = plan_route(core.router, [A, VIA, C], max_snap_m=200.0)
     second = plan.legs[1]
     e = second.route.edge_ids
-    later = model.route_eta(e, tt[e], depart_in_s=legs[0]["duration_s"],
+    # Driven on the forecast before the one correction of the whole route's ETA (below).
+    f = body["eta_correction"]
+    later = model.route_eta(e, tt[e], depart_in_s=legs[0]["duration_s"] / f,
                             share=second.edge_share)[0]
     now = model.route_eta(e, tt[e], depart_in_s=0.0, share=second.edge_share)[0]
     assert abs(later - now) > 0.01  # the departure matters on this trend
-    assert legs[1]["duration_s"] == pytest.approx(later, abs=0.01)
+    assert legs[1]["duration_s"] == pytest.approx(later * f, abs=0.01)
     # Without the via point's legs the same edges would not give these figures.
     plain_via = _route(client, A, C, via=_q(VIA))
     assert plain_via["duration_s"] == pytest.approx(body["duration_s"], abs=TOL_S)

@@ -41,6 +41,10 @@ class PipelineConfig:
         Where prepared routing indexes and matcher tables are cached by network version.
     data_dir
         Where uploads and state are written (``None``: the system temporary directory).
+    route_bias, route_bias_tau_s, route_bias_max_trips
+        The routers' learned optimism (``workers.router``): on or off, its time constant
+        (s of event time) and the probe trips an ingest reply, a publication and so one
+        learning step of a router carry at most (the newest kept).
     """
 
     clock: Literal["wall", "event"] = "wall"
@@ -71,11 +75,28 @@ class PipelineConfig:
     #: Estimator shards (``workers.shards``): the speed state and its profile split by
     #: segment over this many stages; 1: one estimator, as before.
     estimator_shards: int = 1
+    route_bias: bool = True
+    route_bias_tau_s: float = 1800.0
+    route_bias_max_trips: int = 64
 
     def __post_init__(self) -> None:
         if not isinstance(self.estimator_shards, int) or self.estimator_shards < 1:
             raise ValueError(f"`estimator_shards` must be an integer >= 1; got "
                              f"{self.estimator_shards!r}")
+        if not isinstance(self.route_bias_max_trips, int) or self.route_bias_max_trips < 0:
+            raise ValueError(f"`route_bias_max_trips` must be an integer >= 0; got "
+                             f"{self.route_bias_max_trips!r}")
+        self.route_bias_config()  # validates route_bias_tau_s
+
+    def route_bias_config(self) -> Any:
+        """The routers' ``traffic.route_bias.RouteBiasConfig`` (``None``: off)."""
+        from traffic.route_bias import RouteBiasConfig
+
+        return RouteBiasConfig(tau_s=self.route_bias_tau_s) if self.route_bias else None
+
+    def route_trips_max(self) -> int:
+        """Probe trips per ingest reply and per publication (0 with ``route_bias`` off)."""
+        return self.route_bias_max_trips if self.route_bias else 0
 
     def estimator_service(self) -> EstimatorServiceConfig:
         """The estimator stage's configuration derived from this one."""
@@ -91,10 +112,14 @@ class PipelineConfig:
                                       profile_save_every_s=self.profile_save_every_s)
 
     def ingest_config(self) -> IngestConfig:
-        """The ingest stage's configuration (with this pipeline's cache directory)."""
-        if self.ingest.cache_dir is None and self.cache_dir is not None:
-            return replace(self.ingest, cache_dir=str(Path(self.cache_dir)))
-        return self.ingest
+        """The ingest stage's configuration (with this pipeline's cache directory and
+        route-trip bound)."""
+        cfg = self.ingest
+        if cfg.route_trips_max != self.route_trips_max():
+            cfg = replace(cfg, route_trips_max=self.route_trips_max())
+        if cfg.cache_dir is None and self.cache_dir is not None:
+            return replace(cfg, cache_dir=str(Path(self.cache_dir)))
+        return cfg
 
 
 def profile_path(data_dir: str | Path | None) -> str | None:

@@ -80,6 +80,11 @@ class IngestConfig:
         ``traffic.traversals.TraversalConfig`` (``None``: its defaults).
     cache_dir
         Where the table is cached by network version (``None``: built in memory each time).
+    route_trips_max
+        Completed probe trips handed on per reply for the routers' bias learning (the newest
+        eligible ones, :class:`traffic.probe_trips.RouteTripCollector`); 0: none collected.
+    route_trip_max_edges
+        Edges an open trace keeps for its trip (the newest; memory bound per trace).
     """
 
     validation: ProbeValidationConfig = field(default_factory=ProbeValidationConfig)
@@ -88,6 +93,8 @@ class IngestConfig:
     route_bound_m: float = 1500.0
     traversal: Any = None
     cache_dir: str | None = None
+    route_trips_max: int = 64
+    route_trip_max_edges: int = 256
 
 
 @dataclass(slots=True)
@@ -97,7 +104,10 @@ class IngestReply:
     ``rejected`` holds ``(row, reason)`` pairs with ``row`` indexing the input batch;
     ``batch`` is the traversal batch to fold (``None`` when empty) and ``n_matched`` the
     number of probes whose match was decided on a road by this call (they become
-    ``applied`` when the estimator folds ``batch``).
+    ``applied`` when the estimator folds ``batch``). ``trips``: the completed probe trips
+    this call closed (``traffic.probe_trips.RouteTrips``, the newest ``route_trips_max``;
+    ``None`` when none), for the routers' bias learning; they are not probes and count in
+    no probe counter.
     """
 
     accepted: int
@@ -107,6 +117,7 @@ class IngestReply:
     stage_s: dict[str, float]
     #: Wall time (unix s) the batch was accepted by the API (``None``: a tick or flush).
     accepted_wall_s: float | None = None
+    trips: Any = None
 
 
 class IngestCore:
@@ -166,6 +177,7 @@ class IngestCore:
         tcfg = self.config.traversal
         self.extractor = (TraversalExtractor(net) if tcfg is None
                           else TraversalExtractor(net, tcfg))
+        self.trip_collector = self._new_trip_collector(net)
         self.last_seen = VehicleLastSeen(horizon_s=self.config.validation.duplicate_horizon_s)
 
     # -- the hot path -------------------------------------------------------------------
@@ -196,28 +208,34 @@ class IngestCore:
         t2 = time.perf_counter()
         batch, n_matched = self._traversals(matched)
         t3 = time.perf_counter()
-        stage = {"validate": t1 - t0, "match": t2 - t1, "traversals": t3 - t2}
+        trips = self._route_trips(matched)
+        t4 = time.perf_counter()
+        stage = {"validate": t1 - t0, "match": t2 - t1, "traversals": t3 - t2, "trips": t4 - t3}
         self._stage_s.update(stage)
         rej = res.rejected
         return self._reply(IngestReply(
             accepted=acc.height,
             rejected=list(zip(rej["row"].to_list(), rej["reason"].to_list(), strict=True)),
             batch=batch, n_matched=n_matched, stage_s=stage,
-        ), accepted_wall_s)
+        ), accepted_wall_s, trips)
 
     def tick(self, now_s: float) -> IngestReply:
         """Flush vehicles idle at ``now_s`` (no new probes); returns their traversals."""
-        batch, n = self._traversals(self._flush_idle(now_s))
-        return self._reply(IngestReply(0, [], batch, n, {}), None)
+        outputs = self._flush_idle(now_s)
+        batch, n = self._traversals(outputs)
+        return self._reply(IngestReply(0, [], batch, n, {}), None, self._route_trips(outputs))
 
     def flush(self) -> IngestReply:
         """Decide every held point now (end of a replay, shutdown); returns traversals."""
-        batch, n = self._traversals([self.matcher.flush()])
-        return self._reply(IngestReply(0, [], batch, n, {}), None)
+        outputs = [self.matcher.flush()]
+        batch, n = self._traversals(outputs)
+        return self._reply(IngestReply(0, [], batch, n, {}), None, self._route_trips(outputs))
 
     @staticmethod
-    def _reply(reply: IngestReply, accepted_wall_s: float | None) -> IngestReply:
+    def _reply(reply: IngestReply, accepted_wall_s: float | None,
+               trips: Any = None) -> IngestReply:
         reply.accepted_wall_s = accepted_wall_s
+        reply.trips = trips
         return reply
 
     def swap_network(self, net: RoadNetwork, *, index: Any = None,
@@ -244,6 +262,11 @@ class IngestCore:
         a flush, so a checkpoint does not change what the matcher decides. (Version 1, the
         first release's, was taken after a flush: dedupe arrays at the top level,
         ``matcher_counts``, no pending state.)
+
+        Not saved: the open traces' edges held for route trips (:attr:`trip_collector`).
+        After a restore a trace's trip starts at the restore; the routers' bias learning
+        uses only a trip's middle between two junctions, so nothing else changes (and no
+        probe count or traversal depends on it).
         """
         from workers.state import prefixed
 
@@ -301,6 +324,7 @@ class IngestCore:
             "matched": self._counts["matched"],
             "traversals": self._counts["traversals"],
             "open_runs": self.extractor.open_count(),
+            **self._trip_stats(),
             "pending": int(self.matcher.pending_count()),
             "unmatched_by_reason": unmatched,
             "watermark_t": self._watermark_t,
@@ -345,6 +369,33 @@ class IngestCore:
         arrays = {c: np.concatenate([getattr(p, c) for p in parts]) for c in cols}
         self._counts["traversals"] += int(arrays["edge"].shape[0])
         return TraversalBatch(**arrays), n_probes
+
+    def _new_trip_collector(self, net: RoadNetwork) -> Any:
+        """The route-trip collector for ``net`` (``None`` with ``route_trips_max`` 0)."""
+        from traffic.probe_trips import RouteTripCollector
+
+        if self.config.route_trips_max <= 0:
+            return None
+        return RouteTripCollector(net, max_edges_per_trace=self.config.route_trip_max_edges,
+                                  max_trips=self.config.route_trips_max)
+
+    def _route_trips(self, outputs: list[Any]) -> Any:
+        """The eligible probe trips ``outputs`` closed, the newest ``route_trips_max``
+        (``traffic.probe_trips.RouteTrips``), or ``None``. O(pieces of ``outputs``)."""
+        from traffic.probe_trips import concat_route_trips
+
+        col = self.trip_collector
+        if col is None:
+            return None
+        return concat_route_trips([col.push(o) for o in outputs],
+                                  max_trips=self.config.route_trips_max)
+
+    def _trip_stats(self) -> dict[str, int]:
+        col = self.trip_collector
+        if col is None:
+            return {}
+        return {"route_trips": col.trips, "trip_traces_open": col.open_count(),
+                "trip_edges_held": col.held_edges()}
 
     def _unmatched_by_reason(self) -> dict[str, int]:
         counts = self.matcher.counts

@@ -24,6 +24,13 @@ the exact time lying between the held one and the prior's. Edges never observed 
 and edges folded since the last publication are exact. With the defaults (``T`` = 600 s, a
 full vector every 60 s) the deferred drift is at most 9.5 % of an edge's distance from its
 prior.
+
+A publication, full or delta, may also carry the probe trips completed since the previous
+one (``trips``, :class:`traffic.probe_trips.RouteTrips`): the ingest stages hand them on with
+their traversal batches, the facade keeps the newest in a :class:`TripBuffer` and attaches
+them to the next publication it sends, and each router learns its optimism from them
+(:mod:`traffic.route_bias`, ``workers.router.RouterCore``). They are not probes: no probe
+count depends on them.
 """
 
 from __future__ import annotations
@@ -57,6 +64,9 @@ class Publication:
     #: With a full publication: the forecast and range model (``traffic.forecast.EtaModel``)
     #: at ``weights_t``, or ``None``; routers keep the newest one they took.
     eta: Any = None
+    #: Probe trips completed since the previous publication (``traffic.probe_trips.RouteTrips``
+    #: of this network, newest last), or ``None``: each router learns its bias from them once.
+    trips: Any = None
 
     @property
     def full(self) -> bool:
@@ -75,8 +85,9 @@ class Publication:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the arrays it carries."""
-        return int(self.travel_time_s.nbytes + (0 if self.edges is None else self.edges.nbytes))
+        """Bytes of the arrays it carries (the ETA model aside)."""
+        return int(self.travel_time_s.nbytes + (0 if self.edges is None else self.edges.nbytes)
+                   + (0 if self.trips is None else self.trips.nbytes))
 
     def apply_to(self, base: np.ndarray | None) -> np.ndarray:
         """The whole vector after this publication, given the whole vector of its base.
@@ -128,3 +139,53 @@ class PublicationChain:
                     return self.BROKEN
                 self._items.append((pub.key, shared))
             return [x for _, x in self._items]
+
+
+class TripBuffer:
+    """The probe trips the facade received since its last publication, the newest
+    ``max_trips`` (older ones are dropped: memory and each router's learning cost per
+    publication stay bounded). Thread-safe.
+
+    :meth:`add` takes an ingest reply's trips (``traffic.probe_trips.RouteTrips`` or
+    ``None``); :meth:`take` returns those of one network and empties the buffer.
+    """
+
+    def __init__(self, max_trips: int = 64) -> None:
+        if max_trips < 0:
+            raise ValueError(f"`max_trips` must be >= 0; got {max_trips!r}")
+        self.max_trips = int(max_trips)
+        self._lock = threading.Lock()
+        self._held: Any = None
+        self.received = 0
+        self.dropped = 0
+
+    def add(self, trips: Any) -> None:
+        """Keep ``trips`` (trips of another network than those held replace them)."""
+        from traffic.probe_trips import concat_route_trips
+
+        if trips is None or not len(trips) or self.max_trips == 0:
+            return
+        with self._lock:
+            self.received += len(trips)
+            held = self._held
+            if held is not None and held.network_version != trips.network_version:
+                self.dropped += len(held)
+                held = None
+            parts = [trips] if held is None else [held, trips]
+            n = sum(len(p) for p in parts)
+            self._held = concat_route_trips(parts, max_trips=self.max_trips)
+            self.dropped += n - len(self._held)
+
+    def take(self, network_version: str) -> Any:
+        """The trips held if they are of ``network_version`` (else ``None``); empties."""
+        with self._lock:
+            held, self._held = self._held, None
+            if held is not None and held.network_version != network_version:
+                self.dropped += len(held)
+                held = None
+        return held
+
+    def clear(self) -> None:
+        """Drop what is held."""
+        with self._lock:
+            self._held = None

@@ -11,10 +11,29 @@ A replica that missed a publication (restarted, or calls that overtook each othe
 threaded actor) cannot apply the next delta. So the facade hands every replica the chain
 (:class:`PublicationChain`): the last full publication and every delta since, newest last, as
 Ray object refs that a replica fetches only when it needs them; it catches up from there.
+
+**The router's optimism.** A router picks the path whose estimate is lowest, so among paths
+whose estimates err it prefers those that err low: its ETAs are biased low. Each replica
+learns that bias online (:class:`traffic.route_bias.RouteBiasLearner`) from the completed
+probe trips a publication carries (``Publication.trips``, collected by the ingest stages):
+once the publication's weights serve, for each trip the router's ETA between the trip's
+junctions and the ETA of the edges the probe drove between them, both on the live weights.
+Forecast answers (``basis`` ``forecast``: plain routes, navigation routes and each
+alternative, and so the OSRM facade) multiply every per-edge forecast time by one factor
+``exp(log_correction(forecast ETA))``, reported as ``eta_correction``, so all their
+durations still sum one vector. Not corrected: answers on the static live or profile
+weights, tables (one many-to-many search on one metric, documented as differing from a
+route's ETA already) and isochrones (a reach on the per-edge forecast, no chosen route: its
+contours stay the uncorrected forecast's; a route's ``eta_correction`` says by how much its
+ETA exceeds that). The learner is the replica's only state beyond the weights
+(:meth:`RouterCore.state_dict`): a network swap carries it to the new replicas; checkpoints
+do not hold routers, so a restarted replica relearns it within about ``tau_s`` (30 min).
 """
 
 from __future__ import annotations
 
+import bisect
+import math
 import threading
 import time
 from collections import deque
@@ -23,8 +42,12 @@ from typing import Any
 import numpy as np
 
 from graph.network import RoadNetwork
+from traffic.route_bias import BUCKET_EDGES_S, BUCKET_NAMES, RouteBiasConfig, RouteBiasLearner
 from workers.publication import PublicationChain  # noqa: F401  (its old home)
 from workers.router_overrides import RouterOverrides
+
+#: The learner's settings a replica gets unless told otherwise (``PipelineConfig`` sets them).
+DEFAULT_ROUTE_BIAS = RouteBiasConfig()
 
 
 class RouterCore(RouterOverrides):
@@ -41,7 +64,15 @@ class RouterCore(RouterOverrides):
         Where the router may cache its prepared index by network version.
     profile_cache
         How many profile-customized routers (one per time-of-week bin) to keep.
+    route_bias
+        How the router learns its optimism from completed probe trips (module docstring);
+        ``None``: not learned, forecast answers get ``eta_correction`` 1.
     """
+
+    #: Trips learned from per publication taken (each one route query; the newest kept).
+    ROUTE_BIAS_MAX_TRIPS = 64
+    #: Version of :meth:`state_dict`'s contents.
+    STATE_VERSION = 1
 
     def __init__(
         self,
@@ -50,6 +81,7 @@ class RouterCore(RouterOverrides):
         index: Any = None,
         cache_dir: str | None = None,
         profile_cache: int = 4,
+        route_bias: RouteBiasConfig | None = DEFAULT_ROUTE_BIAS,
     ) -> None:
         from graph.router import Router
 
@@ -82,6 +114,13 @@ class RouterCore(RouterOverrides):
         #: Seconds from each taken publication's ``published_wall_s`` to its weights serving
         #: here (published -> serving freshness; the newest 1,024).
         self._serving_lag_s: deque[float] = deque(maxlen=1024)
+        #: The learned optimism (None: off); answers read :attr:`_log_corr`, a per-bucket
+        #: copy replaced whole after each learning step (no lock on the query path).
+        self.route_bias = None if route_bias is None else RouteBiasLearner(route_bias)
+        self._bias_lock = threading.Lock()
+        self._log_corr = np.zeros(len(BUCKET_EDGES_S) + 1)
+        self._bias_steps = 0
+        self._bias_learn_s = 0.0
 
     @property
     def index(self) -> Any:
@@ -127,17 +166,21 @@ class RouterCore(RouterOverrides):
             raise ValueError(f"a full publication must hold one value per edge "
                              f"({self.net.n_edges}); got {newest.travel_time_s.shape}")
         t0 = time.perf_counter()
+        taken: list[Any] = []  # the publications whose trips are learned from
         with self._lock:
+            held = self._key
             if self._key is not None and newest.key <= self._key:
                 how = "ignored"
             elif newest.full:
                 self._customize(newest.travel_time_s, str(newest.version))
-                how = "full"
+                how, taken = "full", [newest]
             elif self._key is not None and newest.base_key == self._key:
                 self._update_edges(newest.edges, newest.travel_time_s, str(newest.version))
-                how = "delta"
+                how, taken = "delta", [newest]
             else:
-                how = self._catch_up([_resolve_pub(r) for r in chain[:-1]] + [newest])
+                pubs = [_resolve_pub(r) for r in chain[:-1]] + [newest]
+                how = self._catch_up(pubs)
+                taken = [p for p in pubs if held is None or p.key > held]
             self.applied[how] += 1
             if how not in ("ignored", "stale"):
                 self._took(newest.version, newest.weights_t, t0)
@@ -148,7 +191,72 @@ class RouterCore(RouterOverrides):
                     if how == "caught_up" else None
                 if first is not None and first.full:
                     self._eta = self._with_freeflow(getattr(first, "eta", None))
+        if how not in ("ignored", "stale"):
+            self._learn_route_bias(taken, newest)
         return how
+
+    def _learn_route_bias(self, pubs: list[Any], newest: Any) -> None:
+        """Learn the router's optimism from the trips ``pubs`` carry (the newest
+        :attr:`ROUTE_BIAS_MAX_TRIPS`), on the live weights just taken, at ``newest``'s event
+        time (its wall time when it has none). One route query per trip."""
+        from traffic.probe_trips import concat_route_trips
+        from traffic.route_bias import trip_etas
+
+        if self.route_bias is None:
+            return
+        parts = [p.trips for p in pubs if getattr(p, "trips", None) is not None
+                 and p.trips.network_version == self.net.version]
+        trips = concat_route_trips(parts, max_trips=self.ROUTE_BIAS_MAX_TRIPS)
+        tt = self._travel_times(None)
+        if trips is None or tt is None:
+            return
+        t0 = time.perf_counter()
+        router_eta, driven_eta = trip_etas(
+            trips, tt, lambda a, b: self.router.route_nodes(a, b).duration_s)
+        t_s = newest.weights_t if newest.weights_t is not None else newest.published_wall_s
+        with self._bias_lock:
+            self.route_bias.observe(float(t_s), router_eta, driven_eta)
+            self._log_corr = self.route_bias.log_corrections()
+            self._bias_steps += 1
+            self._bias_learn_s = time.perf_counter() - t0
+
+    def eta_correction(self, duration_s: float) -> float:
+        """The factor a forecast ETA of ``duration_s`` (s) is corrected by:
+        ``exp(log_correction)`` of its bucket (:mod:`traffic.route_bias`); 1 when nothing
+        is learned, the learner is off or the ETA is not a positive number. O(1)."""
+        if not (duration_s > 0 and math.isfinite(duration_s)):
+            return 1.0
+        lc = self._log_corr  # one read: a learning step replaces the array whole
+        return math.exp(float(lc[bisect.bisect_right(BUCKET_EDGES_S, duration_s)]))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The replica's state beyond its weights (those come back with the next
+        publication). Version 1: ``version``; ``route_bias.*``
+        (``traffic.route_bias.RouteBiasLearner.state_dict``; absent when the learner is
+        off). Checkpoints do not hold it (see the module docstring); a network swap hands it
+        to the new replicas."""
+        from workers.state import prefixed
+
+        out: dict[str, Any] = {"version": self.STATE_VERSION}
+        if self.route_bias is not None:
+            with self._bias_lock:
+                out.update(prefixed("route_bias", self.route_bias.state_dict()))
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output (the learner's part is ignored when this
+        replica's learner is off). ``ValueError`` naming both versions on another version."""
+        from workers.state import unprefixed
+
+        if state.get("version") != self.STATE_VERSION:
+            raise ValueError(f"router state version {state.get('version')!r}; this code reads "
+                             f"{self.STATE_VERSION}")
+        part = unprefixed("route_bias", state)
+        if self.route_bias is None or not part:
+            return
+        with self._bias_lock:
+            self.route_bias.load_state_dict(part)
+            self._log_corr = self.route_bias.log_corrections()
 
     def _with_freeflow(self, eta: Any) -> Any:
         """The ETA model with this network's free-flow times (float32, computed once per
@@ -209,7 +317,9 @@ class RouterCore(RouterOverrides):
         legs' (a via leg departs when the previous one arrives), steps' and annotations';
         each alternative is forecast on its own from the departure. So the same trip has the
         same ``duration_s`` plain, with steps, annotations, alternatives, an exclusion that
-        does not change its path, and over the OSRM facade.
+        does not change its path, and over the OSRM facade. Forecast answers are corrected
+        for the router's learned optimism (module docstring): every per-edge time times
+        ``eta_correction`` (1 until trips were learned from).
 
         With ``profile=(key, travel_time_s)`` the route uses those (time-of-week) travel
         times, customized once per ``key`` and cached. ``on_caller``/``caller_queries``: run
@@ -264,8 +374,9 @@ class RouterCore(RouterOverrides):
 
         The partial first and last edges count with their driven shares
         (:func:`graph.navigation.route_edge_shares`), as :func:`graph.navigation.forecast_legs`
-        counts them, so a route with steps or other options gets the same figures.
-        O(route edges)."""
+        counts them, so a route with steps or other options gets the same figures. The
+        figures are then corrected by :meth:`eta_correction` of the forecast ETA (reported
+        as ``eta_correction``). O(route edges)."""
         on = self._forecast_on(depart_at_s)
         edges = res.edge_ids
         if on is None or edges.size == 0:
@@ -278,7 +389,9 @@ class RouterCore(RouterOverrides):
             return
         d, lo, hi, _ = model.route_eta(edges, live, depart_in_s=depart_in,
                                        share=route_edge_shares(self.router, res))
-        out["duration_s"], out["duration_p10_s"], out["duration_p90_s"] = d, lo, hi
+        f = self.eta_correction(d)
+        out["duration_s"], out["duration_p10_s"], out["duration_p90_s"] = d * f, lo * f, hi * f
+        out["eta_correction"] = f
         out["basis"] = "forecast"
 
     def _navigate(self, points: list[tuple[float, float]], key: Any, *, max_snap_m: float,
@@ -294,13 +407,16 @@ class RouterCore(RouterOverrides):
         On the live weights with a forecast model (:meth:`_forecast_on`) the legs are
         driven on the forecast (:func:`graph.navigation.forecast_legs`), and so is each
         alternative, from the departure: the route and each alternative get ``basis``
-        ``forecast`` and ``duration_p10_s``/``duration_p90_s``."""
+        ``forecast`` and ``duration_p10_s``/``duration_p90_s``, each corrected by the
+        :meth:`eta_correction` of its own forecast ETA (every per-edge time scaled by it,
+        :func:`graph.navigation.scale_legs`: legs, steps and annotations sum to it)."""
         from graph.navigation import (
             DEFAULT_BEARING_RANGE_DEG,
             Plan,
             forecast_legs,
             plan_answer,
             plan_route,
+            scale_legs,
         )
 
         options = {"bearing_deg": bearing, "alternatives": alternatives,
@@ -314,23 +430,28 @@ class RouterCore(RouterOverrides):
                               **options)
         tt = self._travel_times(key)
         on = self._forecast_on(depart_at_s) if key is None else None
-        ranges: list[tuple[float, float, float]] = []
+        ranges: list[tuple[float, float, float, float]] = []
+
+        def corrected(legs: list[Any], rng: tuple[float, float, float]) -> list[Any]:
+            f = self.eta_correction(rng[0])
+            ranges.append((rng[0] * f, rng[1] * f, rng[2] * f, f))
+            return scale_legs(legs, f)
+
         if on is not None:
             model, live, depart_in = on
-            legs, main = forecast_legs(plan.legs, model, live, depart_in_s=depart_in)
+            legs = corrected(*forecast_legs(plan.legs, model, live, depart_in_s=depart_in))
             alts = []
             for lg in plan.alternatives:
-                (alt,), rng = forecast_legs([lg], model, live, depart_in_s=depart_in)
+                (alt,) = corrected(*forecast_legs([lg], model, live, depart_in_s=depart_in))
                 alts.append(alt)
-                ranges.append(rng)
-            ranges.insert(0, main)
             plan = Plan(legs, alts, plan.weights_version)
         out = plan_answer(self.net, plan, steps=steps, annotations=annotations,
                           geometry_format=geometry_format, travel_time_s=tt,
                           observed=plan.weights_version != "freeflow")
-        for r, (d, lo, hi) in zip((out, *out["alternatives"]), ranges):
+        for r, (d, lo, hi, f) in zip((out, *out["alternatives"]), ranges):
             # The total as a plain route answers it (the legs' sum, to float rounding).
             r["duration_s"], r["duration_p10_s"], r["duration_p90_s"] = d, lo, hi
+            r["eta_correction"] = f
             r["basis"] = "forecast"
         if not alternatives:
             out.pop("alternatives")
@@ -453,7 +574,22 @@ class RouterCore(RouterOverrides):
                 "publications": dict(self.applied),
                 "last_update": dict(getattr(self.router, "last_update", {})),
                 "metric_fallbacks": int(getattr(self.router, "fallbacks", 0)),
+                "route_bias": self._route_bias_stats(),
                 **_percentiles("serving_lag", self._serving_lag_s)}
+
+    def _route_bias_stats(self) -> dict[str, Any]:
+        """The learner in numbers: ``enabled``, ``trips`` learned from, learning
+        ``steps`` (publications with trips), the last step's seconds, ``tau_s``, and per
+        router-ETA bucket the ``log_correction`` and its factor ``eta_correction``."""
+        if self.route_bias is None:
+            return {"enabled": False}
+        with self._bias_lock:
+            lc = self._log_corr
+            return {"enabled": True, "trips": int(self.route_bias.trips),
+                    "steps": self._bias_steps, "last_learn_s": self._bias_learn_s,
+                    "tau_s": self.route_bias.config.tau_s,
+                    "log_correction": {n: float(v) for n, v in zip(BUCKET_NAMES, lc)},
+                    "eta_correction": {n: math.exp(float(v)) for n, v in zip(BUCKET_NAMES, lc)}}
 
 
 def _percentiles(name: str, values: Any) -> dict[str, float | None]:

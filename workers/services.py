@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import polars as pl
 
 from graph.network import RoadNetwork
 from workers.config import PipelineConfig, load_profile, profile_path
-from workers.publication import Publication, PublicationChain
+from workers.publication import Publication, PublicationChain, TripBuffer
 from workers.closure_ops import ClosureOps, UnknownClosure
 from workers.feed_ops import FeedOps
 from workers.intake import Intake, Overloaded
@@ -69,6 +70,8 @@ class Services(Intake, Queries, ClosureOps, FeedOps):
         self._profile_tt: dict[Any, np.ndarray] = {}  # profile weights by key (4 newest)
         # (network version, what the routers were sent since the last full publication)
         self._pub_chain: tuple[str, PublicationChain] = (net.version, PublicationChain())
+        # Probe trips the ingest replies closed since the last publication (route bias).
+        self._trips = TripBuffer(config.route_trips_max())
         self._congestion = congestion_queries(config)
         self._draining = False  # set by begin_shutdown: new writes get 503
         self._cv = threading.Condition()
@@ -117,9 +120,10 @@ class Services(Intake, Queries, ClosureOps, FeedOps):
         self.folds = FoldQueue(stages, self.estimator, max_inflight=config.max_fold_inflight,
                                shards=self.shards)
         self.router_actors = stages.start_routers(self._net_ref, config.router_replicas,
-                                                  cache_dir=config.cache_dir)
-        self.router: RouterCore | None = (None if self.router_actors
-                                          else RouterCore(net, cache_dir=config.cache_dir))
+                                                  cache_dir=config.cache_dir,
+                                                  route_bias=config.route_bias_config())
+        self.router: RouterCore | None = (None if self.router_actors else RouterCore(
+            net, cache_dir=config.cache_dir, route_bias=config.route_bias_config()))
         stages.get([stages.call(a, "stats") for a in self.ingest_stages])  # all started
         self.boot: str | None = None
         self.estimator_restores = 0
@@ -194,9 +198,11 @@ class Services(Intake, Queries, ClosureOps, FeedOps):
         return s.get([s.call(a, name, *args) for a in self.ingest_stages])
 
     def fold_replies(self, replies: list[Any]) -> None:
-        """Hand the traversal batches of ingest replies to the estimator, in this order."""
+        """Hand the traversal batches of ingest replies to the estimator, in this order;
+        keep their probe trips for the next publication (:meth:`_publish`)."""
         for reply in replies:
             self.folds.send(reply.batch, reply.n_matched, reply.accepted_wall_s)
+            self._trips.add(getattr(reply, "trips", None))
 
     @contextlib.contextmanager
     def quiet(self) -> Iterator[None]:
@@ -244,6 +250,10 @@ class Services(Intake, Queries, ClosureOps, FeedOps):
         (``workers.router.PublicationChain``; on Ray, object refs a replica fetches only when
         it missed one and must catch up). A delta that does not follow the last publication
         sent (one was lost or overtaken) is replaced by a full publication.
+
+        The probe trips received since the last publication sent (:class:`TripBuffer`) go
+        with it (``Publication.trips``), for the routers' bias learning; they are kept for
+        the next one when this one is not sent.
         """
         if pub is None or pub.network_version != self.net.version:
             return
@@ -251,13 +261,21 @@ class Services(Intake, Queries, ClosureOps, FeedOps):
         held = self._pub_chain
         if held[0] != pub.network_version:  # a new network starts a new chain
             held = self._pub_chain = (pub.network_version, PublicationChain())
-        sent = held[1].add(pub, s.share(pub) if self.router_actors else pub)
+        trips = self._trips.take(pub.network_version)
+
+        def shared(p: Publication) -> Any:
+            p = p if trips is None else replace(p, trips=trips)
+            return s.share(p) if self.router_actors else p
+
+        sent = held[1].add(pub, shared(pub))
         if sent is PublicationChain.BROKEN:
             pub = self.estimator_call("publish")  # a full vector
             if pub is None or pub.network_version != held[0]:
+                self._trips.add(trips)
                 return
-            sent = held[1].add(pub, s.share(pub) if self.router_actors else pub)
+            sent = held[1].add(pub, shared(pub))
         if not isinstance(sent, list):
+            self._trips.add(trips)
             return  # older than what the routers were sent already
         if self.router is not None:
             self.router.apply_publication(sent)
@@ -287,6 +305,7 @@ class Services(Intake, Queries, ClosureOps, FeedOps):
 
         with self._tick_lock:
             if self.durability is not None and restore_if_restarted(self):
+                self._trips.clear()  # the replay's trips: the routers learned from most
                 self._publish(self.estimator_call("publish"))
             self._collect_ticks(wait=False)
             now, s = self.now_s(), self.stages
@@ -379,12 +398,26 @@ class Services(Intake, Queries, ClosureOps, FeedOps):
 
     def _prepare(self, net: RoadNetwork) -> Any:
         """Build the routers for ``net`` while the old network keeps serving."""
+        bias = self.config.route_bias_config()
         if self.router_actors:
             actors = self.stages.start_routers(self.stages.share(net), len(self.router_actors),
-                                               cache_dir=self.config.cache_dir)
+                                               cache_dir=self.config.cache_dir, route_bias=bias)
             self.stages.get([self.stages.call(a, "stats") for a in actors])
             return actors
-        return RouterCore(net, cache_dir=self.config.cache_dir)
+        return RouterCore(net, cache_dir=self.config.cache_dir, route_bias=bias)
+
+    def _router_state(self) -> dict[str, Any] | None:
+        """The serving router's state (``RouterCore.state_dict``: its learned optimism),
+        or ``None`` when its replica is restarting."""
+        if self.router is not None:
+            return self.router.state_dict()
+        s = self.stages
+        try:
+            return s.get(s.call(self.router_actors[0], "state_dict"), timeout=30)
+        except Exception as exc:
+            if not s.is_restart(exc):
+                raise
+            return None  # the new replicas learn it again
 
     def _swap(self, net: RoadNetwork, prepared: Any) -> int:
         """Swap ``net`` in: ingest matches on it, the estimator carries state over by edge
@@ -403,11 +436,17 @@ class Services(Intake, Queries, ClosureOps, FeedOps):
             pub = self.estimator_call("publish")  # a full vector: a new chain starts at it
             chain = PublicationChain()
             sent = chain.add(pub, s.share(pub) if isinstance(prepared, list) else pub)
+            # The learned optimism is per ETA bucket, not per edge: it carries over as is.
+            state = self._router_state()
             if isinstance(prepared, list):
+                if state is not None:
+                    s.get([s.call(r, "load_state_dict", state) for r in prepared])
                 s.get([s.call(r, "apply_publication", sent) for r in prepared])
                 # The old replicas finish their queued queries, then go when their handles do.
                 self.router_actors = prepared
             else:
+                if state is not None:
+                    prepared.load_state_dict(state)
                 prepared.apply_publication(sent)
                 # The replaced router stops its query threads when its last query ends.
                 self.router = prepared

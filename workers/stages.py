@@ -15,7 +15,9 @@ through one of two runners with the same small interface:
 thread-safe; the lock gives them an actor's one-call-at-a-time). :class:`RayStages` applies
 ``ray.remote`` to the same classes. Ingest replies carry their traversal batches; the
 service folds them into the estimator through a :class:`FoldQueue`, in the order of its
-calls, with a bound on the folds in flight.
+calls, with a bound on the folds in flight. Ingest replies also carry the probe trips they
+closed (``IngestReply.trips``); the service keeps the newest for its next publication
+(``workers.publication.TripBuffer``), which the routers learn their optimism from.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from graph.network import RoadNetwork
 from traffic._xp import gpu_available
 from workers.estimator import EstimatorCore, EstimatorServiceConfig
 from workers.ingest import IngestConfig, IngestCore
-from workers.router import RouterCore
+from workers.router import DEFAULT_ROUTE_BIAS, RouterCore
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +80,7 @@ class LocalStages:
                        partition=p) for p in range(1, n)]
 
     def start_routers(self, net: RoadNetwork, n: int, *, cache_dir: str | None,
-                      first_node: int = 1) -> list[Any]:
+                      first_node: int = 1, route_bias: Any = DEFAULT_ROUTE_BIAS) -> list[Any]:
         """None: replicas are a Ray feature; in process the service keeps one router (so a
         configuration asking for replicas runs unchanged, on one)."""
         return []
@@ -307,15 +309,17 @@ class RayStages:
                 for p in range(n)]
 
     def start_routers(self, net: Any, n: int, *, cache_dir: str | None,
-                      first_node: int = 1) -> list[Any]:
-        """``n`` threaded router replicas, one per node round robin."""
+                      first_node: int = 1, route_bias: Any = DEFAULT_ROUTE_BIAS) -> list[Any]:
+        """``n`` threaded router replicas, one per node round robin; ``route_bias``: their
+        ``traffic.route_bias.RouteBiasConfig`` (``None``: no learned correction,
+        ``workers.router``)."""
         import ray
 
         actor = ray.remote(RouterCore)
         return [actor.options(num_cpus=0, max_restarts=-1, max_concurrency=8,
                               scheduling_strategy=_spread(i + first_node),
                               runtime_env=self._env)
-                .remote(net, cache_dir=cache_dir)
+                .remote(net, cache_dir=cache_dir, route_bias=route_bias)
                 for i in range(n)]
 
     def swap_network(self, handles: Sequence[Any], net: Any) -> list[Any]:
