@@ -70,21 +70,36 @@ def cpu_seconds(pid: int) -> float:
 
 def query_latency(metric: Any, n_nodes: int, *, n: int = 1000, seed: int = 7) -> dict[str, float]:
     """Node-to-node queries (path included) on ``metric`` between random nodes, reusing one
-    query object as the router's query threads do: p50/p99 ms."""
+    query object as the router's query threads do: p50/p99 ms. Also the same pairs as
+    distance-only searches on RoutingKit's query object (``dist_*``): the rest is unpacking
+    the path into a Python list, which grows with the path's arcs (``path_arcs_p50``)."""
     from graph.cch import QueryCache
 
     rng = np.random.default_rng(seed)
     pairs = rng.integers(0, n_nodes, size=(n, 2))
     queries = QueryCache()
     metric.route_nodes(0, min(1, n_nodes - 1), queries=queries)  # builds the query object
-    ms = []
+    ms, dist_ms, arcs = [], [], []
+    # On a turn-expanded graph RoutingKit's nodes are edges: no plain node-to-node search.
+    q = None if metric.index.graph.turn_expanded else queries.query(metric)
     for s, t in pairs.tolist():
         t0 = time.perf_counter()
-        metric.route_nodes(s, t, queries=queries)
+        res = metric.route_nodes(s, t, queries=queries)
         ms.append((time.perf_counter() - t0) * 1000)
+        arcs.append(0 if res is None else res.edges.size)
+        if q is None:
+            continue
+        t0 = time.perf_counter()
+        found = q.run(s, t)
+        found.distance
+        dist_ms.append((time.perf_counter() - t0) * 1000)
+        del found  # the binding wants a result dropped before the next run
     queries.clear()
     return {"query_p50_ms": float(np.percentile(ms, 50)),
-            "query_p99_ms": float(np.percentile(ms, 99)), "queries": n}
+            "query_p99_ms": float(np.percentile(ms, 99)), "queries": n,
+            "dist_p50_ms": float(np.percentile(dist_ms, 50)) if dist_ms else float("nan"),
+            "dist_p99_ms": float(np.percentile(dist_ms, 99)) if dist_ms else float("nan"),
+            "path_arcs_p50": float(np.percentile(arcs, 50))}
 
 
 def probe_load(url: str, probes: Any, work: Path, *, conns: int = 2,
