@@ -385,3 +385,43 @@ def test_eta_model_travels_without_free_flow_and_the_router_attaches_it():
     for a, b in zip(full.route_eta(np.arange(60), live, depart_in_s=900.0),
                     got.route_eta(np.arange(60), live, depart_in_s=900.0)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_compact_eta_model_expands_to_the_dense_model():
+    """What a full publication carries (the evidence edges only) expands, in the router, to
+    the model built over every edge: the pooled slope, the lag and the no-evidence range
+    constants elsewhere. It is smaller than the dense model by the share of edges without
+    evidence."""
+    from traffic.forecast import CompactEtaModel, build_compact_eta_model, build_eta_model
+    from traffic.forecast import with_freeflow
+
+    n = 5000
+    rng = np.random.default_rng(5)
+    trend = PaceTrend(np.arange(n, dtype=np.int64))
+    seen = np.sort(rng.choice(n, 300, replace=False))
+    _feed(trend, 2e-4, edges=tuple(seen[:200].tolist()))
+    t = float(trend.pool_t)
+    pace = rng.uniform(0.05, 0.2, n)
+    var = rng.uniform(0, 1e-3, n)
+    weight = np.zeros(n)
+    weight[seen[100:]] = rng.uniform(0.5, 8.0, 200)  # estimator evidence: overlaps the trend's
+    dense = build_eta_model(trend, pace, var, weight, None, t, prior_weight=0.3)
+    idx = np.union1d(np.flatnonzero(weight > 0), trend.evidence_edges())
+    assert idx.size == 300
+    compact = build_compact_eta_model(trend, idx, pace[idx], var[idx], weight[idx], t,
+                                      prior_weight=0.3)
+    assert isinstance(compact, CompactEtaModel) and compact.nbytes < 0.1 * 16 * n
+    ff = rng.uniform(1, 30, n).astype(np.float32)
+    got = with_freeflow(compact, ff)
+    for name in ("slope_per_s", "lag_s", "spread_rel", "error_rel"):
+        np.testing.assert_allclose(getattr(got, name), getattr(dense, name), rtol=1e-6,
+                                   err_msg=name)
+    assert got.pool_slope_per_s == dense.pool_slope_per_s and got.t_s == dense.t_s
+    assert got.forecast == dense.forecast and got.freeflow_tt_s is not None
+    live = rng.uniform(5, 60, 80)
+    route = rng.choice(n, 80, replace=False)
+    a = with_freeflow(dense, ff).route_eta(route, live, depart_in_s=600.0)
+    b = got.route_eta(route, live, depart_in_s=600.0)
+    np.testing.assert_allclose(a[:3], b[:3], rtol=1e-6)
+    with pytest.raises(ValueError, match="one value per edge"):
+        compact.expand(np.ones(n - 1))

@@ -395,6 +395,11 @@ class PaceTrend:
         lag = np.where(self.w[sl] > 0, at_t_s - self.t_mean[sl], self.config.lag_s)
         return np.clip(lag, 0.0, self.config.lag_s)
 
+    def evidence_edges(self) -> np.ndarray:
+        """Ids (ascending) of the edges the trend has seen: every other edge's slope is the
+        pooled slope and its lag ``config.lag_s``."""
+        return np.flatnonzero((self.w != 0) | np.isfinite(self.t_last))
+
     def state_dict(self) -> dict[str, Any]:
         """Checkpoint (host arrays, copies) of the edges with evidence (``edge_key`` names
         them; every other edge is empty). Version 2: ``version``, ``edge_key``, ``w``,
@@ -403,7 +408,7 @@ class PaceTrend:
         with none)."""
         # Only the edges with evidence: the loader matches rows by key and starts every
         # other edge empty, so a checkpoint costs what the probes touched.
-        keep = np.flatnonzero((self.w != 0) | np.isfinite(self.t_last))
+        keep = self.evidence_edges()
         out: dict[str, Any] = {k: getattr(self, k)[keep] for k in self._ARRAYS}
         out.update(version=self.STATE_VERSION, edge_key=self.edge_key[keep],
                    pool_tt=self.pool_tt, pool_tx=self.pool_tx, pool_t=self.pool_t,
@@ -514,8 +519,91 @@ def build_eta_model(trend: PaceTrend, pace_s_per_m: np.ndarray, var: np.ndarray,
                     ranges=rc)
 
 
-def with_freeflow(model: EtaModel | None, freeflow_tt_s: np.ndarray) -> EtaModel | None:
-    """``model`` with its free-flow times (s per edge, float32) set when it came without."""
+@dataclass(frozen=True, slots=True, eq=False)
+class CompactEtaModel:
+    """An :class:`EtaModel` as it travels: the per-edge arrays (float32) of ``edges`` only,
+    the edges with evidence in the estimator or the trend; every other edge has the pooled
+    slope, the lag ``forecast.lag_s`` and the no-evidence spread and error (``default_*``).
+
+    What a full publication carries, so its size follows the probes, not the network (a
+    dense model was 16 B per edge in every copy in Ray's object store); a router expands it
+    once (:meth:`expand`) into the dense model its routes read.
+    """
+
+    t_s: float
+    n_edges: int
+    edges: np.ndarray  # int64, ascending
+    slope_per_s: np.ndarray
+    lag_s: np.ndarray
+    spread_rel: np.ndarray
+    error_rel: np.ndarray
+    pool_slope_per_s: float
+    default_spread_rel: float
+    default_error_rel: float
+    forecast: ForecastConfig
+    ranges: Any
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of its arrays."""
+        return int(sum(a.nbytes for a in (self.edges, self.slope_per_s, self.lag_s,
+                                           self.spread_rel, self.error_rel)))
+
+    def expand(self, freeflow_tt_s: np.ndarray | None = None) -> EtaModel:
+        """The dense :class:`EtaModel` (float32 arrays of ``n_edges``) with free-flow times
+        ``freeflow_tt_s`` (s per edge, or ``None``). O(edges)."""
+        f32 = np.float32
+
+        def full(value: float, part: np.ndarray) -> np.ndarray:
+            out = np.full(self.n_edges, value, dtype=f32)
+            out[self.edges] = part
+            return out
+
+        ff = None if freeflow_tt_s is None else np.asarray(freeflow_tt_s, dtype=f32)
+        if ff is not None and ff.shape != (self.n_edges,):
+            raise ValueError(f"free-flow times must hold one value per edge ({self.n_edges}); "
+                             f"got {ff.shape}")
+        return EtaModel(t_s=self.t_s,
+                        slope_per_s=full(self.pool_slope_per_s, self.slope_per_s),
+                        lag_s=full(self.forecast.lag_s, self.lag_s),
+                        pool_slope_per_s=self.pool_slope_per_s,
+                        spread_rel=full(self.default_spread_rel, self.spread_rel),
+                        error_rel=full(self.default_error_rel, self.error_rel),
+                        freeflow_tt_s=ff, forecast=self.forecast, ranges=self.ranges)
+
+
+def build_compact_eta_model(trend: PaceTrend, edges: np.ndarray, pace_s_per_m: np.ndarray,
+                            var: np.ndarray, evidence: np.ndarray, t_s: float, *,
+                            prior_weight: float, ranges: Any = None) -> CompactEtaModel:
+    """The :class:`CompactEtaModel` at ``t_s``: ``edges`` (ascending ids, which must hold
+    every edge with evidence in the estimator or in ``trend``) and, per listed edge, the
+    estimator's published pace, dispersion ``var`` and decayed evidence weight.
+    O(len(edges)); expanded it equals :func:`build_eta_model`'s model."""
+    from traffic.eta_range import RangeConfig, edge_uncertainty
+
+    rc = ranges or RangeConfig()
+    e = np.asarray(edges, dtype=np.int64)
+    spread, err = edge_uncertainty(pace_s_per_m, var, evidence, prior_weight=prior_weight,
+                                   config=rc)
+    d_spread, d_err = edge_uncertainty(np.ones(1), np.zeros(1), np.zeros(1),
+                                       prior_weight=prior_weight, config=rc)
+    f32 = np.float32
+    return CompactEtaModel(t_s=float(t_s), n_edges=trend.n_edges, edges=e,
+                           slope_per_s=trend.slopes(t_s, e).astype(f32),
+                           lag_s=trend.lags(t_s, e).astype(f32),
+                           spread_rel=spread.astype(f32), error_rel=err.astype(f32),
+                           pool_slope_per_s=trend.pool_slope(),
+                           default_spread_rel=float(d_spread[0]),
+                           default_error_rel=float(d_err[0]),
+                           forecast=replace(trend.config, gain=trend.gain()), ranges=rc)
+
+
+def with_freeflow(model: EtaModel | CompactEtaModel | None,
+                  freeflow_tt_s: np.ndarray) -> EtaModel | None:
+    """``model`` with its free-flow times (s per edge, float32) set when it came without; a
+    :class:`CompactEtaModel` is expanded with them."""
+    if isinstance(model, CompactEtaModel):
+        return model.expand(freeflow_tt_s)
     if model is None or model.freeflow_tt_s is not None:
         return model
     return replace(model, freeflow_tt_s=np.asarray(freeflow_tt_s, dtype=np.float32))

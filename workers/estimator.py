@@ -308,17 +308,19 @@ class EstimatorCore(EstimatorState, ProfileLearning):
         for accepted_s, n in self._unpublished:
             self._freshness_s.extend([max(now - accepted_s, 0.0)] * min(n, 64))
         self._unpublished.clear()
-        # The ETA model (20 B per edge) travels with the returned publication only: what the
-        # estimator keeps of its newest publication is the key and the times.
+        # The ETA model (its evidence edges only) travels with the returned publication only:
+        # what the estimator keeps of its newest publication is the key and the times.
         kept = pub if getattr(pub, "eta", None) is None else replace(pub, eta=None)
         self._last, self._last_publish_wall, self._dirty = kept, now, False
         return pub
 
     def eta_model(self, travel_time_s: np.ndarray | None = None) -> Any:
-        """The forecast and range model (``traffic.forecast.EtaModel``) at the watermark, or
-        ``None`` before any event time. O(edges): built with full publications only."""
+        """The forecast and range model at the watermark as it travels
+        (``traffic.forecast.CompactEtaModel``: the edges with evidence only), or ``None``
+        before any event time. Built with full publications only; O(evidence edges) after
+        the travel-time vector."""
         from traffic.estimator import decayed_weight
-        from traffic.forecast import build_eta_model
+        from traffic.forecast import build_compact_eta_model
 
         t = self.watermark_t
         if t is None:
@@ -326,20 +328,19 @@ class EstimatorCore(EstimatorState, ProfileLearning):
         est = self.estimator
         if travel_time_s is None:
             travel_time_s = est.travel_times(t)[1]
-        length = np.asarray(self.net.edge_length_m, dtype=np.float64)
-        pace = np.where(length > 0, np.asarray(travel_time_s, dtype=np.float64)
-                        / np.where(length > 0, length, 1.0), 1.0)
-        # The decayed evidence weight is 0 where there is none: computed on the others only.
-        st = est.state
-        idx = est.evidence_edges()
-        sub = st.subset(est.xp.asarray(idx))
+        # Only the edges with evidence (in the estimator or the trend) travel; the routers
+        # expand the rest from the defaults and attach their network's free-flow times
+        # (forecast.with_freeflow).
+        idx = np.union1d(est.evidence_edges(), self.trend.evidence_edges())
+        length = np.asarray(self.net.edge_length_m, dtype=np.float64)[idx]
+        tt = np.asarray(travel_time_s, dtype=np.float64)[idx]
+        pace = np.where(length > 0, tt / np.where(length > 0, length, 1.0), 1.0)
+        sub = est.state.subset(est.xp.asarray(idx))
         w = decayed_weight(sub, t, config=est.config)
-        weight = np.zeros(self.net.n_edges, dtype=np.float64)
-        weight[idx] = np.asarray(w.get() if hasattr(w, "get") else w, dtype=np.float64)
-        var = np.asarray(st.var.get() if hasattr(st.var, "get") else st.var)
-        # Without the free-flow times: the routers attach their network's (forecast.with_freeflow).
-        return build_eta_model(self.trend, pace, var, weight, None, t,
-                               prior_weight=est.config.prior_weight)
+        weight = np.asarray(w.get() if hasattr(w, "get") else w, dtype=np.float64)
+        var = np.asarray(sub.var.get() if hasattr(sub.var, "get") else sub.var)
+        return build_compact_eta_model(self.trend, idx, pace, var, weight, t,
+                                       prior_weight=est.config.prior_weight)
 
     def _travel_times_of(self, edges: np.ndarray) -> np.ndarray:
         """Travel times (s, float64, host) of ``edges`` at the watermark: the same arithmetic

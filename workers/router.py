@@ -259,11 +259,14 @@ class RouterCore(RouterOverrides):
             self._log_corr = self.route_bias.log_corrections()
 
     def _with_freeflow(self, eta: Any) -> Any:
-        """The ETA model with this network's free-flow times (float32, computed once per
-        router and shared by every model it takes) when it came without them."""
-        if eta is None or getattr(eta, "freeflow_tt_s", 0) is not None:
+        """The dense ETA model with this network's free-flow times (float32, computed once
+        per router and shared by every model it takes): a ``CompactEtaModel`` (what full
+        publications carry) is expanded, a dense one without free-flow times gets them."""
+        from traffic.forecast import CompactEtaModel, with_freeflow
+
+        if eta is None or (not isinstance(eta, CompactEtaModel)
+                           and getattr(eta, "freeflow_tt_s", 0) is not None):
             return eta
-        from traffic.forecast import with_freeflow
 
         ff = self.__dict__.get("_freeflow32")
         if ff is None:
