@@ -119,3 +119,27 @@ def kbh_services_after(seconds: float = 1200.0) -> Any:
         svc.ingest(part)
     svc.flush()
     return svc
+
+
+def kbh_module_fixtures(seconds: float = 1200.0) -> tuple[Any, Any]:
+    """Module-scoped ``services`` (:func:`kbh_services_after`, closed at the end) and
+    ``client`` (a ``TestClient`` over the app on it, event clock) fixtures, for a test
+    module to bind: ``services, client = kbh_module_fixtures()``."""
+    import pytest
+    from fastapi.testclient import TestClient
+
+    @pytest.fixture(scope="module")
+    def services() -> Any:
+        svc = kbh_services_after(seconds)
+        yield svc
+        svc.close()
+
+    @pytest.fixture(scope="module")
+    def client(services: Any) -> Any:
+        from api.app import create_app
+        from api.settings import Settings
+
+        with TestClient(create_app(services, Settings(clock="event"))) as c:
+            yield c
+
+    return services, client

@@ -18,7 +18,8 @@ B = "55.67970,12.56335"
 @pytest.fixture(scope="module")
 def services():
     svc = kbh_services_after(1200.0)
-    return svc
+    yield svc
+    svc.close()
 
 
 @pytest.fixture()

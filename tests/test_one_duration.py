@@ -10,11 +10,8 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from common import kbh_services_after
-from fastapi.testclient import TestClient
+from common import kbh_module_fixtures
 
-from api.app import create_app
-from api.settings import Settings
 from graph.isochrone import reach_times
 from graph.navigation import plan_route, route_edge_shares
 from graph.steps import route_steps
@@ -32,17 +29,7 @@ def _q(p: tuple[float, float]) -> str:
     return f"{p[0]},{p[1]}"
 
 
-@pytest.fixture(scope="module")
-def services():
-    svc = kbh_services_after(1200.0)
-    yield svc
-    svc.close()
-
-
-@pytest.fixture(scope="module")
-def client(services):
-    with TestClient(create_app(services, Settings(clock="event"))) as c:
-        yield c
+services, client = kbh_module_fixtures(1200.0)
 
 
 @pytest.fixture()

@@ -12,8 +12,7 @@ import math
 import numpy as np
 import polars as pl
 import pytest
-from common import kbh_services_after
-from fastapi.testclient import TestClient
+from common import kbh_module_fixtures
 
 from graph.network import build_network
 from traffic.matching import MatchOutput
@@ -163,20 +162,7 @@ def test_pipeline_config_switch():
 
 
 # -- the service on scenario_kbh --------------------------------------------------------
-@pytest.fixture(scope="module")
-def services():
-    svc = kbh_services_after(1200.0)
-    yield svc
-    svc.close()
-
-
-@pytest.fixture(scope="module")
-def client(services):
-    from api.app import create_app
-    from api.settings import Settings
-
-    with TestClient(create_app(services, Settings(clock="event"))) as c:
-        yield c
+services, client = kbh_module_fixtures(1200.0)
 
 
 def _route(client, a, b, **params):
