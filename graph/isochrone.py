@@ -21,7 +21,7 @@ What a contour guarantees, by construction:
 Polygons are in lon/lat (GeoJSON order), areas in km² on the projection. Cost: the search
 over the reached region, plus O(reached road length / cell) for the polygons.
 
-**On the forecast** (``forecast``, a :class:`traffic.forecast.EtaModel`): the search is
+**On the forecast** (``forecast``, a :class:`traffic.eta_model.EtaModel`): the search is
 time-dependent, as route ETAs are (:func:`traffic.forecast.eta_along`): each edge takes its
 forecast travel time for the moment it is reached (``depart_in_s`` after the model's time plus
 the node's reach time), the same formula per edge, so a point inside a contour of ``c``
@@ -105,7 +105,7 @@ def reach_times(net: RoadNetwork, travel_time_s: np.ndarray, seed_node: np.ndarr
     """Seconds from the seeds to every node (``reverse``: from every node to the seeds)
     within ``limit_s``; ``inf`` where not reached in time. ``travel_time_s`` per edge.
 
-    With ``forecast`` (a :class:`traffic.forecast.EtaModel`; forward only) ``travel_time_s``
+    With ``forecast`` (a :class:`traffic.eta_model.EtaModel`; forward only) ``travel_time_s``
     are the live times it forecasts from, and each edge takes its forecast for the moment
     it is entered: ``depart_in_s`` (s after the model's time) plus the node's time."""
     tt = np.ascontiguousarray(travel_time_s, dtype=np.float64)
@@ -140,7 +140,7 @@ def isochrones(net: RoadNetwork, travel_time_s: np.ndarray, origin_edge: np.ndar
 
     ``reverse``: the areas from which the origin is reached within each time.
     ``geometry``: the network's :class:`EdgeGeometry`, built once by the caller (else here).
-    ``forecast``: a :class:`traffic.forecast.EtaModel` (forward only): the contours of the
+    ``forecast``: a :class:`traffic.eta_model.EtaModel` (forward only): the contours of the
     time-dependent search departing ``depart_in_s`` after its time (module docstring), with
     ``travel_time_s`` the live times it forecasts from.
     """

@@ -21,7 +21,7 @@ metric, so they share one weights version.
 (:attr:`Leg.edge_duration_s`): the route's and each leg's ``duration_s``, the steps'
 (:func:`graph.steps.route_steps`) and the annotations'. On the live weights they are the
 metric's times times each edge's driven share; :func:`forecast_legs` replaces them with the
-forecast driven times (:meth:`traffic.forecast.EtaModel.route_eta`: each edge at its forecast
+forecast driven times (:meth:`traffic.eta_model.EtaModel.route_eta`: each edge at its forecast
 for when the car reaches it; a via leg departs when the previous one arrives, an alternative
 at the departure), and a plain route (:func:`route_edge_shares`) gets the very same numbers.
 :func:`scale_legs` multiplies them by one factor (the router's learned correction of its
@@ -214,9 +214,9 @@ def forecast_legs(legs: list[Leg], eta: Any, travel_time_s: np.ndarray, *,
     """The legs driven one after the other on the forecast, and the route's
     ``(duration_s, p10_s, p90_s)``.
 
-    ``eta`` is a :class:`traffic.forecast.EtaModel`; ``travel_time_s`` the live times (s per
+    ``eta`` is a :class:`traffic.eta_model.EtaModel`; ``travel_time_s`` the live times (s per
     network edge) it forecasts from; ``depart_in_s`` the departure after the model's time
-    (s). One :meth:`~traffic.forecast.EtaModel.route_eta` over all legs' edges with their
+    (s). One :meth:`~traffic.eta_model.EtaModel.route_eta` over all legs' edges with their
     driven shares: each edge at its forecast for when the car reaches it, so a leg departs
     when the previous one arrives. Each returned leg's ``edge_duration_s`` is its slice of the
     forecast driven times and its ``route.duration_s`` their sum; distances and shares are

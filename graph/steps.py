@@ -83,7 +83,7 @@ first and last edges only in part: the share of their polyline the route's polyl
 the last edge takes whatever makes the sum the route's ``distance_m`` exactly. Durations are
 the route's own per-edge driven seconds when the caller has them (``edge_duration_s``: the
 live times the route was computed on, or the forecast driven times of
-:meth:`traffic.forecast.EtaModel.route_eta`; the route's ``duration_s`` is their sum, so the
+:meth:`traffic.eta_model.EtaModel.route_eta`; the route's ``duration_s`` is their sum, so the
 steps add up to it, the way annotations do). Without them they split the route's
 ``duration_s`` in proportion to each edge's travel time (the live times when given, else
 free-flow) times its driven share, so they add up to it as well.

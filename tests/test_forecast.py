@@ -250,7 +250,7 @@ def test_probe_trip_collector_merges_and_closes():
 # --- the router's model ---------------------------------------------------------------------
 
 def _model(slope: float = 0.0, n: int = 400):
-    from traffic.forecast import build_eta_model
+    from traffic.eta_model import build_eta_model
 
     trend = PaceTrend(np.arange(n, dtype=np.int64))
     if slope:
@@ -369,7 +369,7 @@ def test_edge_uncertainty_without_evidence_is_the_constants_and_the_rest_the_for
 def test_eta_model_travels_without_free_flow_and_the_router_attaches_it():
     """A model built without free-flow times (as full publications ship it) answers exactly
     as one built with them once the router attaches its network's."""
-    from traffic.forecast import build_eta_model, with_freeflow
+    from traffic.eta_model import build_eta_model, with_freeflow
 
     n = 400
     trend = PaceTrend(np.arange(n, dtype=np.int64))
@@ -392,8 +392,12 @@ def test_compact_eta_model_expands_to_the_dense_model():
     the model built over every edge: the pooled slope, the lag and the no-evidence range
     constants elsewhere. It is smaller than the dense model by the share of edges without
     evidence."""
-    from traffic.forecast import CompactEtaModel, build_compact_eta_model, build_eta_model
-    from traffic.forecast import with_freeflow
+    from traffic.eta_model import (
+        CompactEtaModel,
+        build_compact_eta_model,
+        build_eta_model,
+        with_freeflow,
+    )
 
     n = 5000
     rng = np.random.default_rng(5)

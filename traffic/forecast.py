@@ -37,6 +37,9 @@ The model works on the log of traversal paces (s/m), ``x = log pace``:
   the route's arrays (arrival offsets from the cumulative sum of the previous pass), which
   converge because a travel time changes slowly with its arrival time.
 
+What a router answers with (per-edge slopes, lags and range inputs, and the compact form
+full publications carry) is in :mod:`traffic.eta_model`.
+
 State per edge: ``w``, ``x_mean``, ``ctt``, ``ctx`` float32 and ``t_mean``, ``t_last``
 float64: 32 B. :class:`PaceTrend` checkpoints it with ``state_dict``/``load_state_dict``
 (versioned, matched by stable edge key as the estimator's checkpoint is).
@@ -45,7 +48,7 @@ float64: 32 B. :class:`PaceTrend` checkpoints it with ``state_dict``/``load_stat
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -443,167 +446,3 @@ class PaceTrend:
         self.pool_t = float(state["pool_t"])
         self.skill_xy = float(state.get("skill_xy", 0.0))
         self.skill_xx = float(state.get("skill_xx", 0.0))
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class EtaModel:
-    """What a router replica needs for forecast ETAs and ranges: per edge (float32, host)
-    the trend slope and lag, the relative spread and error (:mod:`traffic.eta_range`) and
-    the free-flow time, plus the pooled slope and the estimate's event time ``t_s``.
-
-    Built by :func:`build_eta_model` at the full-publication cadence (O(edges)); 20 B per
-    edge in each replica. :meth:`route_eta` costs O(route edges).
-    """
-
-    t_s: float
-    slope_per_s: np.ndarray
-    lag_s: np.ndarray
-    pool_slope_per_s: float
-    spread_rel: np.ndarray
-    error_rel: np.ndarray
-    freeflow_tt_s: np.ndarray | None
-    forecast: ForecastConfig
-    ranges: Any  # traffic.eta_range.RangeConfig
-
-    @property
-    def n_edges(self) -> int:
-        """Number of edges."""
-        return int(self.slope_per_s.shape[0])
-
-    def route_eta(self, edges: np.ndarray, live_tt_s: np.ndarray, *,
-                  depart_in_s: float = 0.0, share: np.ndarray | None = None,
-                  ) -> tuple[float, float, float, np.ndarray]:
-        """``(duration_s, p10_s, p90_s, tt_s)`` of a route: its ``edges`` in driving order
-        with their live whole-edge times ``live_tt_s`` (and driven ``share``), departing
-        ``depart_in_s`` after ``t_s``; ``tt_s`` the forecast driven time per edge.
-        ``p10 <= duration <= p90``."""
-        from traffic.eta_range import duration_range, route_sigma
-
-        e = np.asarray(edges, dtype=np.int64)
-        if e.size == 0:
-            return 0.0, 0.0, 0.0, np.zeros(0)
-        live = np.asarray(live_tt_s, dtype=np.float64)
-        sh = np.ones(e.size) if share is None else np.asarray(share, dtype=np.float64)
-        dep = max(float(depart_in_s), 0.0)
-        d, tt = eta_along(live, self.slope_per_s[e], self.forecast, depart_in_s=dep, share=sh,
-                          lag_s=self.lag_s[e], pool_slope_per_s=self.pool_slope_per_s,
-                          floor_tt_s=self.freeflow_tt_s[e])
-        arrive = np.cumsum(tt) - tt + dep
-        sigma = route_sigma(tt, self.spread_rel[e], self.error_rel[e], arrive, self.ranges,
-                            live_tt_s=live * sh)
-        lo, hi = duration_range(d, sigma)
-        return d, lo, hi, tt
-
-
-def build_eta_model(trend: PaceTrend, pace_s_per_m: np.ndarray, var: np.ndarray,
-                    evidence: np.ndarray, freeflow_tt_s: np.ndarray | None, t_s: float, *,
-                    prior_weight: float, ranges: Any = None) -> EtaModel:
-    """The :class:`EtaModel` at ``t_s`` from the trend and the estimator's arrays (host):
-    published pace, dispersion ``var`` and decayed evidence weight. O(edges).
-
-    ``freeflow_tt_s`` ``None``: the model travels without it (16 B instead of 20 per edge
-    in every copy of every full publication) and the receiver attaches its own with
-    :func:`with_freeflow` (the network's, which it holds anyway)."""
-    from traffic.eta_range import RangeConfig, edge_uncertainty
-
-    rc = ranges or RangeConfig()
-    spread, err = edge_uncertainty(pace_s_per_m, var, evidence, prior_weight=prior_weight,
-                                   config=rc)
-    f32 = np.float32
-    return EtaModel(t_s=float(t_s), slope_per_s=trend.slopes(t_s).astype(f32),
-                    lag_s=trend.lags(t_s).astype(f32), pool_slope_per_s=trend.pool_slope(),
-                    spread_rel=spread.astype(f32), error_rel=err.astype(f32),
-                    freeflow_tt_s=None if freeflow_tt_s is None
-                    else np.asarray(freeflow_tt_s, dtype=f32),
-                    forecast=replace(trend.config, gain=trend.gain()),
-                    ranges=rc)
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class CompactEtaModel:
-    """An :class:`EtaModel` as it travels: the per-edge arrays (float32) of ``edges`` only,
-    the edges with evidence in the estimator or the trend; every other edge has the pooled
-    slope, the lag ``forecast.lag_s`` and the no-evidence spread and error (``default_*``).
-
-    What a full publication carries, so its size follows the probes, not the network (a
-    dense model was 16 B per edge in every copy in Ray's object store); a router expands it
-    once (:meth:`expand`) into the dense model its routes read.
-    """
-
-    t_s: float
-    n_edges: int
-    edges: np.ndarray  # int64, ascending
-    slope_per_s: np.ndarray
-    lag_s: np.ndarray
-    spread_rel: np.ndarray
-    error_rel: np.ndarray
-    pool_slope_per_s: float
-    default_spread_rel: float
-    default_error_rel: float
-    forecast: ForecastConfig
-    ranges: Any
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of its arrays."""
-        return int(sum(a.nbytes for a in (self.edges, self.slope_per_s, self.lag_s,
-                                           self.spread_rel, self.error_rel)))
-
-    def expand(self, freeflow_tt_s: np.ndarray | None = None) -> EtaModel:
-        """The dense :class:`EtaModel` (float32 arrays of ``n_edges``) with free-flow times
-        ``freeflow_tt_s`` (s per edge, or ``None``). O(edges)."""
-        f32 = np.float32
-
-        def full(value: float, part: np.ndarray) -> np.ndarray:
-            out = np.full(self.n_edges, value, dtype=f32)
-            out[self.edges] = part
-            return out
-
-        ff = None if freeflow_tt_s is None else np.asarray(freeflow_tt_s, dtype=f32)
-        if ff is not None and ff.shape != (self.n_edges,):
-            raise ValueError(f"free-flow times must hold one value per edge ({self.n_edges}); "
-                             f"got {ff.shape}")
-        return EtaModel(t_s=self.t_s,
-                        slope_per_s=full(self.pool_slope_per_s, self.slope_per_s),
-                        lag_s=full(self.forecast.lag_s, self.lag_s),
-                        pool_slope_per_s=self.pool_slope_per_s,
-                        spread_rel=full(self.default_spread_rel, self.spread_rel),
-                        error_rel=full(self.default_error_rel, self.error_rel),
-                        freeflow_tt_s=ff, forecast=self.forecast, ranges=self.ranges)
-
-
-def build_compact_eta_model(trend: PaceTrend, edges: np.ndarray, pace_s_per_m: np.ndarray,
-                            var: np.ndarray, evidence: np.ndarray, t_s: float, *,
-                            prior_weight: float, ranges: Any = None) -> CompactEtaModel:
-    """The :class:`CompactEtaModel` at ``t_s``: ``edges`` (ascending ids, which must hold
-    every edge with evidence in the estimator or in ``trend``) and, per listed edge, the
-    estimator's published pace, dispersion ``var`` and decayed evidence weight.
-    O(len(edges)); expanded it equals :func:`build_eta_model`'s model."""
-    from traffic.eta_range import RangeConfig, edge_uncertainty
-
-    rc = ranges or RangeConfig()
-    e = np.asarray(edges, dtype=np.int64)
-    spread, err = edge_uncertainty(pace_s_per_m, var, evidence, prior_weight=prior_weight,
-                                   config=rc)
-    d_spread, d_err = edge_uncertainty(np.ones(1), np.zeros(1), np.zeros(1),
-                                       prior_weight=prior_weight, config=rc)
-    f32 = np.float32
-    return CompactEtaModel(t_s=float(t_s), n_edges=trend.n_edges, edges=e,
-                           slope_per_s=trend.slopes(t_s, e).astype(f32),
-                           lag_s=trend.lags(t_s, e).astype(f32),
-                           spread_rel=spread.astype(f32), error_rel=err.astype(f32),
-                           pool_slope_per_s=trend.pool_slope(),
-                           default_spread_rel=float(d_spread[0]),
-                           default_error_rel=float(d_err[0]),
-                           forecast=replace(trend.config, gain=trend.gain()), ranges=rc)
-
-
-def with_freeflow(model: EtaModel | CompactEtaModel | None,
-                  freeflow_tt_s: np.ndarray) -> EtaModel | None:
-    """``model`` with its free-flow times (s per edge, float32) set when it came without; a
-    :class:`CompactEtaModel` is expanded with them."""
-    if isinstance(model, CompactEtaModel):
-        return model.expand(freeflow_tt_s)
-    if model is None or model.freeflow_tt_s is not None:
-        return model
-    return replace(model, freeflow_tt_s=np.asarray(freeflow_tt_s, dtype=np.float32))

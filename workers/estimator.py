@@ -316,11 +316,11 @@ class EstimatorCore(EstimatorState, ProfileLearning):
 
     def eta_model(self, travel_time_s: np.ndarray | None = None) -> Any:
         """The forecast and range model at the watermark as it travels
-        (``traffic.forecast.CompactEtaModel``: the edges with evidence only), or ``None``
+        (``traffic.eta_model.CompactEtaModel``: the edges with evidence only), or ``None``
         before any event time. Built with full publications only; O(evidence edges) after
         the travel-time vector."""
         from traffic.estimator import decayed_weight
-        from traffic.forecast import build_compact_eta_model
+        from traffic.eta_model import build_compact_eta_model
 
         t = self.watermark_t
         if t is None:
@@ -330,7 +330,7 @@ class EstimatorCore(EstimatorState, ProfileLearning):
             travel_time_s = est.travel_times(t)[1]
         # Only the edges with evidence (in the estimator or the trend) travel; the routers
         # expand the rest from the defaults and attach their network's free-flow times
-        # (forecast.with_freeflow).
+        # (eta_model.with_freeflow).
         idx = np.union1d(est.evidence_edges(), self.trend.evidence_edges())
         length = np.asarray(self.net.edge_length_m, dtype=np.float64)[idx]
         tt = np.asarray(travel_time_s, dtype=np.float64)[idx]

@@ -61,7 +61,7 @@ class Publication:
     edges: np.ndarray | None = None
     base_version: int | None = None
     base_weights_t: float | None = None
-    #: With a full publication: the forecast and range model (``traffic.forecast.EtaModel``)
+    #: With a full publication: the forecast and range model (``traffic.eta_model.EtaModel``)
     #: at ``weights_t``, or ``None``; routers keep the newest one they took.
     eta: Any = None
     #: Probe trips completed since the previous publication (``traffic.probe_trips.RouteTrips``

@@ -262,7 +262,7 @@ class RouterCore(RouterOverrides):
         """The dense ETA model with this network's free-flow times (float32, computed once
         per router and shared by every model it takes): a ``CompactEtaModel`` (what full
         publications carry) is expanded, a dense one without free-flow times gets them."""
-        from traffic.forecast import CompactEtaModel, with_freeflow
+        from traffic.eta_model import CompactEtaModel, with_freeflow
 
         if eta is None or (not isinstance(eta, CompactEtaModel)
                            and getattr(eta, "freeflow_tt_s", 0) is not None):
@@ -315,7 +315,7 @@ class RouterCore(RouterOverrides):
         full publication's), every route answer gets the time-dependent ETA: each edge at
         its forecast for when it is reached, departing at ``depart_at_s`` (default now; up
         to the model's ``profile_blend_s`` ahead), ``duration_p10_s``/``duration_p90_s`` and
-        ``basis`` ``forecast`` (:class:`traffic.forecast.EtaModel`). One vector of forecast
+        ``basis`` ``forecast`` (:class:`traffic.eta_model.EtaModel`). One vector of forecast
         per-edge driven times then gives every duration of the answer: the route's, its
         legs' (a via leg departs when the previous one arrives), steps' and annotations';
         each alternative is forecast on its own from the departure. So the same trip has the
