@@ -231,12 +231,12 @@ def test_answers_off_the_forecast_are_not_corrected(services, client):
     assert "eta_correction" not in table.json()
     # Isochrones stay the uncorrected forecast's reach (workers/router.py docstring).
     with_corr = core.isochrone(A, [5])
-    saved, core._log_corr = core._log_corr, np.zeros_like(core._log_corr)
+    saved, core.bias._log_corr = core.bias._log_corr, np.zeros_like(core.bias._log_corr)
     try:
         assert core.eta_correction(600.0) == 1.0
         without = core.isochrone(A, [5])
     finally:
-        core._log_corr = saved
+        core.bias._log_corr = saved
     assert with_corr["features"] == without["features"]
 
 

@@ -14,7 +14,8 @@ Ray object refs that a replica fetches only when it needs them; it catches up fr
 
 **The router's optimism.** A router picks the path whose estimate is lowest, so among paths
 whose estimates err it prefers those that err low: its ETAs are biased low. Each replica
-learns that bias online (:class:`traffic.route_bias.RouteBiasLearner`) from the completed
+learns that bias online (:mod:`workers.router_bias`, over
+:class:`traffic.route_bias.RouteBiasLearner`) from the completed
 probe trips a publication carries (``Publication.trips``, collected by the ingest stages):
 once the publication's weights serve, for each trip the router's ETA between the trip's
 junctions and the ETA of the edges the probe drove between them, both on the live weights.
@@ -32,8 +33,6 @@ do not hold routers, so a restarted replica relearns it within about ``tau_s`` (
 
 from __future__ import annotations
 
-import bisect
-import math
 import threading
 import time
 from collections import deque
@@ -42,8 +41,9 @@ from typing import Any
 import numpy as np
 
 from graph.network import RoadNetwork
-from traffic.route_bias import BUCKET_EDGES_S, BUCKET_NAMES, RouteBiasConfig, RouteBiasLearner
+from traffic.route_bias import RouteBiasConfig
 from workers.publication import PublicationChain  # noqa: F401  (its old home)
+from workers.router_bias import RouterBias
 from workers.router_overrides import RouterOverrides
 
 #: The learner's settings a replica gets unless told otherwise (``PipelineConfig`` sets them).
@@ -114,13 +114,13 @@ class RouterCore(RouterOverrides):
         #: Seconds from each taken publication's ``published_wall_s`` to its weights serving
         #: here (published -> serving freshness; the newest 1,024).
         self._serving_lag_s: deque[float] = deque(maxlen=1024)
-        #: The learned optimism (None: off); answers read :attr:`_log_corr`, a per-bucket
-        #: copy replaced whole after each learning step (no lock on the query path).
-        self.route_bias = None if route_bias is None else RouteBiasLearner(route_bias)
-        self._bias_lock = threading.Lock()
-        self._log_corr = np.zeros(len(BUCKET_EDGES_S) + 1)
-        self._bias_steps = 0
-        self._bias_learn_s = 0.0
+        #: The learned optimism (workers.router_bias).
+        self.bias = RouterBias(route_bias, max_trips=self.ROUTE_BIAS_MAX_TRIPS)
+
+    @property
+    def route_bias(self) -> Any:
+        """The replica's ``traffic.route_bias.RouteBiasLearner`` (``None``: off)."""
+        return self.bias.learner
 
     @property
     def index(self) -> Any:
@@ -196,38 +196,16 @@ class RouterCore(RouterOverrides):
         return how
 
     def _learn_route_bias(self, pubs: list[Any], newest: Any) -> None:
-        """Learn the router's optimism from the trips ``pubs`` carry (the newest
-        :attr:`ROUTE_BIAS_MAX_TRIPS`), on the live weights just taken, at ``newest``'s event
-        time (its wall time when it has none). One route query per trip."""
-        from traffic.probe_trips import concat_route_trips
-        from traffic.route_bias import trip_etas
-
-        if self.route_bias is None:
-            return
-        parts = [p.trips for p in pubs if getattr(p, "trips", None) is not None
-                 and p.trips.network_version == self.net.version]
-        trips = concat_route_trips(parts, max_trips=self.ROUTE_BIAS_MAX_TRIPS)
-        tt = self._travel_times(None)
-        if trips is None or tt is None:
-            return
-        t0 = time.perf_counter()
-        router_eta, driven_eta = trip_etas(
-            trips, tt, lambda a, b: self.router.route_nodes(a, b).duration_s)
-        t_s = newest.weights_t if newest.weights_t is not None else newest.published_wall_s
-        with self._bias_lock:
-            self.route_bias.observe(float(t_s), router_eta, driven_eta)
-            self._log_corr = self.route_bias.log_corrections()
-            self._bias_steps += 1
-            self._bias_learn_s = time.perf_counter() - t0
+        """Learn the router's optimism from the trips ``pubs`` carry, on the live weights
+        just taken (:meth:`workers.router_bias.RouterBias.learn`)."""
+        self.bias.learn(pubs, newest, network_version=self.net.version,
+                        travel_time_s=self._travel_times(None),
+                        route_eta_s=lambda a, b: self.router.route_nodes(a, b).duration_s)
 
     def eta_correction(self, duration_s: float) -> float:
-        """The factor a forecast ETA of ``duration_s`` (s) is corrected by:
-        ``exp(log_correction)`` of its bucket (:mod:`traffic.route_bias`); 1 when nothing
-        is learned, the learner is off or the ETA is not a positive number. O(1)."""
-        if not (duration_s > 0 and math.isfinite(duration_s)):
-            return 1.0
-        lc = self._log_corr  # one read: a learning step replaces the array whole
-        return math.exp(float(lc[bisect.bisect_right(BUCKET_EDGES_S, duration_s)]))
+        """The factor a forecast ETA of ``duration_s`` (s) is corrected by
+        (:meth:`workers.router_bias.RouterBias.correction`)."""
+        return self.bias.correction(duration_s)
 
     def state_dict(self) -> dict[str, Any]:
         """The replica's state beyond its weights (those come back with the next
@@ -238,9 +216,7 @@ class RouterCore(RouterOverrides):
         from workers.state import prefixed
 
         out: dict[str, Any] = {"version": self.STATE_VERSION}
-        if self.route_bias is not None:
-            with self._bias_lock:
-                out.update(prefixed("route_bias", self.route_bias.state_dict()))
+        out.update(prefixed("route_bias", self.bias.state_dict()))
         return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -251,12 +227,7 @@ class RouterCore(RouterOverrides):
         if state.get("version") != self.STATE_VERSION:
             raise ValueError(f"router state version {state.get('version')!r}; this code reads "
                              f"{self.STATE_VERSION}")
-        part = unprefixed("route_bias", state)
-        if self.route_bias is None or not part:
-            return
-        with self._bias_lock:
-            self.route_bias.load_state_dict(part)
-            self._log_corr = self.route_bias.log_corrections()
+        self.bias.load_state_dict(unprefixed("route_bias", state))
 
     def _with_freeflow(self, eta: Any) -> Any:
         """The dense ETA model with this network's free-flow times (float32, computed once
@@ -577,22 +548,8 @@ class RouterCore(RouterOverrides):
                 "publications": dict(self.applied),
                 "last_update": dict(getattr(self.router, "last_update", {})),
                 "metric_fallbacks": int(getattr(self.router, "fallbacks", 0)),
-                "route_bias": self._route_bias_stats(),
+                "route_bias": self.bias.stats(),
                 **_percentiles("serving_lag", self._serving_lag_s)}
-
-    def _route_bias_stats(self) -> dict[str, Any]:
-        """The learner in numbers: ``enabled``, ``trips`` learned from, learning
-        ``steps`` (publications with trips), the last step's seconds, ``tau_s``, and per
-        router-ETA bucket the ``log_correction`` and its factor ``eta_correction``."""
-        if self.route_bias is None:
-            return {"enabled": False}
-        with self._bias_lock:
-            lc = self._log_corr
-            return {"enabled": True, "trips": int(self.route_bias.trips),
-                    "steps": self._bias_steps, "last_learn_s": self._bias_learn_s,
-                    "tau_s": self.route_bias.config.tau_s,
-                    "log_correction": {n: float(v) for n, v in zip(BUCKET_NAMES, lc)},
-                    "eta_correction": {n: math.exp(float(v)) for n, v in zip(BUCKET_NAMES, lc)}}
 
 
 def _percentiles(name: str, values: Any) -> dict[str, float | None]:
