@@ -37,8 +37,8 @@ from traffic.estimator import EstimatorConfig, SpeedEstimator, TraversalBatch, d
 from traffic.eta_range import Z90, RangeConfig, edge_uncertainty
 from traffic.forecast import ForecastConfig, PaceTrend, eta_along
 from traffic.matching import MatcherConfig, OnlineMatcher
-from traffic.probe_trips import ProbeTripCollector
-from traffic.route_bias import RouteBiasLearner
+from traffic.probe_trips import ProbeTripCollector, compact_trips
+from traffic.route_bias import RouteBiasLearner, trip_etas
 from traffic.probes import ProbeValidationConfig, VehicleLastSeen, validate_probes
 from traffic.traversals import TraversalExtractor
 
@@ -249,24 +249,15 @@ def range_report(eta: np.ndarray, ind: np.ndarray, err: np.ndarray, h: np.ndarra
 
 def learn_route_bias(router, bias: RouteBiasLearner, done: list, est: SpeedEstimator, net,
                      now: float) -> None:
-    """Fold completed probe trips into the router-bias learner: on the weights of ``now``,
-    the live estimate along the driven edges between the trip's first and last junction vs
-    the router's route between those junctions (probe data only)."""
+    """Fold completed probe trips into the router-bias learner as the product's routers do
+    (``traffic.probe_trips.compact_trips``, ``traffic.route_bias.trip_etas``): on the
+    weights of ``now``, the live estimate along the driven edges between the trip's first
+    and last junction vs the router's route between those junctions (probe data only)."""
     _, tt = est.travel_times(now)
     router.customize(tt, f"v{est.version}@{now:.0f}")
-    r_eta, d_eta = [], []
-    for p in done:
-        e = p.edge
-        if e.size < 4 or (net.edge_dst[e[:-1]] != net.edge_src[e[1:]]).any():
-            continue  # too short, or a gap in the matched path
-        mid = e[1:-1]
-        try:
-            rt = router.route_nodes(int(net.edge_src[mid[0]]), int(net.edge_dst[mid[-1]]))
-        except Exception:  # noqa: BLE001 - unreachable: skipped
-            continue
-        r_eta.append(rt.duration_s)
-        d_eta.append(float(tt[mid].sum()))
-    bias.observe(now, np.array(r_eta), np.array(d_eta))
+    trips = compact_trips([p.edge for p in done], net, max_trips=len(done))
+    r_eta, d_eta = trip_etas(trips, tt, lambda a, b: router.route_nodes(a, b).duration_s)
+    bias.observe(now, r_eta, d_eta)
 
 
 def junction_delays(trips: list, net, routes, eta: np.ndarray, sel: np.ndarray,

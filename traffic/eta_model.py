@@ -70,25 +70,14 @@ class EtaModel:
 def build_eta_model(trend: PaceTrend, pace_s_per_m: np.ndarray, var: np.ndarray,
                     evidence: np.ndarray, freeflow_tt_s: np.ndarray | None, t_s: float, *,
                     prior_weight: float, ranges: Any = None) -> EtaModel:
-    """The :class:`EtaModel` at ``t_s`` from the trend and the estimator's arrays (host):
-    published pace, dispersion ``var`` and decayed evidence weight. O(edges).
-
-    ``freeflow_tt_s`` ``None``: the model travels without it (16 B instead of 20 per edge
-    in every copy of every full publication) and the receiver attaches its own with
-    :func:`with_freeflow` (the network's, which it holds anyway)."""
-    from traffic.eta_range import RangeConfig, edge_uncertainty
-
-    rc = ranges or RangeConfig()
-    spread, err = edge_uncertainty(pace_s_per_m, var, evidence, prior_weight=prior_weight,
-                                   config=rc)
-    f32 = np.float32
-    return EtaModel(t_s=float(t_s), slope_per_s=trend.slopes(t_s).astype(f32),
-                    lag_s=trend.lags(t_s).astype(f32), pool_slope_per_s=trend.pool_slope(),
-                    spread_rel=spread.astype(f32), error_rel=err.astype(f32),
-                    freeflow_tt_s=None if freeflow_tt_s is None
-                    else np.asarray(freeflow_tt_s, dtype=f32),
-                    forecast=replace(trend.config, gain=trend.gain()),
-                    ranges=rc)
+    """The :class:`EtaModel` at ``t_s`` from the trend and the estimator's arrays over every
+    edge (host): published pace, dispersion ``var`` and decayed evidence weight, with the
+    free-flow times ``freeflow_tt_s`` (or ``None``; :func:`with_freeflow`). O(edges): the
+    compact model (:func:`build_compact_eta_model`) of all edges, expanded."""
+    every = np.arange(trend.n_edges, dtype=np.int64)
+    return build_compact_eta_model(trend, every, pace_s_per_m, var, evidence, t_s,
+                                   prior_weight=prior_weight, ranges=ranges
+                                   ).expand(freeflow_tt_s)
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -32,8 +32,8 @@ BUCKET_EDGES_S = (300.0, 600.0, 1200.0)
 @dataclass(frozen=True, slots=True)
 class RouteBiasConfig:
     """``tau_s``: decay of the evidence (s); ``prior_weight``: pseudo-trips per bucket at
-    the correction of the bucket below (the first: ratio 1); ``max_log``: bound on one trip's ``|r|``; ``min_eta_s``: shorter trips are not
-    used."""
+    the correction of the bucket below (the first: ratio 1); ``max_log``: bound on one
+    trip's ``|r|``; ``min_eta_s``: shorter trips are not used."""
 
     tau_s: float = 1800.0
     prior_weight: float = 5.0
@@ -139,8 +139,8 @@ def trip_etas(trips: Any, travel_time_s: np.ndarray,
     """``(router_eta_s, driven_eta_s)`` of each trip of ``trips``
     (:class:`traffic.probe_trips.RouteTrips`) on the per-edge ``travel_time_s`` (s): the
     router's ETA between the trip's junctions, ``route_eta_s(src_node, dst_node)`` (NaN
-    where it raises ``NoRouteError`` or ``ValueError``), and the sum of ``travel_time_s`` over the edges the
-    probe drove between them. One route query per trip plus O(trip edges)."""
+    where it raises ``NoRouteError`` or ``ValueError``), and the sum of ``travel_time_s``
+    over the edges the probe drove between them. One route query per trip plus O(trip edges)."""
     k = len(trips)
     if k == 0:
         return np.zeros(0), np.zeros(0)

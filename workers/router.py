@@ -233,12 +233,10 @@ class RouterCore(RouterOverrides):
         """The dense ETA model with this network's free-flow times (float32, computed once
         per router and shared by every model it takes): a ``CompactEtaModel`` (what full
         publications carry) is expanded, a dense one without free-flow times gets them."""
-        from traffic.eta_model import CompactEtaModel, with_freeflow
+        from traffic.eta_model import with_freeflow
 
-        if eta is None or (not isinstance(eta, CompactEtaModel)
-                           and getattr(eta, "freeflow_tt_s", 0) is not None):
-            return eta
-
+        if eta is None:
+            return None
         ff = self.__dict__.get("_freeflow32")
         if ff is None:
             ff = self._freeflow32 = np.asarray(self.net.edge_freeflow_time_s, dtype=np.float32)
