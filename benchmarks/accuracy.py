@@ -33,6 +33,7 @@ from scipy.sparse.csgraph import dijkstra
 from graph.osm import load_osm
 from graph.spatial import build_spatial_index, nearest_edges
 from graph.route_distances import build_route_distances
+from traffic.accumulation import AccumulationConfig
 from traffic.estimator import EstimatorConfig, SpeedEstimator, TraversalBatch, decayed_weight
 from traffic.eta_range import Z90, RangeConfig, edge_uncertainty
 from traffic.forecast import ForecastConfig, PaceTrend, eta_along
@@ -344,6 +345,8 @@ def main() -> None:
     ap.add_argument("--no-bias", action="store_true", help="no router-bias learning")
     ap.add_argument("--forecast-config", default="{}", help="JSON overrides of ForecastConfig")
     ap.add_argument("--range-config", default="{}", help="JSON overrides of RangeConfig")
+    ap.add_argument("--accumulation-config", default="{}",
+                    help="JSON overrides of traffic.accumulation.AccumulationConfig")
     ap.add_argument("--dump", default=None, help="save per-trip arrays (npz) for calibration")
     ap.add_argument("--no-append", action="store_true")
     a = ap.parse_args()
@@ -371,7 +374,8 @@ def main() -> None:
     fcfg = ForecastConfig(**json.loads(a.forecast_config))
     rcfg = RangeConfig(**json.loads(a.range_config))
     est = SpeedEstimator(net, cfg)
-    trend = PaceTrend(net.edge_key, fcfg)
+    trend = PaceTrend(net.edge_key, fcfg,
+                      accumulation=AccumulationConfig(**json.loads(a.accumulation_config)))
     bias = RouteBiasLearner()
     m, ex = OnlineMatcher(net, index, route_distances, MatcherConfig()), TraversalExtractor(net)
     collector = ProbeTripCollector()
@@ -447,7 +451,7 @@ def main() -> None:
                  for h in (15, 30)}
         if sel.size or any(v.size for v in ahead.values()):
             _, tt = est.travel_times(now0)
-            slope = (trend.slopes(now0), trend.lags(now0), trend.pool_slope(),
+            slope = (trend.forecast_slopes(now0), trend.lags(now0), trend.forecast_pool_slope(),
                      replace(fcfg, gain=trend.gain()))
             spread, err = edge_uncertainty(tt / L, est.state.var,
                                            decayed_weight(est.state, now0, config=cfg),
@@ -517,7 +521,10 @@ def main() -> None:
         rows_all.append(o.point_row)
         fold(ex.push(o), now)
         done += collector.push(o)
-        pool_trace.append((now, trend.pool_slope(), trend.gain()))
+        # The probe vehicles on the road now, as an ingest partition reports them.
+        trend.observe_vehicles(0, now, m.active_vehicles(now, 60.0))
+        pool_trace.append((now, trend.pool_slope(), trend.gain(), trend.persistence(),
+                           trend.vehicles.total))
         if done:
             probe_trips += done
             if router is not None and not a.no_bias:
@@ -592,6 +599,7 @@ def main() -> None:
                  "interval_median_rel_width")})
     res["forecast_config"] = asdict(fcfg)
     res["range_config"] = asdict(rcfg)
+    res["accumulation_config"] = asdict(trend.vehicles.config)
     res.update(junction_delays(probe_trips, net, routes, eta, main_sel, truth, peak))
     if a.dump:
         np.savez(a.dump, eta=eta, live=eta_true, truth=truth, sel=main_sel, peak=peak,
@@ -599,7 +607,7 @@ def main() -> None:
                  snap15=snap_ahead[15], snap30=snap_ahead[30], router=eta_router,
                  router_fc=eta_router_fc, router_corr=eta_router_corr, overlap=overlap,
                  r_ind=r_ind, r_err=r_err, r_h=r_h, r_chg=r_c, depart=depart - t0,
-                 pool=np.array(pool_trace) - [t0, 0, 0])
+                 pool=np.array(pool_trace) - [t0, 0, 0, 0, 0])
     res.update(speed_errors(sc, em, pace_at, trav_w, net, min_traversals=a.min_traversals))
     res["sumo_edges_mapped"] = float(em.mapped.mean())
     res["estimator_config"] = {k: getattr(cfg, k) for k in ("decay_tau_s", "prior_weight",

@@ -311,7 +311,7 @@ def test_eta_along_fast_path_matches_reference():
 
 def test_pace_trend_skill_follows_the_trend():
     # A steady rise comes true: skill near 1. A rise that stops: skill falls.
-    trend = PaceTrend(KEYS, ForecastConfig(gain=1.0, pool_prior_s2=1.0))
+    trend = PaceTrend(KEYS, ForecastConfig(gain=1.0, pool_prior_s2=1.0, adapt_gain=True))
     t = _feed(trend, 2e-4, n=120, step_s=15.0)
     assert 0.8 < trend.gain() < 1.3
     _feed(trend, 0.0, t0=t + 15.0, n=60, step_s=15.0, pace0=0.1 * math.exp(2e-4 * (t - 1000.0)))
@@ -323,7 +323,8 @@ def test_pace_trend_short_skill_memory_fades_sooner_after_a_turn():
     # with the slopes' 900 s: the trend stops extrapolating growth sooner.
     gains = {}
     for tau in (150.0, 900.0):
-        trend = PaceTrend(KEYS, ForecastConfig(gain=1.0, pool_prior_s2=1.0, skill_tau_s=tau))
+        trend = PaceTrend(KEYS, ForecastConfig(gain=1.0, pool_prior_s2=1.0, skill_tau_s=tau,
+                                               adapt_gain=True))
         t = _feed(trend, 2e-4, n=120, step_s=15.0)
         assert 0.7 < trend.gain() < 1.3
         _feed(trend, 0.0, t0=t + 15.0, n=40, step_s=15.0,

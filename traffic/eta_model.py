@@ -20,8 +20,9 @@ from traffic.forecast import ForecastConfig, PaceTrend, eta_along
 @dataclass(frozen=True, slots=True, eq=False)
 class EtaModel:
     """What a router replica needs for forecast ETAs and ranges: per edge (float32, host)
-    the trend slope and lag, the relative spread and error (:mod:`traffic.eta_range`) and
-    the free-flow time, plus the pooled slope and the estimate's event time ``t_s``.
+    the trend slope (the forecast's: persistence included, :meth:`PaceTrend.forecast_slopes`)
+    and lag, the relative spread and error (:mod:`traffic.eta_range`) and the free-flow time,
+    plus the pooled slope and the estimate's event time ``t_s``.
 
     Built by :func:`build_eta_model` at the full-publication cadence (O(edges)); 20 B per
     edge in each replica. :meth:`route_eta` costs O(route edges).
@@ -150,10 +151,10 @@ def build_compact_eta_model(trend: PaceTrend, edges: np.ndarray, pace_s_per_m: n
                                        prior_weight=prior_weight, config=rc)
     f32 = np.float32
     return CompactEtaModel(t_s=float(t_s), n_edges=trend.n_edges, edges=e,
-                           slope_per_s=trend.slopes(t_s, e).astype(f32),
+                           slope_per_s=trend.forecast_slopes(t_s, e).astype(f32),
                            lag_s=trend.lags(t_s, e).astype(f32),
                            spread_rel=spread.astype(f32), error_rel=err.astype(f32),
-                           pool_slope_per_s=trend.pool_slope(),
+                           pool_slope_per_s=trend.forecast_pool_slope(),
                            default_spread_rel=float(d_spread[0]),
                            default_error_rel=float(d_err[0]),
                            forecast=replace(trend.config, gain=trend.gain()), ranges=rc)
