@@ -75,3 +75,41 @@ def test_estimator_trend_checkpoint_round_trip(services):
     fresh = EstimatorCore(services.net)
     fresh.load_state_dict(old)
     assert fresh.trend.pool_slope() == 0.0
+
+
+def test_ingest_counts_probe_vehicles_for_the_forecast_persistence(client, services):
+    """Each ingest reply carries the vehicles its partition follows; the estimator's trend
+    takes them (the forecast's persistence, traffic.accumulation), /v1/status shows them, and
+    the model routers get has the measured slopes times the persistence."""
+    import polars as pl
+    from conftest import shared_file
+
+    fc = services.estimator.stats()["forecast"]
+    # The last ingest call's count: vehicles with a probe within 60 s of its newest probe.
+    df = pl.read_parquet(shared_file("scenario_kbh/probes.parquet")).sort("t")
+    df = df.filter(pl.col("t") < df["t"].min() + 1200.0)
+    last = df.tail(df.height - (df.height - 1) // 20_000 * 20_000)["t"].max()
+    want = df.filter(pl.col("t") >= last - 60.0)["vehicle_id"].n_unique()
+    assert want > 100
+    assert abs(fc["vehicles"] - want) <= 0.02 * want, (fc["vehicles"], want)
+    status = client.get("/v1/status").json()
+    assert status["workers"]["estimator"]["forecast"]["vehicles"] == fc["vehicles"]
+    trend = services.estimator.trend
+    m = trend.persistence()
+    assert fc["persistence"] == m and -1.0 <= m <= 1.0
+    model = services.estimator.eta_model()
+    assert model.pool_slope_per_s == pytest.approx(m * trend.pool_slope(), rel=1e-12)
+    np.testing.assert_allclose(model.slope_per_s,
+                               (m * trend.slopes(model.t_s, model.edges)).astype(np.float32))
+
+
+def test_a_checkpoint_keeps_the_vehicle_count(services):
+    from workers.estimator import EstimatorCore
+
+    core = EstimatorCore(services.net)
+    for k in range(30):
+        core.fold(None, 0, vehicles=(k % 2, 1000.0 + 10 * k, 50 + k))
+    other = EstimatorCore(services.net)
+    other.load_state_dict(core.state_dict())
+    assert other.trend.vehicles.total == core.trend.vehicles.total == 2 * 50 + 28 + 29
+    assert other.trend.persistence() == core.trend.persistence()

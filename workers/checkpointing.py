@@ -172,9 +172,9 @@ def restore_shards(svc: Any, dead: list[int]) -> bool:
             stages.get(stages.call(h, "load_state_dict", est[s]))
         stages.get(stages.call(h, "forget_publications"))
         window = []
-        for batch, n, wall, t_batch in journal.calls_of(s):
+        for batch, n, wall, t_batch, vehicles in journal.calls_of(s):
             window.append(stages.call(h, "fold", batch, n, accepted_wall_s=wall,
-                                      batch_t_s=t_batch))
+                                      batch_t_s=t_batch, vehicles=vehicles))
             if len(window) > 64:
                 stages.get(window.pop(0))
         stages.get(window)

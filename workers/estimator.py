@@ -143,8 +143,13 @@ class EstimatorCore(EstimatorState, ProfileLearning):
         self._boot: str | None = None
 
     def fold(self, batch: Any, n_probes: int = 0, *, accepted_wall_s: float | None = None,
-             batch_t_s: float | None = None) -> int:
+             batch_t_s: float | None = None,
+             vehicles: tuple[int, float, int] | None = None) -> int:
         """Fold one traversal batch; ``n_probes`` matched probes become ``applied``.
+
+        ``vehicles``: ``(partition, event time s, count)``, the probe vehicles an ingest
+        partition follows (``workers.ingest.IngestReply.vehicles``), for the forecast's
+        persistence (``traffic.accumulation``); ``None``: no count with this batch.
 
         ``batch_t_s``: the event time of the batch this one is a part of (an estimator shard
         folds its segments' part of every batch, :mod:`workers.shards`, possibly empty, at the
@@ -166,6 +171,9 @@ class EstimatorCore(EstimatorState, ProfileLearning):
             # what the profile learns depends on event time and fold order only (a replay at any
             # speed, or a crash-replay from a checkpoint, learns the same).
             self._learn_profile(t_batch)
+        if vehicles is not None:
+            part, t_v, n_v = vehicles
+            self.trend.observe_vehicles(int(part), float(t_v), int(n_v))
         before = self.estimator.version
         version = (self.estimator.version if batch is None
                    else self.estimator.apply(batch, t_s=t_batch))
@@ -399,7 +407,7 @@ class EstimatorCore(EstimatorState, ProfileLearning):
         covered[keep[(keep >= 0) & self._covered]] = True
         from traffic.forecast import PaceTrend
 
-        trend = PaceTrend(net.edge_key, self.trend.config)
+        trend = PaceTrend(net.edge_key, self.trend.config, accumulation=self.trend.vehicles.config)
         trend.load_state_dict(self.trend.state_dict())  # by edge key
         self.trend = trend
         self.net, self._covered, self._last, self._dirty = net, covered, None, True
@@ -407,7 +415,8 @@ class EstimatorCore(EstimatorState, ProfileLearning):
         return int(np.count_nonzero(keep >= 0))
 
     def stats(self) -> dict[str, Any]:
-        """Counters: applied probes, folds, coverage, fold seconds, freshness percentiles."""
+        """Counters: applied probes, folds, coverage, fold seconds, freshness percentiles, and
+        the forecast's vehicle count and persistence."""
         fresh = np.asarray(self._freshness_s, dtype=np.float64)
         return {
             "applied": self.applied,
@@ -424,6 +433,11 @@ class EstimatorCore(EstimatorState, ProfileLearning):
             "freshness_p50_s": float(np.percentile(fresh, 50)) if fresh.size else None,
             "freshness_p99_s": float(np.percentile(fresh, 99)) if fresh.size else None,
             "network_version": self.net.version,
+            # The forecast's trend: the probe vehicles on the road and the persistence they
+            # give its slopes (traffic.accumulation).
+            "forecast": {**self.trend.vehicles.stats(),
+                         "pool_slope_per_s": self.trend.pool_slope(),
+                         "gain": self.trend.gain()},
             **({} if self.profile is None else {
                 "profile_saves": self.profile_saves,
                 "profile_save_errors": self.profile_save_errors}),

@@ -107,7 +107,12 @@ class IngestReply:
     ``applied`` when the estimator folds ``batch``). ``trips``: the completed probe trips
     this call closed (``traffic.probe_trips.RouteTrips``, the newest ``route_trips_max``;
     ``None`` when none), for the routers' bias learning; they are not probes and count in
-    no probe counter.
+    no probe counter. ``vehicles``: ``(partition, event time s, vehicles)``, the probe
+    vehicles this partition follows that reported within ``idle_flush_s`` of its newest
+    point (``traffic.matching.OnlineMatcher.active_vehicles``), for the forecast's
+    persistence (``traffic.accumulation``); only ingest calls carry it (``None`` for ticks
+    and flushes, whose timing is the wall clock's: the count then depends on the probes
+    alone).
     """
 
     accepted: int
@@ -118,6 +123,7 @@ class IngestReply:
     #: Wall time (unix s) the batch was accepted by the API (``None``: a tick or flush).
     accepted_wall_s: float | None = None
     trips: Any = None
+    vehicles: tuple[int, float, int] | None = None
 
 
 class IngestCore:
@@ -213,10 +219,13 @@ class IngestCore:
         stage = {"validate": t1 - t0, "match": t2 - t1, "traversals": t3 - t2, "trips": t4 - t3}
         self._stage_s.update(stage)
         rej = res.rejected
+        w = self._watermark_t
+        vehicles = None if w is None else (
+            self.partition, w, self.matcher.active_vehicles(w, self.config.idle_flush_s))
         return self._reply(IngestReply(
             accepted=acc.height,
             rejected=list(zip(rej["row"].to_list(), rej["reason"].to_list(), strict=True)),
-            batch=batch, n_matched=n_matched, stage_s=stage,
+            batch=batch, n_matched=n_matched, stage_s=stage, vehicles=vehicles,
         ), accepted_wall_s, trips)
 
     def tick(self, now_s: float) -> IngestReply:

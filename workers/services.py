@@ -201,7 +201,8 @@ class Services(Intake, Queries, ClosureOps, FeedOps):
         """Hand the traversal batches of ingest replies to the estimator, in this order;
         keep their probe trips for the next publication (:meth:`_publish`)."""
         for reply in replies:
-            self.folds.send(reply.batch, reply.n_matched, reply.accepted_wall_s)
+            self.folds.send(reply.batch, reply.n_matched, reply.accepted_wall_s,
+                            vehicles=getattr(reply, "vehicles", None))
             self._trips.add(getattr(reply, "trips", None))
 
     @contextlib.contextmanager

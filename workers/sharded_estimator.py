@@ -74,10 +74,13 @@ class ShardedEstimator:
         return s.get([s.call(h, method, *args, **kwargs) for h in self.handles], timeout=timeout)
 
     # -- folds ---------------------------------------------------------------------------
-    def fold_calls(self, batch: Any, n_matched: int, wall_s: float) -> list[tuple[Any, tuple,
-                                                                                  dict]]:
+    def fold_calls(self, batch: Any, n_matched: int, wall_s: float,
+                   vehicles: tuple[int, float, int] | None = None
+                   ) -> list[tuple[Any, tuple, dict]]:
         """The fold call of every shard for one batch (see the module docstring); journals
-        them and writes a snapshot first when the batch crosses a snapshot boundary."""
+        them and writes a snapshot first when the batch crosses a snapshot boundary. Every
+        shard gets the vehicle count ``vehicles`` (its trend's persistence is the
+        network's)."""
         if batch is None:
             parts, t_batch = [None] * self.map.n, None
         else:
@@ -85,11 +88,12 @@ class ShardedEstimator:
             t_batch = float(np.max(np.asarray(batch.t_exit_s))) if len(batch) else None
         if self._snapshots is not None and t_batch is not None:
             self._snapshots.maybe_write(self, t_batch)
-        calls = [(parts[s], n_matched if s == 0 else 0, wall_s, t_batch)
+        calls = [(parts[s], n_matched if s == 0 else 0, wall_s, t_batch, vehicles)
                  for s in range(self.map.n)]
         if self.journal is not None:
             self.journal.append(calls)
-        return [(self.handles[s], (c[0], c[1]), {"accepted_wall_s": c[2], "batch_t_s": c[3]})
+        return [(self.handles[s], (c[0], c[1]),
+                 {"accepted_wall_s": c[2], "batch_t_s": c[3], "vehicles": c[4]})
                 for s, c in enumerate(calls)]
 
     # -- publications --------------------------------------------------------------------

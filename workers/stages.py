@@ -176,18 +176,22 @@ class FoldQueue:
         self.fold_errors = 0
         self.last_fold_error: str | None = None
 
-    def send(self, batch: Any, n_matched: int, accepted_wall_s: float | None) -> None:
-        """Fold ``batch`` (``n_matched`` probes become applied); blocks while
+    def send(self, batch: Any, n_matched: int, accepted_wall_s: float | None, *,
+             vehicles: tuple[int, float, int] | None = None) -> None:
+        """Fold ``batch`` (``n_matched`` probes become applied) with the partition's vehicle
+        count ``vehicles`` (``workers.ingest.IngestReply.vehicles``); blocks while
         ``max_inflight`` folds are outstanding. Nothing to fold: no call."""
-        if batch is None and not n_matched:
+        if batch is None and not n_matched and vehicles is None:
             return
         wall = time.time() if accepted_wall_s is None else accepted_wall_s
         with self._lock:  # the call order is the fold order
             if self.shards is None:
                 self._refs.append((self.estimator, self.stages.call(
-                    self.estimator, "fold", batch, n_matched, accepted_wall_s=wall)))
+                    self.estimator, "fold", batch, n_matched, accepted_wall_s=wall,
+                    vehicles=vehicles)))
             else:
-                for handle, args, kwargs in self.shards.fold_calls(batch, n_matched, wall):
+                for handle, args, kwargs in self.shards.fold_calls(batch, n_matched, wall,
+                                                                   vehicles):
                     self._refs.append((handle, self.stages.call(handle, "fold", *args,
                                                                 **kwargs)))
         self._reap(0)
