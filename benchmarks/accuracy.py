@@ -39,7 +39,7 @@ from traffic.eta_range import Z90, RangeConfig, edge_uncertainty
 from traffic.forecast import ForecastConfig, PaceTrend, eta_along
 from traffic.matching import MatcherConfig, OnlineMatcher
 from traffic.probe_trips import ProbeTripCollector, compact_trips
-from traffic.route_bias import RouteBiasLearner, trip_etas
+from traffic.route_bias import RouteBiasConfig, RouteBiasLearner, trip_etas
 from traffic.probes import ProbeValidationConfig, VehicleLastSeen, validate_probes
 from traffic.traversals import TraversalExtractor
 
@@ -345,6 +345,8 @@ def main() -> None:
     ap.add_argument("--no-bias", action="store_true", help="no router-bias learning")
     ap.add_argument("--forecast-config", default="{}", help="JSON overrides of ForecastConfig")
     ap.add_argument("--range-config", default="{}", help="JSON overrides of RangeConfig")
+    ap.add_argument("--route-bias-config", default="{}",
+                    help="JSON overrides of traffic.route_bias.RouteBiasConfig")
     ap.add_argument("--accumulation-config", default="{}",
                     help="JSON overrides of traffic.accumulation.AccumulationConfig")
     ap.add_argument("--dump", default=None, help="save per-trip arrays (npz) for calibration")
@@ -376,7 +378,7 @@ def main() -> None:
     est = SpeedEstimator(net, cfg)
     trend = PaceTrend(net.edge_key, fcfg,
                       accumulation=AccumulationConfig(**json.loads(a.accumulation_config)))
-    bias = RouteBiasLearner()
+    bias = RouteBiasLearner(RouteBiasConfig(**json.loads(a.route_bias_config)))
     m, ex = OnlineMatcher(net, index, route_distances, MatcherConfig()), TraversalExtractor(net)
     collector = ProbeTripCollector()
     last, vcfg = VehicleLastSeen(), ProbeValidationConfig()
@@ -600,6 +602,7 @@ def main() -> None:
     res["forecast_config"] = asdict(fcfg)
     res["range_config"] = asdict(rcfg)
     res["accumulation_config"] = asdict(trend.vehicles.config)
+    res["route_bias_config"] = asdict(bias.config)
     res.update(junction_delays(probe_trips, net, routes, eta, main_sel, truth, peak))
     if a.dump:
         np.savez(a.dump, eta=eta, live=eta_true, truth=truth, sel=main_sel, peak=peak,
