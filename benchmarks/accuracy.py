@@ -249,15 +249,17 @@ def range_report(eta: np.ndarray, ind: np.ndarray, err: np.ndarray, h: np.ndarra
 
 
 def learn_route_bias(router, bias: RouteBiasLearner, done: list, est: SpeedEstimator, net,
-                     now: float) -> None:
+                     now: float, path_eta) -> None:
     """Fold completed probe trips into the router-bias learner as the product's routers do
     (``traffic.probe_trips.compact_trips``, ``traffic.route_bias.trip_etas``): on the
-    weights of ``now``, the live estimate along the driven edges between the trip's first
-    and last junction vs the router's route between those junctions (probe data only)."""
+    weights of ``now``, the forecast ETA (``path_eta(edges, tt)``, departing now) along the
+    driven edges between the trip's first and last junction vs along the router's route
+    between those junctions (probe data only)."""
     _, tt = est.travel_times(now)
     router.customize(tt, f"v{est.version}@{now:.0f}")
     trips = compact_trips([p.edge for p in done], net, max_trips=len(done))
-    r_eta, d_eta = trip_etas(trips, tt, lambda a, b: router.route_nodes(a, b).duration_s)
+    r_eta, d_eta = trip_etas(trips, lambda a, b: router.route_nodes(a, b).edge_ids,
+                             lambda e: path_eta(np.asarray(e, dtype=np.int64), tt))
     bias.observe(now, r_eta, d_eta)
 
 
@@ -531,7 +533,11 @@ def main() -> None:
             probe_trips += done
             if router is not None and not a.no_bias:
                 tr0 = time.perf_counter()
-                learn_route_bias(router, bias, done, est, net, now)
+                now_slope = (trend.forecast_slopes(now), trend.lags(now),
+                             trend.forecast_pool_slope(), replace(fcfg, gain=trend.gain()))
+                learn_route_bias(router, bias, done, est, net, now,
+                                 lambda e, tt_: walk(e, np.ones(e.size), tt_, now_slope, 0.0)[0]
+                                 if e.size else 0.0)
                 t_route += time.perf_counter() - tr0
 
     truth = trips["duration_s"].to_numpy()

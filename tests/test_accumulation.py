@@ -17,7 +17,7 @@ T0 = 1_767_225_600.0  # a real clock: the lines must stay exact at unix times
 def _feed(acc: VehicleAccumulation, count, t0: float, t1: float, step_s: float = 10.0,
           source: int = 0) -> None:
     for t in np.arange(t0, t1, step_s):
-        acc.observe(source, T0 + t, int(round(count(t))))
+        acc.observe(source, T0 + t, round(count(t)))
 
 
 def test_no_counts_mean_the_trend_as_measured():

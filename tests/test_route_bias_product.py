@@ -241,17 +241,9 @@ def test_answers_off_the_forecast_are_not_corrected(services, client):
 
 
 @pytest.mark.shared_data
-def test_router_learns_each_publication_once_from_a_detour(services):
-    """One trip driven on a detour: the learner sees exactly log(driven / router) on the
-    live weights, once, however often the chain is handed to the replica."""
-    from workers.router import RouterCore
-
-    net = services.net
-    core = RouterCore(net, index=services.router.index)
-    tt = np.asarray(net.edge_freeflow_time_s, dtype=np.float64)
-    first = Publication(version=1, weights_t=1000.0, travel_time_s=tt,
-                        network_version=net.version)
-    assert core.apply_publication(first) == "full"
+def _detour(core, net):
+    """A trip driven on a detour between two nodes of the fastest A -> C path:
+    ``(u, v, detour edges, trips)``."""
     route = core.router.route(A, C)
     e = route.edge_ids
     u, v = int(net.edge_src[e[1]]), int(net.edge_dst[e[-2]])
@@ -264,8 +256,23 @@ def test_router_learns_each_publication_once_from_a_detour(services):
     driven_edges = np.concatenate([[e_in], p1, p2, [e_out]]).astype(np.int64)
     trips = compact_trips([driven_edges], net, max_trips=64)
     assert len(trips) == 1
+    return u, v, np.concatenate([p1, p2]).astype(np.int64), trips
+
+
+def test_router_learns_each_publication_once_from_a_detour(services):
+    """One trip driven on a detour: the learner sees exactly log(driven / router) on the
+    live weights, once, however often the chain is handed to the replica."""
+    from workers.router import RouterCore
+
+    net = services.net
+    core = RouterCore(net, index=services.router.index)
+    tt = np.asarray(net.edge_freeflow_time_s, dtype=np.float64)
+    first = Publication(version=1, weights_t=1000.0, travel_time_s=tt,
+                        network_version=net.version)
+    assert core.apply_publication(first) == "full"
+    u, v, detour, trips = _detour(core, net)
     r = core.router.route_nodes(u, v).duration_s
-    d = float(tt[np.concatenate([p1, p2])].sum())
+    d = float(tt[detour].sum())
     assert d > r >= 60.0
     delta = Publication(version=2, weights_t=1060.0, travel_time_s=tt[:1], network_version=
                         net.version, edges=np.array([0], dtype=np.int32), base_version=1,
@@ -285,6 +292,46 @@ def test_router_learns_each_publication_once_from_a_detour(services):
         == 1.0
     with pytest.raises(ValueError, match="version 7"):
         fresh.load_state_dict({"version": 7})
+
+
+def test_router_learns_on_the_forecast_it_corrects(services):
+    """With a forecast model, the replica compares the forecast ETAs (departing now) of the
+    driven detour and of its own route, the ETAs its correction multiplies, not their live
+    sums: a queue growing on the detour widens the gap."""
+    from traffic.eta_model import build_compact_eta_model
+    from traffic.forecast import PaceTrend
+    from workers.router import RouterCore
+
+    net = services.net
+    core = RouterCore(net, index=services.router.index)
+    tt = np.asarray(net.edge_freeflow_time_s, dtype=np.float64)
+    core.apply_publication(Publication(version=1, weights_t=1000.0, travel_time_s=tt,
+                                       network_version=net.version))
+    u, v, detour, trips = _detour(core, net)
+    router_edges = core.router.route_nodes(u, v).edge_ids.astype(np.int64)
+    trend = PaceTrend(net.edge_key)
+    pace = tt / np.maximum(np.asarray(net.edge_length_m), 1.0)
+    for k in range(40):  # the detour's paces rise 3% a minute; the rest stay flat
+        t = 400.0 + 15.0 * k
+        grow = np.exp(5e-4 * (t - 400.0))
+        e = np.concatenate([detour, router_edges])
+        p = np.concatenate([pace[detour] * grow, pace[router_edges]])
+        trend.update(e, np.full(e.size, t), p, np.ones(e.size), t)
+    idx = np.union1d(detour, router_edges)
+    model = build_compact_eta_model(trend, idx, pace[idx], np.zeros(idx.size),
+                                    np.full(idx.size, 5.0), 1000.0, prior_weight=0.3)
+    pub = Publication(version=2, weights_t=1000.0, travel_time_s=tt,
+                      network_version=net.version, eta=model, trips=trips)
+    assert core.apply_publication(pub) == "full"
+    dense = model.expand(np.asarray(net.edge_freeflow_time_s, dtype=np.float32))
+    d_fc = dense.duration_s(detour, tt[detour])
+    r_fc = dense.duration_s(router_edges, tt[router_edges])
+    live = math.log(tt[detour].sum() / tt[router_edges].sum())
+    assert math.log(d_fc / r_fc) > live + 0.05  # the growing queue is on the detour
+    lr = core.route_bias
+    b = int(bucket_of(r_fc))
+    assert lr.trips == 1
+    assert lr.s[b] == pytest.approx(min(math.log(d_fc / r_fc), lr.config.max_log), rel=1e-9)
 
 
 @pytest.mark.shared_data

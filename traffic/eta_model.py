@@ -43,6 +43,19 @@ class EtaModel:
         """Number of edges."""
         return int(self.slope_per_s.shape[0])
 
+    def duration_s(self, edges: np.ndarray, live_tt_s: np.ndarray, *,
+                   depart_in_s: float = 0.0) -> float:
+        """The forecast ETA (s) of whole ``edges`` in driving order with their live times
+        ``live_tt_s``, departing ``depart_in_s`` after ``t_s`` (:meth:`route_eta`'s duration,
+        without the range). O(route edges)."""
+        e = np.asarray(edges, dtype=np.int64)
+        if e.size == 0:
+            return 0.0
+        return eta_along(np.asarray(live_tt_s, dtype=np.float64), self.slope_per_s[e],
+                         self.forecast, depart_in_s=max(float(depart_in_s), 0.0),
+                         lag_s=self.lag_s[e], pool_slope_per_s=self.pool_slope_per_s,
+                         floor_tt_s=self.freeflow_tt_s[e])[0]
+
     def route_eta(self, edges: np.ndarray, live_tt_s: np.ndarray, *,
                   depart_in_s: float = 0.0, share: np.ndarray | None = None,
                   ) -> tuple[float, float, float, np.ndarray]:

@@ -196,11 +196,24 @@ class RouterCore(RouterOverrides):
         return how
 
     def _learn_route_bias(self, pubs: list[Any], newest: Any) -> None:
-        """Learn the router's optimism from the trips ``pubs`` carry, on the live weights
-        just taken (:meth:`workers.router_bias.RouterBias.learn`)."""
-        self.bias.learn(pubs, newest, network_version=self.net.version,
-                        travel_time_s=self._travel_times(None),
-                        route_eta_s=lambda a, b: self.router.route_nodes(a, b).duration_s)
+        """Learn the router's optimism from the trips ``pubs`` carry, on the weights just
+        taken: forecast ETAs departing now where the replica has a forecast model (those
+        the correction multiplies), else live sums
+        (:meth:`workers.router_bias.RouterBias.learn`)."""
+        from traffic.route_bias import live_path_eta
+
+        tt = self._travel_times(None)
+        model = self._eta
+        if tt is None:
+            path_eta = None
+        elif model is not None and model.n_edges == tt.shape[0]:
+            def path_eta(edges: np.ndarray) -> float:
+                e = np.asarray(edges, dtype=np.int64)
+                return model.duration_s(e, tt[e]) if e.size else 0.0
+        else:
+            path_eta = live_path_eta(tt)
+        self.bias.learn(pubs, newest, network_version=self.net.version, path_eta_s=path_eta,
+                        route_edges=lambda a, b: self.router.route_nodes(a, b).edge_ids)
 
     def eta_correction(self, duration_s: float) -> float:
         """The factor a forecast ETA of ``duration_s`` (s) is corrected by

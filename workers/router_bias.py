@@ -3,8 +3,9 @@
 A router picks the path with the lowest estimate, so its ETAs run early. Each publication
 a replica takes may carry completed probe trips (``traffic.probe_trips.RouteTrips``: the
 middle edges a probe drove between two junctions). On the live weights just taken, the
-replica routes between the same junctions and compares that ETA with the driven edges'
-(:func:`traffic.route_bias.trip_etas`). A ``traffic.route_bias.RouteBiasLearner`` keeps the
+replica routes between the same junctions and compares that route's ETA with the driven
+edges', both forecast from now where the replica has a forecast model (the ETAs the
+correction multiplies), else live sums (:func:`traffic.route_bias.trip_etas`). A ``traffic.route_bias.RouteBiasLearner`` keeps the
 decayed mean log ratio per router-ETA bucket. Forecast answers are multiplied by
 ``exp(log_correction)`` of their own ETA's bucket (:meth:`RouterBias.correction`).
 
@@ -42,15 +43,17 @@ class RouterBias:
         self._learn_s = 0.0
 
     def learn(self, pubs: list[Any], newest: Any, *, network_version: str,
-              travel_time_s: np.ndarray | None,
-              route_eta_s: Callable[[int, int], float]) -> None:
-        """Learn from the trips ``pubs`` carry for ``network_version``, on the live
-        ``travel_time_s`` just taken, at ``newest``'s event time (its wall time when it has
-        none). ``route_eta_s(src_node, dst_node)``: the replica's ETA between two nodes."""
+              path_eta_s: Callable[[np.ndarray], float] | None,
+              route_edges: Callable[[int, int], np.ndarray]) -> None:
+        """Learn from the trips ``pubs`` carry for ``network_version``, on the weights just
+        taken, at ``newest``'s event time (its wall time when it has none).
+        ``path_eta_s(edges)``: the replica's ETA of a path of whole edges (``None``: no
+        weights, nothing learned); ``route_edges(src_node, dst_node)``: its route's edges
+        between two nodes."""
         from traffic.probe_trips import concat_route_trips
         from traffic.route_bias import trip_etas
 
-        if self.learner is None or travel_time_s is None:
+        if self.learner is None or path_eta_s is None:
             return
         parts = [p.trips for p in pubs if getattr(p, "trips", None) is not None
                  and p.trips.network_version == network_version]
@@ -58,7 +61,7 @@ class RouterBias:
         if trips is None:
             return
         t0 = time.perf_counter()
-        router_eta, driven_eta = trip_etas(trips, travel_time_s, route_eta_s)
+        router_eta, driven_eta = trip_etas(trips, route_edges, path_eta_s)
         t_s = newest.weights_t if newest.weights_t is not None else newest.published_wall_s
         with self._lock:
             self.learner.observe(float(t_s), router_eta, driven_eta)
