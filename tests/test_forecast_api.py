@@ -113,3 +113,52 @@ def test_a_checkpoint_keeps_the_vehicle_count(services):
     other.load_state_dict(core.state_dict())
     assert other.trend.vehicles.total == core.trend.vehicles.total == 2 * 50 + 28 + 29
     assert other.trend.persistence() == core.trend.persistence()
+
+
+def test_a_later_departure_is_routed_on_the_forecast_metric(services):
+    """A queue forecast to grow on the live-fastest path: departing now the route stays on
+    the live metric; departing in 30 min it is found on the forecast metric at that time,
+    avoids the queue and its ETA (time-dependent, basis forecast) beats the live path's
+    forecast; steps give the same route and duration."""
+    from graph.navigation import route_edge_shares
+    from traffic.eta_model import build_compact_eta_model
+    from traffic.forecast import PaceTrend
+    from workers.publication import Publication
+    from workers.router import RouterCore
+
+    a, c = (55.68176, 12.55832), (55.69000, 12.58000)  # kbh: A -> C has an alternative
+    net = services.net
+    core = RouterCore(net, index=services.router.index, route_bias=None)
+    tt = np.asarray(net.edge_freeflow_time_s, dtype=np.float64)
+    core.apply_publication(Publication(version=1, weights_t=1000.0, travel_time_s=tt,
+                                       network_version=net.version))
+    live_res = core.router.route(a, c)
+    queue = live_res.edge_ids[live_res.edge_ids.size // 3: 2 * live_res.edge_ids.size // 3]
+    trend = PaceTrend(net.edge_key)
+    pace = tt / np.maximum(np.asarray(net.edge_length_m), 1.0)
+    for k in range(40):  # the queue's paces rise 3% a minute
+        t = 400.0 + 15.0 * k
+        trend.update(queue, np.full(queue.size, t),
+                     pace[queue] * np.exp(5e-4 * (t - 400.0)), np.ones(queue.size), t)
+    model = build_compact_eta_model(trend, np.sort(queue), pace[np.sort(queue)],
+                                    np.zeros(queue.size), np.full(queue.size, 5.0), 1000.0,
+                                    prior_weight=0.3)
+    assert core.apply_publication(Publication(
+        version=2, weights_t=1000.0, travel_time_s=tt, network_version=net.version,
+        eta=model)) == "full"
+    now = core.route(a, c)
+    assert now["edges"] == live_res.edge_keys.tolist() and now["basis"] == "forecast"
+    later = core.route(a, c, depart_at_s=1000.0 + 1800.0)
+    assert later["basis"] == "forecast" and later["edges"] != now["edges"]
+    assert later["weights_version"] == now["weights_version"]
+    dense = model.expand(np.asarray(net.edge_freeflow_time_s, dtype=np.float32))
+    e = live_res.edge_ids
+    stay, _, _, _ = dense.route_eta(e, tt[e], depart_in_s=1800.0,
+                                    share=route_edge_shares(core.router, live_res))
+    assert later["duration_s"] < stay
+    assert later["duration_p10_s"] <= later["duration_s"] <= later["duration_p90_s"]
+    nav = core.route(a, c, depart_at_s=1000.0 + 1800.0, steps=True)
+    assert nav["edges"] == later["edges"]
+    assert nav["duration_s"] == pytest.approx(later["duration_s"], rel=1e-9)
+    assert sum(s["duration_s"] for s in nav["legs"][0]["steps"]) == pytest.approx(
+        later["duration_s"], rel=1e-6)

@@ -43,6 +43,21 @@ class EtaModel:
         """Number of edges."""
         return int(self.slope_per_s.shape[0])
 
+    def travel_times_at(self, live_tt_s: np.ndarray, horizon_s: float) -> np.ndarray:
+        """Every edge's forecast travel time (s, float64) ``horizon_s`` after ``t_s`` from the
+        live times ``live_tt_s`` (one per edge): the metric a later departure is routed on.
+        O(edges)."""
+        from traffic.forecast import forecast_travel_times
+
+        live = np.asarray(live_tt_s, dtype=np.float64)
+        if live.shape != (self.n_edges,):
+            raise ValueError(f"live travel times must hold one value per edge "
+                             f"({self.n_edges}); got {live.shape}")
+        return forecast_travel_times(live, self.slope_per_s, max(float(horizon_s), 0.0),
+                                     self.forecast, lag_s=self.lag_s,
+                                     pool_slope_per_s=self.pool_slope_per_s,
+                                     floor_tt_s=self.freeflow_tt_s)
+
     def duration_s(self, edges: np.ndarray, live_tt_s: np.ndarray, *,
                    depart_in_s: float = 0.0) -> float:
         """The forecast ETA (s) of whole ``edges`` in driving order with their live times

@@ -71,6 +71,12 @@ class RouterCore(RouterOverrides):
 
     #: Trips learned from per publication taken (each one route query; the newest kept).
     ROUTE_BIAS_MAX_TRIPS = 64
+    #: A departure at least this far ahead (s) is routed on the forecast metric at its
+    #: departure time (:meth:`_forecast_metric`); nearer ones on the live metric.
+    FORECAST_ROUTE_AHEAD_S = 300.0
+    #: Forecast metrics are made per this many seconds of departure horizon (and per full
+    #: publication's model), and kept with the profile metrics (``profile_cache``).
+    FORECAST_ROUTE_STEP_S = 300.0
     #: Version of :meth:`state_dict`'s contents.
     STATE_VERSION = 1
 
@@ -315,12 +321,15 @@ class RouterCore(RouterOverrides):
         (:mod:`graph.avoid`; the search then runs on the calling thread).
         """
         basis, key = self._profile_key(profile)
+        # A later departure is routed on the forecast metric at its departure time.
+        search = self._forecast_metric(depart_at_s) if basis == "live" else key
         if steps or nav:
             # Navigation options (via, bearing, alternatives, annotations, geometry_format):
             # graph.navigation, on the query threads; with closed edges on an avoid overlay.
             out = self._navigate([tuple(from_latlon), *nav.pop("via", ()), tuple(to_latlon)],
                                  key, max_snap_m=max_snap_m, steps=steps, exclude=exclude,
-                                 avoid=avoid, depart_at_s=depart_at_s, **nav)
+                                 avoid=avoid, depart_at_s=depart_at_s, search_key=search,
+                                 **nav)
             for r in (out, *out.get("alternatives", ())):
                 r["weights_t"] = self.weights_t if basis == "live" else None
                 r.setdefault("basis", basis)
@@ -328,17 +337,41 @@ class RouterCore(RouterOverrides):
         if exclude or avoid is not None:
             res = self.avoid_router().route(tuple(from_latlon), tuple(to_latlon),
                                             exclude=exclude, avoid=avoid,
-                                            max_snap_m=max_snap_m, profile=key)
+                                            max_snap_m=max_snap_m, profile=search)
         else:
             res = self.router.route(tuple(from_latlon), tuple(to_latlon), max_snap_m=max_snap_m,
-                                    profile=key, on_caller=on_caller,
+                                    profile=search, on_caller=on_caller,
                                     caller_queries=caller_queries)
         out = dict(res.to_json())
         out["weights_t"] = self.weights_t if basis == "live" else None
         out["basis"] = basis
         if basis == "live":
+            if search is not None:  # found on the forecast metric made from these weights
+                out["weights_version"] = self.router.weights_version
             self._forecast(out, res, depart_at_s)
         return out
+
+    def _forecast_metric(self, depart_at_s: float | None) -> Any:
+        """The router profile key of the forecast metric a departure at ``depart_at_s`` is
+        routed on, or ``None`` (route on the live metric): departures at least
+        :attr:`FORECAST_ROUTE_AHEAD_S` ahead, within the forecast model's horizon.
+
+        The metric is every edge's forecast travel time at the departure horizon rounded to
+        :attr:`FORECAST_ROUTE_STEP_S` (:meth:`traffic.eta_model.EtaModel.travel_times_at`,
+        from the live times when first asked), customized once per (full publication's
+        model, horizon step) and kept with the profile metrics; the ETA along the route
+        found is still the time-dependent one (each edge at its arrival time)."""
+        on = self._forecast_on(depart_at_s)
+        if on is None or on[2] < self.FORECAST_ROUTE_AHEAD_S:
+            return None
+        model, live, depart_in = on
+        step = self.FORECAST_ROUTE_STEP_S
+        horizon = round(depart_in / step) * step
+        key = ("forecast", self.net.version, float(model.t_s), horizon)
+        if not self.router.has_profile(key):
+            tt = model.travel_times_at(live, horizon)
+            self._profile_key((key, tt))
+        return key
 
     def _forecast_on(self, depart_at_s: float | None) -> tuple[Any, np.ndarray, float] | None:
         """``(model, live travel_time_s, depart_in_s)`` when live answers use the forecast:
@@ -384,10 +417,12 @@ class RouterCore(RouterOverrides):
                   alternatives: int = 0, annotations: bool = False,
                   geometry_format: str = "geojson", exclude: tuple[str, ...] | list[str] = (),
                   avoid: dict[str, Any] | None = None,
-                  depart_at_s: float | None = None) -> dict[str, Any]:
+                  depart_at_s: float | None = None, search_key: Any = None) -> dict[str, Any]:
         """A route through ``points`` with legs, summaries and the asked-for extras
         (:func:`graph.navigation.plan_route` and :func:`graph.navigation.plan_answer`); with
         ``exclude``/``avoid`` on an avoid overlay (:meth:`graph.avoid.AvoidRouter.plan`).
+        ``search_key``: the metric the paths are searched on (default ``key``; a later
+        departure's forecast metric, :meth:`_forecast_metric`).
 
         On the live weights with a forecast model (:meth:`_forecast_on`) the legs are
         driven on the forecast (:func:`graph.navigation.forecast_legs`), and so is each
@@ -407,11 +442,12 @@ class RouterCore(RouterOverrides):
         options = {"bearing_deg": bearing, "alternatives": alternatives,
                    "bearing_range_deg": DEFAULT_BEARING_RANGE_DEG if bearing_range is None
                    else bearing_range}
+        search = key if search_key is None else search_key
         if exclude or avoid is not None:
             plan = self.avoid_router().plan(points, exclude=exclude, avoid=avoid,
-                                            max_snap_m=max_snap_m, profile=key, **options)
+                                            max_snap_m=max_snap_m, profile=search, **options)
         else:
-            plan = plan_route(self.router, points, max_snap_m=max_snap_m, profile=key,
+            plan = plan_route(self.router, points, max_snap_m=max_snap_m, profile=search,
                               **options)
         tt = self._travel_times(key)
         on = self._forecast_on(depart_at_s) if key is None else None
@@ -438,6 +474,8 @@ class RouterCore(RouterOverrides):
             r["duration_s"], r["duration_p10_s"], r["duration_p90_s"] = d, lo, hi
             r["eta_correction"] = f
             r["basis"] = "forecast"
+            if search is not key:  # found on the forecast metric made from the live weights
+                r["weights_version"] = self.router.weights_version
         if not alternatives:
             out.pop("alternatives")
         return out
