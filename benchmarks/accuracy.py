@@ -39,7 +39,12 @@ from traffic.eta_range import Z90, RangeConfig, edge_uncertainty
 from traffic.forecast import ForecastConfig, PaceTrend, eta_along
 from traffic.matching import MatcherConfig, OnlineMatcher
 from traffic.probe_trips import ProbeTripCollector, compact_trips
-from traffic.route_bias import RouteBiasConfig, RouteBiasLearner, trip_etas
+from traffic.route_bias import (
+    RouteBiasConfig,
+    RouteBiasLearner,
+    correction_strength,
+    trip_etas,
+)
 from traffic.probes import ProbeValidationConfig, VehicleLastSeen, validate_probes
 from traffic.traversals import TraversalExtractor
 
@@ -488,7 +493,9 @@ def main() -> None:
                     fc, t_e = walk(er, np.ones(er.size), tt, slope, depart[i] - now0)
                     # Partial end edges: the forecast's ratio to the live sum, on the route's time.
                     eta_router_fc[i] = rt.duration_s * fc / full if full > 0 else rt.duration_s
-                    eta_router_corr[i] = float(bias.correct(np.array([eta_router_fc[i]]))[0])
+                    eta_router_corr[i] = float(bias.correct(
+                        np.array([eta_router_fc[i]]),
+                        strength=correction_strength(trend.persistence()))[0])
                     k_ = rt.duration_s / max(full, 1e-9)
                     r_ind[i], r_err[i], r_h[i], r_c[i] = range_parts(
                         er, t_e * k_, depart[i] - now0, spread, err, tt[er] * k_)

@@ -334,6 +334,41 @@ def test_router_learns_on_the_forecast_it_corrects(services):
     assert lr.s[b] == pytest.approx(min(math.log(d_fc / r_fc), lr.config.max_log), rel=1e-9)
 
 
+def test_the_correction_fades_with_the_forecast_persistence(services):
+    """The learned gap applies in full while the probe-vehicle count grows as it did
+    (persistence 1), in proportion below (``exp(m * r)``), and not at all once the count
+    falls (persistence <= 0): the queues behind it drain."""
+    from dataclasses import replace
+
+    from traffic.eta_model import build_compact_eta_model
+    from traffic.forecast import PaceTrend
+    from workers.router import RouterCore
+
+    net = services.net
+    core = RouterCore(net, index=services.router.index)
+    tt = np.asarray(net.edge_freeflow_time_s, dtype=np.float64)
+    first = Publication(version=1, weights_t=1000.0, travel_time_s=tt,
+                        network_version=net.version)
+    core.apply_publication(first)
+    u, v, _, trips = _detour(core, net)
+    delta = Publication(version=2, weights_t=1060.0, travel_time_s=tt[:1], network_version=
+                        net.version, edges=np.array([0], dtype=np.int32), base_version=1,
+                        base_weights_t=1000.0, trips=trips)
+    assert core.apply_publication([first, delta]) == "delta"
+    r = core.router.route_nodes(u, v).duration_s
+    whole = core.eta_correction(r)  # no forecast model yet: the whole correction
+    assert whole > 1.0
+    empty = np.zeros(0, dtype=np.int64)
+    base = build_compact_eta_model(PaceTrend(net.edge_key), empty, np.zeros(0), np.zeros(0),
+                                   np.zeros(0), 1100.0, prior_weight=0.3)
+    assert base.persistence == 1.0
+    for version, m, want in ((3, 0.5, math.sqrt(whole)), (4, -0.7, 1.0), (5, 1.0, whole)):
+        assert core.apply_publication(Publication(
+            version=version, weights_t=1000.0 + 60 * version, travel_time_s=tt,
+            network_version=net.version, eta=replace(base, persistence=m))) == "full"
+        assert core.eta_correction(r) == pytest.approx(want, rel=1e-12)
+
+
 @pytest.mark.shared_data
 def test_ray_router_replica_learns_from_trips(ray_local):
     """On Ray: ingest actor -> facade -> publication in the object store -> a router

@@ -37,6 +37,9 @@ class EtaModel:
     freeflow_tt_s: np.ndarray | None
     forecast: ForecastConfig
     ranges: Any  # traffic.eta_range.RangeConfig
+    #: The trend's persistence the slopes carry (traffic.accumulation); the router-bias
+    #: correction fades with it (traffic.route_bias.correction_strength).
+    persistence: float = 1.0
 
     @property
     def n_edges(self) -> int:
@@ -132,6 +135,7 @@ class CompactEtaModel:
     default_error_rel: float
     forecast: ForecastConfig
     ranges: Any
+    persistence: float = 1.0
 
     @property
     def nbytes(self) -> int:
@@ -159,7 +163,8 @@ class CompactEtaModel:
                         pool_slope_per_s=self.pool_slope_per_s,
                         spread_rel=full(self.default_spread_rel, self.spread_rel),
                         error_rel=full(self.default_error_rel, self.error_rel),
-                        freeflow_tt_s=ff, forecast=self.forecast, ranges=self.ranges)
+                        freeflow_tt_s=ff, forecast=self.forecast, ranges=self.ranges,
+                        persistence=self.persistence)
 
 
 def build_compact_eta_model(trend: PaceTrend, edges: np.ndarray, pace_s_per_m: np.ndarray,
@@ -185,7 +190,8 @@ def build_compact_eta_model(trend: PaceTrend, edges: np.ndarray, pace_s_per_m: n
                            pool_slope_per_s=trend.forecast_pool_slope(),
                            default_spread_rel=float(d_spread[0]),
                            default_error_rel=float(d_err[0]),
-                           forecast=replace(trend.config, gain=trend.gain()), ranges=rc)
+                           forecast=replace(trend.config, gain=trend.gain()), ranges=rc,
+                           persistence=trend.persistence())
 
 
 def with_freeflow(model: EtaModel | CompactEtaModel | None,

@@ -223,8 +223,13 @@ class RouterCore(RouterOverrides):
 
     def eta_correction(self, duration_s: float) -> float:
         """The factor a forecast ETA of ``duration_s`` (s) is corrected by
-        (:meth:`workers.router_bias.RouterBias.correction`)."""
-        return self.bias.correction(duration_s)
+        (:meth:`workers.router_bias.RouterBias.correction`), as strong as the forecast
+        model's persistence allows (``traffic.route_bias.correction_strength``)."""
+        from traffic.route_bias import correction_strength
+
+        model = self._eta
+        strength = 1.0 if model is None else correction_strength(model.persistence)
+        return self.bias.correction(duration_s, strength)
 
     def state_dict(self) -> dict[str, Any]:
         """The replica's state beyond its weights (those come back with the next

@@ -69,14 +69,16 @@ class RouterBias:
             self._steps += 1
             self._learn_s = time.perf_counter() - t0
 
-    def correction(self, duration_s: float) -> float:
+    def correction(self, duration_s: float, strength: float = 1.0) -> float:
         """The factor a forecast ETA of ``duration_s`` (s) is corrected by:
-        ``exp(log_correction)`` of its bucket; 1 when nothing is learned, the learner is
-        off or the ETA is not a positive number. O(1)."""
+        ``exp(strength * log_correction)`` of its bucket (``strength``:
+        ``traffic.route_bias.correction_strength`` of the forecast's persistence); 1 when
+        nothing is learned, the learner is off or the ETA is not a positive number. O(1)."""
         if not (duration_s > 0 and math.isfinite(duration_s)):
             return 1.0
         lc = self._log_corr  # one read: a learning step replaces the array whole
-        return math.exp(float(lc[bisect.bisect_right(BUCKET_EDGES_S, duration_s)]))
+        return math.exp(float(strength)
+                        * float(lc[bisect.bisect_right(BUCKET_EDGES_S, duration_s)]))
 
     def state_dict(self) -> dict[str, Any]:
         """The learner's ``state_dict`` (empty when it is off)."""
