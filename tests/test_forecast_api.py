@@ -162,3 +162,8 @@ def test_a_later_departure_is_routed_on_the_forecast_metric(services):
     assert nav["duration_s"] == pytest.approx(later["duration_s"], rel=1e-9)
     assert sum(s["duration_s"] for s in nav["legs"][0]["steps"]) == pytest.approx(
         later["duration_s"], rel=1e-6)
+    # Above FORECAST_ROUTE_MAX_EDGES later departures stay on the live metric (its ETA is
+    # still the forecast).
+    core.FORECAST_ROUTE_MAX_EDGES = net.n_edges - 1
+    big = core.route(a, c, depart_at_s=1000.0 + 1800.0)
+    assert big["edges"] == now["edges"] and big["basis"] == "forecast"

@@ -8,7 +8,7 @@ report. Completed traversals show a queue only once vehicles have left it, minut
 a rush hour's turn the pace trend (:class:`traffic.forecast.PaceTrend`, 900 s of memory)
 still points up for a quarter of an hour after the accumulation has stopped growing
 (scenario_kbh: the pooled slope peaks at 2370 s and stays positive until 3700 s; the count of
-probe vehicles peaks at 2450 s).
+probe vehicles peaks around 2400-2500 s).
 
 :class:`VehicleAccumulation` keeps two exponentially weighted least-squares lines of the
 count ``N`` against event time, a short one (``short_tau_s``) and a long one

@@ -52,7 +52,7 @@ class RangeConfig:
         Multiplier of the correlated estimate error.
     horizon_rel_per_h
         Correlated relative error per hour ahead at which an edge is reached (0.25: with the
-        persistence-scaled forecast, trips over 20 min on scenario_kbh were covered 0.707
+        persistence-scaled forecast, trips over 20 min on scenario_kbh were covered 0.712
         of the time with 0.2, 0.719 with 0.25).
     prior_rel
         Relative error of an estimate with no evidence (the prior's).

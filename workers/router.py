@@ -77,6 +77,10 @@ class RouterCore(RouterOverrides):
     #: Forecast metrics are made per this many seconds of departure horizon (and per full
     #: publication's model), and kept with the profile metrics (``profile_cache``).
     FORECAST_ROUTE_STEP_S = 300.0
+    #: Networks with more edges route later departures on the live metric: a forecast metric
+    #: is a full customization (5 s at K=6, 26 M edges) and 28 B per edge while cached, which
+    #: the country-scale memory budget does not hold (New York, 730 k edges: ~0.1 s).
+    FORECAST_ROUTE_MAX_EDGES = 5_000_000
     #: Version of :meth:`state_dict`'s contents.
     STATE_VERSION = 1
 
@@ -359,7 +363,8 @@ class RouterCore(RouterOverrides):
     def _forecast_metric(self, depart_at_s: float | None) -> Any:
         """The router profile key of the forecast metric a departure at ``depart_at_s`` is
         routed on, or ``None`` (route on the live metric): departures at least
-        :attr:`FORECAST_ROUTE_AHEAD_S` ahead, within the forecast model's horizon.
+        :attr:`FORECAST_ROUTE_AHEAD_S` ahead, within the forecast model's horizon, on networks
+        of at most :attr:`FORECAST_ROUTE_MAX_EDGES` edges.
 
         The metric is every edge's forecast travel time at the departure horizon rounded to
         :attr:`FORECAST_ROUTE_STEP_S` (:meth:`traffic.eta_model.EtaModel.travel_times_at`,
@@ -367,7 +372,8 @@ class RouterCore(RouterOverrides):
         model, horizon step) and kept with the profile metrics; the ETA along the route
         found is still the time-dependent one (each edge at its arrival time)."""
         on = self._forecast_on(depart_at_s)
-        if on is None or on[2] < self.FORECAST_ROUTE_AHEAD_S:
+        if on is None or on[2] < self.FORECAST_ROUTE_AHEAD_S \
+                or self.net.n_edges > self.FORECAST_ROUTE_MAX_EDGES:
             return None
         model, live, depart_in = on
         step = self.FORECAST_ROUTE_STEP_S
