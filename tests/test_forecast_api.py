@@ -167,3 +167,27 @@ def test_a_later_departure_is_routed_on_the_forecast_metric(services):
     core.FORECAST_ROUTE_MAX_EDGES = net.n_edges - 1
     big = core.route(a, c, depart_at_s=1000.0 + 1800.0)
     assert big["edges"] == now["edges"] and big["basis"] == "forecast"
+
+
+def test_a_later_departure_avoids_a_closure_posted_after_its_metric(services):
+    """The forecast metric a later departure is routed on follows the closures in force: one
+    posted after the metric was made is avoided at once, not at the next full publication."""
+    from workers.publication import Publication
+    from workers.router import RouterCore
+
+    a, c = (55.68176, 12.55832), (55.69000, 12.58000)
+    net = services.net
+    core = RouterCore(net, index=services.router.index, route_bias=None)
+    tt = np.asarray(net.edge_freeflow_time_s, dtype=np.float64)
+    model = services.estimator.eta_model(tt)
+    core.apply_publication(Publication(version=1, weights_t=model.t_s, travel_time_s=tt,
+                                       network_version=net.version, eta=model))
+    later = model.t_s + 1200.0
+    first = core.route(a, c, depart_at_s=later)
+    assert first["basis"] == "forecast"
+    key_of = {int(k): i for i, k in enumerate(net.edge_key)}
+    mid = key_of[first["edges"][len(first["edges"]) // 2]]
+    assert core.set_overrides(np.array([mid]), np.array([np.inf]), revision=1)
+    again = core.route(a, c, depart_at_s=later)
+    assert int(net.edge_key[mid]) not in again["edges"]
+    assert again["duration_s"] >= first["duration_s"] - 1e-6

@@ -369,8 +369,9 @@ class RouterCore(RouterOverrides):
         The metric is every edge's forecast travel time at the departure horizon rounded to
         :attr:`FORECAST_ROUTE_STEP_S` (:meth:`traffic.eta_model.EtaModel.travel_times_at`,
         from the live times when first asked), customized once per (full publication's
-        model, horizon step) and kept with the profile metrics; the ETA along the route
-        found is still the time-dependent one (each edge at its arrival time)."""
+        model, horizon step, closures' and feeds' revisions) and kept with the profile
+        metrics; the ETA along the route found is still the time-dependent one (each edge at
+        its arrival time)."""
         on = self._forecast_on(depart_at_s)
         if on is None or on[2] < self.FORECAST_ROUTE_AHEAD_S \
                 or self.net.n_edges > self.FORECAST_ROUTE_MAX_EDGES:
@@ -378,7 +379,9 @@ class RouterCore(RouterOverrides):
         model, live, depart_in = on
         step = self.FORECAST_ROUTE_STEP_S
         horizon = round(depart_in / step) * step
-        key = ("forecast", self.net.version, float(model.t_s), horizon)
+        # Closures and feeds in force are in the live times: a new revision, a new metric.
+        key = ("forecast", self.net.version, float(model.t_s), horizon, self._ov_revision,
+               self._fb_revision)
         if not self.router.has_profile(key):
             tt = model.travel_times_at(live, horizon)
             self._profile_key((key, tt))
