@@ -532,8 +532,9 @@ def main() -> None:
         rows_all.append(o.point_row)
         fold(ex.push(o), now)
         done += collector.push(o)
-        # The probe vehicles on the road now, as an ingest partition reports them.
-        trend.observe_vehicles(0, now, m.active_vehicles(now, 60.0))
+        # The probe vehicles on the road now, as an ingest partition reports them
+        # (workers.ingest.IngestCore.active_vehicles).
+        trend.observe_vehicles(0, now, int((last.last["last_t"] >= now - 60.0).sum()))
         pool_trace.append((now, trend.pool_slope(), trend.gain(), trend.persistence(),
                            trend.vehicles.total))
         if done:

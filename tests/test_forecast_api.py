@@ -191,3 +191,27 @@ def test_a_later_departure_avoids_a_closure_posted_after_its_metric(services):
     again = core.route(a, c, depart_at_s=later)
     assert int(net.edge_key[mid]) not in again["edges"]
     assert again["duration_s"] >= first["duration_s"] - 1e-6
+
+
+def test_the_vehicle_count_survives_a_network_swap(services):
+    """A partition's count comes from its dedupe memory, which a network swap keeps: the
+    matcher starts afresh, the count does not drop (a drop would read as draining queues)."""
+    import polars as pl
+    from conftest import shared_file
+
+    from workers.ingest import IngestCore
+
+    net = services.net
+    core = IngestCore(net)
+    df = pl.read_parquet(shared_file("scenario_kbh/probes.parquet")).sort("t")
+    t0 = df["t"].min()
+    first = core.ingest(df.filter(pl.col("t") < t0 + 600.0), now_s=t0 + 600.0)
+    part, w, n = first.vehicles
+    assert part == 0 and n > 50
+    assert n == df.filter((pl.col("t") >= w - 60.0) & (pl.col("t") <= w))["vehicle_id"].n_unique()
+    core.swap_network(net)
+    assert core.matcher.pending_count() == 0 and core.active_vehicles(w) == n
+    nxt = core.ingest(df.filter((pl.col("t") >= t0 + 600.0) & (pl.col("t") < t0 + 630.0)),
+                      now_s=t0 + 630.0)
+    assert nxt.vehicles[2] >= 0.8 * n
+    assert core.tick(t0 + 700.0).vehicles is None  # ticks carry no count

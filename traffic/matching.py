@@ -176,12 +176,6 @@ class OnlineMatcher:
         """Points accepted by :meth:`push` and not yet decided (matched) or counted unmatched."""
         return int(self._n_pend.sum())
 
-    def active_vehicles(self, t_s: float, window_s: float) -> int:
-        """Vehicles followed whose newest point is at or after ``t_s - window_s`` (s): the
-        probe vehicles on the road at ``t_s``. It depends on the points pushed only, not on
-        when idle vehicles were flushed. O(vehicles followed), vectorised."""
-        return int(np.count_nonzero(self._last_t[:self._cap] >= float(t_s) - float(window_s)))
-
     #: Per-vehicle slot arrays (see ``_grow``): the open candidates, back-pointers, scores,
     #: held points and last decided point of every vehicle the matcher follows.
     _SLOT_ARRAYS = ("_c_edge", "_c_off", "_bp", "_p_row", "_p_t", "_score", "_last_lat",

@@ -108,11 +108,10 @@ class IngestReply:
     this call closed (``traffic.probe_trips.RouteTrips``, the newest ``route_trips_max``;
     ``None`` when none), for the routers' bias learning; they are not probes and count in
     no probe counter. ``vehicles``: ``(partition, event time s, vehicles)``, the probe
-    vehicles this partition follows that reported within ``idle_flush_s`` of its newest
-    point (``traffic.matching.OnlineMatcher.active_vehicles``), for the forecast's
-    persistence (``traffic.accumulation``); only ingest calls carry it (``None`` for ticks
-    and flushes, whose timing is the wall clock's: the count then depends on the probes
-    alone).
+    vehicles of this partition with an accepted probe within ``idle_flush_s`` of its newest
+    (:meth:`IngestCore.active_vehicles`), for the forecast's persistence
+    (``traffic.accumulation``); only ingest calls carry it (``None`` for ticks and flushes,
+    whose timing is the wall clock's: the count then depends on the probes alone).
     """
 
     accepted: int
@@ -220,8 +219,7 @@ class IngestCore:
         self._stage_s.update(stage)
         rej = res.rejected
         w = self._watermark_t
-        vehicles = None if w is None else (
-            self.partition, w, self.matcher.active_vehicles(w, self.config.idle_flush_s))
+        vehicles = None if w is None else (self.partition, w, self.active_vehicles(w))
         return self._reply(IngestReply(
             accepted=acc.height,
             rejected=list(zip(rej["row"].to_list(), rej["reason"].to_list(), strict=True)),
@@ -246,6 +244,15 @@ class IngestCore:
         reply.accepted_wall_s = accepted_wall_s
         reply.trips = trips
         return reply
+
+    def active_vehicles(self, t_s: float) -> int:
+        """Vehicles of this partition whose newest accepted probe is at or after ``t_s -
+        idle_flush_s`` (s): the probe vehicles on the road. Read from the dedupe memory
+        (``traffic.probes.VehicleLastSeen``), which a network swap keeps and checkpoints
+        hold, so the count does not drop when the matchers start afresh. O(vehicles seen),
+        vectorised."""
+        last = self.last_seen.last["last_t"]
+        return int((last >= float(t_s) - self.config.idle_flush_s).sum())
 
     def swap_network(self, net: RoadNetwork, *, index: Any = None,
                      routes: Any = None) -> IngestReply:
