@@ -33,6 +33,7 @@ import numpy as np
 from graph.errors import NoRouteError
 from traffic.errors import EstimatorConfigError, EstimatorStateError
 
+
 def correction_strength(persistence: float) -> float:
     """How much of the learned correction applies: the forecast's persistence
     (:mod:`traffic.accumulation`) clipped to [0, 1]. The gap between driven and routed
