@@ -47,6 +47,7 @@ from traffic.route_bias import (
 )
 from traffic.probes import ProbeValidationConfig, VehicleLastSeen, validate_probes
 from traffic.traversals import TraversalExtractor
+from workers.ingest import IngestConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -436,6 +437,11 @@ def main() -> None:
             s = b == key
             np.add.at(w, tr.edge[s], tr.weight[s])
 
+    def forecast_view(t: float):
+        """What a route's forecast reads at ``t``: slopes, lags, pooled slope, config."""
+        return (trend.forecast_slopes(t), trend.lags(t), trend.forecast_pool_slope(),
+                replace(fcfg, gain=trend.gain()))
+
     def walk(e, share, tt, slope, depart_in):
         """Forecast ETA and its per-edge driven times along edges ``e``."""
         if a.no_forecast:
@@ -460,8 +466,7 @@ def main() -> None:
                  for h in (15, 30)}
         if sel.size or any(v.size for v in ahead.values()):
             _, tt = est.travel_times(now0)
-            slope = (trend.forecast_slopes(now0), trend.lags(now0), trend.forecast_pool_slope(),
-                     replace(fcfg, gain=trend.gain()))
+            slope = forecast_view(now0)
             spread, err = edge_uncertainty(tt / L, est.state.var,
                                            decayed_weight(est.state, now0, config=cfg),
                                            prior_weight=cfg.prior_weight, config=rcfg)
@@ -534,17 +539,16 @@ def main() -> None:
         done += collector.push(o)
         # The probe vehicles on the road now, as an ingest partition reports them
         # (workers.ingest.IngestCore.active_vehicles).
-        trend.observe_vehicles(0, now, int((last.last["last_t"] >= now - 60.0).sum()))
+        trend.observe_vehicles(0, now, last.active(now, IngestConfig().idle_flush_s))
         pool_trace.append((now, trend.pool_slope(), trend.gain(), trend.persistence(),
                            trend.vehicles.total))
         if done:
             probe_trips += done
             if router is not None and not a.no_bias:
                 tr0 = time.perf_counter()
-                now_slope = (trend.forecast_slopes(now), trend.lags(now),
-                             trend.forecast_pool_slope(), replace(fcfg, gain=trend.gain()))
+                view = forecast_view(now)
                 learn_route_bias(router, bias, done, est, net, now,
-                                 lambda e, tt_: walk(e, np.ones(e.size), tt_, now_slope, 0.0)[0]
+                                 lambda e, tt_: walk(e, np.ones(e.size), tt_, view, 0.0)[0]
                                  if e.size else 0.0)
                 t_route += time.perf_counter() - tr0
 

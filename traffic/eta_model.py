@@ -61,18 +61,20 @@ class EtaModel:
                                      pool_slope_per_s=self.pool_slope_per_s,
                                      floor_tt_s=self.freeflow_tt_s)
 
-    def duration_s(self, edges: np.ndarray, live_tt_s: np.ndarray, *,
-                   depart_in_s: float = 0.0) -> float:
-        """The forecast ETA (s) of whole ``edges`` in driving order with their live times
-        ``live_tt_s``, departing ``depart_in_s`` after ``t_s`` (:meth:`route_eta`'s duration,
-        without the range). O(route edges)."""
+    def drive(self, edges: np.ndarray, live_tt_s: np.ndarray, *, depart_in_s: float = 0.0,
+              share: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+        """``(duration_s, tt_s)``: the forecast ETA of ``edges`` in driving order with their
+        live whole-edge times ``live_tt_s`` (and driven ``share``), departing
+        ``depart_in_s`` after ``t_s``, and each edge's forecast driven time
+        (:func:`traffic.forecast.eta_along`; :meth:`route_eta` without the range).
+        O(route edges)."""
         e = np.asarray(edges, dtype=np.int64)
         if e.size == 0:
-            return 0.0
+            return 0.0, np.zeros(0)
         return eta_along(np.asarray(live_tt_s, dtype=np.float64), self.slope_per_s[e],
-                         self.forecast, depart_in_s=max(float(depart_in_s), 0.0),
+                         self.forecast, depart_in_s=max(float(depart_in_s), 0.0), share=share,
                          lag_s=self.lag_s[e], pool_slope_per_s=self.pool_slope_per_s,
-                         floor_tt_s=self.freeflow_tt_s[e])[0]
+                         floor_tt_s=self.freeflow_tt_s[e])
 
     def route_eta(self, edges: np.ndarray, live_tt_s: np.ndarray, *,
                   depart_in_s: float = 0.0, share: np.ndarray | None = None,
@@ -89,9 +91,7 @@ class EtaModel:
         live = np.asarray(live_tt_s, dtype=np.float64)
         sh = np.ones(e.size) if share is None else np.asarray(share, dtype=np.float64)
         dep = max(float(depart_in_s), 0.0)
-        d, tt = eta_along(live, self.slope_per_s[e], self.forecast, depart_in_s=dep, share=sh,
-                          lag_s=self.lag_s[e], pool_slope_per_s=self.pool_slope_per_s,
-                          floor_tt_s=self.freeflow_tt_s[e])
+        d, tt = self.drive(e, live, depart_in_s=dep, share=sh)
         arrive = np.cumsum(tt) - tt + dep
         sigma = route_sigma(tt, self.spread_rel[e], self.error_rel[e], arrive, self.ranges,
                             live_tt_s=live * sh)

@@ -153,8 +153,7 @@ def compact_trips(edge_seqs: Sequence[np.ndarray], net: RoadNetwork, *,
 
     Eligible: at least 4 edges and no gap (each edge starts where the one before ends). The
     first and last edges are driven in part, so a trip keeps its middle ``e[1:-1]``, from
-    the junction where its second edge starts to the one where its second-to-last ends. The
-    same rule as the accuracy benchmark's (``benchmarks/accuracy.py: learn_route_bias``).
+    the junction where its second edge starts to the one where its second-to-last ends.
     O(edges of the newest eligible trips); older ones are not looked at once ``max_trips``
     are found.
     """

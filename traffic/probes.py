@@ -156,6 +156,11 @@ class VehicleLastSeen:
         """``vehicle_id, last_t, last_lat, last_lon`` of every vehicle seen (a copy-free view)."""
         return self._last
 
+    def active(self, t_s: float, window_s: float) -> int:
+        """Vehicles whose last accepted probe is at or after ``t_s - window_s`` (s): the probe
+        vehicles on the road at ``t_s``. O(vehicles seen), vectorised."""
+        return int((self._last["last_t"] >= float(t_s) - float(window_s)).sum())
+
     def seen_pairs(self) -> pl.DataFrame:
         """Remembered accepted ``(vehicle_id, t)`` pairs."""
         if not self._recent_chunks:

@@ -172,9 +172,7 @@ def trip_etas(trips: Any, route_edges: Callable[[int, int], np.ndarray],
     k = len(trips)
     if k == 0:
         return np.zeros(0), np.zeros(0)
-    first = np.asarray(trips.edge_first, dtype=np.int64)
-    driven = np.array([path_eta_s(trips.edge[first[i]:first[i + 1]]) for i in range(k)],
-                      dtype=np.float64)
+    driven = np.array([path_eta_s(trips.mid_edges(i)) for i in range(k)], dtype=np.float64)
     router = np.full(k, np.nan)
     for i, (a, b) in enumerate(zip(trips.src_node.tolist(), trips.dst_node.tolist(),
                                    strict=True)):

@@ -251,8 +251,7 @@ class IngestCore:
         (``traffic.probes.VehicleLastSeen``), which a network swap keeps and checkpoints
         hold, so the count does not drop when the matchers start afresh. O(vehicles seen),
         vectorised."""
-        last = self.last_seen.last["last_t"]
-        return int((last >= float(t_s) - self.config.idle_flush_s).sum())
+        return self.last_seen.active(t_s, self.config.idle_flush_s)
 
     def swap_network(self, net: RoadNetwork, *, index: Any = None,
                      routes: Any = None) -> IngestReply:

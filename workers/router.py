@@ -17,8 +17,10 @@ whose estimates err it prefers those that err low: its ETAs are biased low. Each
 learns that bias online (:mod:`workers.router_bias`, over
 :class:`traffic.route_bias.RouteBiasLearner`) from the completed
 probe trips a publication carries (``Publication.trips``, collected by the ingest stages):
-once the publication's weights serve, for each trip the router's ETA between the trip's
-junctions and the ETA of the edges the probe drove between them, both on the live weights.
+once the publication's weights serve, for each trip the ETA of the router's route between
+the trip's junctions and that of the edges the probe drove between them, both forecast from
+now (live sums without a forecast model), :mod:`traffic.route_bias`. The correction fades
+with the forecast's persistence (``traffic.route_bias.correction_strength``).
 Forecast answers (``basis`` ``forecast``: plain routes, navigation routes and each
 alternative, and so the OSRM facade) multiply every per-edge forecast time by one factor
 ``exp(log_correction(forecast ETA))``, reported as ``eta_correction``, so all their
@@ -219,7 +221,7 @@ class RouterCore(RouterOverrides):
         elif model is not None and model.n_edges == tt.shape[0]:
             def path_eta(edges: np.ndarray) -> float:
                 e = np.asarray(edges, dtype=np.int64)
-                return model.duration_s(e, tt[e]) if e.size else 0.0
+                return model.drive(e, tt[e])[0]
         else:
             path_eta = live_path_eta(tt)
         self.bias.learn(pubs, newest, network_version=self.net.version, path_eta_s=path_eta,

@@ -5,9 +5,10 @@ a replica takes may carry completed probe trips (``traffic.probe_trips.RouteTrip
 middle edges a probe drove between two junctions). On the live weights just taken, the
 replica routes between the same junctions and compares that route's ETA with the driven
 edges', both forecast from now where the replica has a forecast model (the ETAs the
-correction multiplies), else live sums (:func:`traffic.route_bias.trip_etas`). A ``traffic.route_bias.RouteBiasLearner`` keeps the
-decayed mean log ratio per router-ETA bucket. Forecast answers are multiplied by
-``exp(log_correction)`` of their own ETA's bucket (:meth:`RouterBias.correction`).
+correction multiplies), else live sums (:func:`traffic.route_bias.trip_etas`). A
+``traffic.route_bias.RouteBiasLearner`` keeps the decayed mean log ratio per router-ETA
+bucket. Forecast answers are multiplied by ``exp(strength * log_correction)`` of their own
+ETA's bucket (:meth:`RouterBias.correction`).
 
 Answers read one per-bucket array that a learning step replaces whole, so the query path
 takes no lock.

@@ -202,8 +202,8 @@ class Services(Intake, Queries, ClosureOps, FeedOps):
         keep their probe trips for the next publication (:meth:`_publish`)."""
         for reply in replies:
             self.folds.send(reply.batch, reply.n_matched, reply.accepted_wall_s,
-                            vehicles=getattr(reply, "vehicles", None))
-            self._trips.add(getattr(reply, "trips", None))
+                            vehicles=reply.vehicles)
+            self._trips.add(reply.trips)
 
     @contextlib.contextmanager
     def quiet(self) -> Iterator[None]:

@@ -180,8 +180,9 @@ class FoldQueue:
              vehicles: tuple[int, float, int] | None = None) -> None:
         """Fold ``batch`` (``n_matched`` probes become applied) with the partition's vehicle
         count ``vehicles`` (``workers.ingest.IngestReply.vehicles``); blocks while
-        ``max_inflight`` folds are outstanding. Nothing to fold: no call."""
-        if batch is None and not n_matched and vehicles is None:
+        ``max_inflight`` folds are outstanding. Nothing to fold: no call (a count alone is
+        not sent; the partition's next fold brings a newer one)."""
+        if batch is None and not n_matched:
             return
         wall = time.time() if accepted_wall_s is None else accepted_wall_s
         with self._lock:  # the call order is the fold order
